@@ -1,0 +1,340 @@
+"""The computational graph ACDC searches, and the mask and score types every method shares.
+
+Nodes
+    senders    what writes into the residual stream: the embedding (``embed``, or ``tok_embed`` and
+               ``pos_embed`` when the two are separate nodes, as for tracr), each head's output
+               (``a3.h0``) and each MLP's output (``m2``);
+    receivers  what reads the residual stream: each head's query, key and value input (``a3.h0<q>``),
+               each MLP's input (``m2``) and the final residual (``resid_post``).
+
+Edges
+    ``sender->receiver`` for every sender that writes before the receiver reads (heads of one layer
+    do not see each other; a head feeds the MLP of its own layer), and per head the three edges from
+    its q/k/v input to the head itself (``a3.h0<q>``): removing one gives the head its ablated query.
+
+Granularity (``graph=qkv|heads|nodes``) only changes which *edges* exist; the patching engine always
+works on the finest structure, the dense ``[receiver slot, sender slot]`` matrix of the qkv graph plus
+one slot per head input.  Each edge owns a set of those slots (one in the qkv graph, three when a
+head's q, k and v share an edge, all outgoing slots of a node in the node graph), which is the single
+place where granularity enters the maths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Iterable, Literal, Sequence
+
+import torch
+
+Granularity = Literal["qkv", "heads", "nodes"]
+GRANULARITIES: tuple[str, ...] = ("qkv", "heads", "nodes")
+QKV = ("q", "k", "v")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The few facts about a model that fix its graph (read from a HookedTransformerConfig)."""
+
+    n_layers: int
+    n_heads: int
+    has_mlps: bool
+    split_embed: bool  # token and positional embedding as two sender nodes (tracr)
+
+    @classmethod
+    def from_config(cls, cfg, split_embed: bool = False) -> "Architecture":
+        return cls(
+            n_layers=int(cfg.n_layers),
+            n_heads=int(cfg.n_heads),
+            has_mlps=not bool(cfg.attn_only),
+            split_embed=split_embed,
+        )
+
+
+@dataclass(frozen=True)
+class Edge:
+    index: int
+    name: str
+    sender: str
+    receiver: str
+    stage: int  # first computation that reads the edge (2l: layer l's attention, 2l+1: its MLP, 2L: the output)
+
+
+def head_name(layer: int, head: int) -> str:
+    return f"a{layer}.h{head}"
+
+
+def head_input_name(layer: int, head: int, which: str) -> str:
+    return f"a{layer}.h{head}<{which}>"
+
+
+class Graph:
+    """Senders, receivers, edges and the slot layout the engine patches.
+
+    Slot layout (qkv-split, whatever the granularity):
+      sender slots   embed nodes, then per layer: heads 0..H-1, then the MLP (if any);
+      receiver rows  per layer: q inputs of heads 0..H-1, k inputs, v inputs, then the MLP input;
+                     last row: resid_post;
+      qkv slots      per layer, per q/k/v, per head: the edge from a head's input to the head.
+    """
+
+    def __init__(self, arch: Architecture, granularity: Granularity = "qkv"):
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"unknown graph granularity {granularity!r}; choose one of {', '.join(GRANULARITIES)}")
+        self.arch = arch
+        self.granularity: Granularity = granularity
+        L, H = arch.n_layers, arch.n_heads
+        self.n_layers, self.n_heads = L, H
+
+        # ---- sender slots --------------------------------------------------------------------
+        self.embed_names: tuple[str, ...] = ("tok_embed", "pos_embed") if arch.split_embed else ("embed",)
+        senders: list[str] = list(self.embed_names)
+        self.sender_layer: list[int] = [-1] * len(senders)  # -1: written before layer 0
+        self._heads_start: list[int] = []  # first sender slot of layer l's heads
+        self._mlp_slot: list[int | None] = []
+        for layer in range(L):
+            self._heads_start.append(len(senders))
+            senders += [head_name(layer, h) for h in range(H)]
+            self.sender_layer += [layer] * H
+            if arch.has_mlps:
+                self._mlp_slot.append(len(senders))
+                senders.append(f"m{layer}")
+                self.sender_layer.append(layer)
+            else:
+                self._mlp_slot.append(None)
+        self.senders: tuple[str, ...] = tuple(senders)
+        self.sender_index = {name: i for i, name in enumerate(senders)}
+
+        # ---- receiver rows -------------------------------------------------------------------
+        self.rows_per_layer = 3 * H + (1 if arch.has_mlps else 0)
+        receivers: list[str] = []
+        for layer in range(L):
+            for which in QKV:
+                receivers += [head_input_name(layer, h, which) for h in range(H)]
+            if arch.has_mlps:
+                receivers.append(f"m{layer}")
+        receivers.append("resid_post")
+        self.receivers: tuple[str, ...] = tuple(receivers)
+        self.receiver_index = {name: i for i, name in enumerate(receivers)}
+        self.n_senders, self.n_receivers = len(senders), len(receivers)
+        self.n_qkv_slots = L * 3 * H
+        # Flat slot ids: resid slots are row * n_senders + col, then the qkv slots.
+        self.n_slots = self.n_receivers * self.n_senders + self.n_qkv_slots
+
+        self.edges: tuple[Edge, ...]
+        self._edge_slots: list[list[int]]
+        self._build_edges()
+        self.edge_index = {e.name: e.index for e in self.edges}
+
+    # ---- which senders a receiver row can read ------------------------------------------------
+    def n_senders_before_heads(self, layer: int) -> int:
+        """Senders visible to the heads of ``layer`` (everything written before the layer)."""
+        return self._heads_start[layer] if layer < self.n_layers else self.n_senders
+
+    def n_senders_before_mlp(self, layer: int) -> int:
+        """Senders visible to the MLP of ``layer``: also that layer's heads."""
+        return self._heads_start[layer] + self.n_heads
+
+    def head_input_row(self, layer: int, head: int, which: str) -> int:
+        return layer * self.rows_per_layer + QKV.index(which) * self.n_heads + head
+
+    def mlp_row(self, layer: int) -> int:
+        return layer * self.rows_per_layer + 3 * self.n_heads
+
+    @property
+    def resid_post_row(self) -> int:
+        return self.n_receivers - 1
+
+    def head_slots(self, layer: int) -> slice:
+        return slice(self._heads_start[layer], self._heads_start[layer] + self.n_heads)
+
+    def mlp_slot(self, layer: int) -> int:
+        slot = self._mlp_slot[layer]
+        assert slot is not None, "attention-only model has no MLP"
+        return slot
+
+    def qkv_slot(self, layer: int, head: int, which: str) -> int:
+        return self.n_receivers * self.n_senders + (layer * 3 + QKV.index(which)) * self.n_heads + head
+
+    def _row_senders(self, row: int) -> range:
+        if row == self.resid_post_row:
+            return range(self.n_senders)
+        layer, offset = divmod(row, self.rows_per_layer)
+        if offset < 3 * self.n_heads:
+            return range(self.n_senders_before_heads(layer))
+        return range(self.n_senders_before_mlp(layer))
+
+    def slot_stage(self, slot: int) -> int:
+        """The first stage of the forward that reads ``slot``: a run that changes only this slot can
+        restart there (stage 2l: layer l's attention, 2l+1: its MLP, 2L: the unembedding)."""
+        n_resid = self.n_receivers * self.n_senders
+        if slot >= n_resid:
+            return 2 * ((slot - n_resid) // (3 * self.n_heads))
+        row = slot // self.n_senders
+        if row == self.resid_post_row:
+            return 2 * self.n_layers
+        layer, offset = divmod(row, self.rows_per_layer)
+        return 2 * layer + (0 if offset < 3 * self.n_heads else 1)
+
+    # ---- edges -----------------------------------------------------------------------------
+    def _build_edges(self) -> None:
+        """Edges in ACDC's visiting order: receivers from the output back, and within a receiver
+        later senders first (higher head index first).  Methods rely on this order, so it is built
+        once, here."""
+        edges: list[tuple[str, str, str, list[int]]] = []  # name, sender, receiver, slots
+        H = self.n_heads
+
+        def resid_edges(rows: Sequence[int], receiver: str):
+            for s in reversed(self._row_senders(rows[0])):
+                sender = self.senders[s]
+                slots = [r * self.n_senders + s for r in rows]
+                edges.append((f"{sender}->{receiver}", sender, receiver, slots))
+
+        resid_edges([self.resid_post_row], "resid_post")
+        for layer in reversed(range(self.n_layers)):
+            if self.arch.has_mlps:
+                resid_edges([self.mlp_row(layer)], f"m{layer}")
+            for h in reversed(range(H)):
+                if self.granularity == "qkv":
+                    for which in QKV:
+                        name = head_input_name(layer, h, which)
+                        edges.append((name, name, head_name(layer, h), [self.qkv_slot(layer, h, which)]))
+                    for which in QKV:
+                        resid_edges([self.head_input_row(layer, h, which)], head_input_name(layer, h, which))
+                else:  # q, k and v read one shared input: one edge covers three rows
+                    rows = [self.head_input_row(layer, h, which) for which in QKV]
+                    resid_edges(rows, head_name(layer, h))
+
+        if self.granularity == "nodes":
+            # A node is one "edge" that owns every outgoing slot of its sender.
+            by_sender: dict[str, list[int]] = {s: [] for s in self.senders}
+            for _, sender, _, slots in edges:
+                by_sender[sender] += slots
+            edges = [(s, s, s, sorted(by_sender[s])) for s in reversed(self.senders)]
+
+        self.edges = tuple(
+            Edge(index=i, name=name, sender=sender, receiver=receiver,
+                 stage=min(self.slot_stage(slot) for slot in slots))
+            for i, (name, sender, receiver, slots) in enumerate(edges)
+        )
+        self._edge_slots = [slots for *_, slots in edges]
+
+    @property
+    def n_edges(self) -> int:
+        return len(self.edges)
+
+    @cached_property
+    def slot_edge_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(slot ids, owning edge ids): scatter an edge vector onto the engine's slots."""
+        slots, owners = [], []
+        for i, edge_slots in enumerate(self._edge_slots):
+            slots += edge_slots
+            owners += [i] * len(edge_slots)
+        return torch.tensor(slots, dtype=torch.long), torch.tensor(owners, dtype=torch.long)
+
+    def edge_slots(self, edge: int | str) -> list[int]:
+        return list(self._edge_slots[edge if isinstance(edge, int) else self.edge_index[edge]])
+
+    def slot_values(self, edge_values: torch.Tensor) -> torch.Tensor:
+        """Map per-edge mask values (1 keep, 0 ablate, fractions interpolate) onto the flat slots.
+        Slots that no edge owns (a receiver reading a sender it cannot see) stay at 1."""
+        slots, owners = self.slot_edge_pairs
+        dense = torch.ones(self.n_slots, dtype=edge_values.dtype, device=edge_values.device)
+        return dense.index_put((slots.to(edge_values.device),), edge_values[owners.to(edge_values.device)])
+
+    # ---- structure used by methods and evaluation -----------------------------------------
+    @cached_property
+    def incoming(self) -> dict[str, list[int]]:
+        """Receiver name -> its incoming edge ids, in visiting order."""
+        out: dict[str, list[int]] = {}
+        for e in self.edges:
+            out.setdefault(e.receiver, []).append(e.index)
+        return out
+
+    @cached_property
+    def outgoing(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for e in self.edges:
+            out.setdefault(e.sender, []).append(e.index)
+        return out
+
+    @cached_property
+    def receivers_in_order(self) -> list[str]:
+        """Receivers in reverse topological order (the order ACDC visits them)."""
+        seen: dict[str, None] = {}
+        for e in self.edges:
+            seen.setdefault(e.receiver, None)
+        return list(seen)
+
+    def component(self, node: str) -> str:
+        """The model component a node belongs to (``a3.h0<q>`` -> ``a3.h0``): node-level ROC
+        counts a head once, whatever input of it an edge touches."""
+        return node.split("<", 1)[0]
+
+    def describe(self) -> str:
+        a = self.arch
+        return (
+            f"{self.granularity} graph: {a.n_layers} layers x {a.n_heads} heads"
+            f"{'' if a.has_mlps else ', attention only'}, {self.n_edges} edges"
+        )
+
+    def __repr__(self) -> str:
+        return f"Graph({self.describe()})"
+
+    def full_mask(self) -> "EdgeMask":
+        return EdgeMask(self, torch.ones(self.n_edges, dtype=torch.bool))
+
+    def mask_from_names(self, names: Iterable[str]) -> "EdgeMask":
+        kept = torch.zeros(self.n_edges, dtype=torch.bool)
+        for name in names:
+            if name not in self.edge_index:
+                raise KeyError(f"{name!r} is not an edge of the {self.describe()}")
+            kept[self.edge_index[name]] = True
+        return EdgeMask(self, kept)
+
+
+@dataclass
+class EdgeMask:
+    """Which edges a circuit keeps: one value per edge of ``graph``, 1 keep, 0 ablate.
+    Float values interpolate (``m * clean + (1 - m) * ablated``), which is what SP trains."""
+
+    graph: Graph
+    values: torch.Tensor
+
+    def __post_init__(self):
+        if self.values.shape != (self.graph.n_edges,):
+            raise ValueError(f"mask has shape {tuple(self.values.shape)}, graph has {self.graph.n_edges} edges")
+
+    @property
+    def kept(self) -> torch.Tensor:
+        return self.values.bool() if self.values.dtype == torch.bool else self.values > 0.5
+
+    @property
+    def n_kept(self) -> int:
+        return int(self.kept.sum())
+
+    def kept_names(self) -> list[str]:
+        return [self.graph.edges[i].name for i in torch.nonzero(self.kept).flatten().tolist()]
+
+    def clone(self) -> "EdgeMask":
+        return EdgeMask(self.graph, self.values.clone())
+
+    def nodes(self) -> set[str]:
+        """Components touched by a kept edge (node-level ROC)."""
+        out: set[str] = set()
+        for i in torch.nonzero(self.kept).flatten().tolist():
+            e = self.graph.edges[i]
+            out.add(self.graph.component(e.sender))
+            out.add(self.graph.component(e.receiver))
+        return out
+
+
+@dataclass
+class EdgeScores:
+    """One number per edge, higher = more important to the task; what every method returns.
+    ``kept`` is the method's own circuit at its threshold (ACDC's tau, SP's lambda, HISP's k)."""
+
+    graph: Graph
+    scores: torch.Tensor
+    kept: EdgeMask
+    extras: dict = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""Model loading: tracr programs (shipped weights); later, pretrained and self-trained models."""

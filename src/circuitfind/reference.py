@@ -1,0 +1,167 @@
+"""The slow, obvious patched forward: TransformerLens hooks, one full forward, Python loops over edges.
+
+It shares nothing with ``engine.py`` but the edge names: it reads each edge's sender and receiver
+from its name, records sender values with hooks as the forward passes them, and subtracts, at each
+receiver's hook, ``(1 - m) * (value - ablated)`` for every edge into it.  It exists so the tests can
+hold the fast engine to it, and as the baseline of the speed benchmark.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+
+import torch
+from transformer_lens import HookedTransformer
+
+from .graph import EdgeMask, Graph
+
+_HEAD = re.compile(r"^a(\d+)\.h(\d+)$")
+_HEAD_INPUT = re.compile(r"^a(\d+)\.h(\d+)<([qkv])>$")
+_MLP = re.compile(r"^m(\d+)$")
+
+
+@contextmanager
+def hooked_receivers(model: HookedTransformer):
+    """Switch on the per-head input and output hooks the reference needs, restoring them after."""
+    cfg = model.cfg
+    saved = (cfg.use_split_qkv_input, cfg.use_attn_result, cfg.use_hook_mlp_in)
+    model.set_use_split_qkv_input(True)
+    model.set_use_attn_result(True)
+    if not cfg.attn_only:
+        model.set_use_hook_mlp_in(True)
+    try:
+        yield model
+    finally:
+        model.set_use_split_qkv_input(saved[0])
+        model.set_use_attn_result(saved[1])
+        if not cfg.attn_only:
+            model.set_use_hook_mlp_in(saved[2])
+
+
+def sender_value(name: str, acts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A sender's [batch, pos, d_model] value from hook activations."""
+    if name == "embed":
+        return acts["hook_embed"] + acts["hook_pos_embed"]
+    if name == "tok_embed":
+        return acts["hook_embed"]
+    if name == "pos_embed":
+        return acts["hook_pos_embed"]
+    if m := _HEAD.match(name):
+        return acts[f"blocks.{m[1]}.attn.hook_result"][:, :, int(m[2])]
+    if m := _MLP.match(name):
+        return acts[f"blocks.{m[1]}.hook_mlp_out"]
+    raise KeyError(name)
+
+
+def _sender_hooks(model: HookedTransformer) -> list[str]:
+    names = ["hook_embed", "hook_pos_embed"]
+    for l in range(model.cfg.n_layers):
+        names.append(f"blocks.{l}.attn.hook_result")
+        if not model.cfg.attn_only:
+            names.append(f"blocks.{l}.hook_mlp_out")
+    return names
+
+
+def _qkv_hooks(model: HookedTransformer) -> list[str]:
+    return [f"blocks.{l}.attn.hook_{w}" for l in range(model.cfg.n_layers) for w in "qkv"]
+
+
+@torch.no_grad()
+def reference_ablation(model: HookedTransformer, corrupted: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
+    """Hook activations on the corrupted prompts (or zeros, or their per-position mean)."""
+    with hooked_receivers(model):
+        names = set(_sender_hooks(model) + _qkv_hooks(model))
+        _, cache = model.run_with_cache(corrupted, names_filter=lambda n: n in names)
+    acts = {name: cache[name] for name in names}
+    if kind == "zero":
+        return {k: torch.zeros_like(v) for k, v in acts.items()}
+    if kind == "mean":
+        return {k: v.mean(0, keepdim=True).expand_as(v) for k, v in acts.items()}
+    if kind == "mean_all":
+        return {k: v.mean((0, 1), keepdim=True).expand_as(v) for k, v in acts.items()}
+    if kind != "corrupted":
+        raise ValueError(f"unknown corruption {kind!r}")
+    return acts
+
+
+def _receiver_sites(graph: Graph, edge_name: str, sender: str, receiver: str) -> list[tuple[str, int | None]]:
+    """Where an edge enters the model: (hook name, head index or None) pairs."""
+    L = graph.n_layers
+    if graph.granularity == "nodes":  # a node feeds every receiver after it
+        return [site for r in graph.receivers for site in _receiver_sites_qkv(r, L)
+                if sender in _visible_senders(graph, r)]
+    if m := _HEAD.match(receiver):  # heads graph: one edge into q, k and v alike
+        return [(f"blocks.{m[1]}.hook_{w}_input", int(m[2])) for w in "qkv"]
+    return _receiver_sites_qkv(receiver, L)
+
+
+def _receiver_sites_qkv(receiver: str, n_layers: int) -> list[tuple[str, int | None]]:
+    if receiver == "resid_post":
+        return [(f"blocks.{n_layers - 1}.hook_resid_post", None)]
+    if m := _HEAD_INPUT.match(receiver):
+        return [(f"blocks.{m[1]}.hook_{m[3]}_input", int(m[2]))]
+    if m := _MLP.match(receiver):
+        return [(f"blocks.{m[1]}.hook_mlp_in", None)]
+    raise KeyError(receiver)
+
+
+def _visible_senders(graph: Graph, receiver: str) -> set[str]:
+    """Senders written before ``receiver`` reads, from layer numbers alone."""
+    def sender_layer(s: str) -> float:
+        if s in ("embed", "tok_embed", "pos_embed"):
+            return -1
+        if m := _HEAD.match(s):
+            return int(m[1])
+        return int(_MLP.match(s)[1]) + 0.5  # an MLP writes after its layer's heads
+    if receiver == "resid_post":
+        limit = float("inf")
+    elif m := _HEAD_INPUT.match(receiver):
+        limit = int(m[1]) - 0.25
+    else:
+        limit = int(_MLP.match(receiver)[1]) + 0.25
+    return {s for s in graph.senders if sender_layer(s) < limit}
+
+
+def reference_logits(model: HookedTransformer, graph: Graph, clean: torch.Tensor,
+                     ablated: dict[str, torch.Tensor], mask: EdgeMask) -> torch.Tensor:
+    """Logits of the patched model on ``clean``, one plain forward with hooks."""
+    removed: dict[str, list[tuple[str, int | None, float]]] = {}  # hook -> (sender, head, 1 - m)
+    qkv_patches: dict[str, list[tuple[int, float]]] = {}  # hook_q etc -> (head, m)
+    values = mask.values.double().tolist()
+    for edge, m in zip(graph.edges, values):
+        if m == 1.0:
+            continue
+        if (h := _HEAD_INPUT.match(edge.sender)) and _HEAD.match(edge.receiver):  # a q/k/v edge
+            qkv_patches.setdefault(f"blocks.{h[1]}.attn.hook_{h[3]}", []).append((int(h[2]), m))
+            continue
+        for hook, head in _receiver_sites(graph, edge.name, edge.sender, edge.receiver):
+            removed.setdefault(hook, []).append((edge.sender, head, 1.0 - m))
+
+    current: dict[str, torch.Tensor] = {}
+
+    def record(value, hook):
+        current[hook.name] = value
+        return value
+
+    def patch_receiver(value, hook):
+        value = value.clone()
+        for sender, head, amount in removed[hook.name]:
+            delta = amount * (sender_value(sender, current) - sender_value(sender, ablated))
+            if head is None:
+                value = value - delta
+            else:
+                value[:, :, head] = value[:, :, head] - delta
+        return value
+
+    def patch_qkv(value, hook):
+        value = value.clone()
+        for head, m in qkv_patches[hook.name]:
+            value[:, :, head] = m * value[:, :, head] + (1 - m) * ablated[hook.name][:, :, head]
+        return value
+
+    hooks = [(name, record) for name in _sender_hooks(model)]
+    hooks += [(name, patch_receiver) for name in removed]
+    hooks += [(name, patch_qkv) for name in qkv_patches]
+    with hooked_receivers(model):
+        return model.run_with_hooks(clean, fwd_hooks=hooks)

@@ -1,0 +1,76 @@
+"""The run folder: what every run leaves behind, written so that a half-finished run never looks done.
+
+    edges.csv     every edge of the graph: edge, sender, receiver, score, kept, canonical
+    trace.csv     one row per edge test: step, edge, delta, metric, kept, n_edges
+    summary.json  the numbers of the run; written last, so its presence means the run completed
+
+Each file is written to a temporary name in the same folder and renamed into place (atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Iterable
+
+from .graph import EdgeMask, EdgeScores
+
+SUMMARY = "summary.json"
+EDGES = "edges.csv"
+TRACE = "trace.csv"
+TRACE_COLUMNS = ("step", "edge", "delta", "metric", "kept", "n_edges")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _csv(header: Iterable[str], rows: Iterable[Iterable]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _number(x: float) -> str:
+    """Full precision (repr) so that reruns compare byte for byte; inf/nan spelled plainly."""
+    return repr(float(x)) if math.isfinite(x) else ("inf" if x > 0 else "-inf" if x < 0 else "nan")
+
+
+def write_edges(folder: Path, result: EdgeScores, canonical: EdgeMask | None) -> None:
+    graph = result.graph
+    kept = result.kept.kept.tolist()
+    truth = canonical.kept.tolist() if canonical is not None else [None] * graph.n_edges
+    rows = (
+        (e.name, e.sender, e.receiver, _number(s), int(k), "" if c is None else int(c))
+        for e, s, k, c in zip(graph.edges, result.scores.tolist(), kept, truth)
+    )
+    atomic_write_text(folder / EDGES, _csv(("edge", "sender", "receiver", "score", "kept", "canonical"), rows))
+
+
+def write_trace(folder: Path, trace: list[dict]) -> None:
+    rows = ((r["step"], r["edge"], _number(r["delta"]), _number(r["metric"]), int(r["kept"]), r["n_edges"])
+            for r in trace)
+    atomic_write_text(folder / TRACE, _csv(TRACE_COLUMNS, rows))
+
+
+def write_summary(folder: Path, summary: dict) -> None:
+    atomic_write_text(folder / SUMMARY, json.dumps(summary, indent=2, sort_keys=False, allow_nan=True) + "\n")
+
+
+def read_summary(folder: Path) -> dict | None:
+    path = Path(folder) / SUMMARY
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())

@@ -1,0 +1,22 @@
+"""Task registry: ``build_task(name, ...) -> Task``."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .base import Task, TaskData
+from .tracr import tracr_proportion, tracr_reverse
+
+TASKS: dict[str, Callable[..., Task]] = {
+    "tracr_reverse": tracr_reverse,
+    "tracr_proportion": tracr_proportion,
+}
+
+
+def build_task(name: str, **params) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(sorted(TASKS))}")
+    return TASKS[name](**params)
+
+
+__all__ = ["TASKS", "Task", "TaskData", "build_task"]

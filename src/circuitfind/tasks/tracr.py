@@ -1,0 +1,87 @@
+"""The two tracr tasks: compiled RASP programs whose circuit is known exactly (ACDC paper, Fig. 21)."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from ..graph import Graph
+from ..metrics import KL, L2
+from ..models.tracr import load_tracr_model
+from .base import Task, TaskData
+
+
+def derangement(n: int, generator: torch.Generator) -> torch.Tensor:
+    """A random permutation with no fixed point: each corrupted row comes from another prompt."""
+    if n < 2:
+        raise ValueError("a derangement needs at least two rows")
+    while True:
+        perm = torch.randperm(n, generator=generator)
+        if not (perm == torch.arange(n)).any():
+            return perm
+
+
+def _split(tokens: torch.Tensor, generator: torch.Generator) -> TaskData:
+    batch, seq_len = tokens.shape
+    positions = torch.arange(1, seq_len).expand(batch, -1)  # every position but BOS
+    return TaskData(clean=tokens, corrupted=tokens[derangement(batch, generator)], positions=positions.clone())
+
+
+def reverse_canonical(graph: Graph) -> set[str]:
+    return {
+        "a3.h0->resid_post",
+        "a3.h0<q>", "a3.h0<k>", "a3.h0<v>",
+        "m2->a3.h0<q>", "pos_embed->a3.h0<k>", "tok_embed->a3.h0<v>",
+        "m1->m2",
+        "m0->m1", "tok_embed->m1", "pos_embed->m1",
+        "a0.h0->m0", "tok_embed->m0",
+        "a0.h0<v>", "tok_embed->a0.h0<v>",
+    }
+
+
+def proportion_canonical(graph: Graph) -> set[str]:
+    return {
+        "a1.h0->resid_post",
+        "a1.h0<q>", "a1.h0<k>", "a1.h0<v>",
+        "tok_embed->a1.h0<q>", "pos_embed->a1.h0<q>",
+        "tok_embed->a1.h0<k>", "pos_embed->a1.h0<k>",
+        "m0->a1.h0<v>",
+        "tok_embed->m0",
+    }
+
+
+def _check_model(task: str, model: dict | None) -> None:
+    if model is not None and model.get("name") != task:
+        raise ValueError(f"task {task} runs on its own compiled model (model={task}), not model={model.get('name')}")
+
+
+def tracr_reverse(seed: int = 0, device="cpu", model: dict | None = None, **_) -> Task:
+    """BOS followed by each of the 6 permutations of (1, 2, 3); corrupted: the rows deranged.
+    There are only six prompts, so validation and test are the same set (as in the paper)."""
+    _check_model("tracr_reverse", model)
+    tracr = load_tracr_model("tracr_reverse", device=device)
+    rows = [list(map(str, p)) for p in itertools.permutations((1, 2, 3))]
+    generator = torch.Generator().manual_seed(seed)
+    data = _split(tracr.encode(rows), generator).to(device)
+    return Task("tracr_reverse", tracr.model, validation=data, test=data,
+                metrics={"kl": KL, "l2": L2}, default_metric="kl", split_embed=True,
+                canonical_edges=reverse_canonical)
+
+
+def tracr_proportion(seed: int = 0, n_prompts: int = 50, device="cpu", model: dict | None = None, **_) -> Task:
+    """Random length-4 strings over {w, x, y, z} after BOS; corrupted: the rows deranged.
+    The output is a number (the running fraction of "x"), so the metric is the l2 distance."""
+    _check_model("tracr_proportion", model)
+    tracr = load_tracr_model("tracr_proportion", device=device)
+    generator = torch.Generator().manual_seed(seed)
+
+    def draw() -> TaskData:
+        letters = torch.randint(0, 4, (n_prompts, 4), generator=generator)
+        rows = [["wxyz"[i] for i in row] for row in letters.tolist()]
+        return _split(tracr.encode(rows), generator).to(device)
+
+    validation, test = draw(), draw()
+    return Task("tracr_proportion", tracr.model, validation=validation, test=test,
+                metrics={"l2": L2}, default_metric="l2", split_embed=True,
+                canonical_edges=proportion_canonical)

@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny HookedTransformers built from a config, never from the hub."""
+
+import os
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
+
+
+def tiny_model(n_layers=2, n_heads=3, d_model=24, attn_only=False, normalization_type="LN",
+               attention_dir="causal", dtype=torch.float64, seed=0, d_vocab=40) -> HookedTransformer:
+    """A random model with random biases and layer-norm weights too (TransformerLens initialises
+    them to 0 and 1, which would hide mistakes in how the engine handles them)."""
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_head=d_model // n_heads,
+        d_mlp=None if attn_only else 2 * d_model, attn_only=attn_only, d_vocab=d_vocab, n_ctx=16,
+        act_fn="gelu", normalization_type=normalization_type, attention_dir=attention_dir,
+        dtype=dtype, seed=seed,
+    )
+    model = HookedTransformer(cfg)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith((".b_Q", ".b_K", ".b_V", ".b_O", ".b_in", ".b_out", ".b", "b_U")):
+                param.copy_(0.1 * torch.randn(param.shape, generator=generator, dtype=param.dtype))
+            elif name.endswith(".w"):
+                param.copy_(1 + 0.1 * torch.randn(param.shape, generator=generator, dtype=param.dtype))
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture
+def make_tiny_model():
+    return tiny_model

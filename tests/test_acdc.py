@@ -1,0 +1,143 @@
+"""ACDC: ground truth on tracr, and the fast engine against the slow hook reference."""
+
+import math
+
+import pytest
+import torch
+
+from circuitfind.engine import make_ablation
+from circuitfind.evaluation import canonical_mask, edge_and_node_rates
+from circuitfind.graph import Architecture, Graph
+from circuitfind.methods import Problem, get_method
+from circuitfind.methods.acdc import acdc_search
+from circuitfind.metrics import KL
+from circuitfind.reference import reference_ablation, reference_logits
+from circuitfind.tasks import TaskData, build_task
+from circuitfind.tasks.base import Task
+
+from conftest import tiny_model
+
+
+def tracr_problem(name, corruption="zero", granularity="qkv"):
+    task = build_task(name, seed=0)
+    graph = Graph(Architecture.from_config(task.model.cfg, split_embed=True), granularity)
+    return Problem(task, graph, corruption, task.metric(None), progress=False)
+
+
+def test_tracr_reverse_zero_ablation_recovers_exactly_the_canonical_circuit():
+    problem = tracr_problem("tracr_reverse")
+    result = get_method("acdc")(problem, tau=0.001)
+    canonical = canonical_mask(problem.task, problem.graph)
+    assert problem.graph.n_edges == 106 and canonical.n_kept == 15
+    assert sorted(result.kept.kept_names()) == sorted(canonical.kept_names())
+    assert edge_and_node_rates(result.kept, canonical) == dict(edge_tpr=1.0, edge_fpr=0.0, node_tpr=1.0, node_fpr=0.0)
+
+
+def test_tracr_proportion_zero_ablation_keeps_only_canonical_edges():
+    """With BOS first in every prompt, each query matches itself, so the BOS default read through
+    tok_embed -> q/k never changes the output (delta exactly 0): 8 of the 10 canonical edges."""
+    problem = tracr_problem("tracr_proportion")
+    result = get_method("acdc")(problem, tau=0.001)
+    canonical = canonical_mask(problem.task, problem.graph)
+    assert problem.graph.n_edges == 38 and canonical.n_kept == 10
+    missing = set(canonical.kept_names()) - set(result.kept.kept_names())
+    assert set(result.kept.kept_names()) <= set(canonical.kept_names())
+    assert missing == {"tok_embed->a1.h0<q>", "tok_embed->a1.h0<k>"}
+
+
+def random_task(model, batch=6, seq=5, seed=0) -> Task:
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(0, model.cfg.d_vocab, (batch, seq), generator=g)
+    corrupted = torch.randint(0, model.cfg.d_vocab, (batch, seq), generator=g)
+    positions = torch.tensor([[seq - 2, seq - 1]] * batch)
+    data = TaskData(clean, corrupted, positions)
+    return Task("random", model, data, data, {"kl": KL}, "kl")
+
+
+def reference_acdc(problem: Problem, tau: float):
+    """ACDC where every edge test is one full forward through TransformerLens hooks."""
+    task, graph = problem.task, problem.graph
+    data = task.validation
+    ablated = reference_ablation(task.model, data.corrupted, problem.corruption)
+    clean_logits = problem.clean_logits()
+
+    def loss(mask, stage):
+        logits = reference_logits(task.model, graph, data.clean, ablated, mask_of(graph, mask))
+        index = data.positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+        return float(problem.metric.loss(logits.gather(1, index), clean_logits))
+
+    return acdc_search(graph, loss, tau, progress=False, dtype=torch.float64)
+
+
+def mask_of(graph, values):
+    from circuitfind.graph import EdgeMask
+    return EdgeMask(graph, values)
+
+
+def typical_single_edge_effect(problem: Problem) -> float:
+    """A tau in the middle of the edges' effects, so that ACDC keeps some edges and drops others."""
+    effects = []
+    for e in range(problem.graph.n_edges):
+        mask = torch.ones(problem.graph.n_edges, dtype=torch.float64)
+        mask[e] = 0
+        effects.append(problem.evaluate(mask))
+    return float(torch.tensor(effects).quantile(0.3))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("granularity, corruption", [("qkv", "corrupted"), ("heads", "zero"), ("nodes", "corrupted")])
+def test_fast_acdc_keeps_the_same_edges_as_the_slow_reference(seed, granularity, corruption):
+    model = tiny_model(n_layers=3, n_heads=2, d_model=16, seed=seed)
+    task = random_task(model, seed=seed)
+    graph = Graph(Architecture.from_config(model.cfg), granularity)
+    problem = Problem(task, graph, corruption, KL, progress=False)
+    tau = typical_single_edge_effect(problem)
+    fast = get_method("acdc")(problem, tau=tau)
+    slow = reference_acdc(problem, tau=tau)
+    assert 0 < fast.kept.n_kept < graph.n_edges  # a real mix of kept and removed edges
+    assert fast.kept.kept_names() == slow.kept.kept_names()
+    finite = torch.isfinite(slow.scores)
+    assert torch.equal(finite, torch.isfinite(fast.scores))
+    torch.testing.assert_close(fast.scores[finite], slow.scores[finite], rtol=1e-6, atol=1e-9)
+
+
+def test_receivers_that_feed_nothing_lose_their_inputs_untested():
+    model = tiny_model(n_layers=2, n_heads=2, d_model=16)
+    problem = Problem(random_task(model), Graph(Architecture.from_config(model.cfg)), "corrupted", KL, progress=False)
+    result = get_method("acdc")(problem, tau=0.003)
+    tested = {row["edge"] for row in result.extras["trace"]}
+    skipped = [e for e in problem.graph.edges if math.isinf(result.scores[e.index]) and result.scores[e.index] < 0]
+    assert skipped, "expected some receiver to be cut off"
+    for e in skipped:
+        assert e.name not in tested and not result.kept.kept[e.index]
+    # no kept edge ends at a receiver that feeds nothing
+    kept = set(result.kept.kept_names())
+    for e in problem.graph.edges:
+        if e.name in kept and e.receiver != "resid_post":
+            assert any(problem.graph.edges[o].name in kept for o in problem.graph.outgoing[e.receiver])
+
+
+@pytest.mark.parametrize("abs_delta", [False, True])
+def test_each_edge_is_removed_exactly_when_its_delta_is_below_tau(abs_delta):
+    model = tiny_model(n_layers=2, n_heads=2, d_model=16)
+    problem = Problem(random_task(model), Graph(Architecture.from_config(model.cfg)), "corrupted", KL, progress=False)
+    result = get_method("acdc")(problem, tau=0.003, abs_delta=abs_delta)
+    trace = result.extras["trace"]
+    assert any(r["kept"] for r in trace) and any(not r["kept"] for r in trace)
+    for r in trace:
+        delta = abs(r["delta"]) if abs_delta else r["delta"]
+        assert r["kept"] == (delta >= 0.003)
+        assert bool(result.kept.kept[problem.graph.edge_index[r["edge"]]]) == r["kept"]
+
+
+def test_max_edge_tests_stops_early_and_marks_the_rest_untested():
+    problem = tracr_problem("tracr_reverse")
+    result = get_method("acdc")(problem, tau=0.001, max_edge_tests=5)
+    assert result.extras["n_edge_tests"] == 5 and len(result.extras["trace"]) == 5
+    assert torch.isinf(result.scores).sum() >= problem.graph.n_edges - 5
+
+
+@pytest.mark.parametrize("tau", [0, -1, float("nan"), "0.1", None])
+def test_tau_must_be_a_positive_number(tau):
+    with pytest.raises(ValueError, match="tau must be a positive number"):
+        get_method("acdc")(tracr_problem("tracr_reverse"), tau=tau)

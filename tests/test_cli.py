@@ -1,0 +1,123 @@
+"""The command line and the run folder, as a user meets them."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from circuitfind.pipeline import ConfigError, run
+from circuitfind.tasks import TaskData
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+
+
+def config(*overrides):
+    with initialize_config_dir(config_dir=os.path.abspath(CONFIGS), version_base="1.3"):
+        return compose("config", overrides=["progress=false", *overrides])
+
+
+def cli(*args, cwd):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "circuitfind.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_default_run_writes_a_complete_run_folder(tmp_path):
+    result = cli("progress=false", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "run"
+    summary = json.loads((folder / "summary.json").read_text())
+    required = {"task", "method", "corruption", "tau", "seed", "n_edges_total", "n_edges_kept", "metric_full",
+                "metric_circuit", "edge_tpr", "edge_fpr", "node_tpr", "node_fpr", "n_forward", "wall_s",
+                "circuitfind_version"}
+    assert required <= summary.keys()
+    assert (summary["task"], summary["method"], summary["corruption"]) == ("tracr_reverse", "acdc", "zero")
+    assert (summary["n_edges_total"], summary["n_edges_kept"]) == (106, 15)
+    assert (summary["edge_tpr"], summary["edge_fpr"]) == (1.0, 0.0)
+    edges = list(csv.DictReader(open(folder / "edges.csv")))
+    assert list(edges[0]) == ["edge", "sender", "receiver", "score", "kept", "canonical"]
+    assert len(edges) == 106 and sum(int(e["kept"]) for e in edges) == 15
+    assert all(e["kept"] == e["canonical"] for e in edges)
+    trace = list(csv.DictReader(open(folder / "trace.csv")))
+    assert list(trace[0]) == ["step", "edge", "delta", "metric", "kept", "n_edges"]
+    assert len(trace) == summary["n_edge_tests"] > 0
+    assert (folder / ".hydra" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["task=nope"], "unknown task 'nope'; choose one of"),
+    (["method=nope"], "unknown method 'nope'; choose one of"),
+    (["corruption=nope"], "unknown corruption 'nope'; choose one of"),
+    (["tau=0"], "tau must be a positive number, got 0"),
+    (["tau=-0.5"], "tau must be a positive number, got -0.5"),
+    (["tau=abc"], "tau must be a positive number, got 'abc'"),
+])
+def test_bad_input_gets_one_line_and_a_nonzero_exit(tmp_path, args, message):
+    result = cli(*args, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_a_failing_job_does_not_sink_the_sweep(tmp_path):
+    result = cli("-m", "tau=0.001,-1", "progress=false", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "sweep" / "0" / "summary.json").is_file()
+    assert not (tmp_path / "sweep" / "1" / "summary.json").exists()
+    assert "tau must be a positive number" in (tmp_path / "sweep" / "1" / "error.txt").read_text()
+
+
+def test_tracr_proportion_and_seeds_through_the_pipeline(tmp_path):
+    summary = run(config("task=tracr_proportion", "seed=3"), tmp_path / "a")
+    assert (summary["task"], summary["n_edges_total"], summary["seed"]) == ("tracr_proportion", 38, 3)
+    assert summary["edge_fpr"] == 0.0
+    again = run(config("task=tracr_proportion", "seed=3"), tmp_path / "b")
+    assert (tmp_path / "a" / "edges.csv").read_bytes() == (tmp_path / "b" / "edges.csv").read_bytes()
+
+
+def test_canonical_method_reports_the_ground_truth(tmp_path):
+    summary = run(config("method=canonical"), tmp_path)
+    assert (summary["n_edges_kept"], summary["edge_tpr"], summary["edge_fpr"]) == (15, 1.0, 0.0)
+
+
+def test_an_interrupted_run_leaves_no_summary(tmp_path, monkeypatch):
+    import circuitfind.pipeline as pipeline
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "write_trace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(config(), tmp_path)
+    assert not (tmp_path / "summary.json").exists()
+    assert not any(p.name.startswith(".") and "tmp" in p.name for p in tmp_path.iterdir())
+
+
+def test_config_errors_come_before_any_model_is_loaded(tmp_path, monkeypatch):
+    import circuitfind.pipeline as pipeline
+    monkeypatch.setattr(pipeline, "build_task", lambda *a, **k: pytest.fail("loaded a task"))
+    with pytest.raises(ConfigError, match="tau must be a positive number"):
+        run(config("tau=-1"), tmp_path)
+
+
+def test_prompts_of_unequal_shape_are_refused():
+    with pytest.raises(ValueError, match="must have the same shape"):
+        TaskData(torch.zeros(3, 5, dtype=torch.long), torch.zeros(3, 4, dtype=torch.long), torch.zeros(3, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="metric positions fall outside the prompts"):
+        TaskData(torch.zeros(3, 5, dtype=torch.long), torch.zeros(3, 5, dtype=torch.long), torch.full((3, 1), 5))
+
+
+def test_every_config_composes():
+    from circuitfind.cli import GROUPS, group_options
+    for group in GROUPS:
+        for option in group_options(group):
+            if group == "experiment":
+                continue
+            cfg = config(f"{group}={option}")
+            assert cfg is not None
