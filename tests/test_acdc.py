@@ -59,12 +59,10 @@ def reference_acdc(problem: Problem, tau: float):
     task, graph = problem.task, problem.graph
     data = task.validation
     ablated = reference_ablation(task.model, data.corrupted, problem.corruption)
-    clean_logits = problem.clean_logits()
-
     def loss(mask, stage):
         logits = reference_logits(task.model, graph, data.clean, ablated, mask_of(graph, mask))
         index = data.positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
-        return float(problem.metric.loss(logits.gather(1, index), clean_logits))
+        return float(problem.loss(logits.gather(1, index)))
 
     return acdc_search(graph, loss, tau, progress=False, dtype=torch.float64)
 

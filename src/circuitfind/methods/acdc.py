@@ -36,12 +36,11 @@ def acdc(problem: Problem, tau: float, abs_delta: bool = False, max_edge_tests: 
     """ACDC on the fast engine: each edge test restarts at the stage its edge is read."""
     check_tau(tau)
     engine, data = problem.engine("validation"), problem.data("validation")
-    clean_logits = problem.clean_logits("validation")
     _, cache = engine.run(problem.graph.full_mask(), data.positions, record=True)
 
     def loss(mask: torch.Tensor, stage: int) -> float:
         logits, _ = engine.run(mask, data.positions, start_stage=stage, cache=cache)
-        return float(problem.metric.loss(logits, clean_logits))
+        return float(problem.loss(logits, "validation"))
 
     return acdc_search(problem.graph, loss, tau, abs_delta, max_edge_tests, progress=problem.progress,
                        dtype=engine.dtype)

@@ -61,9 +61,16 @@ class Problem:
             self._clean_logits[split] = self.engine(split).logits(self.graph.full_mask(), self.data(split).positions)
         return self._clean_logits[split]
 
+    def per_prompt(self, logits: torch.Tensor, split: str = "validation", metric: Metric | None = None) -> torch.Tensor:
+        """The metric of patched ``logits`` (at the split's positions) for each prompt, in its own sign."""
+        return (metric or self.metric).per_prompt(logits, self.clean_logits(split))
+
+    def loss(self, logits: torch.Tensor, split: str = "validation") -> torch.Tensor:
+        """Mean metric signed so that lower is better (differentiable): what methods minimise."""
+        return self.metric.loss(logits, self.clean_logits(split))
+
     @torch.no_grad()
     def evaluate(self, mask, split: str = "validation", metric: Metric | None = None) -> float:
         """Mean metric of the circuit ``mask`` on ``split`` (in the metric's own sign)."""
-        metric = metric or self.metric
         logits = self.engine(split).logits(mask, self.data(split).positions)
-        return float(metric.per_prompt(logits, self.clean_logits(split)).mean())
+        return float(self.per_prompt(logits, split, metric).mean())
