@@ -139,3 +139,21 @@ def test_max_edge_tests_stops_early_and_marks_the_rest_untested():
 def test_tau_must_be_a_positive_number(tau):
     with pytest.raises(ValueError, match="tau must be a positive number"):
         get_method("acdc")(tracr_problem("tracr_reverse"), tau=tau)
+
+
+@pytest.mark.parametrize("granularity, n_edges, n_canonical", [("heads", 54, 11), ("nodes", 10, 7)])
+def test_tracr_reverse_coarser_graphs_recover_the_projected_canonical_circuit(granularity, n_edges, n_canonical):
+    problem = tracr_problem("tracr_reverse", granularity=granularity)
+    result = get_method("acdc")(problem, tau=0.001)
+    canonical = canonical_mask(problem.task, problem.graph)
+    assert (problem.graph.n_edges, canonical.n_kept) == (n_edges, n_canonical)
+    assert sorted(result.kept.kept_names()) == sorted(canonical.kept_names())
+
+
+@pytest.mark.parametrize("corruption", ["mean", "mean_all"])
+def test_mean_ablation_runs_end_to_end_and_keeps_only_canonical_edges(corruption):
+    problem = tracr_problem("tracr_reverse", corruption=corruption)
+    result = get_method("acdc")(problem, tau=0.001)
+    canonical = canonical_mask(problem.task, problem.graph)
+    rates = edge_and_node_rates(result.kept, canonical)
+    assert rates["edge_fpr"] == 0.0 and rates["edge_tpr"] > 0
