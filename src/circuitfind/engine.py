@@ -91,6 +91,11 @@ class SenderDiffs:
     def weighted(self, weights: torch.Tensor, n_senders: int) -> torch.Tensor:
         """sum_s weights[r, s] * diff_s over the first ``n_senders`` senders -> [rows, batch*pos*d]."""
         if not self.differentiable:
+            # ACDC's masks are sparse on one side: gather the few senders with a nonzero weight
+            # rather than multiply zeros (a slab is batch*pos*d_model numbers).
+            used = weights.any(0).nonzero().flatten()
+            if len(used) <= n_senders // 4:
+                return weights[:, used] @ self.buffer.index_select(0, used).flatten(1)
             return weights @ self.buffer[:n_senders].flatten(1)
         total = None
         for start, block in self.blocks:
@@ -115,10 +120,6 @@ class SenderCache:
     qkv: list[torch.Tensor]  # per recomputed layer: [3, batch, pos, n_heads, d_head]
 
 
-def stage_of_receiver(graph: Graph, layer: int, is_mlp: bool) -> int:
-    return 2 * layer + (1 if is_mlp else 0)
-
-
 class PatchEngine:
     """Runs ``model`` on ``tokens`` with a mask over ``graph``'s edges, ablating from ``ablation``."""
 
@@ -132,6 +133,10 @@ class PatchEngine:
         self.dtype = cfg.dtype
         self.n_forward = 0  # model forwards run (a restarted run counts as one)
         self._ablated_resid: dict[tuple[int, int], torch.Tensor] = {}
+        self._qkv_weights: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._scratch: torch.Tensor | None = None  # see scratch_from
+        self._scratch_source: SenderCache | None = None
+        self._scratch_dirty_from = 0
 
     # ---- building blocks -------------------------------------------------------------------
     def embed(self, tokens: torch.Tensor) -> list[torch.Tensor]:
@@ -139,26 +144,36 @@ class PatchEngine:
         tok, pos = self.model.embed(tokens), self.model.pos_embed(tokens)
         return [tok, pos] if self.graph.arch.split_embed else [tok + pos]
 
-    def read_inputs(self, rows: slice, n_senders: int, resid: torch.Tensor, diff: SenderDiffs,
-                    removed: torch.Tensor) -> torch.Tensor:
-        """Inputs of consecutive receiver ``rows`` [n_rows, batch, pos, d_model].
+    def changed_inputs(self, rows: slice, n_senders: int, resid: torch.Tensor, diff: SenderDiffs,
+                       removed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The receivers in ``rows`` whose input is not simply ``resid`` (something was removed),
+        as (offsets into ``rows``, their inputs [n_changed, batch, pos, d_model]).
 
-        A row that keeps most of its edges is read as ``resid - removed @ diff``; one that removes
-        most as ``ablated_resid + kept @ diff``.  The two are equal, but each sums over the fewer
-        edges, and the second is exact when everything is removed (no cancellation of a sender's
-        value against itself, which layer norm would amplify under zero ablation)."""
+        A receiver that keeps most of its edges is read as ``resid - removed @ diff``; one that
+        removes most as ``ablated_resid + kept @ diff``.  The two are equal, but each sums over the
+        fewer senders, and the second is exact when everything is removed (no cancellation of a
+        sender's value against itself, which layer norm would amplify under zero ablation)."""
         r = removed[rows, :n_senders]
-        x = resid.unsqueeze(0).expand(r.shape[0], *resid.shape)
-        if not r.any():
-            return x
+        changed = r.any(1).nonzero().flatten()
+        if len(changed) == 0:
+            return changed, None
+        r = r[changed]
         mostly_removed = r.sum(1) > n_senders / 2
-        x = x - diff.weighted(torch.where(mostly_removed[:, None], 0, r), n_senders).view(r.shape[0], *resid.shape)
-        if mostly_removed.any():
-            from_ablated = self.ablated_resid(n_senders, rows.start) + (
-                diff.weighted(1 - r[mostly_removed], n_senders).view(-1, *resid.shape))
-            x = x.clone()
-            x[mostly_removed] = from_ablated.expand(-1, *resid.shape)
-        return x
+        shape = (len(changed), *resid.shape)
+        if not mostly_removed.any():
+            return changed, resid - diff.weighted(r, n_senders).view(shape)
+        if mostly_removed.all():
+            ablated = self.ablated_resid(n_senders, rows.start)
+            return changed, ablated + diff.weighted(1 - r, n_senders).view(shape)
+        keeping = resid - diff.weighted(torch.where(mostly_removed[:, None], 0, r), n_senders).view(shape)
+        ablated = self.ablated_resid(n_senders, rows.start) + diff.weighted(
+            torch.where(mostly_removed[:, None], 1 - r, 0), n_senders).view(shape)
+        return changed, torch.where(mostly_removed.view(-1, 1, 1, 1), ablated, keeping)
+
+    def receiver_input(self, row: int, n_senders: int, resid, diff, removed) -> torch.Tensor:
+        """The input of one receiver row [batch, pos, d_model]."""
+        changed, x = self.changed_inputs(slice(row, row + 1), n_senders, resid, diff, removed)
+        return resid if x is None else x[0]
 
     def ablated_resid(self, n_senders: int, row: int) -> torch.Tensor:
         """The residual a receiver would read with every edge removed: the ablated values of the
@@ -176,20 +191,23 @@ class PatchEngine:
     def attention(self, layer: int, resid, diff, removed, qkv_mask) -> tuple[torch.Tensor, torch.Tensor]:
         g, block = self.graph, self.model.blocks[layer]
         attn, H = block.attn, g.n_heads
-        batch, pos, d_model = resid.shape
+        pos = resid.shape[1]
+        W, b = self.qkv_weights(layer)  # [3, H, d_model, d_head], [3, H, d_head]
+        # Every head reads the unpatched residual unless an edge into it was removed: project that
+        # once for all heads (as the model does), then redo only the heads whose input changed.
+        qkv = torch.einsum("bpd,whde->wbphe", block.ln1(resid), W) + b[:, None, None]
         start = layer * g.rows_per_layer
-        x = self.read_inputs(slice(start, start + 3 * H), g.n_senders_before_heads(layer), resid, diff, removed)
-        # [3 * H, batch, pos, d] -> [3, batch, pos, H, d]: q, k and v inputs of every head
-        x = x.reshape(3, H, batch, pos, d_model).permute(0, 2, 3, 1, 4)
-        x = block.ln1(x.reshape(3 * batch, pos, H, d_model)).reshape(3, batch, pos, H, d_model)
-        q = torch.einsum("bphd,hde->bphe", x[0], attn.W_Q) + attn.b_Q
-        k = torch.einsum("bphd,hde->bphe", x[1], attn.W_K) + attn.b_K
-        v = torch.einsum("bphd,hde->bphe", x[2], attn.W_V) + attn.b_V
-        m = qkv_mask[layer]  # [3, H]
+        changed, x = self.changed_inputs(slice(start, start + 3 * H), g.n_senders_before_heads(layer),
+                                         resid, diff, removed)
+        if x is not None:
+            which, head = changed // H, changed % H
+            own = torch.einsum("nbpd,nde->nbpe", block.ln1(x), W[which, head]) + b[which, head][:, None, None]
+            qkv = _put_heads(qkv, which, head, own)
+        m = qkv_mask[layer]  # [3, H]: the q/k/v edges of each head
         if (m != 1).any():
-            ablated = self.ablation.qkv[layer]
             w = m.view(3, 1, 1, H, 1)
-            q, k, v = (w[i] * t + (1 - w[i]) * ablated[i] for i, t in enumerate((q, k, v)))
+            qkv = w * qkv + (1 - w) * self.ablation.qkv[layer]
+        q, k, v = qkv
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / attn.attn_scale
         if self.model.cfg.attention_dir == "causal":
             causal = torch.ones(pos, pos, dtype=torch.bool, device=scores.device).tril()
@@ -200,16 +218,34 @@ class PatchEngine:
         result = torch.einsum("bqhe,hed->hbqd", z, attn.W_O)  # one [batch, pos, d] slab per head
         heads = g.head_slots(layer)
         diff.write(heads.start, result - self.ablation.senders[heads])
-        return resid + result.sum(0) + attn.b_O, torch.stack((q, k, v))
+        return resid + result.sum(0) + attn.b_O, qkv
+
+    def qkv_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if layer not in self._qkv_weights:
+            attn = self.model.blocks[layer].attn
+            self._qkv_weights[layer] = (torch.stack((attn.W_Q, attn.W_K, attn.W_V)),
+                                        torch.stack((attn.b_Q, attn.b_K, attn.b_V)))
+        return self._qkv_weights[layer]
 
     def mlp(self, layer: int, resid, diff, removed) -> torch.Tensor:
         g, block = self.graph, self.model.blocks[layer]
         row = g.mlp_row(layer)
-        x = self.read_inputs(slice(row, row + 1), g.n_senders_before_mlp(layer), resid, diff, removed)[0]
-        out = block.mlp(block.ln2(x))
+        out = block.mlp(block.ln2(self.receiver_input(row, g.n_senders_before_mlp(layer), resid, diff, removed)))
         slot = g.mlp_slot(layer)
         diff.write(slot, (out - self.ablation.senders[slot]).unsqueeze(0))
         return resid + out
+
+    def scratch_from(self, cache: SenderCache, n_unchanged: int) -> torch.Tensor:
+        """A buffer whose first ``n_unchanged`` slabs equal the cache's, for a restarted run to write
+        the rest into.  Copying the whole cache per edge test would cost as much as a layer, so one
+        scratch buffer is kept and only the slabs an earlier restart overwrote are refreshed."""
+        if self._scratch is None or self._scratch_source is not cache:
+            self._scratch, self._scratch_source = cache.diff.clone(), cache
+        elif self._scratch_dirty_from < n_unchanged:
+            start = self._scratch_dirty_from
+            self._scratch[start:n_unchanged] = cache.diff[start:n_unchanged]
+        self._scratch_dirty_from = n_unchanged
+        return self._scratch
 
     def unembed(self, x: torch.Tensor) -> torch.Tensor:
         ln_final = getattr(self.model, "ln_final", None)
@@ -248,7 +284,8 @@ class PatchEngine:
         else:
             assert cache is not None, "restarting a run needs the cache of an earlier one"
             assert not differentiable, "restarting from a cache is for gradient-free search"
-            diff, resid = SenderDiffs(cache.diff.clone(), False), cache.resid[start_stage]
+            diff = SenderDiffs(self.scratch_from(cache, g.n_senders_before_stage(start_stage)), False)
+            resid = cache.resid[start_stage]
         stages: list[torch.Tensor] = [resid] * start_stage if record else []
         qkv: list[torch.Tensor] = []
 
@@ -268,14 +305,25 @@ class PatchEngine:
         if record:
             stages.append(resid)
 
-        final = self.read_inputs(slice(g.resid_post_row, g.resid_post_row + 1), g.n_senders, resid, diff, removed)[0]
+        final = self.receiver_input(g.resid_post_row, g.n_senders, resid, diff, removed)
         if positions is not None:
             final = gather_positions(final, positions)
         logits = self.unembed(final)
-        return logits, (SenderCache(diff=diff.buffer, resid=stages, qkv=qkv) if record else None)
+        return logits, (SenderCache(diff=diff.buffer.clone() if start_stage else diff.buffer, resid=stages, qkv=qkv)
+                        if record else None)
 
     def logits(self, mask: EdgeMask | torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         return self.run(mask, positions)[0]
+
+
+def _put_heads(qkv: torch.Tensor, which: torch.Tensor, head: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """qkv [3, batch, pos, H, d_head] with qkv[which[i], :, :, head[i]] = values[i] (out of place,
+    so that gradients reach both the shared projection and the per-head ones)."""
+    three, batch, pos, n_heads, d_head = qkv.shape
+    flat = qkv.permute(0, 3, 1, 2, 4).reshape(three * n_heads, batch, pos, d_head)
+    index = (which * n_heads + head).view(-1, 1, 1, 1).expand_as(values)
+    flat = flat.scatter(0, index, values)
+    return flat.view(three, n_heads, batch, pos, d_head).permute(0, 2, 3, 1, 4)
 
 
 def gather_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -135,6 +135,13 @@ class Graph:
         """Senders visible to the MLP of ``layer``: also that layer's heads."""
         return self._heads_start[layer] + self.n_heads
 
+    def n_senders_before_stage(self, stage: int) -> int:
+        """Senders written before ``stage`` runs (stage 2l: layer l's heads, 2l+1: its MLP)."""
+        layer, is_mlp = divmod(stage, 2)
+        if layer >= self.n_layers:
+            return self.n_senders
+        return self.n_senders_before_mlp(layer) if is_mlp else self.n_senders_before_heads(layer)
+
     def head_input_row(self, layer: int, head: int, which: str) -> int:
         return layer * self.rows_per_layer + QKV.index(which) * self.n_heads + head
 
