@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from ..checkpoint import Checkpointer
 from ..graph import EdgeMask, EdgeScores, Graph
 from .base import Problem, register
 
@@ -32,7 +33,7 @@ LossFn = Callable[[torch.Tensor, int], float]
 @register("acdc")
 @torch.no_grad()
 def acdc(problem: Problem, tau: float, abs_delta: bool = False, max_edge_tests: int | None = None,
-         **_) -> EdgeScores:
+         checkpointer: Checkpointer | None = None, **_) -> EdgeScores:
     """ACDC on the fast engine: each edge test restarts at the stage its edge is read."""
     check_tau(tau)
     engine, data = problem.engine("validation"), problem.data("validation")
@@ -43,7 +44,7 @@ def acdc(problem: Problem, tau: float, abs_delta: bool = False, max_edge_tests: 
         return float(problem.loss(logits, "validation"))
 
     return acdc_search(problem.graph, loss, tau, abs_delta, max_edge_tests, progress=problem.progress,
-                       dtype=engine.dtype)
+                       dtype=engine.dtype, checkpointer=checkpointer)
 
 
 def check_tau(tau) -> None:
@@ -53,25 +54,40 @@ def check_tau(tau) -> None:
 
 def acdc_search(graph: Graph, loss: LossFn, tau: float, abs_delta: bool = False,
                 max_edge_tests: int | None = None, progress: bool = True,
-                dtype: torch.dtype = torch.float32) -> EdgeScores:
-    """Algorithm 1 over ``graph``, given any way of computing the loss of a circuit."""
+                dtype: torch.dtype = torch.float32, checkpointer: Checkpointer | None = None) -> EdgeScores:
+    """Algorithm 1 over ``graph``, given any way of computing the loss of a circuit.
+
+    With a ``checkpointer`` the state (mask, scores, trace, current loss) is saved between edge
+    tests and a resumed run skips every edge already decided, so it ends exactly as an
+    uninterrupted run would (the current loss is restored, not recomputed)."""
     check_tau(tau)
-    mask = torch.ones(graph.n_edges, dtype=dtype)
-    current = loss(mask, 0)
-    # Score = how much removing the edge hurt when it was tested; an edge dropped untested because
-    # its receiver fed nothing scores -inf; one never reached (max_edge_tests) +inf.
-    scores = torch.full((graph.n_edges,), math.inf, dtype=torch.float64)
-    trace: list[dict] = []
-    n_tests = 0
+    saved = checkpointer.restore() if checkpointer is not None else None
+    if saved is None:
+        mask = torch.ones(graph.n_edges, dtype=dtype)
+        current = loss(mask, 0)
+        # Score = how much removing the edge hurt when it was tested; an edge dropped untested
+        # because its receiver fed nothing scores -inf; one never reached (max_edge_tests) +inf.
+        scores = torch.full((graph.n_edges,), math.inf, dtype=torch.float64)
+        trace: list[dict] = []
+    else:
+        mask, scores, trace, current = saved["mask"].to(dtype), saved["scores"], saved["trace"], saved["current"]
+    n_tests = len(trace)
+    decided = ~torch.isposinf(scores)
+
+    def state() -> dict:
+        return dict(mask=mask.clone(), scores=scores.clone(), trace=list(trace), current=current)
 
     def budget_left() -> bool:
         return max_edge_tests is None or n_tests < max_edge_tests
 
-    bar = tqdm(total=graph.n_edges, desc="ACDC", unit="edge", disable=not progress, leave=False)
+    bar = tqdm(total=graph.n_edges, initial=int(decided.sum()), desc="ACDC", unit="edge",
+               disable=not progress, leave=False)
     for receiver in graph.receivers_in_order:
         incoming = graph.incoming[receiver]
         if not budget_left():
             break
+        if bool(decided[incoming].all()):  # done before a resume
+            continue
         if graph.granularity != "nodes" and receiver != "resid_post" and not mask[graph.outgoing[receiver]].any():
             mask[incoming] = 0  # the receiver feeds nothing: its inputs cannot matter
             scores[incoming] = -math.inf
@@ -80,6 +96,8 @@ def acdc_search(graph: Graph, loss: LossFn, tau: float, abs_delta: bool = False,
         for e in incoming:
             if not budget_left():
                 break
+            if decided[e]:
+                continue
             mask[e] = 0
             candidate = loss(mask, graph.edges[e].stage)
             delta = candidate - current
@@ -94,6 +112,8 @@ def acdc_search(graph: Graph, loss: LossFn, tau: float, abs_delta: bool = False,
                               kept=not removed, n_edges=int(mask.sum())))
             bar.update(1)
             bar.set_postfix_str(f"{receiver} | {int(mask.sum())} edges left", refresh=False)
+            if checkpointer is not None:
+                checkpointer.step(state)
     bar.close()
 
     return EdgeScores(graph, scores, EdgeMask(graph, mask.bool()), extras=dict(trace=trace, n_edge_tests=n_tests))
