@@ -63,11 +63,11 @@ class Problem:
 
     def per_prompt(self, logits: torch.Tensor, split: str = "validation", metric: Metric | None = None) -> torch.Tensor:
         """The metric of patched ``logits`` (at the split's positions) for each prompt, in its own sign."""
-        return (metric or self.metric).per_prompt(logits, self.clean_logits(split))
+        return (metric or self.metric).per_prompt(logits, self.clean_logits(split), self.data(split))
 
     def loss(self, logits: torch.Tensor, split: str = "validation") -> torch.Tensor:
         """Mean metric signed so that lower is better (differentiable): what methods minimise."""
-        return self.metric.loss(logits, self.clean_logits(split))
+        return self.metric.loss(logits, self.clean_logits(split), self.data(split))
 
     @torch.no_grad()
     def evaluate(self, mask, split: str = "validation", metric: Metric | None = None) -> float:

@@ -5,11 +5,19 @@ from __future__ import annotations
 from typing import Callable
 
 from .base import Task, TaskData
+from .docstring import docstring_task
+from .greaterthan import greaterthan_task
+from .induction import induction_task
+from .ioi import ioi_task
 from .tracr import tracr_proportion, tracr_reverse
 
 TASKS: dict[str, Callable[..., Task]] = {
     "tracr_reverse": tracr_reverse,
     "tracr_proportion": tracr_proportion,
+    "ioi": ioi_task,
+    "greaterthan": greaterthan_task,
+    "docstring": docstring_task,
+    "induction": induction_task,
 }
 
 

@@ -1,0 +1,337 @@
+"""Loading the models of the ACDC paper's tasks from a model config (``configs/model/NAME.yaml``).
+
+Two kinds of model config:
+
+``kind: hub``      a model on the Hugging Face hub (``repo``), loaded with TransformerLens' own
+                   config conversion and weight processing (``fold_ln``, ``center_writing_weights``,
+                   ``center_unembed``).  Its weights come from the local Hugging Face cache; where
+                   they are not cached they are downloaded, and where the hub cannot be reached
+                   either the run stops at once with ``ModelUnavailableError``, never falling back
+                   to another model.
+``kind: shipped``  a model the project trained itself, its weights inside the package
+                   (``scripts/train_induction.py`` -> ``weights/induction_2l.pt``).
+
+``pretrained: false`` builds the same architecture with seeded random weights and touches neither
+the hub nor the cache: it is how every task's pipeline runs offline in tests and dry runs.  The
+architectures of the hub models are therefore also written down here (``HUB_ARCHITECTURES``); when
+real weights are loaded, their own config must agree with it on everything the graph depends on.
+
+Models come without a tokenizer attached (TransformerLens would fetch one from the hub); tasks
+tokenise with ``load_tokenizer``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import socket
+import threading
+from importlib.resources import files
+from types import SimpleNamespace
+from urllib.parse import urlparse
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from ..engine import check_supported
+
+log = logging.getLogger(__name__)
+
+# The hub models' configs as TransformerLens builds them (before weight processing).  GPT-2's is
+# checked against TransformerLens' conversion of GPT-2's published config.json in the tests; the
+# other two are TransformerLens' reading of their repos' config.json files.
+HUB_ARCHITECTURES: dict[str, dict] = {
+    "gpt2": dict(
+        n_layers=12, n_heads=12, d_model=768, d_head=64, d_mlp=3072, n_ctx=1024, d_vocab=50257,
+        act_fn="gelu_new", normalization_type="LN", eps=1e-5, positional_embedding_type="standard",
+        original_architecture="GPT2LMHeadModel",
+    ),
+    "NeelNanda/Attn_Only_4L512W_C4_Code": dict(
+        n_layers=4, n_heads=8, d_model=512, d_head=64, n_ctx=1024, d_vocab=48262, attn_only=True,
+        normalization_type="LN", positional_embedding_type="standard", original_architecture="neel",
+    ),
+    # Redwood's 2-layer model is a shortformer: positional embeddings enter the queries and keys
+    # only, never the residual stream.  circuitfind's engine does not implement that (it refuses
+    # the model by name); the config exists so the architecture is known and the refusal is clear.
+    "ArthurConmy/redwood_attn_2l": dict(
+        n_layers=2, n_heads=8, d_model=256, d_head=32, n_ctx=2048, d_vocab=50259, attn_only=True,
+        normalization_type="LN", positional_embedding_type="shortformer", original_architecture="neel",
+    ),
+}
+# The facts the edge graph and the patching engine depend on: real weights must agree on these.
+GRAPH_FACTS = ("n_layers", "n_heads", "attn_only", "positional_embedding_type")
+
+# Where GPT-2's tokenizer files (vocab.json, merges.txt) live when the cache does not hold them.
+GPT2_TOKENIZER_ENV = "CIRCUITFIND_GPT2_TOKENIZER"
+SHIPPED_FORMAT_VERSION = 1
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+class ModelUnavailableError(RuntimeError):
+    """The weights or tokenizer a run needs are neither cached nor downloadable."""
+
+
+# ---- hub access ----------------------------------------------------------------------------------
+def hub_cache_dir() -> str:
+    """The Hugging Face hub cache, read at call time (HF_HUB_CACHE / HF_HOME / the default)."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as set now; huggingface_hub reads it only once, at import."""
+    from huggingface_hub import constants
+
+    value = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return value in {"1", "ON", "YES", "TRUE"} or constants.HF_HUB_OFFLINE
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the hub opens within ``timeout`` seconds.
+
+    Without network every Hugging Face call retries for tens of seconds before failing; one bounded
+    probe lets a run that needs the hub stop at once instead.  The probe runs in a daemon thread
+    because name resolution itself has no timeout."""
+    if hub_offline():
+        return False
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    address = (url.hostname, url.port or (443 if url.scheme == "https" else 80))
+    opened = threading.Event()
+
+    def probe():
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            opened.set()
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)  # a refused connection ends the probe at once; a silent network, the timeout
+    return opened.is_set()
+
+
+def _cached_file(repo: str, filename: str) -> pathlib.Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, filename, cache_dir=hub_cache_dir())
+    return pathlib.Path(found) if isinstance(found, str) else None
+
+
+def _unavailable(model: str, what: str, plural: bool) -> ModelUnavailableError:
+    """The one line a run without the files it needs stops with."""
+    are, them = ("are", "them") if plural else ("is", "it")
+    return ModelUnavailableError(
+        f"{model}: {what} {are} not in the Hugging Face cache ({hub_cache_dir()}) and the hub cannot be "
+        f"reached; run once online to download {them} (or set HF_HOME to a cache that holds {them}), "
+        "or use model.pretrained=false for random weights"
+    )
+
+
+# ---- tokenizers ----------------------------------------------------------------------------------
+_TOKENIZERS: dict[tuple, object] = {}
+
+
+def gpt2_tokenizer():
+    """GPT-2's BPE tokenizer: from the folder named by $CIRCUITFIND_GPT2_TOKENIZER (vocab.json and
+    merges.txt), else the Hugging Face cache, else the hub."""
+    from transformers import GPT2TokenizerFast
+
+    folder = os.environ.get(GPT2_TOKENIZER_ENV)
+    key = ("gpt2", folder, hub_cache_dir())
+    if key in _TOKENIZERS:
+        return _TOKENIZERS[key]
+    if folder:
+        missing = [f for f in ("vocab.json", "merges.txt") if not (pathlib.Path(folder) / f).is_file()]
+        if missing:
+            raise ModelUnavailableError(f"${GPT2_TOKENIZER_ENV}={folder} lacks {' and '.join(missing)}")
+        # from_pretrained(folder): transformers 5 ignores vocab_file=/merges_file= keyword arguments.
+        tokenizer = GPT2TokenizerFast.from_pretrained(folder)
+    elif _cached_file("gpt2", "vocab.json") and _cached_file("gpt2", "merges.txt"):
+        tokenizer = GPT2TokenizerFast.from_pretrained("gpt2", cache_dir=hub_cache_dir(), local_files_only=True)
+    elif hub_reachable():
+        tokenizer = GPT2TokenizerFast.from_pretrained("gpt2", cache_dir=hub_cache_dir())
+    else:
+        raise ModelUnavailableError(
+            f"GPT-2's tokenizer was not found: set {GPT2_TOKENIZER_ENV} to a folder holding its vocab.json "
+            "and merges.txt, or run once online to cache it"
+        )
+    _TOKENIZERS[key] = tokenizer
+    return tokenizer
+
+
+def load_tokenizer(model_cfg: dict):
+    """The tokenizer of the model ``model_cfg`` describes (None for models that read token ids).
+
+    A model with random weights has no vocabulary of its own to honour, so where its tokenizer cannot
+    be had offline it reads GPT-2's BPE instead (``load_model`` then sizes its vocabulary to fit)."""
+    if model_cfg.get("kind") != "hub":
+        return None
+    name = model_cfg.get("tokenizer") or model_cfg["repo"]
+    if name == "gpt2":
+        return gpt2_tokenizer()
+    key = (name, hub_cache_dir())
+    if key in _TOKENIZERS:
+        return _TOKENIZERS[key]
+    from transformers import AutoTokenizer
+
+    if _cached_file(name, "tokenizer_config.json") or _cached_file(name, "tokenizer.json"):
+        tokenizer = AutoTokenizer.from_pretrained(name, cache_dir=hub_cache_dir(), local_files_only=True)
+    elif hub_reachable():
+        tokenizer = AutoTokenizer.from_pretrained(name, cache_dir=hub_cache_dir())
+    elif not model_cfg.get("pretrained", True):
+        log.warning("%s's tokenizer (%s) is not cached; its random-weight stand-in reads GPT-2 tokens",
+                    model_cfg["name"], name)
+        return gpt2_tokenizer()
+    else:
+        raise _unavailable(model_cfg["name"], f"the tokenizer {name}", plural=False)
+    _TOKENIZERS[key] = tokenizer
+    return tokenizer
+
+
+# ---- models --------------------------------------------------------------------------------------
+def load_model(model_cfg: dict, device: str | torch.device = "cpu", seed: int = 0,
+               tokenizer=None) -> HookedTransformer:
+    """The HookedTransformer ``model_cfg`` describes, frozen and in eval mode.
+
+    ``seed`` fixes random weights (``pretrained: false``).  ``tokenizer``: the one the task will
+    encode with; a random-weight model whose vocabulary is smaller than it grows to fit."""
+    kind = model_cfg.get("kind")
+    if kind == "hub":
+        model = _load_hub_model(model_cfg, device, seed, tokenizer)
+    elif kind == "shipped":
+        model = _load_shipped_model(model_cfg, device, seed)
+    else:
+        raise ValueError(f"model {model_cfg.get('name')!r} has kind {kind!r}; load_model handles kinds hub and shipped")
+    return model.eval().requires_grad_(False)
+
+
+def _random_model(cfg: HookedTransformerConfig, seed: int) -> HookedTransformer:
+    # A private RNG stream: the weights depend on the seed alone, not on what ran before.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return HookedTransformer(cfg)
+
+
+def _processed_normalization(normalization_type: str, fold_ln: bool) -> str:
+    """What TransformerLens' loader turns the normalisation into when it folds layer norm."""
+    if fold_ln and normalization_type in ("LN", "LNPre"):
+        return "LNPre"
+    if fold_ln and normalization_type in ("RMS", "RMSPre"):
+        return "RMSPre"
+    return normalization_type
+
+
+def _load_hub_model(model_cfg: dict, device, seed: int, tokenizer) -> HookedTransformer:
+    name, repo = model_cfg["name"], model_cfg["repo"]
+    if repo not in HUB_ARCHITECTURES:
+        raise ValueError(f"model {name}: unknown hub repo {repo!r}; known: {', '.join(HUB_ARCHITECTURES)}")
+    fold_ln = bool(model_cfg.get("fold_ln", False))
+    if not model_cfg.get("pretrained", True):
+        arch = dict(HUB_ARCHITECTURES[repo])
+        # Random weights are drawn for the processed architecture (LNPre where layer norm is folded),
+        # so a dry run exercises the same parameter set as the real model.  Centring is a property of
+        # trained weights and is not imitated.
+        arch["normalization_type"] = _processed_normalization(arch["normalization_type"], fold_ln)
+        if tokenizer is not None and len(tokenizer) > arch["d_vocab"]:
+            arch["d_vocab"] = len(tokenizer)
+        cfg = HookedTransformerConfig(**arch, model_name=f"{name} (random weights)", device=str(device))
+        return _random_model(cfg, seed)
+    # Refuse what the patching engine cannot run before fetching anything (it reads only .cfg).
+    check_supported(SimpleNamespace(cfg=HookedTransformerConfig(**HUB_ARCHITECTURES[repo], model_name=name)))
+    return _load_pretrained(model_cfg, device)
+
+
+def _transformer_lens_format(repo: str) -> bool:
+    """Whether the repo holds TransformerLens weights (Neel Nanda's and Redwood's models) rather than
+    a transformers model."""
+    return HUB_ARCHITECTURES[repo]["original_architecture"] == "neel"
+
+
+def _weight_files(repo: str) -> tuple[list[str], pathlib.Path | None]:
+    """(the files a download fetches, the cached weights file or None).
+
+    HF-format repos (GPT-2) hold ``model.safetensors``; TransformerLens-format repos (NeelNanda's,
+    Redwood's) hold ``config.json`` and a ``*final.pth`` state dict."""
+    config = _cached_file(repo, "config.json")
+    if _transformer_lens_format(repo):
+        weights = next(iter(sorted(config.parent.glob("*final.pth"))), None) if config else None
+        return ["config.json", "*final.pth"], weights
+    weights = _cached_file(repo, "model.safetensors") or _cached_file(repo, "pytorch_model.bin")
+    return ["config.json", "model.safetensors", "generation_config.json"], weights if config else None
+
+
+def _load_pretrained(model_cfg: dict, device) -> HookedTransformer:
+    from huggingface_hub import snapshot_download
+    from transformer_lens import loading_from_pretrained as tl_loading
+
+    name, repo = model_cfg["name"], model_cfg["repo"]
+    arch = HUB_ARCHITECTURES[repo]
+    patterns, weights = _weight_files(repo)
+    if weights is None:
+        if not hub_reachable():
+            raise _unavailable(name, f"the weights of {repo}", plural=True)
+        snapshot_download(repo, allow_patterns=patterns, cache_dir=hub_cache_dir())
+        _, weights = _weight_files(repo)
+        if weights is None:
+            raise ModelUnavailableError(f"{name}: the hub repo {repo} holds no weights file matching {patterns}")
+
+    # From here on everything is read from the cache: local_files_only keeps TransformerLens and
+    # transformers off the network.  TransformerLens' own from_pretrained lists a TransformerLens-
+    # format repo's files online even when they are cached, so its steps are taken one by one.
+    offline = dict(cache_dir=hub_cache_dir(), local_files_only=True)
+    fold_ln = bool(model_cfg.get("fold_ln", False))
+    cfg = tl_loading.get_pretrained_model_config(repo, fold_ln=fold_ln, device=str(device), **offline)
+    disagreements = [f"{fact} {getattr(cfg, fact)!r} (expected {arch.get(fact, False)!r})"
+                     for fact in GRAPH_FACTS if getattr(cfg, fact) != arch.get(fact, False)]
+    if disagreements:
+        raise ValueError(f"{name}: the cached config of {repo} disagrees with circuitfind's on "
+                         f"{', '.join(disagreements)}")
+    if _transformer_lens_format(repo):
+        state_dict = torch.load(weights, map_location="cpu", weights_only=True)
+    else:
+        state_dict = tl_loading.get_pretrained_state_dict(repo, cfg, **offline)
+    cfg.tokenizer_name = None  # no hub lookup for a tokenizer: tasks bring their own
+    model = HookedTransformer(cfg, move_to_device=False)
+    model.load_and_process_state_dict(
+        state_dict,
+        fold_ln=fold_ln,
+        center_writing_weights=bool(model_cfg.get("center_writing_weights", False)),
+        center_unembed=bool(model_cfg.get("center_unembed", False)),
+    )
+    return model.to(device)
+
+
+# ---- models the project ships --------------------------------------------------------------------
+def shipped_weights_path(name: str) -> pathlib.Path:
+    """Where the package keeps the weights of the self-trained model ``name`` (may not exist)."""
+    return pathlib.Path(str(files("circuitfind.models") / "weights" / f"{name}.pt"))
+
+
+def read_shipped(name: str) -> dict:
+    """The shipped weights file of ``name``: ``cfg`` (HookedTransformerConfig fields), ``state_dict``
+    and whatever its training script recorded (``bos``, training settings, induction measurements)."""
+    path = shipped_weights_path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; train it with `python scripts/train_{name.split('_')[0]}.py`")
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if data.get("format_version") != SHIPPED_FORMAT_VERSION or data.get("name") != name:
+        raise ValueError(f"{path}: expected format_version {SHIPPED_FORMAT_VERSION} for model {name!r}, got "
+                         f"format_version {data.get('format_version')!r} for {data.get('name')!r}")
+    return data
+
+
+def _load_shipped_model(model_cfg: dict, device, seed: int) -> HookedTransformer:
+    name = model_cfg["name"]
+    data = read_shipped(name)
+    pretrained = model_cfg.get("pretrained", True)
+    cfg = HookedTransformerConfig(**data["cfg"], device=str(device),
+                                  model_name=name if pretrained else f"{name} (random weights)")
+    model = _random_model(cfg, seed)
+    if pretrained:
+        model.load_state_dict({**model.state_dict(), **data["state_dict"]}, strict=True)
+    return model
