@@ -26,13 +26,22 @@ warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", cat
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from .checkpoint import RunInterrupted  # noqa: E402
 from .pipeline import run  # noqa: E402
-from .rundir import atomic_write_text  # noqa: E402
+from .rundir import atomic_write_text, config_hash  # noqa: E402
 
 log = logging.getLogger("circuitfind")
 
+
+def _hash_of_root(*, _root_) -> str:
+    """``${cf_hash:}`` in hydra.run.dir: the config's hash, so a config always finds its folder."""
+    return config_hash(_root_)
+
+
+if not OmegaConf.has_resolver("cf_hash"):
+    OmegaConf.register_new_resolver("cf_hash", _hash_of_root)
 
 def _format_summary(summary: dict) -> str:
     parts = [f"{summary['task']} {summary['method']} ({summary['corruption']}, {summary['graph']} graph)",
@@ -81,6 +90,10 @@ def hydra_main(cfg: DictConfig) -> dict | None:
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         summary = run(cfg, folder)
+    except RunInterrupted as stop:
+        print(f"circuitfind: {stop}. Run the same command again to resume "
+              f"(or add resume=true hydra.run.dir={folder}).", file=sys.stderr)
+        sys.exit(130 if stop.signal_name == "SIGINT" else 143)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as error:  # one line for the user; the traceback on request or in the folder

@@ -5,8 +5,10 @@ Everything the CLI does besides parsing lives here, so tests and notebooks can c
 
 from __future__ import annotations
 
-import hashlib
-import json
+import csv
+import inspect
+import io
+import logging
 import math
 import random
 import time
@@ -15,17 +17,28 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from . import __version__
 from .evaluation import canonical_mask, edge_and_node_rates
 from .graph import GRANULARITIES, Architecture, EdgeMask, Graph
 from .methods import METHODS, Problem, get_method
-from .rundir import write_edges, write_summary, write_trace
+from .checkpoint import Checkpointer
+from .draw import circuit_dot, draw_circuit
+from .methods.hisp import check_hisp_params
+from .methods.sp import check_sp_params
+from .rundir import (atomic_write_text, config_hash, folder_state, read_summary, write_edges, write_summary,
+                     write_trace)
 from .tasks import TASKS, build_task
 
+log = logging.getLogger("circuitfind")
 CORRUPTIONS = ("corrupted", "zero", "mean", "mean_all")
-# Keys that change how a run is carried out but not what it computes.
-_NOT_HASHED = ("progress", "debug", "device")
+# Keys that change how a run is carried out but not what it computes (``threshold`` and
+# ``task.sweeps`` only say which runs a sweep launches).
+# The parameter each method's curve is swept over (HISP reports its own: the k it kept).
+PARAMETER_NAMES = {"acdc": "tau", "sp": "lambda_reg", "hisp": "k"}
+_METHOD_CHECKS = {"sp": check_sp_params, "hisp": check_hisp_params}
+CURVE = "curve.csv"
 
 
 class ConfigError(ValueError):
@@ -50,14 +63,33 @@ def validate(cfg: DictConfig) -> None:
     _choice("graph", cfg.graph.granularity, GRANULARITIES)
     if cfg.method.name == "acdc":
         _positive_number("tau", cfg.tau)  # tau <= 0 would keep removing edges that hurt
+    check = _METHOD_CHECKS.get(cfg.method.name)
+    if check is not None:
+        accepted = inspect.signature(check).parameters
+        params = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k in accepted}
+        try:
+            check(**params)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    if OmegaConf.select(cfg, "threshold.name") == "paper" and cfg.method.name in ("acdc", "sp"):
+        _check_paper_sweep(cfg)
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
 
 
-def config_hash(cfg: DictConfig) -> str:
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    plain = {k: v for k, v in plain.items() if k not in _NOT_HASHED and k != "hydra"}
-    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
+def _check_paper_sweep(cfg: DictConfig) -> None:
+    """threshold=paper's values are resolved once per command, for the task and method Hydra composed
+    first (configs/threshold/paper.yaml): refuse jobs that would run another task's values."""
+    here = f"{cfg.task.name}/{cfg.method.name}"
+    swept_for = OmegaConf.select(cfg, "threshold.swept_for")
+    if swept_for is None:
+        raise ConfigError(f"threshold=paper is a sweep: run it with -m (circuitfind -m task={cfg.task.name} "
+                          f"method={cfg.method.name} threshold=paper)")
+    if swept_for != here:
+        raise ConfigError(f"threshold=paper sweeps one task and one method per command; this job ({here}) got the "
+                          f"values of {swept_for}: run it as its own sweep")
+    if cfg.method.name == "acdc" and OmegaConf.select(cfg, "task.sweeps.acdc") is None:
+        raise ConfigError(f"threshold=paper has no ACDC sweep for task {cfg.task.name} (task.sweeps.acdc is not set)")
 
 
 def seed_everything(seed: int) -> None:
@@ -67,7 +99,8 @@ def seed_everything(seed: int) -> None:
 
 
 def _task_params(cfg: DictConfig) -> dict:
-    params = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k not in ("name", "tau")}
+    params = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items()
+              if k not in ("name", "tau", "sweeps")}
     return dict(params, seed=cfg.seed, device=cfg.device, model=OmegaConf.to_container(cfg.model, resolve=True))
 
 
@@ -76,18 +109,61 @@ def _method_params(cfg: DictConfig) -> dict:
     return dict(params, tau=cfg.tau, seed=cfg.seed)
 
 
+def _write_table(folder: Path, filename: str, rows: list[dict]) -> None:
+    """A method's own table (SP's training log, HISP's ranking, ...): columns from the first row."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    columns = list(rows[0]) if rows else []
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([repr(v) if isinstance(v, float) else v for v in (row[c] for c in columns)])
+    atomic_write_text(folder / filename, buf.getvalue())
+
+
+def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, curve) -> list[dict]:
+    """One row per circuit of a method that yields a whole curve from one run (HISP's top-k):
+    the same numbers a run's summary has for its own circuit, the test metric included."""
+    rows = []
+    for parameter, mask, label in tqdm(curve, desc="curve", unit="circuit", disable=not problem.progress,
+                                       leave=False):
+        rates = edge_and_node_rates(mask, canonical) if canonical is not None else dict.fromkeys(
+            ("edge_tpr", "edge_fpr", "node_tpr", "node_fpr"), None)
+        rows.append(dict(parameter=parameter, n_edges=mask.n_kept, **rates,
+                         metric_test=problem.evaluate(mask, "test"), removed=label))
+    return rows
+
+
 def run(cfg: DictConfig, folder: Path) -> dict:
-    """Run the configured method and write the run folder; returns the summary."""
+    """Run the configured method and write the run folder; returns the summary.
+
+    A folder is keyed by its config: one holding a complete run of this config is reused as it is
+    (``force=true`` recomputes it), one holding a checkpoint of it resumes (``resume=false`` starts
+    over), and one holding another config's results is refused, never overwritten."""
     validate(cfg)
     folder = Path(folder)
+    identity = config_hash(cfg)
+    state = folder_state(folder, identity)
+    if state == "complete" and not cfg.get("force", False):
+        log.info("%s already holds this run (config %s); force=true recomputes it", folder, identity)
+        return dict(read_summary(folder), reused=True)
     folder.mkdir(parents=True, exist_ok=True)
     started = time.time()
     seed_everything(cfg.seed)
+    every = cfg.get("checkpoint") or {}
+    checkpointer = Checkpointer(folder, identity, every_steps=every.get("every_steps", 100),
+                                every_seconds=every.get("every_seconds", 60.0))
+    if state == "resumable" and not cfg.get("resume", True):
+        checkpointer.clear()
 
     task = build_task(cfg.task.name, **_task_params(cfg))
     graph = Graph(Architecture.from_config(task.model.cfg, split_embed=task.split_embed), cfg.graph.granularity)
     problem = Problem(task, graph, cfg.corruption.name, task.metric(cfg.metric), progress=cfg.progress)
-    result = get_method(cfg.method.name)(problem, **_method_params(cfg))
+    method = get_method(cfg.method.name)
+    params = _method_params(cfg)
+    if "checkpointer" in inspect.signature(method).parameters:
+        params["checkpointer"] = checkpointer
+    with checkpointer.stop_on_signals():
+        result = method(problem, **params)
 
     canonical = canonical_mask(task, graph)
     rates = edge_and_node_rates(result.kept, canonical) if canonical is not None else dict.fromkeys(
@@ -101,18 +177,30 @@ def run(cfg: DictConfig, folder: Path) -> dict:
         )
         for split in ("validation", "test")
     }
+    curve = _evaluate_curve(problem, canonical, result.extras["curve"]) if "curve" in result.extras else None
     n_forward = sum(engine.n_forward for engine in problem._engines.values())
+    parameter_name, parameter = result.extras.get(
+        "parameter", (PARAMETER_NAMES.get(cfg.method.name), cfg.tau if cfg.method.name == "acdc" else None))
 
     write_edges(folder, result, canonical)
     write_trace(folder, result.extras.get("trace", []))
+    draw_circuit(result, folder / "circuit.png", f"{task.name} {cfg.method.name} ({cfg.corruption.name})")
+    atomic_write_text(folder / "circuit.dot", circuit_dot(result))
+    for filename, rows in result.extras.get("tables", {}).items():
+        _write_table(folder, filename, rows)
+    if curve is not None:
+        _write_table(folder, CURVE, curve)
     summary = dict(
         task=task.name,
         method=cfg.method.name,
+        method_label=result.extras.get("label", cfg.method.name),  # a variant the report plots apart
         corruption=cfg.corruption.name,
         graph=graph.granularity,
         model=task.model.cfg.model_name,
         metric=problem.metric.name,
         tau=cfg.tau if cfg.method.name == "acdc" else None,
+        parameter_name=parameter_name,  # what this method's curve is swept over (tau, lambda_reg, k)
+        parameter=parameter,
         seed=cfg.seed,
         n_edges_total=graph.n_edges,
         n_edges_kept=result.kept.n_kept,
@@ -121,11 +209,14 @@ def run(cfg: DictConfig, folder: Path) -> dict:
         **rates,
         n_forward=n_forward,
         n_edge_tests=result.extras.get("n_edge_tests"),
+        curve=CURVE if curve is not None else None,  # one row per circuit of a one-run curve (HISP)
+        method_details=result.extras.get("summary"),
         wall_s=round(time.time() - started, 3),
         device=str(cfg.device),
-        config_hash=config_hash(cfg),
+        config_hash=identity,
         circuitfind_version=__version__,
         complete=True,
     )
     write_summary(folder, summary)  # last: its presence marks the run complete
+    checkpointer.clear()
     return summary

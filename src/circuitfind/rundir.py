@@ -10,6 +10,7 @@ Each file is written to a temporary name in the same folder and renamed into pla
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -74,3 +75,44 @@ def read_summary(folder: Path) -> dict | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text())
+
+
+# ---- which run a folder holds -------------------------------------------------------------------
+# Keys that change how a run is carried out but not what it computes; left out of the config hash.
+NOT_HASHED = ("progress", "debug", "device", "resume", "force", "checkpoint", "threshold", "hydra")
+
+
+class FolderConflict(ValueError):
+    """The run folder holds a run of a different config."""
+
+
+def config_hash(cfg) -> str:
+    """A run's identity: the hash of its resolved config, minus execution-only keys (and the
+    task's sweep lists, which say how to sweep, not what one run computes)."""
+    from omegaconf import OmegaConf
+
+    plain = {}
+    for key in cfg:
+        if key in NOT_HASHED:
+            continue
+        value = cfg[key]
+        plain[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    if isinstance(plain.get("task"), dict):
+        plain["task"] = {k: v for k, v in plain["task"].items() if k != "sweeps"}
+    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def folder_state(folder: Path, config_hash: str) -> str:
+    """``complete`` (a summary of this config), ``resumable`` (a checkpoint) or ``empty``; a folder
+    holding another config's results is an error, so nothing is ever written over them."""
+    from .checkpoint import CHECKPOINT
+
+    folder = Path(folder)
+    summary = read_summary(folder)
+    if summary is not None:
+        if summary.get("config_hash") != config_hash:
+            raise FolderConflict(
+                f"{folder} holds a completed run of a different config (hash {summary.get('config_hash')}, "
+                f"this one {config_hash}); choose another folder or delete it")
+        return "complete"
+    return "resumable" if (folder / CHECKPOINT).is_file() else "empty"

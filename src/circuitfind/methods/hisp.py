@@ -1,0 +1,179 @@
+"""HISP: Head Importance Score for Pruning (Michel et al. 2019), as the ACDC paper applies it.
+
+The importance of a component C (a head's q, k or v input, or an MLP's output; a head's output in
+the coarser graphs, see ``components``) is the first-order estimate of what ablating it does to the
+task objective F, averaged over prompts:
+
+    I(C) = mean over prompts x of | sum over positions and dims of (C(x) - C(x')) * dF/dC(x) |
+
+with x' the corrupted prompt (C(x') = 0 under zero ablation; the engine's ablated values under any
+corruption).  Prompts do not interact, so the gradient of the summed per-prompt objective gives every
+prompt's own gradient: one forward and one backward for all components.  Scores are then divided by
+their layer's L2 norm.  Keeping the top-k components for every k from all to none gives the whole
+ROC curve from one ranking; each k is one circuit (every edge between kept nodes).
+
+Objective.  KL and l2 measure how far the circuit is from the unpatched model itself, so their
+gradient there is exactly zero and would rank nothing.  ``objective=auto`` therefore uses the task
+metric only when it is not one of those; otherwise ``answer_logit``: per prompt, the sum over the
+metric positions of the logit of the clean model's answer minus the mean logit (a categorical
+output, tracr-reverse) or of the output value itself (a numerical output, tracr-proportion).  It is
+linear in the logits, so its gradient never vanishes, and it measures exactly what ablating a
+component moves: the model's evidence for its own clean answer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..engine import gather_positions
+from ..graph import EdgeScores
+from .base import Problem, register
+from .components import Components
+
+OBJECTIVES = ("auto", "metric", "answer_logit")
+# Metrics that are divergences from the unpatched model: zero gradient at it.
+DIVERGENCE_METRICS = ("kl", "l2")
+
+
+def check_hisp_params(k=None, objective="auto", max_points=None) -> None:
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+        raise ValueError(f"k must be null or a non-negative integer, got {k!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown HISP objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 2):
+        raise ValueError(f"max_points must be null or an integer of at least 2, got {max_points!r}")
+
+
+def resolve_objective(problem: Problem, objective: str) -> str:
+    if objective == "auto":
+        return "answer_logit" if problem.metric.name in DIVERGENCE_METRICS else "metric"
+    return objective
+
+
+def objective_per_prompt(problem: Problem, logits: torch.Tensor, split: str, objective: str) -> torch.Tensor:
+    """F for each prompt ([batch]) from the logits at the split's metric positions."""
+    if objective == "metric":
+        return problem.per_prompt(logits, split)
+    if logits.shape[-1] == 1:  # a numerical output: its value
+        return logits[..., 0].sum(-1)
+    answer = problem.clean_logits(split).argmax(-1, keepdim=True)
+    return (logits.gather(-1, answer).squeeze(-1) - logits.mean(-1)).sum(-1)
+
+
+def component_attributions(problem: Problem, components: Components, objective: str,
+                           split: str = "validation") -> torch.Tensor:
+    """Per prompt and component, sum over positions and dims of (C(x) - C(x')) * dF/dC(x): [batch, n].
+
+    Runs the model through TransformerLens hooks: each hooked activation gets a zero "probe" added
+    that requires grad, so the probe's gradient is dF/d(activation) while every path through the
+    activation stays intact (replacing it by a leaf would cut the paths from earlier components)."""
+    model, data = problem.task.model, problem.data(split)
+    ablation, graph = problem.engine(split).ablation, problem.graph
+    per_input = components.per_input
+    acts: dict[str, torch.Tensor] = {}
+    probes: dict[str, torch.Tensor] = {}
+
+    def probe(act: torch.Tensor, hook) -> torch.Tensor:
+        acts[hook.name] = act.detach()
+        probes[hook.name] = torch.zeros_like(act, requires_grad=True)
+        return act + probes[hook.name]
+
+    def record(act: torch.Tensor, hook) -> None:
+        acts[hook.name] = act.detach()
+
+    hooks = []
+    for layer in range(graph.n_layers):
+        if per_input:
+            hooks += [(f"blocks.{layer}.attn.hook_{w}", probe) for w in ("q", "k", "v")]
+        else:  # a head's output enters the residual through attn_out: dF/d(result_h) = dF/d(attn_out)
+            hooks += [(f"blocks.{layer}.attn.hook_z", record), (f"blocks.{layer}.hook_attn_out", probe)]
+        if graph.arch.has_mlps:
+            hooks.append((f"blocks.{layer}.hook_mlp_out", probe))
+
+    with torch.enable_grad():
+        logits = model.run_with_hooks(data.clean, return_type="logits", fwd_hooks=hooks)
+        F = objective_per_prompt(problem, gather_positions(logits, data.positions), split, objective)
+        F.sum().backward()
+
+    batch = data.clean.shape[0]
+    out = torch.zeros(batch, len(components), dtype=torch.float64, device=logits.device)
+    for i, c in enumerate(components.items):
+        l = c.layer
+        if c.kind in ("q", "k", "v"):
+            name = f"blocks.{l}.attn.hook_{c.kind}"
+            clean = acts[name][:, :, c.head]  # [batch, pos, d_head]
+            ablated = ablation.qkv[l, "qkv".index(c.kind), :, :, c.head]
+            grad = probes[name].grad[:, :, c.head]
+        elif c.kind == "head":
+            z = acts[f"blocks.{l}.attn.hook_z"][:, :, c.head]  # [batch, pos, d_head]
+            clean = z @ model.blocks[l].attn.W_O[c.head]  # the head's own write, without b_O
+            ablated = ablation.senders[graph.sender_index[c.name]]
+            grad = probes[f"blocks.{l}.hook_attn_out"].grad
+        else:
+            name = f"blocks.{l}.hook_mlp_out"
+            clean, ablated = acts[name], ablation.senders[graph.sender_index[c.name]]
+            grad = probes[name].grad
+        out[:, i] = ((clean - ablated) * grad).flatten(1).sum(1).double()
+    return out
+
+
+def layer_normalised(scores: torch.Tensor, components: Components) -> torch.Tensor:
+    out = scores.clone()
+    for indices in components.layers():
+        if indices:
+            norm = scores[indices].norm()
+            if norm > 0:
+                out[indices] = scores[indices] / norm
+    return out
+
+
+def curve_ks(n: int, max_points: int | None) -> list[int]:
+    """k from n (everything kept) down to 0, thinned to at most ``max_points`` evenly spaced values."""
+    if max_points is None or max_points >= n + 1:
+        return list(range(n, -1, -1))
+    step = n / (max_points - 1)
+    return sorted({round(n - i * step) for i in range(max_points)}, reverse=True)
+
+
+@register("hisp")
+def hisp(problem: Problem, k: int | None = None, objective: str = "auto", max_points: int | None = None,
+         **_) -> EdgeScores:
+    """Rank components by importance; the circuit at ``k`` (null: every component with a non-zero
+    score) is the method's own, and ``extras['curve']`` holds the circuits of the whole sweep."""
+    check_hisp_params(k, objective, max_points)
+    components = Components(problem.graph)
+    if len(components) == 0:
+        raise ValueError(f"the {problem.graph.describe()} has no component HISP can rank")
+    objective = resolve_objective(problem, objective)
+    if objective == "metric" and problem.metric.name in DIVERGENCE_METRICS:
+        # Its gradient is zero up to rounding, which the per-layer normalisation would blow up to 1.
+        raise ValueError(f"metric {problem.metric.name} is a divergence from the unpatched model: its gradient there "
+                         "is zero, so HISP would rank rounding noise; use method.objective=answer_logit (or auto)")
+    attributions = component_attributions(problem, components, objective)
+    importance = layer_normalised(attributions.abs().mean(0).cpu(), components)
+    if objective == "metric" and not importance.any():
+        raise ValueError(f"the gradient of metric {problem.metric.name} is zero at the unpatched model, so HISP "
+                         "ranks nothing; use method.objective=answer_logit")
+
+    # Ties (e.g. components that write nothing) keep layer order, so the ranking is deterministic.
+    order = sorted(range(len(components)), key=lambda i: -float(importance[i]))
+    rank = torch.empty(len(components), dtype=torch.long)
+    rank[order] = torch.arange(len(components))
+
+    def top(n_kept: int):
+        return components.circuit(rank < n_kept)
+
+    n = len(components)
+    if k is None:
+        k = int((importance > 0).sum())
+    k = min(k, n)
+    curve = [(n_kept, top(n_kept), components.names[order[n_kept]] if n_kept < n else "")
+             for n_kept in curve_ks(n, max_points)]
+    ranking = [dict(rank=r, component=components.names[i], importance=float(importance[i]),
+                    raw=float(attributions.abs().mean(0)[i])) for r, i in enumerate(order)]
+    return EdgeScores(problem.graph, components.edge_scores(importance), top(k), extras=dict(
+        parameter=("k", k),
+        curve=curve,
+        tables={"ranking.csv": ranking},
+        summary=dict(objective=objective, n_components=n),
+    ))

@@ -1,0 +1,160 @@
+"""HISP: attributions against finite differences, the objective, the ranking and its curve."""
+
+import csv
+import os
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from circuitfind.evaluation import canonical_mask, edge_and_node_rates
+from circuitfind.graph import Architecture, Graph
+from circuitfind.methods import Problem, get_method
+from circuitfind.methods.components import Components
+from circuitfind.methods.hisp import component_attributions, curve_ks, layer_normalised, objective_per_prompt
+from circuitfind.metrics import KL, Metric
+from circuitfind.pipeline import ConfigError, run
+from circuitfind.tasks import TaskData, build_task
+from circuitfind.tasks.base import Task
+
+from conftest import tiny_model
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+
+
+def config(*overrides):
+    with initialize_config_dir(config_dir=os.path.abspath(CONFIGS), version_base="1.3"):
+        return compose("config", overrides=["progress=false", *overrides])
+
+
+def answer_logit_metric(logits, clean_logits, data=None):
+    """A task metric with a non-zero gradient at the clean model (like IOI's logit difference)."""
+    return (logits[..., 3] - logits[..., 5]).mean(-1)
+
+
+LOGIT = Metric("logit3", answer_logit_metric, lower_is_better=False)
+
+
+def random_problem(model, corruption, granularity="qkv", metric=KL, batch=4, seq=6, seed=0) -> Problem:
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(0, model.cfg.d_vocab, (batch, seq), generator=g)
+    corrupted = torch.randint(0, model.cfg.d_vocab, (batch, seq), generator=g)
+    data = TaskData(clean, corrupted, torch.tensor([[seq - 2, seq - 1]] * batch))
+    task = Task("random", model, data, data, {metric.name: metric}, metric.name)
+    return Problem(task, Graph(Architecture.from_config(model.cfg), granularity), corruption, metric, progress=False)
+
+
+@pytest.mark.parametrize("granularity, corruption, attn_only", [
+    ("qkv", "corrupted", False), ("qkv", "zero", True), ("heads", "corrupted", False), ("nodes", "mean", False),
+])
+@pytest.mark.parametrize("objective", ["metric", "answer_logit"])
+def test_each_prompts_attribution_is_the_derivative_of_its_objective_along_the_gate(
+        granularity, corruption, attn_only, objective):
+    """(C(x) - C(x')) . dF/dC is d/dz F at z = 1 for the gate z * C(x) + (1 - z) * C(x'): check it per
+    prompt with a central finite difference of the patched engine (float64)."""
+    model = tiny_model(n_layers=2, n_heads=2, d_model=16, attn_only=attn_only)
+    problem = random_problem(model, corruption, granularity, metric=LOGIT)
+    components = Components(problem.graph)
+    attributions = component_attributions(problem, components, objective)
+    engine, positions = problem.engine(), problem.data("validation").positions
+    eps = 1e-5
+    for i in range(len(components)):
+        def F(z):
+            gates = torch.ones(len(components), dtype=torch.float64)
+            gates[i] = z
+            logits = engine.logits(components.edge_mask_values(gates), positions)
+            return objective_per_prompt(problem, logits, "validation", objective)
+        finite = (F(1 + eps) - F(1 - eps)) / (2 * eps)
+        torch.testing.assert_close(attributions[:, i], finite, rtol=1e-5, atol=1e-8)
+    assert attributions.abs().sum() > 0
+
+
+def test_importance_is_normalised_within_each_layer():
+    model = tiny_model(n_layers=3, n_heads=2, d_model=16)
+    problem = random_problem(model, "corrupted", metric=LOGIT)
+    result = get_method("hisp")(problem, objective="metric")
+    components = Components(problem.graph)
+    importance = {row["component"]: row["importance"] for row in result.extras["tables"]["ranking.csv"]}
+    for layer in components.layers():
+        norm = torch.tensor([importance[components.names[i]] for i in layer]).norm()
+        assert norm.item() == pytest.approx(1.0)
+    raw = torch.tensor([1.0, 2.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    three = Components(Graph(Architecture.from_config(tiny_model(n_layers=3, n_heads=1, d_model=8, attn_only=True).cfg)))
+    assert layer_normalised(raw, three).tolist() == pytest.approx([1 / 3, 2 / 3, 2 / 3, 0, 0, 0, 0, 0, 0])  # all-zero layers stay 0
+
+
+def test_kl_has_no_gradient_at_the_clean_model_so_auto_scores_the_clean_answer():
+    model = tiny_model(n_layers=2, n_heads=2, d_model=16)
+    problem = random_problem(model, "corrupted", metric=KL)
+    with pytest.raises(ValueError, match="metric kl is a divergence from the unpatched model: its gradient there is zero"):
+        get_method("hisp")(problem, objective="metric")
+    zero_gradient = Metric("flat", lambda logits, clean, data=None: (logits * 0).sum((1, 2)))
+    flat = random_problem(model, "corrupted", metric=zero_gradient)
+    with pytest.raises(ValueError, match="the gradient of metric flat is zero at the unpatched model"):
+        get_method("hisp")(flat, objective="metric")
+    result = get_method("hisp")(problem)  # auto
+    assert result.extras["summary"]["objective"] == "answer_logit"
+    assert any(row["importance"] > 0 for row in result.extras["tables"]["ranking.csv"])
+
+
+def test_the_curve_keeps_the_top_k_components_for_every_k_from_all_to_none():
+    model = tiny_model(n_layers=2, n_heads=2, d_model=16)
+    problem = random_problem(model, "corrupted", metric=LOGIT)
+    result = get_method("hisp")(problem, k=3)
+    components = Components(problem.graph)
+    n = len(components)
+    curve = result.extras["curve"]
+    assert [k for k, _, _ in curve] == list(range(n, -1, -1))
+    assert curve[0][1].n_kept == problem.graph.n_edges  # everything kept: the whole graph
+    ungated = {e.name for e in problem.graph.edges if e.sender == "embed" and e.receiver == "resid_post"}
+    assert set(curve[-1][1].kept_names()) == ungated  # nothing kept: only edges between ungated nodes
+    for (_, bigger, _), (_, smaller, _) in zip(curve, curve[1:]):
+        assert not (smaller.kept & ~bigger.kept).any()  # nested circuits
+    ranking = [row["component"] for row in result.extras["tables"]["ranking.csv"]]
+    keep = torch.tensor([name in ranking[:3] for name in components.names])
+    assert torch.equal(result.kept.kept, components.circuit(keep).kept)  # the run's own circuit: top 3
+    assert [label for _, _, label in curve[1:]] == ranking[::-1]  # each step drops the next-best component
+
+
+def test_tracr_reverse_ranks_the_canonical_mlps_and_value_first():
+    task = build_task("tracr_reverse", seed=0)
+    graph = Graph(Architecture.from_config(task.model.cfg, split_embed=True))
+    problem = Problem(task, graph, "zero", task.metric(None), progress=False)
+    result = get_method("hisp")(problem)
+    ranking = [row["component"] for row in result.extras["tables"]["ranking.csv"]]
+    assert set(ranking[:4]) == {"m0", "m1", "m2", "a3.h0<v>"}
+    # components that write nothing (the empty heads of layers 1 and 2, m3) score exactly 0
+    scores = {row["component"]: row["importance"] for row in result.extras["tables"]["ranking.csv"]}
+    assert all(scores[name] == 0 for name in ("a1.h0<q>", "a2.h0<v>", "m3"))
+    # the run's own circuit (every component with a non-zero score) holds the whole canonical circuit
+    assert edge_and_node_rates(result.kept, canonical_mask(task, graph))["edge_tpr"] == 1.0
+
+
+def test_curve_thinning_keeps_both_ends():
+    assert curve_ks(4, None) == [4, 3, 2, 1, 0]
+    assert curve_ks(100, 5) == [100, 75, 50, 25, 0]
+    assert curve_ks(3, 10) == [3, 2, 1, 0]
+
+
+def test_hisp_through_the_pipeline_writes_the_curve(tmp_path):
+    summary = run(config("method=hisp", "task=tracr_proportion"), tmp_path)
+    assert (summary["parameter_name"], summary["curve"]) == ("k", "curve.csv")
+    assert summary["method_details"]["objective"] == "answer_logit"
+    rows = list(csv.DictReader(open(tmp_path / "curve.csv")))
+    assert list(rows[0]) == ["parameter", "n_edges", "edge_tpr", "edge_fpr", "node_tpr", "node_fpr", "metric_test",
+                             "removed"]
+    assert [int(r["parameter"]) for r in rows] == list(range(8, -1, -1))
+    assert (float(rows[0]["edge_tpr"]), float(rows[0]["edge_fpr"])) == (1.0, 1.0)
+    own = next(r for r in rows if int(r["parameter"]) == summary["parameter"])
+    assert float(own["edge_tpr"]) == summary["edge_tpr"] and int(own["n_edges"]) == summary["n_edges_kept"]
+    assert float(own["metric_test"]) == pytest.approx(summary["test"]["metric_circuit"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("method.k=-1", "k must be null or a non-negative integer, got -1"),
+    ("method.objective=loss", "unknown HISP objective 'loss'; choose one of auto, metric, answer_logit"),
+    ("method.max_points=1", "max_points must be null or an integer of at least 2, got 1"),
+])
+def test_bad_settings_are_refused_before_loading(override, message):
+    with pytest.raises(ConfigError, match=message):
+        run(config("method=hisp", override), "/nonexistent/never-written")

@@ -1,0 +1,125 @@
+"""ROC/AUC as the paper computes them, and circuitfind-report over run folders."""
+
+import json
+import math
+import os
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from circuitfind.evaluation import pareto_front, roc_auc, roc_staircase
+from circuitfind.pipeline import run
+from circuitfind.report import main
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+
+
+def config(*overrides):
+    with initialize_config_dir(config_dir=os.path.abspath(CONFIGS), version_base="1.3"):
+        return compose("config", overrides=["progress=false", *overrides])
+
+
+# ---- the area -------------------------------------------------------------------------------
+def test_auc_of_the_papers_examples():
+    assert roc_auc([(0.0, 0.0), (0.5, 0.5), (1.0, 1.0)]) == 0.25
+    assert roc_auc([(0.0, 0.0), (1.0, 1.0)]) == 0.0
+    assert roc_auc([(0.0, 1.0)]) == 1.0
+    assert roc_auc([]) == 0.0  # (0, 0) and (1, 1) are always added
+    assert roc_auc([(0.25, 0.25), (0.5, 0.5)]) == 5 / 16
+    assert roc_auc([(0.25, 0.25), (0.75, 0.5)]) == 4 / 16
+
+
+def test_points_beaten_on_both_axes_do_not_count():
+    good = [(0.1, 0.6), (0.4, 0.9)]
+    assert roc_auc(good + [(0.3, 0.5), (0.5, 0.6), (0.4, 0.9)]) == roc_auc(good) == pytest.approx(0.9 * 0.6 + 0.6 * 0.3)
+    front = pareto_front([(0.0, 0.0), (0.3, 0.5), (0.1, 0.6), (0.4, 0.9), (0.4, 0.9), (1.0, 1.0), (0.0, 0.0)])
+    assert front == [(0.0, 0.0), (0.1, 0.6), (0.4, 0.9), (1.0, 1.0)]  # (0.3, 0.5) is beaten by (0.1, 0.6)
+    assert roc_auc([(0.2, float("nan")), (0.0, 1.0)]) == 1.0  # missing rates are skipped
+    with pytest.raises(ValueError, match="outside the unit square"):
+        roc_auc([(1.5, 0.5)])
+
+
+def test_the_staircase_is_pessimistic():
+    xs, ys = roc_staircase([(0.5, 0.5)])
+    area = sum((x1 - x0) * y0 for x0, x1, y0 in zip(xs, xs[1:], ys))  # left Riemann sum of the step curve
+    assert area == pytest.approx(roc_auc([(0.5, 0.5)])) and (xs[-1], ys[-1]) == (1.0, 1.0)
+
+
+# ---- the report -----------------------------------------------------------------------------
+def fake_run(folder, method, points, task="toy", corruption="zero", curve=False):
+    """A run folder as the pipeline writes it, with chosen rates (one point, or a curve)."""
+    folder.mkdir(parents=True)
+    first = points[0]
+    summary = dict(task=task, method=method, corruption=corruption, graph="qkv", metric="kl", seed=0,
+                   tau=0.1 if method == "acdc" else None, parameter_name={"acdc": "tau", "hisp": "k"}.get(method),
+                   parameter=first[0], n_edges_kept=first[1], edge_tpr=first[2], edge_fpr=first[3],
+                   node_tpr=first[2], node_fpr=first[3], test=dict(metric_circuit=first[4]),
+                   curve="curve.csv" if curve else None)
+    if curve:
+        pd.DataFrame([dict(parameter=p, n_edges=n, edge_tpr=t, edge_fpr=f, node_tpr=t, node_fpr=f, metric_test=m,
+                           removed="") for p, n, t, f, m in points]).to_csv(folder / "curve.csv", index=False)
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+def test_report_reads_runs_and_curves_and_skips_unfinished_folders(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    fake_run(sweep / "acdc" / "0", "acdc", [(0.1, 5, 0.5, 0.0, 0.3)])
+    fake_run(sweep / "acdc" / "1", "acdc", [(0.01, 9, 1.0, 0.5, 0.1)])
+    fake_run(sweep / "hisp" / "0", "hisp", [(2, 4, 0.5, 0.5, 0.4), (1, 2, 0.0, 0.5, 0.5), (3, 8, 1.0, 1.0, 0.0)],
+             curve=True)
+    (sweep / "acdc" / "2" / ".hydra").mkdir(parents=True)  # started, never finished
+    (sweep / "acdc" / "3").mkdir(parents=True)
+    (sweep / "acdc" / "3" / "error.txt").write_text("Traceback ...")  # a failed job
+    (sweep / "notes").mkdir()  # not a run folder at all
+    main([str(sweep), "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert "skipped 1 unfinished run folder(s)" in captured.err and "skipped 1 failed run folder(s)" in captured.err
+
+    points = pd.read_csv(tmp_path / "out" / "roc_points.csv")
+    assert list(points.columns[:11]) == ["task", "method", "corruption", "metric", "parameter", "n_edges", "edge_tpr",
+                                         "edge_fpr", "node_tpr", "node_fpr", "test_metric"]
+    assert len(points) == 5 and sorted(points[points.method == "hisp"].parameter) == [1, 2, 3]
+    aucs = pd.read_csv(tmp_path / "out" / "auc.csv")
+    assert list(aucs.columns[:6]) == ["task", "method", "corruption", "metric", "level", "auc"]
+    auc = {(r.method, r.level): r.auc for r in aucs.itertuples()}
+    assert auc[("acdc", "edge")] == pytest.approx(1 * 0.5 + 0.5 * 0.5)
+    assert auc[("hisp", "edge")] == pytest.approx(0.5 * 0.5) and auc[("hisp", "node")] == auc[("hisp", "edge")]
+    for name in ("roc_toy.png", "metric_vs_edges_toy.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 10_000
+    assert "acdc" in captured.out and "0.750" in captured.out and "0.250" in captured.out
+
+
+def test_runs_without_ground_truth_get_points_but_no_auc(tmp_path):
+    fake_run(tmp_path / "runs" / "a", "acdc", [(0.1, 5, None, None, 0.3)], task="ioi_like")
+    fake_run(tmp_path / "runs" / "b", "acdc", [(0.1, 5, 1.0, 0.0, 0.3)], task="toy")
+    main([str(tmp_path / "runs")])  # default out: the first DIR
+    points = pd.read_csv(tmp_path / "runs" / "roc_points.csv")
+    assert len(points) == 2 and math.isnan(points[points.task == "ioi_like"].edge_tpr.iloc[0])
+    assert set(pd.read_csv(tmp_path / "runs" / "auc.csv").task) == {"toy"}
+    assert (tmp_path / "runs" / "metric_vs_edges_ioi_like.png").exists()
+    assert not (tmp_path / "runs" / "roc_ioi_like.png").exists()
+
+
+def test_a_folder_without_any_complete_run_is_an_error(tmp_path, capsys):
+    (tmp_path / "empty" / "0" / ".hydra").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "empty")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"circuitfind-report: error: no complete run folder under {tmp_path / 'empty'} (1 unfinished, 0 failed)"]
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "missing")])
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_real_runs_acdc_and_hisp_on_tracr_reverse(tmp_path, capsys):
+    for i, tau in enumerate((0.001, 0.1)):
+        run(config("corruption=zero", f"tau={tau}"), tmp_path / "runs" / "acdc" / str(i))
+    run(config("corruption=zero", "method=hisp"), tmp_path / "runs" / "hisp" / "0")
+    main([str(tmp_path / "runs")])
+    aucs = pd.read_csv(tmp_path / "runs" / "auc.csv")
+    acdc = aucs[(aucs.method == "acdc")].set_index("level").auc
+    assert acdc["edge"] == 1.0 and acdc["node"] == 1.0  # the paper's Table 3
+    hisp = aucs[(aucs.method == "hisp") & (aucs.level == "edge")]
+    assert 0.5 < hisp.auc.iloc[0] < 1.0 and hisp.n_points.iloc[0] == 17  # 16 components: k = 16 ... 0

@@ -1,0 +1,94 @@
+"""threshold=paper: the paper's sweep values per task and method, and sweeps through the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from circuitfind.cli import group_options
+from circuitfind.pipeline import ConfigError, run
+from circuitfind.report import main as report_main
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+# The paper's ACDC thresholds per task: 10 ** linspace(lo, hi, n).
+PAPER_ACDC = {
+    "tracr_reverse": (-5, -1, 21), "tracr_proportion": (-5, -1, 21), "ioi": (-6, 0, 31),
+    "greaterthan": (-3, -1, 21), "docstring": (-4, 0, 21), "induction": (-4, 0, 21),
+}
+PAPER_SP = [0.01, 0.0158, 0.0251, 0.0398, 0.0631, 0.1, 0.158, 0.251, 0.398, 0.631, 1,
+            *range(2, 11), *range(30, 251, 20)]
+
+
+def compose_sweep(*overrides):
+    with initialize_config_dir(config_dir=os.path.abspath(CONFIGS), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+def sweep_params(cfg) -> dict:
+    params = cfg.hydra.sweeper.params or {}
+    return {key: str(params[key]) for key in params}
+
+
+def values(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
+@pytest.mark.parametrize("task", group_options("task"))
+def test_every_task_carries_the_papers_acdc_sweep(task):
+    params = sweep_params(compose_sweep(f"task={task}", "method=acdc", "threshold=paper"))
+    assert set(params) == {"tau", "metric", "threshold.swept_for"}
+    assert params["threshold.swept_for"] == f"{task}/acdc"
+    taus = values(params["tau"])
+    assert len(taus) > 1, f"configs/task/{task}.yaml needs task.sweeps.acdc (a comma-separated list of taus)"
+    if task in PAPER_ACDC:
+        np.testing.assert_allclose(taus, 10 ** np.linspace(*PAPER_ACDC[task]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["tracr_reverse", "tracr_proportion"])
+def test_sp_sweeps_the_papers_lambdas_and_hisp_makes_one_run(task):
+    params = sweep_params(compose_sweep(f"task={task}", "method=sp", "threshold=paper"))
+    assert values(params["method.lambda_reg"]) == PAPER_SP and len(PAPER_SP) == 32
+    assert params["metric"] == "null" and params["threshold.swept_for"] == f"{task}/sp"
+    assert sweep_params(compose_sweep(f"task={task}", "method=hisp", "threshold=paper")) == {}
+    assert sweep_params(compose_sweep(f"task={task}", "method=acdc")) == {}  # threshold=none: no sweep
+
+
+def test_paper_runs_refuse_values_resolved_for_another_task_or_outside_a_sweep(tmp_path):
+    def cfg(*overrides):
+        with initialize_config_dir(config_dir=os.path.abspath(CONFIGS), version_base="1.3"):
+            return compose("config", overrides=["progress=false", "threshold=paper", *overrides])
+
+    with pytest.raises(ConfigError, match="threshold=paper is a sweep: run it with -m"):
+        run(cfg(), tmp_path)
+    with pytest.raises(ConfigError, match="threshold=paper sweeps one task and one method per command; this job "
+                                          r"\(tracr_proportion/acdc\) got the values of tracr_reverse/acdc"):
+        run(cfg("task=tracr_proportion", "threshold.swept_for=tracr_reverse/acdc"), tmp_path)
+    with pytest.raises(ConfigError, match="got the values of tracr_reverse/acdc"):
+        run(cfg("method=sp", "threshold.swept_for=tracr_reverse/acdc"), tmp_path)
+    assert not (tmp_path / "summary.json").exists()
+
+
+def cli(*args, cwd):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "circuitfind.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_acdc_paper_sweep_on_tracr_reverse_has_edge_auc_one(tmp_path):
+    """The issue's acceptance run: 21 jobs, then the report gives the paper's Table 3 value."""
+    sweep = tmp_path / "sweep"
+    result = cli("-m", "task=tracr_reverse", "method=acdc", "corruption=zero", "threshold=paper", "progress=false",
+                 f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summaries = sorted(sweep.rglob("summary.json"))  # wherever hydra.sweep.subdir puts each job
+    taus = sorted(json.loads(path.read_text())["tau"] for path in summaries)
+    np.testing.assert_allclose(taus, 10 ** np.linspace(-5, -1, 21), rtol=1e-5)
+    report_main([str(sweep)])
+    aucs = pd.read_csv(sweep / "auc.csv").set_index("level")
+    assert aucs.loc["edge", "auc"] == 1.0 and aucs.loc["edge", "n_points"] == 21
+    assert (sweep / "roc_tracr_reverse.png").is_file()
