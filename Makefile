@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 .PHONY: help setup run test test-all tracr-weights clean
 
 help:  ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,21 @@ tracr-weights:  ## recompile the shipped tracr weights (needs jax: installs .[tr
 
 clean:  ## remove run outputs (not the virtual environment)
 	rm -rf outputs multirun
+
+# ---- the paper's figures and tables (src/circuitfind/figures.py, configs/experiment/) ----------
+# Each runs the sweeps it lacks under outputs/figures/runs (reusing complete ones) and writes the
+# image or tables with a manifest to outputs/figures.  Variables: TASKS="tracr_reverse ioi ..."
+# (fig3, tables), CORRUPTION=zero|corrupted (fig3), PRESET=quick|paper, JOBS=2 (sweeps at a time),
+# OUT=outputs/figures (sweeps go to OUT/runs).
+FIGURES := $(PY) -m circuitfind.figures
+FIGURE_ARGS = $(if $(PRESET),--preset $(PRESET)) $(if $(JOBS),--jobs $(JOBS)) $(if $(OUT),--out $(OUT))
+.PHONY: fig3 fig4 tables
+
+fig3: setup  ## paper fig. 3: edge-level ROC per task, ACDC/SP/HISP (TASKS=..., CORRUPTION=zero|corrupted)
+	$(FIGURES) fig3 $(if $(TASKS),--tasks $(TASKS)) $(if $(CORRUPTION),--corruption $(CORRUPTION)) $(FIGURE_ARGS)
+
+fig4: setup  ## paper fig. 4: Induction, test KL against edges kept, zero and corrupted ablation
+	$(FIGURES) fig4 $(FIGURE_ARGS)
+
+tables: setup  ## the appendix AUC tables (edge/node, corrupted/zero, KL/task metric): CSV and Markdown
+	$(FIGURES) tables $(if $(TASKS),--tasks $(TASKS)) $(FIGURE_ARGS)
