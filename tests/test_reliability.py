@@ -80,6 +80,19 @@ def test_the_same_run_twice_is_reused_and_force_recomputes(tmp_path):
     assert not forced.get("reused")
 
 
+def test_a_forced_rerun_that_crashes_leaves_no_complete_looking_folder(tmp_path, monkeypatch):
+    import circuitfind.pipeline as pipeline
+    run(config(), tmp_path)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(pipeline, "write_edges", crash)
+    with pytest.raises(RuntimeError):
+        run(config("force=true"), tmp_path)
+    assert not (tmp_path / "summary.json").exists()
+
+
 def test_a_folder_of_another_config_is_never_overwritten(tmp_path):
     run(config("tau=0.001"), tmp_path)
     before = (tmp_path / "edges.csv").read_bytes()

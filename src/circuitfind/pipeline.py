@@ -27,8 +27,8 @@ from .checkpoint import Checkpointer
 from .draw import circuit_dot, draw_circuit
 from .methods.hisp import check_hisp_params
 from .methods.sp import check_sp_params
-from .rundir import (atomic_write_text, config_hash, folder_state, read_summary, write_edges, write_summary,
-                     write_trace)
+from .rundir import (SUMMARY, atomic_write_text, config_hash, folder_state, read_summary, write_edges,
+                     write_summary, write_trace)
 from .tasks import TASKS, build_task
 
 log = logging.getLogger("circuitfind")
@@ -146,6 +146,8 @@ def run(cfg: DictConfig, folder: Path) -> dict:
     if state == "complete" and not cfg.get("force", False):
         log.info("%s already holds this run (config %s); force=true recomputes it", folder, identity)
         return dict(read_summary(folder), reused=True)
+    if state == "complete":  # force: the old summary goes first, so a crash cannot pair it with new files
+        (folder / SUMMARY).unlink()
     folder.mkdir(parents=True, exist_ok=True)
     started = time.time()
     seed_everything(cfg.seed)
