@@ -125,7 +125,8 @@ def paper_values(task: str, method: str) -> list[float]:
     parameter = SWEPT[method][0]
     cfg = _composed((f"task={task}", f"method={method}", "threshold=paper"))
     if method == "acdc" and OmegaConf.select(cfg, "task.sweeps.acdc") is None:
-        raise FigureError(f"task {task} has no paper tau sweep (task.sweeps.acdc); give `values` in the experiment config")
+        raise FigureError(f"task {task} has no paper tau sweep (task.sweeps.acdc); "
+                          "give `values` in the experiment config")
     return [float(v) for v in str(cfg.hydra.sweeper.params[parameter]).split(",")]
 
 
@@ -675,9 +676,9 @@ def build(name: str, tasks: list[str] | None = None, corruption: str | None = No
         raise FigureError(f"{name}: no task to run")
     if dry_run:
         for sweep in plan_.sweeps:
-            missing = missing_values(sweep)
+            wanted = len(sweep.values or (None,))
             echo(f"  {sweep.task} {sweep.method} {sweep.corruption}/{sweep.metric}: "
-                 f"{len(sweep.values or (None,)) - len(missing)}/{len(sweep.values or (None,))} complete in {_relative(sweep.folder)}")
+                 f"{wanted - len(missing_values(sweep))}/{wanted} complete in {_relative(sweep.folder)}")
         return dict(plan=plan_, outputs=[])
     outcomes = run_sweeps(plan_.sweeps, jobs, echo)
     folders = used_runs(plan_.sweeps)
@@ -736,7 +737,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m circuitfind.figures", description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", choices=EXPERIMENTS, help="which figure or table to build")
-    parser.add_argument("--tasks", nargs="+", help="tasks to draw (default: the experiment's, where their weights are here)")
+    parser.add_argument("--tasks", nargs="+",
+                        help="tasks to draw (default: the experiment's, where their weights are here)")
     parser.add_argument("--corruption", choices=("zero", "corrupted"), help="one ablation instead of the experiment's")
     parser.add_argument("--preset", choices=PRESETS, help="sweep sizes (default: the experiment's, quick)")
     parser.add_argument("--jobs", type=int, default=2, help="sweeps run at a time (default 2)")

@@ -33,8 +33,6 @@ from .tasks import TASKS, build_task
 
 log = logging.getLogger("circuitfind")
 CORRUPTIONS = ("corrupted", "zero", "mean", "mean_all")
-# Keys that change how a run is carried out but not what it computes (``threshold`` and
-# ``task.sweeps`` only say which runs a sweep launches).
 # The parameter each method's curve is swept over (HISP reports its own: the k it kept).
 PARAMETER_NAMES = {"acdc": "tau", "sp": "lambda_reg", "hisp": "k"}
 _METHOD_CHECKS = {"sp": check_sp_params, "hisp": check_hisp_params}
