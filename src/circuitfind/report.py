@@ -179,11 +179,7 @@ def plot_roc(task: str, points: pd.DataFrame, aucs: pd.DataFrame, out: Path) -> 
             ax.grid(alpha=0.3)
             ax.legend(loc="lower right", fontsize=8)
     fig.suptitle(f"{task}: ROC against the canonical circuit", fontsize=14)
-    fig.tight_layout()
-    path = out / f"roc_{task}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"roc_{task}.png")
 
 
 def _edge_axis(ax, largest: int) -> None:
@@ -213,8 +209,11 @@ def plot_metric_vs_edges(task: str, points: pd.DataFrame, out: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"{task}: faithfulness against circuit size", fontsize=13)
+    return _save(fig, out / f"metric_vs_edges_{task}.png")
+
+
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    path = out / f"metric_vs_edges_{task}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
