@@ -17,6 +17,13 @@ CONFIGS = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "configs
 # A run long enough to be interrupted mid-way: ACDC on the trained induction model, small data.
 INDUCTION = ["task=induction", "task.n_prompts=12", "task.seq_len=24", "task.span_len=6", "tau=0.003",
              "checkpoint.every_steps=5", "progress=false"]
+# SP long enough to be interrupted (about 6 s): 800 full-batch steps on tracr-reverse.
+SP = ["task=tracr_reverse", "method=sp", "method.lambda_reg=1", "method.epochs=800", "checkpoint.every_steps=20",
+      "progress=false"]
+# What must come out byte-identical after a resume, and which summary fields must agree.
+RESUMED = {"acdc": (["edges.csv", "trace.csv"], ["n_edges_kept", "metric_circuit", "config_hash", "n_edge_tests"]),
+           "sp": (["edges.csv", "training.csv", "gates.csv"], ["n_edges_kept", "metric_circuit", "config_hash",
+                                                               "method_details"])}
 
 
 def config(*overrides):
@@ -30,12 +37,13 @@ def cli(*args, cwd):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_sigterm_writes_a_checkpoint_and_the_rerun_ends_as_an_uninterrupted_run(tmp_path):
-    reference = cli(*INDUCTION, f"hydra.run.dir={tmp_path}/whole", cwd=tmp_path)
+@pytest.mark.parametrize("method, args", [("acdc", INDUCTION), ("sp", SP)])
+def test_sigterm_writes_a_checkpoint_and_the_rerun_ends_as_an_uninterrupted_run(tmp_path, method, args):
+    reference = cli(*args, f"hydra.run.dir={tmp_path}/whole", cwd=tmp_path)
     assert reference.wait(timeout=600) == 0, reference.stderr.read()
 
     folder = tmp_path / "killed"
-    process = cli(*INDUCTION, f"hydra.run.dir={folder}", cwd=tmp_path)
+    process = cli(*args, f"hydra.run.dir={folder}", cwd=tmp_path)
     deadline = time.time() + 300
     while not (folder / "checkpoint.pt").exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
@@ -46,14 +54,15 @@ def test_sigterm_writes_a_checkpoint_and_the_rerun_ends_as_an_uninterrupted_run(
     assert "interrupted by SIGTERM" in message and "Run the same command again to resume" in message
     assert (folder / "checkpoint.pt").exists() and not (folder / "summary.json").exists()
 
-    resumed = cli(*INDUCTION, f"hydra.run.dir={folder}", cwd=tmp_path)
+    resumed = cli(*args, f"hydra.run.dir={folder}", cwd=tmp_path)
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
-    assert (folder / "edges.csv").read_bytes() == (tmp_path / "whole" / "edges.csv").read_bytes()
-    assert (folder / "trace.csv").read_bytes() == (tmp_path / "whole" / "trace.csv").read_bytes()
+    files, keys = RESUMED[method]
+    for name in files:
+        assert (folder / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
     whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
     again = json.loads((folder / "summary.json").read_text())
-    for key in ("n_edges_kept", "metric_circuit", "config_hash", "n_edge_tests"):
-        assert again[key] == whole[key]
+    for key in keys:
+        assert again[key] == whole[key], key
     assert not (folder / "checkpoint.pt").exists()
 
 

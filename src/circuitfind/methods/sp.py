@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from ..checkpoint import Checkpointer
 from ..graph import EdgeMask, EdgeScores
 from .base import Problem, register
 from .components import Components
@@ -87,7 +88,7 @@ def check_sp_params(lambda_reg, epochs, lr, gates="components", init_open=0.9, l
 def subnetwork_probing(problem: Problem, lambda_reg: float = 1.0, epochs: int = 3000, lr: float = 1e-3,
                        gates: str = "components", init_open: float = 0.9, beta: float = 2 / 3,
                        gamma: float = -0.1, zeta: float = 1.1, log_every: int = 10, seed: int = 0,
-                       **_) -> EdgeScores:
+                       checkpointer: Checkpointer | None = None, **_) -> EdgeScores:
     check_sp_params(lambda_reg, epochs, lr, gates, init_open, log_every)
     graph = problem.graph
     engine, data = problem.engine("validation"), problem.data("validation")
@@ -108,10 +109,25 @@ def subnetwork_probing(problem: Problem, lambda_reg: float = 1.0, epochs: int = 
     # A private generator: the gate noise depends on the seed only, not on what ran before.
     generator = torch.Generator(device=device).manual_seed(seed)
     tiny = torch.finfo(dtype).eps  # keeps log(u) and log(1 - u) finite
-
     log: list[dict] = []
-    bar = tqdm(range(epochs), desc=f"SP lambda={lambda_reg:g}", unit="step", disable=not problem.progress,
-               leave=False)
+    first_step = 0
+
+    # A checkpoint holds everything the next step depends on (gates, Adam's moments, the noise
+    # generator), so a resumed run takes exactly the steps an uninterrupted one would.
+    saved = checkpointer.restore() if checkpointer is not None else None
+    if saved is not None:
+        with torch.no_grad():
+            log_alpha.copy_(saved["log_alpha"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+        log, first_step = saved["log"], saved["next_step"]
+
+    def state(next_step: int) -> dict:
+        return dict(log_alpha=log_alpha.detach().cpu().clone(), optimizer=optimizer.state_dict(),
+                    generator=generator.get_state(), log=list(log), next_step=next_step)
+
+    bar = tqdm(range(first_step, epochs), initial=first_step, total=epochs, desc=f"SP lambda={lambda_reg:g}",
+               unit="step", disable=not problem.progress, leave=False)
     for step in bar:
         uniform = torch.rand(n_gates, generator=generator, device=device, dtype=dtype).clamp(tiny, 1 - tiny)
         z = concrete.sample(log_alpha, uniform)
@@ -128,6 +144,8 @@ def subnetwork_probing(problem: Problem, lambda_reg: float = 1.0, epochs: int = 
             log.append(dict(step=step, loss=loss.item(), task_loss=task_loss.item(),
                             expected_open=expected_open.item(), n_open=n_open))
             bar.set_postfix_str(f"loss {loss.item():.4g} | {n_open}/{n_gates} gates open", refresh=False)
+        if checkpointer is not None:
+            checkpointer.step(lambda: state(step + 1))
     bar.close()
 
     log_alpha = log_alpha.detach()
