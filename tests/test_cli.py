@@ -56,6 +56,8 @@ def test_default_run_writes_a_complete_run_folder(tmp_path):
     (["tau=0"], "tau must be a positive number, got 0"),
     (["tau=-0.5"], "tau must be a positive number, got -0.5"),
     (["tau=abc"], "tau must be a positive number, got 'abc'"),
+    (["method=sp", "method.lambda_reg=-1"], "lambda_reg must be a non-negative number, got -1"),
+    (["method=hisp", "method.k=-3"], "k must be null or a non-negative integer, got -3"),
 ])
 def test_bad_input_gets_one_line_and_a_nonzero_exit(tmp_path, args, message):
     result = cli(*args, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
@@ -100,11 +102,19 @@ def test_an_interrupted_run_leaves_no_summary(tmp_path, monkeypatch):
     assert not any(p.name.startswith(".") and "tmp" in p.name for p in tmp_path.iterdir())
 
 
-def test_config_errors_come_before_any_model_is_loaded(tmp_path, monkeypatch):
+@pytest.mark.parametrize("overrides, message", [
+    (["tau=-1"], "tau must be a positive number"),
+    (["method.max_edge_tests=-2"], "max_edge_tests must be a non-negative integer or null, got -2"),
+    (["method.abs_delta=maybe"], "abs_delta must be true or false, got 'maybe'"),
+    (["method=sp", "method.epochs=0.5"], "epochs must be a non-negative integer, got 0.5"),
+    (["method=sp", "method.lr=0"], "lr must be a positive number, got 0"),
+    (["method=hisp", "method.max_points=1"], "max_points must be null or an integer of at least 2"),
+])
+def test_config_errors_come_before_any_model_is_loaded(tmp_path, monkeypatch, overrides, message):
     import circuitfind.pipeline as pipeline
     monkeypatch.setattr(pipeline, "build_task", lambda *a, **k: pytest.fail("loaded a task"))
-    with pytest.raises(ConfigError, match="tau must be a positive number"):
-        run(config("tau=-1"), tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        run(config(*overrides), tmp_path)
 
 
 def test_prompts_of_unequal_shape_are_refused():

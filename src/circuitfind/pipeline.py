@@ -9,7 +9,6 @@ import csv
 import inspect
 import io
 import logging
-import math
 import random
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from .graph import GRANULARITIES, Architecture, EdgeMask, Graph
 from .methods import METHODS, Problem, get_method
 from .checkpoint import Checkpointer
 from .draw import circuit_dot, draw_circuit
+from .methods.acdc import check_acdc_params
 from .methods.hisp import check_hisp_params
 from .methods.sp import check_sp_params
 from .rundir import (SUMMARY, atomic_write_text, config_hash, folder_state, read_summary, write_edges,
@@ -35,7 +35,8 @@ log = logging.getLogger("circuitfind")
 CORRUPTIONS = ("corrupted", "zero", "mean", "mean_all")
 # The parameter each method's curve is swept over (HISP reports its own: the k it kept).
 PARAMETER_NAMES = {"acdc": "tau", "sp": "lambda_reg", "hisp": "k"}
-_METHOD_CHECKS = {"sp": check_sp_params, "hisp": check_hisp_params}
+# Each method's own parameter check, run on the config before anything loads (tau is top-level).
+_METHOD_CHECKS = {"acdc": check_acdc_params, "sp": check_sp_params, "hisp": check_hisp_params}
 CURVE = "curve.csv"
 
 
@@ -48,23 +49,16 @@ def _choice(kind: str, value, valid) -> None:
         raise ConfigError(f"unknown {kind} {value!r}; choose one of {', '.join(sorted(valid))}")
 
 
-def _positive_number(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be a positive number, got {value!r}")
-
-
 def validate(cfg: DictConfig) -> None:
     """Check every config value before any model is loaded."""
     _choice("task", cfg.task.name, TASKS)
     _choice("method", cfg.method.name, METHODS)
     _choice("corruption", cfg.corruption.name, CORRUPTIONS)
     _choice("graph", cfg.graph.granularity, GRANULARITIES)
-    if cfg.method.name == "acdc":
-        _positive_number("tau", cfg.tau)  # tau <= 0 would keep removing edges that hurt
     check = _METHOD_CHECKS.get(cfg.method.name)
     if check is not None:
         accepted = inspect.signature(check).parameters
-        params = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k in accepted}
+        params = {k: v for k, v in _method_params(cfg).items() if k in accepted}
         try:
             check(**params)
         except ValueError as error:

@@ -48,8 +48,19 @@ def acdc(problem: Problem, tau: float, abs_delta: bool = False, max_edge_tests: 
 
 
 def check_tau(tau) -> None:
+    # tau <= 0 would remove nothing (or keep removing edges that hurt): never what is meant
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
         raise ValueError(f"tau must be a positive number, got {tau!r}")
+
+
+def check_acdc_params(tau, max_edge_tests=None, abs_delta=False) -> None:
+    """One-line errors for bad ACDC settings (also called by the pipeline before any model loads)."""
+    check_tau(tau)
+    if max_edge_tests is not None and (isinstance(max_edge_tests, bool) or not isinstance(max_edge_tests, int)
+                                       or max_edge_tests < 0):
+        raise ValueError(f"max_edge_tests must be a non-negative integer or null, got {max_edge_tests!r}")
+    if not isinstance(abs_delta, bool):
+        raise ValueError(f"abs_delta must be true or false, got {abs_delta!r}")
 
 
 def acdc_search(graph: Graph, loss: LossFn, tau: float, abs_delta: bool = False,
