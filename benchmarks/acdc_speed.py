@@ -2,12 +2,12 @@
 
     python benchmarks/acdc_speed.py                 # all three cases on the CPU
     python benchmarks/acdc_speed.py --device cuda --cases gpt2
-    python benchmarks/acdc_speed.py --tests 300 --batch 50 --seq 16
+    python benchmarks/acdc_speed.py --tests 300 --batch 50 --seq 16 --batch-edges 8
 
 Cases
   tracr_reverse  the whole ACDC run (zero ablation, tau 0.001) on both paths
-  induction      the whole ACDC run on the 2-layer attention-only induction model (trained weights
-                 when shipped, else random weights of the same shape), corrupted ablation
+  induction      the whole ACDC run (task=induction: the shipped 2-layer attention-only model,
+                 corrupted ablation, tau 0.01)
   gpt2           a random GPT-2-shaped model (12 layers, d_model 768, 12 heads, vocab 50,257),
                  50 prompts x 16 tokens: a fixed sample of edge tests spread evenly over all
                  receivers (a whole run is hours on a CPU), each removing one edge from the full
@@ -15,7 +15,12 @@ Cases
 
 The slow path is ``reference.py``: TransformerLens hooks with split q/k/v inputs and per-head results,
 one full forward per edge test.  The engine restarts each test at the receiver's layer from a cached
-run.  "same edges" compares the keep/remove decision of every tested edge at the same tau.
+run, once with one test per forward (batch 1) and once with ACDC's batched edge tests (the next k
+candidate removals into a receiver in one forward; ``batch_edges=auto`` unless --batch-edges).  For
+the sampled GPT-2 tests a batch is the sampled edge and the k-1 edges after it in its receiver,
+removed cumulatively, so "batched s/test" is the throughput when every one of them is removed (an
+upper bound on what a whole run gains).  "same edges" compares the keep/remove decision of every
+tested edge at the same tau, for both engine settings against the slow path.
 """
 
 from __future__ import annotations
@@ -37,10 +42,11 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa:
 from circuitfind.engine import PatchEngine, gather_positions, make_ablation  # noqa: E402
 from circuitfind.graph import Architecture, EdgeMask, Graph  # noqa: E402
 from circuitfind.methods import Problem, get_method  # noqa: E402
-from circuitfind.methods.acdc import acdc_search  # noqa: E402
+from circuitfind.methods.acdc import acdc_search, auto_batch_edges  # noqa: E402
 from circuitfind.metrics import KL  # noqa: E402
+from circuitfind.pipeline import build_problem, compose_config  # noqa: E402
 from circuitfind.reference import reference_ablation, reference_logits  # noqa: E402
-from circuitfind.tasks import TaskData, build_task  # noqa: E402
+from circuitfind.tasks import TaskData  # noqa: E402
 from circuitfind.tasks.base import Task  # noqa: E402
 
 
@@ -56,35 +62,45 @@ def sync(device: str) -> None:
 
 
 def reference_loss_fn(problem: Problem):
-    """ACDC's loss with one full hooked forward per call (the slow path)."""
+    """ACDC's loss with one full hooked forward per candidate circuit (the slow path)."""
     task, graph, data = problem.task, problem.graph, problem.task.validation
     ablated = reference_ablation(task.model, data.corrupted, problem.corruption)
 
-    def loss(mask: torch.Tensor, stage: int) -> float:
+    def losses(masks: torch.Tensor, stage: int) -> list[float]:
+        out = []
         with torch.no_grad():
-            logits = reference_logits(task.model, graph, data.clean, ablated, EdgeMask(graph, mask))
-        return float(problem.loss(gather_positions(logits, data.positions)))
+            for mask in masks:
+                logits = reference_logits(task.model, graph, data.clean, ablated, EdgeMask(graph, mask))
+                out.append(float(problem.loss(gather_positions(logits, data.positions))))
+        return out
 
-    return loss
+    return losses
 
 
-def whole_run(name: str, problem: Problem, tau: float, device: str) -> dict:
-    """Both paths run all of ACDC; returns one table row."""
+def timed(device: str, fn):
     sync(device)
     start = time.perf_counter()
-    fast = get_method("acdc")(problem, tau=tau)
+    result = fn()
     sync(device)
-    fast_s = time.perf_counter() - start
+    return result, time.perf_counter() - start
+
+
+def whole_run(name: str, problem: Problem, tau: float, device: str, batch_edges) -> dict:
+    """Both paths run all of ACDC (the engine with and without batched edge tests); one table row."""
+    acdc = get_method("acdc")
+    problem.clean_logits("validation")  # set-up both paths share (data, ablation) stays out of the timings
+    slow_losses = reference_loss_fn(problem)
+    sequential, sequential_s = timed(device, lambda: acdc(problem, tau=tau, batch_edges=1))
+    batched, batched_s = timed(device, lambda: acdc(problem, tau=tau, batch_edges=batch_edges))
     engine_peak = peak_memory_mb(device)
-    start = time.perf_counter()
-    slow = acdc_search(problem.graph, reference_loss_fn(problem), tau, progress=False,
-                       dtype=problem.task.model.cfg.dtype)
-    sync(device)
-    slow_s = time.perf_counter() - start
-    n_tests = fast.extras["n_edge_tests"]
-    return dict(case=name, edges=problem.graph.n_edges, tests=n_tests, slow_s=slow_s, fast_s=fast_s,
-                slow_per_test=slow_s / max(slow.extras["n_edge_tests"], 1), fast_per_test=fast_s / max(n_tests, 1),
-                same=fast.kept.kept_names() == slow.kept.kept_names(), peak_mb=engine_peak)
+    slow, slow_s = timed(device, lambda: acdc_search(problem.graph, slow_losses, tau, progress=False,
+                                                     dtype=problem.task.model.cfg.dtype))
+    n_tests = slow.extras["n_edge_tests"]
+    same = sequential.kept.kept_names() == slow.kept.kept_names() == batched.kept.kept_names()
+    return dict(case=name, edges=problem.graph.n_edges, tests=n_tests, slow_s=slow_s, fast_s=sequential_s,
+                batched_s=batched_s, slow_per_test=slow_s / n_tests, fast_per_test=sequential_s / n_tests,
+                batched_per_test=batched_s / n_tests, same=same, peak_mb=engine_peak,
+                batch_edges=batched.extras["batch_edges"], forwards=batched.extras["n_forwards"])
 
 
 def random_task(model: HookedTransformer, batch: int, seq: int, seed: int = 0) -> Task:
@@ -97,8 +113,9 @@ def random_task(model: HookedTransformer, batch: int, seq: int, seed: int = 0) -
     return Task("random", model, data, data, {"kl": KL}, "kl")
 
 
-def sampled_tests(name: str, problem: Problem, n_tests: int, device: str, tau: float) -> dict:
-    """Time a fixed, evenly spread sample of single-edge tests on both paths."""
+def sampled_tests(name: str, problem: Problem, n_tests: int, device: str, tau: float, batch_edges) -> dict:
+    """Time a fixed, evenly spread sample of single-edge tests on both paths, and the engine's
+    batched tests: each sampled edge with the k-1 edges after it in its receiver, removed cumulatively."""
     graph = problem.graph
     order = [e for r in graph.receivers_in_order for e in graph.incoming[r]]
     sample = [order[i] for i in torch.linspace(0, len(order) - 1, n_tests).round().long().tolist()]
@@ -107,19 +124,21 @@ def sampled_tests(name: str, problem: Problem, n_tests: int, device: str, tau: f
     with torch.no_grad():
         logits, cache = engine.run(full, data.positions, record=True)
         base = float(problem.loss(logits))
+        k = auto_batch_edges(graph, cache.diff) if batch_edges == "auto" else batch_edges
 
-        def fast_test(e: int) -> float:
-            mask = full.clone()
-            mask[e] = 0
-            out, _ = engine.run(mask, data.positions, start_stage=graph.edges[e].stage, cache=cache)
-            return float(problem.loss(out)) - base
+        def fast_tests(e: int, k: int) -> list[float]:
+            incoming = graph.incoming[graph.edges[e].receiver]
+            batch = incoming[incoming.index(e):][:k]
+            masks = full.repeat(len(batch), 1)
+            for j, edge in enumerate(batch):
+                masks[j:, edge] = 0
+            out, _ = engine.run(masks, data.positions, start_stage=graph.edges[e].stage, cache=cache)
+            return [float(problem.loss(candidate)) - base for candidate in out]
 
-        fast_test(sample[0])  # warm-up (allocations, kernels)
-        sync(device)
-        start = time.perf_counter()
-        fast_deltas = [fast_test(e) for e in sample]
-        sync(device)
-        fast_s = time.perf_counter() - start
+        fast_tests(sample[0], k)  # warm-up (allocations, kernels)
+        single, fast_s = timed(device, lambda: [fast_tests(e, 1)[0] for e in sample])
+        batched, batched_s = timed(device, lambda: [fast_tests(e, k) for e in sample])
+        n_batched = sum(len(b) for b in batched)
         engine_peak = peak_memory_mb(device)  # before the slow path runs: the engine's own peak
         del cache
         gc.collect()
@@ -127,37 +146,27 @@ def sampled_tests(name: str, problem: Problem, n_tests: int, device: str, tau: f
         slow_loss = reference_loss_fn(problem)
         n_slow = min(len(sample), max(5, n_tests // 10))  # the slow path is timed on a subsample
         slow_sample = sample[:: max(1, len(sample) // n_slow)][:n_slow]
-        sync(device)
-        start = time.perf_counter()
-        slow_deltas = []
-        for e in slow_sample:
-            mask = full.clone()
-            mask[e] = 0
-            slow_deltas.append(slow_loss(mask, 0) - base)
-        sync(device)
-        slow_s = time.perf_counter() - start
-    fast_by_edge = dict(zip(sample, fast_deltas))
-    same = all((fast_by_edge[e] < tau) == (d < tau) for e, d in zip(slow_sample, slow_deltas))
-    return dict(case=name, edges=graph.n_edges, tests=len(sample), slow_s=slow_s, fast_s=fast_s,
-                slow_per_test=slow_s / len(slow_sample), fast_per_test=fast_s / len(sample), same=same,
-                peak_mb=engine_peak)
+
+        def slow_tests() -> list[float]:
+            masks = full.repeat(len(slow_sample), 1)
+            masks[range(len(slow_sample)), slow_sample] = 0
+            return [loss - base for loss in slow_loss(masks, 0)]
+
+        slow_deltas, slow_s = timed(device, slow_tests)
+    single_by_edge = dict(zip(sample, single))
+    batched_by_edge = {e: b[0] for e, b in zip(sample, batched)}  # a batch's first candidate is the single test
+    same = all((single_by_edge[e] < tau) == (batched_by_edge[e] < tau) == (d < tau)
+               for e, d in zip(slow_sample, slow_deltas))
+    return dict(case=name, edges=graph.n_edges, tests=len(sample), slow_s=slow_s, fast_s=fast_s, batched_s=batched_s,
+                slow_per_test=slow_s / len(slow_sample), fast_per_test=fast_s / len(sample),
+                batched_per_test=batched_s / n_batched, same=same, peak_mb=engine_peak, batch_edges=k,
+                forwards=len(sample))
 
 
 def gpt2_shaped(device: str) -> HookedTransformer:
     cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257,
                                   n_ctx=1024, act_fn="gelu_new", normalization_type="LNPre", device=device, seed=0)
     return HookedTransformer(cfg).eval().requires_grad_(False)
-
-
-def induction_model(device: str) -> tuple[HookedTransformer, str]:
-    try:
-        task = build_task("induction", seed=0, device=device, model={"name": "induction_2l"})
-        return task, "trained induction_2l"
-    except Exception:  # the trained model is not available: same shape, random weights
-        cfg = HookedTransformerConfig(n_layers=2, d_model=256, n_heads=8, d_head=32, attn_only=True, d_vocab=2000,
-                                      n_ctx=64, act_fn="gelu", normalization_type="LNPre", device=device, seed=0)
-        model = HookedTransformer(cfg).eval().requires_grad_(False)
-        return random_task(model, batch=50, seq=40), "random 2L attn-only"
 
 
 def main(argv=None) -> None:
@@ -167,37 +176,38 @@ def main(argv=None) -> None:
     parser.add_argument("--tests", type=int, default=240, help="sampled edge tests on the GPT-2-shaped model")
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--seq", type=int, default=16)
+    parser.add_argument("--batch-edges", default="auto", help="edge tests per batched forward (auto or an integer)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device
+    batch_edges = args.batch_edges if args.batch_edges == "auto" else int(args.batch_edges)
     rows = []
     for case in args.cases:
         if case == "tracr_reverse":
-            task = build_task("tracr_reverse", seed=0, device=device)
-            graph = Graph(Architecture.from_config(task.model.cfg, split_embed=True))
-            rows.append(whole_run(case, Problem(task, graph, "zero", task.metric(None), progress=False), 0.001, device))
+            cfg = compose_config("task=tracr_reverse", "corruption=zero", f"device={device}", "progress=false")
+            rows.append(whole_run(case, build_problem(cfg), 0.001, device, batch_edges))
         elif case == "induction":
-            task, label = induction_model(device)
-            graph = Graph(Architecture.from_config(task.model.cfg))
-            problem = Problem(task, graph, "corrupted", task.metric("kl"), progress=False)
-            rows.append(whole_run(f"induction ({label})", problem, 0.01, device))
-            del task, problem
+            cfg = compose_config("task=induction", f"device={device}", "progress=false")
+            rows.append(whole_run("induction (trained 2L)", build_problem(cfg), 0.01, device, batch_edges))
         elif case == "gpt2":
             model = gpt2_shaped(device)
             task = random_task(model, args.batch, args.seq)
             graph = Graph(Architecture.from_config(model.cfg))
             problem = Problem(task, graph, "corrupted", KL, progress=False)
-            rows.append(sampled_tests(f"gpt2-shaped {args.batch}x{args.seq}", problem, args.tests, device, 1e-3))
+            rows.append(sampled_tests(f"gpt2-shaped {args.batch}x{args.seq}", problem, args.tests, device, 1e-3,
+                                      batch_edges))
         else:
             sys.exit(f"unknown case {case!r}")
         print(format_row(rows[-1]), flush=True)
 
     print()
     print(f"device: {device} ({torch.cuda.get_device_name() if device == 'cuda' else f'{torch.get_num_threads()} CPU threads'}), torch {torch.__version__}")
-    header = f"{'case':<34} {'edges':>6} {'tests':>6} {'slow s/test':>12} {'engine s/test':>14} {'speed-up':>9} {'peak MB':>8}  same edges"
-    print("(peak MB: the process's peak memory before the slow path ran, i.e. the engine's)")
+    print("(s/test: seconds per edge test; batch 1: one test per engine forward; batched: k tests per forward;")
+    print(" peak MB: the process's peak memory before the slow path ran, i.e. the engine's)")
+    header = (f"{'case':<26} {'edges':>6} {'tests':>6} {'slow s/test':>12} {'batch 1':>9} {'batched':>9} {'k':>3} "
+              f"{'speed-up 1':>10} {'batched':>8} {'peak MB':>8}  same edges")
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -206,9 +216,12 @@ def main(argv=None) -> None:
 
 def format_row(row: dict) -> str:
     ratio = row["slow_per_test"] / row["fast_per_test"]
-    return (f"{row['case']:<34} {row['edges']:>6} {row['tests']:>6} {row['slow_per_test']:>12.5f} "
-            f"{row['fast_per_test']:>14.5f} {ratio:>8.1f}x {row['peak_mb']:>8.0f}  {'yes' if row['same'] else 'NO'}"
-            f"   (whole: slow {row['slow_s']:.2f} s, engine {row['fast_s']:.2f} s)")
+    batched_ratio = row["slow_per_test"] / row["batched_per_test"]
+    return (f"{row['case']:<26} {row['edges']:>6} {row['tests']:>6} {row['slow_per_test']:>12.5f} "
+            f"{row['fast_per_test']:>9.5f} {row['batched_per_test']:>9.5f} {row['batch_edges']:>3} "
+            f"{ratio:>9.1f}x {batched_ratio:>7.1f}x {row['peak_mb']:>8.0f}  {'yes' if row['same'] else 'NO'}"
+            f"   (whole: slow {row['slow_s']:.3f} s, engine {row['fast_s']:.3f} s, batched {row['batched_s']:.3f} s"
+            f" in {row['forwards']} forwards)")
 
 
 if __name__ == "__main__":

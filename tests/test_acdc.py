@@ -9,7 +9,7 @@ from circuitfind.engine import make_ablation
 from circuitfind.evaluation import canonical_mask, edge_and_node_rates
 from circuitfind.graph import Architecture, Graph
 from circuitfind.methods import Problem, get_method
-from circuitfind.methods.acdc import acdc_search
+from circuitfind.methods.acdc import Step, acdc_search, candidate_masks
 from circuitfind.metrics import KL
 from circuitfind.reference import reference_ablation, reference_logits
 from circuitfind.tasks import TaskData, build_task
@@ -18,8 +18,8 @@ from circuitfind.tasks.base import Task
 from conftest import tiny_model
 
 
-def tracr_problem(name, corruption="zero", granularity="qkv"):
-    task = build_task(name, seed=0)
+def tracr_problem(name, corruption="zero", granularity="qkv", **task_params):
+    task = build_task(name, seed=0, **task_params)
     graph = Graph(Architecture.from_config(task.model.cfg, split_embed=True), granularity)
     return Problem(task, graph, corruption, task.metric(None), progress=False)
 
@@ -33,16 +33,24 @@ def test_tracr_reverse_zero_ablation_recovers_exactly_the_canonical_circuit():
     assert edge_and_node_rates(result.kept, canonical) == dict(edge_tpr=1.0, edge_fpr=0.0, node_tpr=1.0, node_fpr=0.0)
 
 
-def test_tracr_proportion_zero_ablation_keeps_only_canonical_edges():
-    """With BOS first in every prompt, each query matches itself, so the BOS default read through
-    tok_embed -> q/k never changes the output (delta exactly 0): 8 of the 10 canonical edges."""
-    problem = tracr_problem("tracr_proportion")
+def test_tracr_proportion_zero_ablation_on_the_papers_prompts_recovers_exactly_the_canonical_circuit():
+    problem = tracr_problem("tracr_proportion", data="paper")
     result = get_method("acdc")(problem, tau=0.001)
     canonical = canonical_mask(problem.task, problem.graph)
     assert problem.graph.n_edges == 38 and canonical.n_kept == 10
+    assert sorted(result.kept.kept_names()) == sorted(canonical.kept_names())
+
+
+def test_tracr_proportion_on_valid_prompts_cannot_see_the_bos_default():
+    """With BOS first in every prompt, each query matches itself, so the BOS default read through
+    tok_embed -> q/k never changes the output (delta exactly 0): 8 of the 10 canonical edges."""
+    problem = tracr_problem("tracr_proportion", data="valid")
+    result = get_method("acdc")(problem, tau=0.001)
+    canonical = canonical_mask(problem.task, problem.graph)
     missing = set(canonical.kept_names()) - set(result.kept.kept_names())
     assert set(result.kept.kept_names()) <= set(canonical.kept_names())
     assert missing == {"tok_embed->a1.h0<q>", "tok_embed->a1.h0<k>"}
+    assert all(result.scores[problem.graph.edge_index[name]] == 0 for name in missing)
 
 
 def random_task(model, batch=6, seq=5, seed=0) -> Task:
@@ -59,12 +67,13 @@ def reference_acdc(problem: Problem, tau: float):
     task, graph = problem.task, problem.graph
     data = task.validation
     ablated = reference_ablation(task.model, data.corrupted, problem.corruption)
-    def loss(mask, stage):
-        logits = reference_logits(task.model, graph, data.clean, ablated, mask_of(graph, mask))
+    def losses(masks, stage):  # one forward per candidate, one candidate per call (batch_edges=1)
+        assert len(masks) == 1
+        logits = reference_logits(task.model, graph, data.clean, ablated, mask_of(graph, masks[0]))
         index = data.positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
-        return float(problem.loss(logits.gather(1, index)))
+        return [float(problem.loss(logits.gather(1, index)))]
 
-    return acdc_search(graph, loss, tau, progress=False, dtype=torch.float64)
+    return acdc_search(graph, losses, tau, progress=False, dtype=torch.float64)
 
 
 def mask_of(graph, values):
@@ -72,14 +81,14 @@ def mask_of(graph, values):
     return EdgeMask(graph, values)
 
 
-def typical_single_edge_effect(problem: Problem) -> float:
+def typical_single_edge_effect(problem: Problem, quantile: float = 0.3) -> float:
     """A tau in the middle of the edges' effects, so that ACDC keeps some edges and drops others."""
     effects = []
     for e in range(problem.graph.n_edges):
         mask = torch.ones(problem.graph.n_edges, dtype=torch.float64)
         mask[e] = 0
         effects.append(problem.evaluate(mask))
-    return float(torch.tensor(effects).quantile(0.3))
+    return float(torch.tensor(effects).quantile(quantile))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -97,6 +106,56 @@ def test_fast_acdc_keeps_the_same_edges_as_the_slow_reference(seed, granularity,
     finite = torch.isfinite(slow.scores)
     assert torch.equal(finite, torch.isfinite(fast.scores))
     torch.testing.assert_close(fast.scores[finite], slow.scores[finite], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("granularity, corruption, quantile", [
+    ("qkv", "corrupted", 0.3), ("heads", "zero", 0.3), ("qkv", "mean", 0.3), ("qkv", "corrupted", 0.9)])
+def test_batched_edge_tests_take_exactly_the_sequential_decisions(seed, granularity, corruption, quantile):
+    """Few edges kept (quantile 0.9) makes plain batches win, many (0.3) speculative ones."""
+    model = tiny_model(n_layers=3, n_heads=2, d_model=16, seed=seed)
+    problem = Problem(random_task(model, seed=seed), Graph(Architecture.from_config(model.cfg), granularity),
+                      corruption, KL, progress=False)
+    tau = typical_single_edge_effect(problem, quantile)
+    sequential = get_method("acdc")(problem, tau=tau, batch_edges=1)
+    assert sequential.extras["n_forwards"] == sequential.extras["n_edge_tests"]
+    for batch_edges in (2, 3, 64):
+        batched = get_method("acdc")(problem, tau=tau, batch_edges=batch_edges)
+        assert batched.kept.kept_names() == sequential.kept.kept_names()
+        assert [(r["edge"], r["kept"]) for r in batched.extras["trace"]] == \
+               [(r["edge"], r["kept"]) for r in sequential.extras["trace"]]
+        torch.testing.assert_close(batched.scores, sequential.scores, rtol=0, atol=1e-12)
+        assert batched.extras["n_forwards"] < sequential.extras["n_forwards"]
+
+
+def test_candidate_masks_are_the_circuits_of_the_next_tests():
+    before = torch.ones(8)
+    before[7] = 0  # decided earlier
+    steps = [Step(0, []), Step(1, []), Step(4, [2, 3]), Step(5, [])]  # edges 2, 3 dropped before edge 4's test
+    plain = candidate_masks(before, steps, n_candidates=4, keep_rate=0.01)
+    expected = [[0, 1, 1, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0, 1, 0]]
+    assert plain.tolist() == expected
+    speculative = candidate_masks(before, steps, n_candidates=6, keep_rate=0.5)  # 3 tests, 6 circuits
+    assert speculative.tolist() == expected[:3] + [
+        [1, 0, 1, 1, 1, 1, 1, 0],  # edge 0 kept, then edge 1 tested
+        [1, 0, 0, 0, 0, 1, 1, 0],  # edge 0 kept, 1 removed, 4 tested
+        [0, 1, 0, 0, 0, 1, 1, 0],  # edge 1 kept, 4 tested
+    ]
+
+
+@pytest.mark.parametrize("name", ["tracr_reverse", "tracr_proportion"])
+def test_batched_acdc_on_tracr_keeps_the_same_edges(name):
+    problem = tracr_problem(name)
+    sequential = get_method("acdc")(problem, tau=0.001, batch_edges=1)
+    batched = get_method("acdc")(problem, tau=0.001, batch_edges=16)
+    assert batched.kept.kept_names() == sequential.kept.kept_names()
+    assert [r["edge"] for r in batched.extras["trace"]] == [r["edge"] for r in sequential.extras["trace"]]
+
+
+@pytest.mark.parametrize("batch_edges", [0, -2, 1.5, "many", True])
+def test_batch_edges_must_be_a_positive_integer_or_auto(batch_edges):
+    with pytest.raises(ValueError, match="batch_edges must be a positive integer or auto"):
+        get_method("acdc")(tracr_problem("tracr_reverse"), tau=0.01, batch_edges=batch_edges)
 
 
 def test_receivers_that_feed_nothing_lose_their_inputs_untested():

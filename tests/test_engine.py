@@ -89,7 +89,7 @@ def test_a_run_restarted_from_the_cache_equals_a_full_run():
     _, cache = engine.run(graph.full_mask(), positions, record=True)
     g = torch.Generator().manual_seed(3)
     # every order ACDC can produce (descending stages, repeats) and some it cannot (ascending):
-    # the engine's scratch buffer must refresh whatever an earlier restart overwrote
+    # whatever an earlier restart wrote into the engine's reused buffer must not leak into the next
     stages = list(range(2 * graph.n_layers + 1))
     for stage in stages[::-1] + stages + [3, 3, 1, 5, 0, 6, 2]:
         # change only edges read at or after `stage`, as ACDC does
@@ -99,6 +99,42 @@ def test_a_run_restarted_from_the_cache_equals_a_full_run():
         full, _ = engine.run(mask, positions)
         restarted, _ = engine.run(mask, positions, start_stage=stage, cache=cache)
         torch.testing.assert_close(restarted, full, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("granularity, corruption", [("qkv", "corrupted"), ("qkv", "zero"), ("heads", "mean")])
+def test_a_batch_of_candidate_masks_equals_each_run_alone(granularity, corruption):
+    """ACDC's batched edge tests: candidates differing only in the edges into one stage's
+    receivers, from one forward, each equal to its own restarted (and full) run."""
+    model = tiny_model(n_layers=3)
+    graph, engine, clean, _ = setup(model, granularity=granularity, corruption=corruption)
+    positions = torch.tensor([[1, 5]] * clean.shape[0])
+    _, cache = engine.run(graph.full_mask(), positions, record=True)
+    g = torch.Generator().manual_seed(4)
+    for stage in range(2 * graph.n_layers + 1):
+        at_stage = [e.index for e in graph.edges if e.stage == stage]
+        later = [e.index for e in graph.edges if e.stage > stage]
+        if not at_stage:
+            continue
+        base = graph.full_mask().values.double()
+        base[later] = (torch.rand(len(later), generator=g) > 0.5).double()
+        candidates = base.repeat(5, 1)
+        candidates[:, at_stage] = (torch.rand(5, len(at_stage), generator=g) > 0.4).double()
+        batched, _ = engine.run(candidates, positions, start_stage=stage, cache=cache)
+        assert batched.shape[0] == 5
+        for mask, logits in zip(candidates, batched):
+            alone, _ = engine.run(mask, positions, start_stage=stage, cache=cache)
+            torch.testing.assert_close(logits, alone, rtol=0, atol=1e-12)
+            torch.testing.assert_close(logits, engine.logits(mask, positions), rtol=0, atol=1e-12)
+
+
+def test_batched_masks_that_differ_after_the_start_stage_are_refused():
+    model = tiny_model(n_layers=2)
+    graph, engine, _, _ = setup(model)
+    _, cache = engine.run(graph.full_mask(), record=True)
+    candidates = graph.full_mask().values.double().repeat(2, 1)
+    candidates[1, [e.index for e in graph.edges if e.stage == 2][0]] = 0
+    with pytest.raises(ValueError, match="batched masks may differ only in edges read at stage 0"):
+        engine.run(candidates, start_stage=0, cache=cache)
 
 
 def test_positions_select_the_metric_positions():

@@ -89,6 +89,12 @@ def test_the_same_run_twice_is_reused_and_force_recomputes(tmp_path):
     assert not forced.get("reused")
 
 
+def test_batch_edges_changes_speed_not_the_runs_identity(tmp_path):
+    first = run(config("method.batch_edges=1"), tmp_path)
+    again = run(config("method.batch_edges=7"), tmp_path)
+    assert again.get("reused") and again["config_hash"] == first["config_hash"]
+
+
 def test_a_forced_rerun_that_crashes_leaves_no_complete_looking_folder(tmp_path, monkeypatch):
     import circuitfind.pipeline as pipeline
     run(config(), tmp_path)

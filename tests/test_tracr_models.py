@@ -137,3 +137,22 @@ def test_missing_file_hint(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setattr(tracr_module, "tracr_weights_path", lambda name: tmp_path / f"{name}.pt")
     with pytest.raises(FileNotFoundError, match="compile_tracr.py"):
         load_tracr_model("tracr_reverse")
+
+
+def test_tracr_proportion_prompts_paper_and_valid():
+    from circuitfind.tasks import build_task
+    paper = build_task("tracr_proportion", seed=0, data="paper", n_prompts=100)
+    rows = torch.cat([paper.validation.clean, paper.test.clean])
+    assert rows.shape == (200, 4) and rows.min() == 0 and rows.max() == 3
+    assert len({tuple(r) for r in rows.tolist()}) == 200  # drawn without replacement from the 256 rows
+    valid = build_task("tracr_proportion", seed=0, data="valid")
+    vocab = load_tracr_model("tracr_proportion").input_vocab
+    assert vocab[:4] == ("BOS", "compiler_pad", "w", "x")  # what the paper's ids 0-3 mean
+    assert (valid.validation.clean[:, 0] == vocab.index("BOS")).all()
+    assert (valid.validation.clean[:, 1:] >= vocab.index("w")).all()
+    assert paper.validation.positions[0].tolist() == [1, 2, 3]  # the paper's metric reads positions 1-3
+    assert valid.validation.positions[0].tolist() == [1, 2, 3, 4]  # every letter after BOS
+    with pytest.raises(ValueError, match="unknown tracr_proportion data 'nope'; choose one of paper, valid"):
+        build_task("tracr_proportion", data="nope")
+    with pytest.raises(ValueError, match="n_prompts must lie in 2..128, got 200"):
+        build_task("tracr_proportion", data="paper", n_prompts=200)

@@ -24,6 +24,7 @@ and the tests hold the two together.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -73,37 +74,71 @@ class Ablation:
 
 class SenderDiffs:
     """Each sender's ``value - ablated`` [batch, pos, d_model] in this run, and sums of them weighted
-    by mask rows.  Without gradients they live in one buffer written in place (one matmul per read);
-    when gradients flow through the mask (SP, attribution) in-place writes would break autograd, so
-    each layer's block is kept as its own tensor and reads sum one matmul per block."""
+    by mask rows.
 
-    def __init__(self, buffer: torch.Tensor, differentiable: bool):
+    A run restarted from a cache reads the senders below its start stage from the cache's
+    ``prefix`` (shared, never copied) and writes the rest into its own ``body``.  A batched run
+    (``n_candidates`` masks at once, batch = n_candidates x prompts, candidate-major) shares that
+    prefix among its candidates: it holds the prompts once.  Without gradients the body is one
+    buffer written in place (one matmul per read); when gradients flow through the mask (SP,
+    attribution) in-place writes would break autograd, so each layer's block is kept as its own
+    tensor and reads sum one matmul per block."""
+
+    def __init__(self, body: torch.Tensor, differentiable: bool, prefix: torch.Tensor | None = None,
+                 n_candidates: int = 1):
         self.differentiable = differentiable
-        self.buffer = None if differentiable else buffer
-        self.blocks: list[tuple[int, torch.Tensor]] = []  # (first slot, [n, batch, pos, d])
+        self.buffer = None if differentiable else body
+        self.blocks: list[tuple[int, torch.Tensor]] = []  # (first body slot, [n, batch, pos, d])
+        self.prefix = prefix
+        self.n_prefix = 0 if prefix is None else prefix.shape[0]
+        self.n_candidates = n_candidates
 
     def write(self, start: int, values: torch.Tensor) -> None:
+        start -= self.n_prefix
+        assert start >= 0, "a restarted run rewrote a cached sender"
         if self.differentiable:
             self.blocks.append((start, values))
         else:
             self.buffer[start:start + values.shape[0]] = values
 
     def weighted(self, weights: torch.Tensor, n_senders: int) -> torch.Tensor:
-        """sum_s weights[r, s] * diff_s over the first ``n_senders`` senders -> [rows, batch*pos*d]."""
+        """sum_s weights[r, s] * diff_s over the first ``n_senders`` senders -> [rows, batch*pos*d]
+        (batch: the prompts once when only the shared prefix is read, else every candidate's)."""
+        rows = weights.shape[0]
+        shared = None
+        if self.prefix is not None:
+            n = min(n_senders, self.n_prefix)
+            shared = _weighted_sum(weights[:, :n], self.prefix[:n])
+            if n_senders <= self.n_prefix:
+                return shared
+        own_weights = weights[:, self.n_prefix:n_senders]
         if not self.differentiable:
-            # ACDC's masks are sparse on one side: gather the few senders with a nonzero weight
-            # rather than multiply zeros (a slab is batch*pos*d_model numbers).
-            used = weights.any(0).nonzero().flatten()
-            if len(used) <= n_senders // 4:
-                return weights[:, used] @ self.buffer.index_select(0, used).flatten(1)
-            return weights @ self.buffer[:n_senders].flatten(1)
-        total = None
-        for start, block in self.blocks:
-            if start >= n_senders:
-                continue
-            part = weights[:, start:start + block.shape[0]] @ block.flatten(1)
-            total = part if total is None else total + part
-        return total
+            own = _weighted_sum(own_weights, self.buffer[:n_senders - self.n_prefix])
+        else:
+            own = None
+            for start, block in self.blocks:
+                if start >= own_weights.shape[1]:
+                    continue
+                part = own_weights[:, start:start + block.shape[0]] @ block.flatten(1)
+                own = part if own is None else own + part
+        if shared is None:
+            return own
+        return (own.view(rows, self.n_candidates, -1) + shared.unsqueeze(1)).view(rows, -1)
+
+
+def _weighted_sum(weights: torch.Tensor, slabs: torch.Tensor) -> torch.Tensor:
+    """weights [rows, n] @ slabs [n, ...] -> [rows, prod(...)].  ACDC's masks are sparse on one side:
+    gather the few slabs with a nonzero weight rather than multiply zeros (a slab is
+    batch*pos*d_model numbers)."""
+    used = weights.any(0).nonzero().flatten()
+    if len(used) <= weights.shape[1] // 4:
+        return weights[:, used] @ slabs.index_select(0, used).flatten(1)
+    return weights @ slabs.flatten(1)
+
+
+def _per_candidate(x: torch.Tensor, n_candidates: int, dim: int) -> torch.Tensor:
+    """Split a candidate-major batch dimension ``dim`` of size k*B into (k, B)."""
+    return x.unflatten(dim, (n_candidates, -1))
 
 
 @dataclass
@@ -134,9 +169,7 @@ class PatchEngine:
         self.n_forward = 0  # model forwards run (a restarted run counts as one)
         self._ablated_resid: dict[tuple[int, int], torch.Tensor] = {}
         self._qkv_weights: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._scratch: torch.Tensor | None = None  # see scratch_from
-        self._scratch_source: SenderCache | None = None
-        self._scratch_dirty_from = 0
+        self._body: torch.Tensor | None = None  # see body_buffer
 
     # ---- building blocks -------------------------------------------------------------------
     def embed(self, tokens: torch.Tensor) -> list[torch.Tensor]:
@@ -144,36 +177,50 @@ class PatchEngine:
         tok, pos = self.model.embed(tokens), self.model.pos_embed(tokens)
         return [tok, pos] if self.graph.arch.split_embed else [tok + pos]
 
-    def changed_inputs(self, rows: slice, n_senders: int, resid: torch.Tensor, diff: SenderDiffs,
-                       removed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The receivers in ``rows`` whose input is not simply ``resid`` (something was removed),
-        as (offsets into ``rows``, their inputs [n_changed, batch, pos, d_model]).
+    def changed_inputs(self, r: torch.Tensor, row: int, resid: torch.Tensor,
+                       diff: SenderDiffs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Of the receivers whose removed-mask rows are ``r`` [n, n_senders] (one layer's heads or
+        one MLP, or several candidates' copies of them; ``row`` is the first one's row), those
+        whose input is not simply ``resid`` (something was removed), as (offsets into ``r``,
+        their inputs [n_changed, batch, pos, d_model]).
 
         A receiver that keeps most of its edges is read as ``resid - removed @ diff``; one that
         removes most as ``ablated_resid + kept @ diff``.  The two are equal, but each sums over the
         fewer senders, and the second is exact when everything is removed (no cancellation of a
         sender's value against itself, which layer norm would amplify under zero ablation)."""
-        r = removed[rows, :n_senders]
+        n_senders = r.shape[1]
         changed = r.any(1).nonzero().flatten()
         if len(changed) == 0:
             return changed, None
         r = r[changed]
         mostly_removed = r.sum(1) > n_senders / 2
         shape = (len(changed), *resid.shape)
+
+        def from_ablated(weights):  # ablated_resid + kept @ diff, each candidate against its prompts
+            x = diff.weighted(weights, n_senders).view(shape)
+            ablated = self.ablated_resid(n_senders, row)  # [1, prompts or 1, pos, d_model]
+            if ablated.shape[1] in (1, x.shape[1]):
+                return ablated + x
+            return (_per_candidate(x, diff.n_candidates, 1) + ablated).flatten(1, 2)
+
         if not mostly_removed.any():
             return changed, resid - diff.weighted(r, n_senders).view(shape)
         if mostly_removed.all():
-            ablated = self.ablated_resid(n_senders, rows.start)
-            return changed, ablated + diff.weighted(1 - r, n_senders).view(shape)
+            return changed, from_ablated(1 - r)
         keeping = resid - diff.weighted(torch.where(mostly_removed[:, None], 0, r), n_senders).view(shape)
-        ablated = self.ablated_resid(n_senders, rows.start) + diff.weighted(
-            torch.where(mostly_removed[:, None], 1 - r, 0), n_senders).view(shape)
+        ablated = from_ablated(torch.where(mostly_removed[:, None], 1 - r, 0))
         return changed, torch.where(mostly_removed.view(-1, 1, 1, 1), ablated, keeping)
 
-    def receiver_input(self, row: int, n_senders: int, resid, diff, removed) -> torch.Tensor:
-        """The input of one receiver row [batch, pos, d_model]."""
-        changed, x = self.changed_inputs(slice(row, row + 1), n_senders, resid, diff, removed)
-        return resid if x is None else x[0]
+    def receiver_input(self, r: torch.Tensor, row: int, resid: torch.Tensor, diff: SenderDiffs) -> torch.Tensor:
+        """The input of one receiver, given its removed-mask row for each of ``len(r)`` candidates
+        [candidates, n_senders]: [candidates * batch, pos, d_model] (candidate-major)."""
+        changed, x = self.changed_inputs(r, row, resid, diff)
+        if len(r) == 1:
+            return resid if x is None else x[0]
+        inputs = resid.unsqueeze(0).repeat(len(r), *([1] * resid.dim()))
+        if x is not None:
+            inputs[changed] = x
+        return inputs.flatten(0, 1)
 
     def ablated_resid(self, n_senders: int, row: int) -> torch.Tensor:
         """The residual a receiver would read with every edge removed: the ablated values of the
@@ -188,37 +235,49 @@ class PatchEngine:
             self._ablated_resid[key] = (self.ablation.senders[:n_senders].sum(0) + biases).unsqueeze(0)
         return self._ablated_resid[key]
 
-    def attention(self, layer: int, resid, diff, removed, qkv_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    def minus_ablated(self, values: torch.Tensor, ablated: torch.Tensor, n_candidates: int) -> torch.Tensor:
+        """values [n, k*B, ...] - ablated [n, B|1, ...], each candidate against the same prompts."""
+        if n_candidates == 1 or ablated.shape[1] == 1:
+            return values - ablated
+        return (_per_candidate(values, n_candidates, 1) - ablated.unsqueeze(1)).flatten(1, 2)
+
+    def attention(self, layer: int, resid: torch.Tensor, diff: SenderDiffs, r: torch.Tensor,
+                  qkv_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``layer``'s heads.  ``r`` [c, 3H, n_senders] and ``qkv_mask`` [c, 3, H] are the
+        layer's removed-mask rows and q/k/v edges for c = 1 (shared by every candidate) or one
+        copy per candidate (the stage a batched run tests; ``resid`` then holds the prompts once)."""
         g, block = self.graph, self.model.blocks[layer]
         attn, H = block.attn, g.n_heads
-        pos = resid.shape[1]
+        c, k = r.shape[0], diff.n_candidates
         W, b = self.qkv_weights(layer)  # [3, H, d_model, d_head], [3, H, d_head]
         # Every head reads the unpatched residual unless an edge into it was removed: project that
         # once for all heads (as the model does), then redo only the heads whose input changed.
         qkv = torch.einsum("bpd,whde->wbphe", block.ln1(resid), W) + b[:, None, None]
-        start = layer * g.rows_per_layer
-        changed, x = self.changed_inputs(slice(start, start + 3 * H), g.n_senders_before_heads(layer),
-                                         resid, diff, removed)
+        if c > 1:
+            qkv = qkv.repeat(1, c, 1, 1, 1)  # one copy per candidate
+        changed, x = self.changed_inputs(r.flatten(0, 1), layer * g.rows_per_layer, resid, diff)
         if x is not None:
-            which, head = changed // H, changed % H
+            which, head = changed % (3 * H) // H, changed % H
             own = torch.einsum("nbpd,nde->nbpe", block.ln1(x), W[which, head]) + b[which, head][:, None, None]
-            qkv = _put_heads(qkv, which, head, own)
-        m = qkv_mask[layer]  # [3, H]: the q/k/v edges of each head
-        if (m != 1).any():
-            w = m.view(3, 1, 1, H, 1)
-            qkv = w * qkv + (1 - w) * self.ablation.qkv[layer]
-        q, k, v = qkv
-        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / attn.attn_scale
+            qkv = _put_heads(qkv, changed, own, c)
+        if (qkv_mask != 1).any():
+            w = qkv_mask.transpose(0, 1).reshape(3, c, 1, 1, H, 1)
+            mixed = w * _per_candidate(qkv, k, 1) + (1 - w) * self.ablation.qkv[layer].unsqueeze(1)
+            qkv = mixed.flatten(1, 2)
+        queries, keys, values = qkv
+        scores = torch.einsum("bqhe,bkhe->bhqk", queries, keys) / attn.attn_scale
         if self.model.cfg.attention_dir == "causal":
+            pos = resid.shape[1]
             causal = torch.ones(pos, pos, dtype=torch.bool, device=scores.device).tril()
             scores = scores.masked_fill(~causal, float("-inf"))
         pattern = F.softmax(scores, dim=-1)
         pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
-        z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
+        z = torch.einsum("bhqk,bkhe->bqhe", pattern, values)
         result = torch.einsum("bqhe,hed->hbqd", z, attn.W_O)  # one [batch, pos, d] slab per head
         heads = g.head_slots(layer)
-        diff.write(heads.start, result - self.ablation.senders[heads])
-        return resid + result.sum(0) + attn.b_O, qkv
+        diff.write(heads.start, self.minus_ablated(result, self.ablation.senders[heads], k))
+        out = _per_candidate(result.sum(0), k, 0) + resid if c > 1 else resid + result.sum(0)
+        return out.reshape(result.shape[1:]) + attn.b_O, qkv
 
     def qkv_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         if layer not in self._qkv_weights:
@@ -227,38 +286,38 @@ class PatchEngine:
                                         torch.stack((attn.b_Q, attn.b_K, attn.b_V)))
         return self._qkv_weights[layer]
 
-    def mlp(self, layer: int, resid, diff, removed) -> torch.Tensor:
+    def mlp(self, layer: int, resid: torch.Tensor, diff: SenderDiffs, r: torch.Tensor) -> torch.Tensor:
+        """Layer ``layer``'s MLP; ``r`` [c, n_senders]: its removed-mask row, shared (c = 1) or per candidate."""
         g, block = self.graph, self.model.blocks[layer]
-        row = g.mlp_row(layer)
-        out = block.mlp(block.ln2(self.receiver_input(row, g.n_senders_before_mlp(layer), resid, diff, removed)))
+        out = block.mlp(block.ln2(self.receiver_input(r, g.mlp_row(layer), resid, diff)))
         slot = g.mlp_slot(layer)
-        diff.write(slot, (out - self.ablation.senders[slot]).unsqueeze(0))
+        k = diff.n_candidates
+        diff.write(slot, self.minus_ablated(out.unsqueeze(0), self.ablation.senders[slot:slot + 1], k))
+        if len(r) > 1:
+            return (_per_candidate(out, k, 0) + resid).flatten(0, 1)
         return resid + out
 
-    def scratch_from(self, cache: SenderCache, n_unchanged: int) -> torch.Tensor:
-        """A buffer whose first ``n_unchanged`` slabs equal the cache's, for a restarted run to write
-        the rest into.  Copying the whole cache per edge test would cost as much as a layer, so one
-        scratch buffer is kept and only the slabs an earlier restart overwrote are refreshed."""
-        if self._scratch is None or self._scratch_source is not cache:
-            self._scratch, self._scratch_source = cache.diff.clone(), cache
-        elif self._scratch_dirty_from < n_unchanged:
-            start = self._scratch_dirty_from
-            self._scratch[start:n_unchanged] = cache.diff[start:n_unchanged]
-        self._scratch_dirty_from = n_unchanged
-        return self._scratch
+    def body_buffer(self, n: int, batch: int, like: torch.Tensor) -> torch.Tensor:
+        """Scratch space for the senders a restarted run recomputes, reused between runs (a fresh
+        allocation per edge test would cost page faults on every slab)."""
+        shape = (n, batch, *like.shape[1:])
+        if self._body is None or self._body.numel() < math.prod(shape):
+            self._body = torch.empty(math.prod(shape), device=self.device, dtype=self.dtype)
+        return self._body[:math.prod(shape)].view(shape)
 
     def unembed(self, x: torch.Tensor) -> torch.Tensor:
         ln_final = getattr(self.model, "ln_final", None)
         return self.model.unembed(ln_final(x) if ln_final is not None else x)
 
     # ---- the patched forward -----------------------------------------------------------------
-    def split_mask(self, mask: EdgeMask | torch.Tensor):
+    def split_mask(self, mask: EdgeMask | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Edge mask values [..., n_edges] -> (removed [..., receivers, senders], q/k/v masks [..., L, 3, H])."""
         g = self.graph
         values = mask.values if isinstance(mask, EdgeMask) else mask
         slots = g.slot_values(values.to(device=self.device, dtype=self.dtype))
         n_resid = g.n_receivers * g.n_senders
-        removed = 1 - slots[:n_resid].view(g.n_receivers, g.n_senders)
-        qkv_mask = slots[n_resid:].view(g.n_layers, 3, g.n_heads)
+        removed = 1 - slots[..., :n_resid].unflatten(-1, (g.n_receivers, g.n_senders))
+        qkv_mask = slots[..., n_resid:].unflatten(-1, (g.n_layers, 3, g.n_heads))
         return removed, qkv_mask
 
     def run(self, mask: EdgeMask | torch.Tensor, positions: torch.Tensor | None = None, *,
@@ -266,64 +325,99 @@ class PatchEngine:
             record: bool = False) -> tuple[torch.Tensor, SenderCache | None]:
         """Logits [batch, pos, vocab] (or [batch, k, vocab] at ``positions`` [batch, k]).
 
-        ``start_stage > 0`` resumes from ``cache`` at that stage: valid when the mask differs from the
-        cached run only in edges into receivers at or after it.  ``record`` returns this run's cache
-        (gradient-free runs only)."""
+        With a ``cache`` the run restarts from it at ``start_stage``: valid when the mask differs
+        from the cached run only in edges read at or after that stage.  A restarted run may take
+        several masks at once, [candidates, n_edges], that differ from each other only in edges
+        read at ``start_stage`` (ACDC's next candidate removals into one receiver): it returns
+        [candidates, batch, ...] logits from one batched forward.  ``record`` returns this run's
+        cache (full, gradient-free runs only)."""
         g = self.graph
         removed, qkv_mask = self.split_mask(mask)
+        batched = removed.dim() == 3
+        removed, qkv_mask = (removed, qkv_mask) if batched else (removed[None], qkv_mask[None])
+        n_candidates = removed.shape[0]
         differentiable = torch.is_grad_enabled() and removed.requires_grad
         self.n_forward += 1
-        if start_stage == 0:
+        if cache is None:
+            assert start_stage == 0 and not batched, "restarting a run or batching masks needs the cache of a full run"
             embeds = self.embed(self.tokens)
             n_embed = len(embeds)
             batch, pos, d_model = embeds[0].shape
-            buffer = torch.empty(g.n_senders, batch, pos, d_model, device=self.device, dtype=self.dtype)
+            buffer = None if differentiable else torch.empty(
+                g.n_senders, batch, pos, d_model, device=self.device, dtype=self.dtype)
             diff = SenderDiffs(buffer, differentiable)
             diff.write(0, torch.stack(embeds) - self.ablation.senders[:n_embed])
             resid = sum(embeds[1:], embeds[0])
         else:
-            assert cache is not None, "restarting a run needs the cache of an earlier one"
             assert not differentiable, "restarting from a cache is for gradient-free search"
-            diff = SenderDiffs(self.scratch_from(cache, g.n_senders_before_stage(start_stage)), False)
+            assert not record, "a restarted run is not recorded"
+            if batched:
+                self.check_candidates(removed, qkv_mask, start_stage)
+            n_cached = g.n_senders_before_stage(start_stage)
             resid = cache.resid[start_stage]
-        stages: list[torch.Tensor] = [resid] * start_stage if record else []
+            body = self.body_buffer(g.n_senders - n_cached, n_candidates * resid.shape[0], resid)
+            diff = SenderDiffs(body, False, prefix=cache.diff[:n_cached], n_candidates=n_candidates)
+        stages: list[torch.Tensor] = []
         qkv: list[torch.Tensor] = []
 
+        def rows(stage: int, first: int, n_rows: int, n_senders: int) -> torch.Tensor:
+            """The removed-mask rows read at ``stage``: one copy per candidate at the stage under
+            test, else the shared ones (the candidates agree there)."""
+            which = removed if stage == start_stage else removed[:1]
+            return which[:, first:first + n_rows, :n_senders]
+
         for layer in range(start_stage // 2, g.n_layers):
-            if 2 * layer >= start_stage:
+            stage = 2 * layer
+            if stage >= start_stage:
                 if record:
                     stages.append(resid)
-                resid, layer_qkv = self.attention(layer, resid, diff, removed, qkv_mask)
+                r = rows(stage, layer * g.rows_per_layer, 3 * g.n_heads, g.n_senders_before_heads(layer))
+                layer_qkv_mask = (qkv_mask if stage == start_stage else qkv_mask[:1])[:, layer]
+                resid, layer_qkv = self.attention(layer, resid, diff, r, layer_qkv_mask)
                 if record:
                     qkv.append(layer_qkv)
-            if g.arch.has_mlps:
-                if record:
-                    stages.append(resid)
-                resid = self.mlp(layer, resid, diff, removed)
-            elif record:
+            if record:
                 stages.append(resid)  # attention-only: the MLP stage is a no-op
+            if g.arch.has_mlps:
+                r = rows(stage + 1, g.mlp_row(layer), 1, g.n_senders_before_mlp(layer))[:, 0]
+                resid = self.mlp(layer, resid, diff, r)
         if record:
             stages.append(resid)
 
-        final = self.receiver_input(g.resid_post_row, g.n_senders, resid, diff, removed)
+        final = self.receiver_input(rows(2 * g.n_layers, g.resid_post_row, 1, g.n_senders)[:, 0],
+                                    g.resid_post_row, resid, diff)
         if positions is not None:
-            final = gather_positions(final, positions)
+            final = gather_positions(final, positions.repeat(n_candidates, 1) if batched else positions)
         logits = self.unembed(final)
-        return logits, (SenderCache(diff=diff.buffer.clone() if start_stage else diff.buffer, resid=stages, qkv=qkv)
-                        if record else None)
+        if batched:
+            logits = _per_candidate(logits, n_candidates, 0)
+        return logits, (SenderCache(diff=diff.buffer, resid=stages, qkv=qkv) if record else None)
+
+    def check_candidates(self, removed: torch.Tensor, qkv_mask: torch.Tensor, start_stage: int) -> None:
+        """Batched masks must agree everywhere but in the receivers read at ``start_stage``."""
+        g = self.graph
+        differs = (removed != removed[:1]).any(0).any(1)  # [receivers]
+        rows = differs.nonzero().flatten().tolist()
+        layers = (qkv_mask != qkv_mask[:1]).any(0).flatten(1).any(1).nonzero().flatten().tolist()
+        stages = {g.slot_stage(row * g.n_senders) for row in rows} | {2 * layer for layer in layers}
+        if stages - {start_stage}:
+            raise ValueError(f"batched masks may differ only in edges read at stage {start_stage}, "
+                             f"not at stages {sorted(stages - {start_stage})}")
 
     def logits(self, mask: EdgeMask | torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         return self.run(mask, positions)[0]
 
 
-def _put_heads(qkv: torch.Tensor, which: torch.Tensor, head: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """qkv [3, batch, pos, H, d_head] with qkv[which[i], :, :, head[i]] = values[i] (out of place,
-    so that gradients reach both the shared projection and the per-head ones)."""
-    three, batch, pos, n_heads, d_head = qkv.shape
-    flat = qkv.permute(0, 3, 1, 2, 4).reshape(three * n_heads, batch, pos, d_head)
-    index = (which * n_heads + head).view(-1, 1, 1, 1).expand_as(values)
-    flat = flat.scatter(0, index, values)
-    return flat.view(three, n_heads, batch, pos, d_head).permute(0, 2, 3, 1, 4)
+def _put_heads(qkv: torch.Tensor, index: torch.Tensor, values: torch.Tensor, n_candidates: int) -> torch.Tensor:
+    """qkv [3, c*batch, pos, H, d_head] (candidate-major) with the head input of offset
+    ``index[i]`` = candidate * 3H + which * H + head set to values[i] [batch, pos, d_head] (out of
+    place, so that gradients reach both the shared projection and the per-head ones)."""
+    three, cb, pos, n_heads, d_head = qkv.shape
+    c = n_candidates
+    flat = qkv.view(three, c, cb // c, pos, n_heads, d_head).permute(1, 0, 4, 2, 3, 5)
+    flat = flat.reshape(c * three * n_heads, cb // c, pos, d_head)
+    flat = flat.scatter(0, index.view(-1, 1, 1, 1).expand_as(values), values)
+    return flat.view(c, three, n_heads, cb // c, pos, d_head).permute(1, 0, 3, 4, 2, 5).reshape(qkv.shape)
 
 
 def gather_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

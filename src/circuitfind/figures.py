@@ -114,10 +114,9 @@ def task_metrics(exp: DictConfig, task: str) -> dict[str, str]:
 # ---- the circuitfind config, composed without running it --------------------------------------------
 @functools.lru_cache(maxsize=None)
 def _composed(overrides: tuple[str, ...]) -> DictConfig:
-    from hydra import compose, initialize_config_module
+    from .pipeline import compose_config  # imports torch: only when a figure needs a config
 
-    with initialize_config_module(config_module="circuitfind.configs", version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=True)
+    return compose_config(*overrides, return_hydra_config=True)
 
 
 def paper_values(task: str, method: str) -> list[float]:

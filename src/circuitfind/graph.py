@@ -244,10 +244,12 @@ class Graph:
 
     def slot_values(self, edge_values: torch.Tensor) -> torch.Tensor:
         """Map per-edge mask values (1 keep, 0 ablate, fractions interpolate) onto the flat slots.
-        Slots that no edge owns (a receiver reading a sender it cannot see) stay at 1."""
-        slots, owners = self.slot_edge_pairs
-        dense = torch.ones(self.n_slots, dtype=edge_values.dtype, device=edge_values.device)
-        return dense.index_put((slots.to(edge_values.device),), edge_values[owners.to(edge_values.device)])
+        Slots that no edge owns (a receiver reading a sender it cannot see) stay at 1.
+        Takes [..., n_edges] (several masks at once) to [..., n_slots]."""
+        slots, owners = (t.to(edge_values.device) for t in self.slot_edge_pairs)
+        lead = edge_values.shape[:-1]
+        dense = torch.ones(*lead, self.n_slots, dtype=edge_values.dtype, device=edge_values.device)
+        return dense.scatter(-1, slots.expand(*lead, -1), edge_values[..., owners])
 
     # ---- structure used by methods and evaluation -----------------------------------------
     @cached_property

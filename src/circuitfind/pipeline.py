@@ -84,6 +84,22 @@ def _check_paper_sweep(cfg: DictConfig) -> None:
         raise ConfigError(f"threshold=paper has no ACDC sweep for task {cfg.task.name} (task.sweeps.acdc is not set)")
 
 
+def compose_config(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
+    """The config ``circuitfind <overrides>`` would run, composed without running it (notebooks,
+    benchmarks, figures)."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="circuitfind.configs", version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def build_problem(cfg: DictConfig) -> Problem:
+    """The task, model, graph and metric a config names, bundled for a method."""
+    task = build_task(cfg.task.name, **_task_params(cfg))
+    graph = Graph(Architecture.from_config(task.model.cfg, split_embed=task.split_embed), cfg.graph.granularity)
+    return Problem(task, graph, cfg.corruption.name, task.metric(cfg.metric), progress=cfg.progress)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -149,9 +165,8 @@ def run(cfg: DictConfig, folder: Path) -> dict:
     if state == "resumable" and not cfg.get("resume", True):
         checkpointer.clear()
 
-    task = build_task(cfg.task.name, **_task_params(cfg))
-    graph = Graph(Architecture.from_config(task.model.cfg, split_embed=task.split_embed), cfg.graph.granularity)
-    problem = Problem(task, graph, cfg.corruption.name, task.metric(cfg.metric), progress=cfg.progress)
+    problem = build_problem(cfg)
+    task, graph = problem.task, problem.graph
     method = get_method(cfg.method.name)
     params = _method_params(cfg)
     if "checkpointer" in inspect.signature(method).parameters:

@@ -80,6 +80,8 @@ def read_summary(folder: Path) -> dict | None:
 # ---- which run a folder holds -------------------------------------------------------------------
 # Keys that change how a run is carried out but not what it computes; left out of the config hash.
 NOT_HASHED = ("progress", "debug", "device", "resume", "force", "checkpoint", "threshold", "hydra")
+# Method settings that change how fast a run is, never what it finds (tests hold them to that).
+NOT_HASHED_METHOD = ("batch_edges",)
 
 
 class FolderConflict(ValueError):
@@ -88,7 +90,8 @@ class FolderConflict(ValueError):
 
 def config_hash(cfg) -> str:
     """A run's identity: the hash of its resolved config, minus execution-only keys (and the
-    task's sweep lists, which say how to sweep, not what one run computes)."""
+    task's sweep lists, which say how to sweep, not what one run computes, and the method's
+    speed settings)."""
     from omegaconf import OmegaConf
 
     plain = {}
@@ -99,6 +102,8 @@ def config_hash(cfg) -> str:
         plain[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     if isinstance(plain.get("task"), dict):
         plain["task"] = {k: v for k, v in plain["task"].items() if k != "sweeps"}
+    if isinstance(plain.get("method"), dict):
+        plain["method"] = {k: v for k, v in plain["method"].items() if k not in NOT_HASHED_METHOD}
     return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -11,12 +11,18 @@ The metric is a loss (lower is better), so removing an edge that does not hurt b
 keeps the circuit as faithful as before.  Each edge test is one patched forward that restarts at the
 receiver's layer: every edge removed so far lies downstream of it, so the layers below still hold
 the unpatched run's values (``engine.SenderCache``).
+
+Batched edge tests (``CandidateTests``) change nothing in the outcome: a test's loss is always the
+loss of exactly the circuit it asks about.  When that circuit is not among the last batch's, a new
+batch is run: the circuits the next tests read at the same stage will see should ACDC remove every
+edge it tests (most edges are removed), and, when speculating, should it keep exactly one of them.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -26,25 +32,178 @@ from ..graph import EdgeMask, EdgeScores, Graph
 from .base import Problem, register
 
 
-# A forward of the circuit: (mask values, stage at which they first differ from the unpatched run) -> loss
-LossFn = Callable[[torch.Tensor, int], float]
+# Forwards of candidate circuits: (mask values [k, n_edges], the stage at which they first differ
+# from the unpatched run) -> their k losses (any sequence: ACDC reads only the ones it uses)
+LossFn = Callable[[torch.Tensor, int], Sequence[float]]
+# batch_edges=auto: extra candidates are nearly free only while one forward is mostly fixed costs
+# (kernel launches, Python): on a CPU, while a candidate's activations are small; on a GPU, while
+# they fit a memory budget.
+AUTO_CPU_MAX_CANDIDATE_BYTES = 4 * 2**20
+AUTO_BATCH_BYTES = {"cpu": 256 * 2**20, "cuda": 2**30}
+MAX_AUTO_BATCH = 64
 
 
 @register("acdc")
 @torch.no_grad()
 def acdc(problem: Problem, tau: float, abs_delta: bool = False, max_edge_tests: int | None = None,
-         checkpointer: Checkpointer | None = None, **_) -> EdgeScores:
-    """ACDC on the fast engine: each edge test restarts at the stage its edge is read."""
-    check_tau(tau)
+         batch_edges: int | str = "auto", checkpointer: Checkpointer | None = None, **_) -> EdgeScores:
+    """ACDC on the fast engine: each edge test restarts at the stage its edge is read, and the
+    circuits of the next tests at that stage run together, up to ``batch_edges`` per forward."""
+    check_acdc_params(tau, max_edge_tests, abs_delta, batch_edges)
     engine, data = problem.engine("validation"), problem.data("validation")
-    _, cache = engine.run(problem.graph.full_mask(), data.positions, record=True)
+    logits, cache = engine.run(problem.graph.full_mask(), data.positions, record=True)
 
-    def loss(mask: torch.Tensor, stage: int) -> float:
-        logits, _ = engine.run(mask, data.positions, start_stage=stage, cache=cache)
-        return float(problem.loss(logits, "validation"))
+    def losses(masks: torch.Tensor, stage: int) -> Sequence[float]:
+        logits, _ = engine.run(masks, data.positions, start_stage=stage, cache=cache)
+        return LazyLosses(logits, lambda candidate: float(problem.loss(candidate, "validation")))
 
-    return acdc_search(problem.graph, loss, tau, abs_delta, max_edge_tests, progress=problem.progress,
-                       dtype=engine.dtype, checkpointer=checkpointer)
+    if batch_edges == "auto":
+        batch_edges = auto_batch_edges(problem.graph, cache.diff)
+    return acdc_search(problem.graph, losses, tau, abs_delta, max_edge_tests, progress=problem.progress,
+                       dtype=engine.dtype, checkpointer=checkpointer, batch_edges=batch_edges,
+                       full_loss=float(problem.loss(logits, "validation")))
+
+
+class LazyLosses(Sequence):
+    """The losses of a batch of candidates, each computed when first read: most of a batch's
+    speculative candidates are never used, and the metric is a sizeable part of a small model's test."""
+
+    def __init__(self, logits: torch.Tensor, loss: Callable[[torch.Tensor], float]):
+        self.logits, self.loss, self.values = logits, loss, {}
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+    def __getitem__(self, row: int) -> float:
+        if row not in self.values:
+            self.values[row] = self.loss(self.logits[row])
+        return self.values[row]
+
+
+def auto_batch_edges(graph: Graph, sender_diffs: torch.Tensor) -> int:
+    """How many candidate circuits to run per forward.  A candidate recomputes up to every
+    sender's activations (``sender_diffs``: [senders, prompts, pos, d_model]).  On a CPU a forward
+    of a model that size is compute-bound, so batching pays only where the activations are small
+    (tracr, toy models); on a GPU, candidates fill it up to a memory budget.  The nodes graph is
+    never batched (its edges are read at several stages)."""
+    if graph.granularity == "nodes":
+        return 1
+    per_candidate = max(sender_diffs.numel() * sender_diffs.element_size(), 1)
+    device = sender_diffs.device.type
+    if device == "cpu" and per_candidate > AUTO_CPU_MAX_CANDIDATE_BYTES:
+        return 1
+    return max(1, min(MAX_AUTO_BATCH, AUTO_BATCH_BYTES.get(device, AUTO_BATCH_BYTES["cuda"]) // per_candidate))
+
+
+def feeds_nothing(graph: Graph, mask: torch.Tensor, receiver: str) -> bool:
+    """No kept edge leaves ``receiver``: its inputs cannot matter (not used on the nodes graph,
+    whose 'receivers' are the nodes themselves)."""
+    return graph.granularity != "nodes" and receiver != "resid_post" and not mask[graph.outgoing[receiver]].any()
+
+
+@dataclass
+class Step:
+    """One upcoming edge test, and the edges ACDC drops untested just before it (the inputs of
+    receivers that will feed nothing)."""
+
+    edge: int
+    dropped: list[int]
+
+
+def upcoming_tests(graph: Graph, mask: torch.Tensor, decided: torch.Tensor, receiver_index: int,
+                   edge: int, limit: float) -> list[Step]:
+    """The tests ACDC will run from ``edge`` (an input of the ``receiver_index``-th receiver) on,
+    at most ``limit``, all read at ``edge``'s stage, should it remove every edge it tests."""
+    receivers, stage = graph.receivers_in_order, graph.edges[edge].stage
+    assumed = mask.clone()  # the circuit as it would be after those removals
+    steps: list[Step] = []
+    dropped: list[int] = []
+    for index in range(receiver_index, len(receivers)):
+        incoming = graph.incoming[receivers[index]]
+        if index == receiver_index:
+            edges = incoming[incoming.index(edge):]
+        elif any(graph.edges[e].stage != stage for e in incoming):
+            break  # the next stage: a batch restarts at one stage only
+        elif feeds_nothing(graph, assumed, receivers[index]) and not bool(decided[incoming].all()):
+            dropped += incoming
+            assumed[incoming] = 0
+            continue
+        else:
+            edges = incoming
+        for e in edges:
+            if decided[e]:
+                continue
+            steps.append(Step(e, dropped))
+            dropped = []
+            assumed[e] = 0
+            if len(steps) >= limit:
+                return steps
+    return steps
+
+
+def expected_tests(k: int, keep_rate: float, speculate: bool) -> float:
+    """Expected number of usable tests in a batch of ``k`` when each tested edge is kept with
+    probability ``keep_rate``: test j is usable while none (or, speculating, at most one) of the
+    j edges before it was kept."""
+    p, q = keep_rate, 1 - keep_rate
+    return sum(q ** j + (j * p * q ** (j - 1) if speculate else 0) for j in range(k))
+
+
+def candidate_masks(before: torch.Tensor, steps: list[Step], n_candidates: int, keep_rate: float) -> torch.Tensor:
+    """The circuits of the next tests, [c, n_edges], from the circuit ``before`` the first one.
+
+    Plain: the j-th test's circuit should every earlier tested edge be removed, for up to
+    ``n_candidates`` tests.  Speculative: also the j-th test's circuit should exactly one earlier
+    edge i have been kept: k(k+1)/2 candidates for k tests.  The plan with more expected usable
+    tests wins (plain when equal)."""
+    n_plain = min(len(steps), n_candidates)
+    n_speculative = min(len(steps), (math.isqrt(8 * n_candidates + 1) - 1) // 2)
+    speculate = expected_tests(n_speculative, keep_rate, True) > expected_tests(n_plain, keep_rate, False)
+    k = n_speculative if speculate else n_plain
+    # (kept i, tested j) per candidate; i = -1: none kept
+    pairs = [(-1, j) for j in range(k)] + ([(i, j) for i in range(k) for j in range(i + 1, k)] if speculate else [])
+    kept, tested = torch.tensor(pairs).T
+    step = torch.arange(k)
+    reached = step[None, :] <= tested[:, None]  # [c, k]: step t is behind candidate's test j
+    masks = before.repeat(len(pairs), 1)
+    test_edges = torch.tensor([s.edge for s in steps[:k]])
+    masks[:, test_edges] = torch.where(reached & (step[None, :] != kept[:, None]), 0, before[test_edges])
+    dropped = [(t, e) for t, s in enumerate(steps[:k]) for e in s.dropped]
+    if dropped:
+        at, edges = torch.tensor(dropped).T
+        masks[:, edges] = torch.where(reached[:, at], 0, before[edges])
+    return masks
+
+
+class CandidateTests:
+    """Edge tests answered from batched forwards of up to ``n_candidates`` circuits.
+
+    ``loss(mask, ...)`` is the loss of exactly the circuit ``mask``: from the last batch when it
+    holds that circuit, else from a new batch planned from this test on (``upcoming`` gives the
+    tests ahead, ``candidate_masks`` their circuits).  So batching changes how many forwards ACDC
+    runs, never what it decides."""
+
+    def __init__(self, losses: LossFn, n_candidates: int):
+        self.losses, self.n_candidates = losses, n_candidates
+        self.masks: torch.Tensor | None = None
+        self.values: Sequence[float] = ()
+        self.n_forwards = 0
+
+    def loss(self, mask: torch.Tensor, stage: int, upcoming: Callable[[], list[Step]], keep_rate: float) -> float:
+        if self.masks is not None:
+            hit = (self.masks == mask).all(1).nonzero()
+            if len(hit):
+                return self.values[int(hit[0])]
+        if self.n_candidates == 1:
+            self.masks = mask[None].clone()
+        else:
+            steps = upcoming()
+            before = mask.clone()
+            before[steps[0].edge] = 1
+            self.masks = candidate_masks(before, steps, self.n_candidates, keep_rate)
+        self.values = self.losses(self.masks, stage)
+        self.n_forwards += 1
+        return self.values[0]  # the first candidate is always this test's circuit
 
 
 def check_tau(tau) -> None:
@@ -53,9 +212,12 @@ def check_tau(tau) -> None:
         raise ValueError(f"tau must be a positive number, got {tau!r}")
 
 
-def check_acdc_params(tau, max_edge_tests=None, abs_delta=False) -> None:
+def check_acdc_params(tau, max_edge_tests=None, abs_delta=False, batch_edges="auto") -> None:
     """One-line errors for bad ACDC settings (also called by the pipeline before any model loads)."""
     check_tau(tau)
+    if batch_edges != "auto" and (isinstance(batch_edges, bool) or not isinstance(batch_edges, int)
+                                  or batch_edges < 1):
+        raise ValueError(f"batch_edges must be a positive integer or auto, got {batch_edges!r}")
     if max_edge_tests is not None and (isinstance(max_edge_tests, bool) or not isinstance(max_edge_tests, int)
                                        or max_edge_tests < 0):
         raise ValueError(f"max_edge_tests must be a non-negative integer or null, got {max_edge_tests!r}")
@@ -63,27 +225,30 @@ def check_acdc_params(tau, max_edge_tests=None, abs_delta=False) -> None:
         raise ValueError(f"abs_delta must be true or false, got {abs_delta!r}")
 
 
-def acdc_search(graph: Graph, loss: LossFn, tau: float, abs_delta: bool = False,
+def acdc_search(graph: Graph, losses: LossFn, tau: float, abs_delta: bool = False,
                 max_edge_tests: int | None = None, progress: bool = True,
-                dtype: torch.dtype = torch.float32, checkpointer: Checkpointer | None = None) -> EdgeScores:
-    """Algorithm 1 over ``graph``, given any way of computing the loss of a circuit.
+                dtype: torch.dtype = torch.float32, checkpointer: Checkpointer | None = None,
+                batch_edges: int = 1, full_loss: float | None = None) -> EdgeScores:
+    """Algorithm 1 over ``graph``, given any way of computing the losses of candidate circuits
+    (``full_loss``: the full circuit's, when already known).
 
     With a ``checkpointer`` the state (mask, scores, trace, current loss) is saved between edge
     tests and a resumed run skips every edge already decided, so it ends exactly as an
     uninterrupted run would (the current loss is restored, not recomputed)."""
-    check_tau(tau)
+    check_acdc_params(tau, max_edge_tests, abs_delta, batch_edges)
     saved = checkpointer.restore() if checkpointer is not None else None
     if saved is None:
         mask = torch.ones(graph.n_edges, dtype=dtype)
-        current = loss(mask, 0)
+        current = losses(mask[None], 0)[0] if full_loss is None else full_loss
         # Score = how much removing the edge hurt when it was tested; an edge dropped untested
         # because its receiver fed nothing scores -inf; one never reached (max_edge_tests) +inf.
         scores = torch.full((graph.n_edges,), math.inf, dtype=torch.float64)
         trace: list[dict] = []
     else:
         mask, scores, trace, current = saved["mask"].to(dtype), saved["scores"], saved["trace"], saved["current"]
-    n_tests = len(trace)
+    n_tests, n_kept_tests = len(trace), sum(row["kept"] for row in trace)
     decided = ~torch.isposinf(scores)
+    tests = CandidateTests(losses, 1 if graph.granularity == "nodes" else batch_edges)
 
     def state() -> dict:
         return dict(mask=mask.clone(), scores=scores.clone(), trace=list(trace), current=current)
@@ -93,13 +258,13 @@ def acdc_search(graph: Graph, loss: LossFn, tau: float, abs_delta: bool = False,
 
     bar = tqdm(total=graph.n_edges, initial=int(decided.sum()), desc="ACDC", unit="edge",
                disable=not progress, leave=False)
-    for receiver in graph.receivers_in_order:
+    for index, receiver in enumerate(graph.receivers_in_order):
         incoming = graph.incoming[receiver]
         if not budget_left():
             break
         if bool(decided[incoming].all()):  # done before a resume
             continue
-        if graph.granularity != "nodes" and receiver != "resid_post" and not mask[graph.outgoing[receiver]].any():
+        if feeds_nothing(graph, mask, receiver):
             mask[incoming] = 0  # the receiver feeds nothing: its inputs cannot matter
             scores[incoming] = -math.inf
             bar.update(len(incoming))
@@ -110,13 +275,17 @@ def acdc_search(graph: Graph, loss: LossFn, tau: float, abs_delta: bool = False,
             if decided[e]:
                 continue
             mask[e] = 0
-            candidate = loss(mask, graph.edges[e].stage)
+            limit = math.inf if max_edge_tests is None else max_edge_tests - n_tests
+            candidate = tests.loss(mask, graph.edges[e].stage,
+                                   upcoming=lambda: upcoming_tests(graph, mask, decided, index, e, limit),
+                                   keep_rate=(n_kept_tests + 1) / (n_tests + 2))  # Laplace: never 0 or 1
             delta = candidate - current
             removed = (abs(delta) if abs_delta else delta) < tau
             if removed:
                 current = candidate
             else:
                 mask[e] = 1
+                n_kept_tests += 1
             n_tests += 1
             scores[e] = delta
             trace.append(dict(step=n_tests, edge=graph.edges[e].name, delta=delta, metric=current,
@@ -127,4 +296,5 @@ def acdc_search(graph: Graph, loss: LossFn, tau: float, abs_delta: bool = False,
                 checkpointer.step(state)
     bar.close()
 
-    return EdgeScores(graph, scores, EdgeMask(graph, mask.bool()), extras=dict(trace=trace, n_edge_tests=n_tests))
+    return EdgeScores(graph, scores, EdgeMask(graph, mask.bool()), extras=dict(
+        trace=trace, n_edge_tests=n_tests, n_forwards=tests.n_forwards, batch_edges=tests.n_candidates))

@@ -24,7 +24,7 @@ def derangement(n: int, generator: torch.Generator) -> torch.Tensor:
 
 def _split(tokens: torch.Tensor, generator: torch.Generator) -> TaskData:
     batch, seq_len = tokens.shape
-    positions = torch.arange(1, seq_len).expand(batch, -1)  # every position but BOS
+    positions = torch.arange(1, seq_len).expand(batch, -1)  # every position but the first (BOS)
     return TaskData(clean=tokens, corrupted=tokens[derangement(batch, generator)], positions=positions.clone())
 
 
@@ -69,19 +69,40 @@ def tracr_reverse(seed: int = 0, device="cpu", model: dict | None = None, **_) -
                 canonical_edges=reverse_canonical)
 
 
-def tracr_proportion(seed: int = 0, n_prompts: int = 50, device="cpu", model: dict | None = None, **_) -> Task:
-    """Random length-4 strings over {w, x, y, z} after BOS; corrupted: the rows deranged.
-    The output is a number (the running fraction of "x"), so the metric is the l2 distance."""
+PROPORTION_DATA = ("paper", "valid")
+
+
+def tracr_proportion(seed: int = 0, n_prompts: int = 50, data: str = "paper", device="cpu",
+                     model: dict | None = None, **_) -> Task:
+    """Length-4 prompts for make_frac_prevs(tokens == "x"); corrupted: the rows deranged.  The
+    output is a number (the running fraction of "x"), so the metric is the l2 distance at
+    positions 1-3.
+
+    ``data="paper"``: the ACDC reference's prompts, against which its canonical circuit was
+    recorded (an ACDC run): the 4^4 rows of token ids 0-3, shuffled, first ``n_prompts`` for
+    validation, the next for test.  The compiled encoder maps those ids to BOS, pad, w and x, so
+    the prompts hold BOS and pad tokens anywhere and no leading BOS.  ``data="valid"``: BOS then
+    random strings over {w, x, y, z}, the inputs the program is defined on.  There every query
+    matches its own position, so the BOS default read through tok_embed -> a1.h0<q>/<k> never
+    changes the output: those two canonical edges have no effect, and no method can find them."""
     _check_model("tracr_proportion", model)
+    if data not in PROPORTION_DATA:
+        raise ValueError(f"unknown tracr_proportion data {data!r}; choose one of {', '.join(PROPORTION_DATA)}")
     tracr = load_tracr_model("tracr_proportion", device=device)
     generator = torch.Generator().manual_seed(seed)
+    if data == "paper":
+        rows = torch.tensor(list(itertools.product(range(4), repeat=4)))
+        if not 2 <= n_prompts <= len(rows) // 2:
+            raise ValueError(f"data=paper draws validation and test from {len(rows)} rows: n_prompts must lie "
+                             f"in 2..{len(rows) // 2}, got {n_prompts}")
+        rows = rows[torch.randperm(len(rows), generator=generator)]
+        validation, test = (_split(part, generator).to(device) for part in (rows[:n_prompts], rows[n_prompts:2 * n_prompts]))
+    else:
+        def draw() -> TaskData:
+            letters = torch.randint(0, 4, (n_prompts, 4), generator=generator)
+            return _split(tracr.encode([["wxyz"[i] for i in row] for row in letters.tolist()]), generator).to(device)
 
-    def draw() -> TaskData:
-        letters = torch.randint(0, 4, (n_prompts, 4), generator=generator)
-        rows = [["wxyz"[i] for i in row] for row in letters.tolist()]
-        return _split(tracr.encode(rows), generator).to(device)
-
-    validation, test = draw(), draw()
+        validation, test = draw(), draw()
     return Task("tracr_proportion", tracr.model, validation=validation, test=test,
                 metrics={"l2": L2}, default_metric="l2", split_embed=True,
                 canonical_edges=proportion_canonical)
