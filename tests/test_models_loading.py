@@ -146,7 +146,9 @@ def test_cached_gpt2_weights_load_offline_with_transformer_lens_processing(hub_c
     cache_repo(hub_cache, "gpt2", {"config.json": {**json.loads((tmp_path / "saved" / "config.json").read_text()),
                                                    "n_ctx": 32}})
     snapshot = next((hub_cache / "models--gpt2" / "snapshots").iterdir())
+    assert loading.cached_weights("gpt2") is None  # a config alone is not a model
     (snapshot / "model.safetensors").write_bytes((tmp_path / "saved" / "model.safetensors").read_bytes())
+    assert loading.cached_weights("gpt2") == snapshot / "model.safetensors"
 
     model = load_model(model_cfg("gpt2", pretrained=True))
     assert model.cfg.d_model == 24 and model.cfg.normalization_type == "LNPre"  # layer norm folded

@@ -138,9 +138,7 @@ def model_unavailable(task: str, overrides: tuple[str, ...] = ()) -> str | None:
     try:
         from .models import loading
 
-        # loading has no public "are the weights cached" yet; _weight_files is what load_model checks.
-        _, weights = loading._weight_files(model["repo"])
-        if weights is not None or loading.hub_reachable():
+        if loading.cached_weights(model["repo"]) is not None or loading.hub_reachable():
             return None
         return (f"the weights of {model['repo']} are not in the Hugging Face cache ({loading.hub_cache_dir()}) "
                 "and the hub cannot be reached")

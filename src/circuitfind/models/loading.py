@@ -265,6 +265,12 @@ def _weight_files(repo: str) -> tuple[list[str], pathlib.Path | None]:
     return ["config.json", "model.safetensors", "generation_config.json"], weights if config else None
 
 
+def cached_weights(repo: str) -> pathlib.Path | None:
+    """The weights file of hub repo ``repo`` in the local Hugging Face cache, or None (what
+    loading checks before it downloads)."""
+    return _weight_files(repo)[1]
+
+
 def _load_pretrained(model_cfg: dict, device) -> HookedTransformer:
     from huggingface_hub import snapshot_download
     from transformer_lens import loading_from_pretrained as tl_loading
