@@ -124,7 +124,7 @@ def sampled_tests(name: str, problem: Problem, n_tests: int, device: str, tau: f
     with torch.no_grad():
         logits, cache = engine.run(full, data.positions, record=True)
         base = float(problem.loss(logits))
-        k = auto_batch_edges(graph, cache.diff) if batch_edges == "auto" else batch_edges
+        k = auto_batch_edges(graph, cache.diff, logits) if batch_edges == "auto" else batch_edges
 
         def fast_tests(e: int, k: int) -> list[float]:
             incoming = graph.incoming[graph.edges[e].receiver]

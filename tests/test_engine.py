@@ -30,13 +30,23 @@ MODELS = {
     "ln-mlp": dict(),
     "lnpre-attn-only": dict(attn_only=True, normalization_type="LNPre"),
     "no-norm-bidirectional": dict(normalization_type=None, attention_dir="bidirectional"),
+    # Redwood's 2-layer model: positions enter only the queries' and keys' inputs
+    "shortformer-attn-only": dict(attn_only=True, positional_embedding_type="shortformer"),
 }
+
+
+def can_split_embed(model) -> bool:
+    return model.cfg.positional_embedding_type != "shortformer"
 
 
 @pytest.mark.parametrize("model_kind", MODELS)
 @pytest.mark.parametrize("split_embed", [False, True])
 def test_nothing_removed_reproduces_the_model(model_kind, split_embed):
     model = tiny_model(**MODELS[model_kind])
+    if split_embed and not can_split_embed(model):
+        with pytest.raises(ValueError, match="positional embedding is not in the residual stream"):
+            setup(model, split_embed=split_embed)
+        return
     graph, engine, clean, _ = setup(model, split_embed=split_embed)
     torch.testing.assert_close(engine.logits(graph.full_mask()), model(clean), rtol=0, atol=1e-10)
 
@@ -63,7 +73,8 @@ def test_invariants_hold_in_float32_too():
 @pytest.mark.parametrize("corruption", ["corrupted", "zero", "mean"])
 def test_engine_agrees_with_the_hook_reference_on_random_masks(model_kind, granularity, corruption):
     model = tiny_model(**MODELS[model_kind])
-    graph, engine, clean, corrupted = setup(model, granularity=granularity, split_embed=True, corruption=corruption)
+    graph, engine, clean, corrupted = setup(model, granularity=granularity, split_embed=can_split_embed(model),
+                                            corruption=corruption)
     ablated = reference_ablation(model, corrupted, corruption)
     for mask in random_masks(graph, 3):
         expected = reference_logits(model, graph, clean, ablated, mask)

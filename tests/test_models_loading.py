@@ -107,7 +107,7 @@ def test_the_gpt2_architecture_is_transformer_lens_reading_of_gpt2s_config(hub_c
         assert getattr(cfg, field) == value, field
 
 
-@pytest.mark.parametrize("name", ["gpt2", "attn_only_4l"])
+@pytest.mark.parametrize("name", ["gpt2", "attn_only_4l", "redwood_attn_2l"])
 def test_missing_weights_offline_stop_at_once_with_one_line(name, hub_cache, monkeypatch, no_network):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     started = time.time()
@@ -120,8 +120,11 @@ def test_missing_weights_offline_stop_at_once_with_one_line(name, hub_cache, mon
     assert "model.pretrained=false" in message and "HF_HOME" in message
 
 
-def test_a_model_the_engine_cannot_run_is_refused_before_any_download(hub_cache, no_network):
-    with pytest.raises(UnsupportedModelError, match="redwood_attn_2l: positional_embedding_type='shortformer'"):
+def test_a_model_the_engine_cannot_run_is_refused_before_any_download(hub_cache, no_network, monkeypatch):
+    repo = HUB_MODELS["redwood_attn_2l"]["repo"]
+    monkeypatch.setitem(HUB_ARCHITECTURES, repo, {**HUB_ARCHITECTURES[repo], "positional_embedding_type": "rotary",
+                                                 "rotary_dim": 8})
+    with pytest.raises(UnsupportedModelError, match="redwood_attn_2l: positional_embedding_type='rotary'"):
         load_model(model_cfg("redwood_attn_2l", pretrained=True))
 
 

@@ -119,7 +119,7 @@ def test_a_folder_of_another_config_is_never_overwritten(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["model=nope"], "unknown model 'nope'; choose one of"),
     (["graph=nope"], "unknown graph 'nope'; choose one of"),
-    (["task=induction", "model=redwood_attn_2l"], "does not support redwood_attn_2l: positional_embedding_type='shortformer'"),
+    (["task=induction", "model=redwood_attn_2l"], "redwood_attn_2l: the weights of ArthurConmy/redwood_attn_2l are not in"),
 ])
 def test_more_bad_input_gets_one_line_and_exit_code_2(tmp_path, args, message):
     process = cli(*args, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)

@@ -17,6 +17,10 @@ a run at the layer it is testing (see ``SenderCache``).
 Removing a head's q/k/v edge gives the head its ablated query/key/value (the corrupted run's
 ``hook_q``; zero under zero ablation), as in ACDC.
 
+A shortformer (Redwood's 2-layer model) adds its positional embedding to every query's and key's
+normalised input rather than to the residual stream: there the embedding sender is the token
+embedding alone, and the positions are a fixed, never patched part of each query and key.
+
 The maths is re-implemented here from the model's weights, so ``check_supported`` refuses
 architectures it does not cover; ``reference.py`` computes the same thing with TransformerLens hooks
 and the tests hold the two together.
@@ -41,8 +45,8 @@ class UnsupportedModelError(ValueError):
 def check_supported(model: HookedTransformer) -> None:
     cfg = model.cfg
     problems = []
-    if cfg.positional_embedding_type != "standard":
-        problems.append(f"positional_embedding_type={cfg.positional_embedding_type!r} (only 'standard')")
+    if cfg.positional_embedding_type not in ("standard", "shortformer"):
+        problems.append(f"positional_embedding_type={cfg.positional_embedding_type!r} (only 'standard', 'shortformer')")
     for flag in ("parallel_attn_mlp", "use_normalization_before_and_after", "use_qk_norm", "use_attention_sinks"):
         if getattr(cfg, flag, False):
             problems.append(f"{flag}=True")
@@ -169,12 +173,20 @@ class PatchEngine:
         self.n_forward = 0  # model forwards run (a restarted run counts as one)
         self._ablated_resid: dict[tuple[int, int], torch.Tensor] = {}
         self._qkv_weights: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.shortformer = cfg.positional_embedding_type == "shortformer"
+        if self.shortformer and graph.arch.split_embed:
+            raise ValueError("a shortformer's positional embedding is not in the residual stream: it cannot be a sender")
         self._body: torch.Tensor | None = None  # see body_buffer
+        self._unembed_weight: torch.Tensor | None = None  # see unembed
 
     # ---- building blocks -------------------------------------------------------------------
     def embed(self, tokens: torch.Tensor) -> list[torch.Tensor]:
-        """The embedding senders' values: [token, positional] when split, else their sum."""
-        tok, pos = self.model.embed(tokens), self.model.pos_embed(tokens)
+        """The embedding senders' values: [token, positional] when split, else their sum (a
+        shortformer: the token embedding alone)."""
+        tok = self.model.embed(tokens)
+        if self.shortformer:
+            return [tok]
+        pos = self.model.pos_embed(tokens)
         return [tok, pos] if self.graph.arch.split_embed else [tok + pos]
 
     def changed_inputs(self, r: torch.Tensor, row: int, resid: torch.Tensor,
@@ -252,13 +264,14 @@ class PatchEngine:
         W, b = self.qkv_weights(layer)  # [3, H, d_model, d_head], [3, H, d_head]
         # Every head reads the unpatched residual unless an edge into it was removed: project that
         # once for all heads (as the model does), then redo only the heads whose input changed.
-        qkv = torch.einsum("bpd,whde->wbphe", block.ln1(resid), W) + b[:, None, None]
+        bias = b[:, None] if b.dim() == 4 else b[:, None, None]  # [3, 1, (pos | 1), H, d_head]
+        qkv = torch.einsum("bpd,whde->wbphe", block.ln1(resid), W) + bias
         if c > 1:
             qkv = qkv.repeat(1, c, 1, 1, 1)  # one copy per candidate
         changed, x = self.changed_inputs(r.flatten(0, 1), layer * g.rows_per_layer, resid, diff)
         if x is not None:
             which, head = changed % (3 * H) // H, changed % H
-            own = torch.einsum("nbpd,nde->nbpe", block.ln1(x), W[which, head]) + b[which, head][:, None, None]
+            own = torch.einsum("nbpd,nde->nbpe", block.ln1(x), W[which, head]) + bias[which, :, :, head]
             qkv = _put_heads(qkv, changed, own, c)
         if (qkv_mask != 1).any():
             w = qkv_mask.transpose(0, 1).reshape(3, c, 1, 1, H, 1)
@@ -280,10 +293,17 @@ class PatchEngine:
         return out.reshape(result.shape[1:]) + attn.b_O, qkv
 
     def qkv_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """W [3, H, d_model, d_head] and the bias [3, (pos,) H, d_head] of the queries, keys and
+        values (a shortformer's bias holds the positional embedding's share of q and k per position)."""
         if layer not in self._qkv_weights:
             attn = self.model.blocks[layer].attn
-            self._qkv_weights[layer] = (torch.stack((attn.W_Q, attn.W_K, attn.W_V)),
-                                        torch.stack((attn.b_Q, attn.b_K, attn.b_V)))
+            W = torch.stack((attn.W_Q, attn.W_K, attn.W_V))
+            b = torch.stack((attn.b_Q, attn.b_K, attn.b_V))
+            if self.shortformer:
+                pos = self.model.pos_embed(self.tokens)[0]  # [pos, d_model], the same for every prompt
+                qk = torch.einsum("pd,whde->wphe", pos, W[:2])
+                b = b[:, None] + torch.cat([qk, torch.zeros_like(qk[:1])])
+            self._qkv_weights[layer] = (W, b)
         return self._qkv_weights[layer]
 
     def mlp(self, layer: int, resid: torch.Tensor, diff: SenderDiffs, r: torch.Tensor) -> torch.Tensor:
@@ -306,8 +326,13 @@ class PatchEngine:
         return self._body[:math.prod(shape)].view(shape)
 
     def unembed(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's unembedding, computed as TransformerLens does (``F.linear`` on W_U's
+        transpose, so the logits match it bit for bit) but with that transpose made contiguous
+        once: TransformerLens 3.9 copies it on every call, 150 MB for GPT-2's vocabulary."""
         ln_final = getattr(self.model, "ln_final", None)
-        return self.model.unembed(ln_final(x) if ln_final is not None else x)
+        if self._unembed_weight is None:
+            self._unembed_weight = self.model.unembed.W_U.T.contiguous()
+        return F.linear(ln_final(x) if ln_final is not None else x, self._unembed_weight, self.model.unembed.b_U)
 
     # ---- the patched forward -----------------------------------------------------------------
     def split_mask(self, mask: EdgeMask | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,8 +41,8 @@ def hooked_receivers(model: HookedTransformer):
 
 def sender_value(name: str, acts: dict[str, torch.Tensor]) -> torch.Tensor:
     """A sender's [batch, pos, d_model] value from hook activations."""
-    if name == "embed":
-        return acts["hook_embed"] + acts["hook_pos_embed"]
+    if name == "embed":  # what the residual stream starts with (a shortformer: no positions)
+        return acts["blocks.0.hook_resid_pre"]
     if name == "tok_embed":
         return acts["hook_embed"]
     if name == "pos_embed":
@@ -55,7 +55,7 @@ def sender_value(name: str, acts: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def _sender_hooks(model: HookedTransformer) -> list[str]:
-    names = ["hook_embed", "hook_pos_embed"]
+    names = ["hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre"]
     for l in range(model.cfg.n_layers):
         names.append(f"blocks.{l}.attn.hook_result")
         if not model.cfg.attn_only:

@@ -58,7 +58,7 @@ def acdc(problem: Problem, tau: float, abs_delta: bool = False, max_edge_tests: 
         return LazyLosses(logits, lambda candidate: float(problem.loss(candidate, "validation")))
 
     if batch_edges == "auto":
-        batch_edges = auto_batch_edges(problem.graph, cache.diff)
+        batch_edges = auto_batch_edges(problem.graph, cache.diff, logits)
     return acdc_search(problem.graph, losses, tau, abs_delta, max_edge_tests, progress=problem.progress,
                        dtype=engine.dtype, checkpointer=checkpointer, batch_edges=batch_edges,
                        full_loss=float(problem.loss(logits, "validation")))
@@ -80,15 +80,15 @@ class LazyLosses(Sequence):
         return self.values[row]
 
 
-def auto_batch_edges(graph: Graph, sender_diffs: torch.Tensor) -> int:
+def auto_batch_edges(graph: Graph, sender_diffs: torch.Tensor, logits: torch.Tensor) -> int:
     """How many candidate circuits to run per forward.  A candidate recomputes up to every
-    sender's activations (``sender_diffs``: [senders, prompts, pos, d_model]).  On a CPU a forward
-    of a model that size is compute-bound, so batching pays only where the activations are small
-    (tracr, toy models); on a GPU, candidates fill it up to a memory budget.  The nodes graph is
-    never batched (its edges are read at several stages)."""
+    sender's activations (``sender_diffs``: [senders, prompts, pos, d_model]) and its ``logits``
+    at the metric's positions.  On a CPU a forward of a model that size is compute-bound, so
+    batching pays only where those are small (tracr, toy models); on a GPU, candidates fill it up to
+    a memory budget.  The nodes graph is never batched (its edges are read at several stages)."""
     if graph.granularity == "nodes":
         return 1
-    per_candidate = max(sender_diffs.numel() * sender_diffs.element_size(), 1)
+    per_candidate = max(sender_diffs.numel() * sender_diffs.element_size() + logits.numel() * logits.element_size(), 1)
     device = sender_diffs.device.type
     if device == "cpu" and per_candidate > AUTO_CPU_MAX_CANDIDATE_BYTES:
         return 1
