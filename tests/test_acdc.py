@@ -216,3 +216,12 @@ def test_mean_ablation_runs_end_to_end_and_keeps_only_canonical_edges(corruption
     canonical = canonical_mask(problem.task, problem.graph)
     rates = edge_and_node_rates(result.kept, canonical)
     assert rates["edge_fpr"] == 0.0 and rates["edge_tpr"] > 0
+
+
+def test_one_engine_serves_acdc_then_sp():
+    """What the engine keeps between runs (weights, buffers) after ACDC's gradient-free search must
+    still work with autograd: one Problem, one engine, then SP's differentiable forwards."""
+    problem = tracr_problem("tracr_reverse")
+    get_method("acdc")(problem, tau=0.001)
+    sp = get_method("sp")(problem, lambda_reg=1.0, epochs=3)
+    assert sp.extras["summary"]["epochs"] == 3
