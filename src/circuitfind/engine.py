@@ -353,7 +353,7 @@ class PatchEngine:
         With a ``cache`` the run restarts from it at ``start_stage``: valid when the mask differs
         from the cached run only in edges read at or after that stage.  A restarted run may take
         several masks at once, [candidates, n_edges], that differ from each other only in edges
-        read at ``start_stage`` (ACDC's next candidate removals into one receiver): it returns
+        read at ``start_stage`` (the circuits of ACDC's next tests at that stage): it returns
         [candidates, batch, ...] logits from one batched forward.  ``record`` returns this run's
         cache (full, gradient-free runs only)."""
         g = self.graph
@@ -402,7 +402,7 @@ class PatchEngine:
                 if record:
                     qkv.append(layer_qkv)
             if record:
-                stages.append(resid)  # attention-only: the MLP stage is a no-op
+                stages.append(resid)  # before the MLP (attention-only models: a stage that does nothing)
             if g.arch.has_mlps:
                 r = rows(stage + 1, g.mlp_row(layer), 1, g.n_senders_before_mlp(layer))[:, 0]
                 resid = self.mlp(layer, resid, diff, r)
