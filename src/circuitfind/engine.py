@@ -145,6 +145,15 @@ def _per_candidate(x: torch.Tensor, n_candidates: int, dim: int) -> torch.Tensor
     return x.unflatten(dim, (n_candidates, -1))
 
 
+def _with_prompts(op, x: torch.Tensor, y: torch.Tensor, n_candidates: int, dim: int) -> torch.Tensor:
+    """``op(x, y)`` where dimension ``dim`` of ``x`` is a candidate-major batch (k*B) and that of
+    ``y`` holds the prompts once (B), broadcasts (1) or already matches: each candidate meets the
+    same prompts' values (the ablation, the cached residual)."""
+    if n_candidates == 1 or y.shape[dim] in (1, x.shape[dim]):
+        return op(x, y)
+    return op(_per_candidate(x, n_candidates, dim), y.unsqueeze(dim)).flatten(dim, dim + 1)
+
+
 @dataclass
 class SenderCache:
     """One run's per-sender differences from the ablation and its residual stream at each stage
@@ -208,12 +217,9 @@ class PatchEngine:
         mostly_removed = r.sum(1) > n_senders / 2
         shape = (len(changed), *resid.shape)
 
-        def from_ablated(weights):  # ablated_resid + kept @ diff, each candidate against its prompts
-            x = diff.weighted(weights, n_senders).view(shape)
-            ablated = self.ablated_resid(n_senders, row)  # [1, prompts or 1, pos, d_model]
-            if ablated.shape[1] in (1, x.shape[1]):
-                return ablated + x
-            return (_per_candidate(x, diff.n_candidates, 1) + ablated).flatten(1, 2)
+        def from_ablated(weights):  # kept @ diff + ablated_resid [1, prompts or 1, pos, d_model]
+            return _with_prompts(torch.add, diff.weighted(weights, n_senders).view(shape),
+                                 self.ablated_resid(n_senders, row), diff.n_candidates, 1)
 
         if not mostly_removed.any():
             return changed, resid - diff.weighted(r, n_senders).view(shape)
@@ -246,12 +252,6 @@ class PatchEngine:
                          torch.zeros((), dtype=self.dtype, device=self.device))
             self._ablated_resid[key] = (self.ablation.senders[:n_senders].sum(0) + biases).unsqueeze(0)
         return self._ablated_resid[key]
-
-    def minus_ablated(self, values: torch.Tensor, ablated: torch.Tensor, n_candidates: int) -> torch.Tensor:
-        """values [n, k*B, ...] - ablated [n, B|1, ...], each candidate against the same prompts."""
-        if n_candidates == 1 or ablated.shape[1] == 1:
-            return values - ablated
-        return (_per_candidate(values, n_candidates, 1) - ablated.unsqueeze(1)).flatten(1, 2)
 
     def attention(self, layer: int, resid: torch.Tensor, diff: SenderDiffs, r: torch.Tensor,
                   qkv_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,9 +288,8 @@ class PatchEngine:
         z = torch.einsum("bhqk,bkhe->bqhe", pattern, values)
         result = torch.einsum("bqhe,hed->hbqd", z, attn.W_O)  # one [batch, pos, d] slab per head
         heads = g.head_slots(layer)
-        diff.write(heads.start, self.minus_ablated(result, self.ablation.senders[heads], k))
-        out = _per_candidate(result.sum(0), k, 0) + resid if c > 1 else resid + result.sum(0)
-        return out.reshape(result.shape[1:]) + attn.b_O, qkv
+        diff.write(heads.start, _with_prompts(torch.sub, result, self.ablation.senders[heads], k, 1))
+        return _with_prompts(torch.add, result.sum(0), resid, k, 0) + attn.b_O, qkv
 
     def qkv_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """W [3, H, d_model, d_head] and the bias [3, (pos,) H, d_head] of the queries, keys and
@@ -312,10 +311,8 @@ class PatchEngine:
         out = block.mlp(block.ln2(self.receiver_input(r, g.mlp_row(layer), resid, diff)))
         slot = g.mlp_slot(layer)
         k = diff.n_candidates
-        diff.write(slot, self.minus_ablated(out.unsqueeze(0), self.ablation.senders[slot:slot + 1], k))
-        if len(r) > 1:
-            return (_per_candidate(out, k, 0) + resid).flatten(0, 1)
-        return resid + out
+        diff.write(slot, _with_prompts(torch.sub, out.unsqueeze(0), self.ablation.senders[slot:slot + 1], k, 1))
+        return _with_prompts(torch.add, out, resid, k, 0)
 
     def body_buffer(self, n: int, batch: int, like: torch.Tensor) -> torch.Tensor:
         """Scratch space for the senders a restarted run recomputes, reused between runs (a fresh
