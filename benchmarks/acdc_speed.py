@@ -42,7 +42,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa:
 from circuitfind.engine import PatchEngine, gather_positions, make_ablation  # noqa: E402
 from circuitfind.graph import Architecture, EdgeMask, Graph  # noqa: E402
 from circuitfind.methods import Problem, get_method  # noqa: E402
-from circuitfind.methods.acdc import acdc_search, auto_batch_edges  # noqa: E402
+from circuitfind.methods.acdc import Step, acdc_search, auto_batch_edges, candidate_masks  # noqa: E402
 from circuitfind.metrics import KL  # noqa: E402
 from circuitfind.pipeline import build_problem, compose_config  # noqa: E402
 from circuitfind.reference import reference_ablation, reference_logits  # noqa: E402
@@ -120,18 +120,16 @@ def sampled_tests(name: str, problem: Problem, n_tests: int, device: str, tau: f
     order = [e for r in graph.receivers_in_order for e in graph.incoming[r]]
     sample = [order[i] for i in torch.linspace(0, len(order) - 1, n_tests).round().long().tolist()]
     engine, data = problem.engine(), problem.data("validation")
-    full = torch.ones(graph.n_edges, dtype=engine.dtype, device=engine.device)
+    full = torch.ones(graph.n_edges, dtype=engine.dtype)  # masks live on the CPU, as in ACDC; the engine moves them
     with torch.no_grad():
         logits, cache = engine.run(full, data.positions, record=True)
         base = float(problem.loss(logits))
-        k = auto_batch_edges(graph, cache.diff, logits) if batch_edges == "auto" else batch_edges
+        k = auto_batch_edges(cache.diff, logits) if batch_edges == "auto" else batch_edges
 
         def fast_tests(e: int, k: int) -> list[float]:
             incoming = graph.incoming[graph.edges[e].receiver]
-            batch = incoming[incoming.index(e):][:k]
-            masks = full.repeat(len(batch), 1)
-            for j, edge in enumerate(batch):
-                masks[j:, edge] = 0
+            steps = [Step(edge, []) for edge in incoming[incoming.index(e):][:k]]
+            masks = candidate_masks(full, steps, k, keep_rate=0.0)  # ACDC's plain plan: removal j removes 1..j
             out, _ = engine.run(masks, data.positions, start_stage=graph.edges[e].stage, cache=cache)
             return [float(problem.loss(candidate)) - base for candidate in out]
 

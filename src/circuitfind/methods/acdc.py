@@ -58,7 +58,7 @@ def acdc(problem: Problem, tau: float, abs_delta: bool = False, max_edge_tests: 
         return LazyLosses(logits, lambda candidate: float(problem.loss(candidate, "validation")))
 
     if batch_edges == "auto":
-        batch_edges = auto_batch_edges(problem.graph, cache.diff, logits)
+        batch_edges = auto_batch_edges(cache.diff, logits)
     return acdc_search(problem.graph, losses, tau, abs_delta, max_edge_tests, progress=problem.progress,
                        dtype=engine.dtype, checkpointer=checkpointer, batch_edges=batch_edges,
                        full_loss=float(problem.loss(logits, "validation")))
@@ -80,14 +80,12 @@ class LazyLosses(Sequence):
         return self.values[row]
 
 
-def auto_batch_edges(graph: Graph, sender_diffs: torch.Tensor, logits: torch.Tensor) -> int:
+def auto_batch_edges(sender_diffs: torch.Tensor, logits: torch.Tensor) -> int:
     """How many candidate circuits to run per forward.  A candidate recomputes up to every
     sender's activations (``sender_diffs``: [senders, prompts, pos, d_model]) and its ``logits``
     at the metric's positions.  On a CPU a forward of a model that size is compute-bound, so
     batching pays only where those are small (tracr, toy models); on a GPU, candidates fill it up to
-    a memory budget.  The nodes graph is never batched (its edges are read at several stages)."""
-    if graph.granularity == "nodes":
-        return 1
+    a memory budget.  (``acdc_search`` never batches the nodes graph, whatever this says.)"""
     per_candidate = max(sender_diffs.numel() * sender_diffs.element_size() + logits.numel() * logits.element_size(), 1)
     device = sender_diffs.device.type
     if device == "cpu" and per_candidate > AUTO_CPU_MAX_CANDIDATE_BYTES:
@@ -248,6 +246,7 @@ def acdc_search(graph: Graph, losses: LossFn, tau: float, abs_delta: bool = Fals
         mask, scores, trace, current = saved["mask"].to(dtype), saved["scores"], saved["trace"], saved["current"]
     n_tests, n_kept_tests = len(trace), sum(row["kept"] for row in trace)
     decided = ~torch.isposinf(scores)
+    # The nodes graph's edges are read at several stages: its tests cannot share a forward.
     tests = CandidateTests(losses, 1 if graph.granularity == "nodes" else batch_edges)
 
     def state() -> dict:
