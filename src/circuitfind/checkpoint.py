@@ -10,13 +10,14 @@ taken between steps.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+from .rundir import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -61,10 +62,9 @@ class Checkpointer:
     def save(self, state: dict) -> None:
         if self.path is None:
             return
-        tmp = self.path.with_name(f".{CHECKPOINT}.tmp-{os.getpid()}")
-        torch.save(dict(config_hash=self.config_hash, steps=self.steps, torch_rng=torch.get_rng_state(),
-                        state=state, saved_at=time.time()), tmp)
-        os.replace(tmp, self.path)
+        saved = dict(config_hash=self.config_hash, steps=self.steps, torch_rng=torch.get_rng_state(),
+                     state=state, saved_at=time.time())
+        atomic_write(self.path, lambda tmp: torch.save(saved, tmp))
         self._steps_since, self._last_write = 0, time.monotonic()
         self.n_written += 1
 

@@ -5,9 +5,7 @@ Everything the CLI does besides parsing lives here, so tests and notebooks can c
 
 from __future__ import annotations
 
-import csv
 import inspect
-import io
 import logging
 import random
 import time
@@ -28,7 +26,7 @@ from .methods.acdc import check_acdc_params
 from .methods.hisp import check_hisp_params
 from .methods.sp import check_sp_params
 from .rundir import (SUMMARY, atomic_write_text, config_hash, folder_state, read_summary, write_edges,
-                     write_summary, write_trace)
+                     write_summary, write_table, write_trace)
 from .tasks import TASKS, build_task
 
 log = logging.getLogger("circuitfind")
@@ -117,15 +115,11 @@ def _method_params(cfg: DictConfig) -> dict:
     return dict(params, tau=cfg.tau, seed=cfg.seed)
 
 
-def _write_table(folder: Path, filename: str, rows: list[dict]) -> None:
-    """A method's own table (SP's training log, HISP's ranking, ...): columns from the first row."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    columns = list(rows[0]) if rows else []
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([repr(v) if isinstance(v, float) else v for v in (row[c] for c in columns)])
-    atomic_write_text(folder / filename, buf.getvalue())
+def _rates(found: EdgeMask, canonical: EdgeMask | None) -> dict:
+    """Edge and node TPR/FPR against the canonical circuit (None where the task has none)."""
+    if canonical is None:
+        return dict.fromkeys(("edge_tpr", "edge_fpr", "node_tpr", "node_fpr"), None)
+    return edge_and_node_rates(found, canonical)
 
 
 def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, curve) -> list[dict]:
@@ -134,9 +128,7 @@ def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, curve) -> list
     rows = []
     for parameter, mask, label in tqdm(curve, desc="curve", unit="circuit", disable=not problem.progress,
                                        leave=False):
-        rates = edge_and_node_rates(mask, canonical) if canonical is not None else dict.fromkeys(
-            ("edge_tpr", "edge_fpr", "node_tpr", "node_fpr"), None)
-        rows.append(dict(parameter=parameter, n_edges=mask.n_kept, **rates,
+        rows.append(dict(parameter=parameter, n_edges=mask.n_kept, **_rates(mask, canonical),
                          metric_test=problem.evaluate(mask, "test"), removed=label))
     return rows
 
@@ -175,8 +167,7 @@ def run(cfg: DictConfig, folder: Path) -> dict:
         result = method(problem, **params)
 
     canonical = canonical_mask(task, graph)
-    rates = edge_and_node_rates(result.kept, canonical) if canonical is not None else dict.fromkeys(
-        ("edge_tpr", "edge_fpr", "node_tpr", "node_fpr"), None)
+    rates = _rates(result.kept, canonical)
     nothing = EdgeMask(graph, torch.zeros(graph.n_edges))
     metrics = {
         split: dict(
@@ -196,9 +187,9 @@ def run(cfg: DictConfig, folder: Path) -> dict:
     draw_circuit(result, folder / "circuit.png", f"{task.name} {cfg.method.name} ({cfg.corruption.name})")
     atomic_write_text(folder / "circuit.dot", circuit_dot(result))
     for filename, rows in result.extras.get("tables", {}).items():
-        _write_table(folder, filename, rows)
+        write_table(folder, filename, rows)
     if curve is not None:
-        _write_table(folder, CURVE, curve)
+        write_table(folder, CURVE, curve)
     summary = dict(
         task=task.name,
         method=cfg.method.name,

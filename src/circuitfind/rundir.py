@@ -16,7 +16,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .graph import EdgeMask, EdgeScores
 
@@ -26,14 +26,19 @@ TRACE = "trace.csv"
 TRACE_COLUMNS = ("step", "edge", "delta", "metric", "kept", "n_edges")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` fills a temporary file beside ``path``, which is synced to disk and renamed
+    into place: readers see the old file or the whole new one, never a part."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
+    write(tmp)
+    with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", newline=""))
 
 
 def _csv(header: Iterable[str], rows: Iterable[Iterable]) -> str:
@@ -64,6 +69,13 @@ def write_trace(folder: Path, trace: list[dict]) -> None:
     rows = ((r["step"], r["edge"], _number(r["delta"]), _number(r["metric"]), int(r["kept"]), r["n_edges"])
             for r in trace)
     atomic_write_text(folder / TRACE, _csv(TRACE_COLUMNS, rows))
+
+
+def write_table(folder: Path, filename: str, rows: list[dict]) -> None:
+    """A method's own table (SP's training log, HISP's ranking, ...): columns from the first row."""
+    columns = list(rows[0]) if rows else []
+    atomic_write_text(folder / filename, _csv(columns, (
+        [_number(v) if isinstance(v, float) else v for v in (row[c] for c in columns)] for row in rows)))
 
 
 def write_summary(folder: Path, summary: dict) -> None:
