@@ -36,3 +36,10 @@ def tiny_model(n_layers=2, n_heads=3, d_model=24, attn_only=False, normalization
 @pytest.fixture
 def make_tiny_model():
     return tiny_model
+
+
+def config(*overrides):
+    """The config ``circuitfind <overrides>`` runs, without progress bars."""
+    from circuitfind.pipeline import compose_config
+
+    return compose_config("progress=false", *overrides)

@@ -8,17 +8,11 @@ import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from circuitfind.pipeline import ConfigError, run
 from circuitfind.tasks import TaskData
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
-
-
-def config(*overrides):
-    with initialize_config_dir(config_dir=os.path.abspath(CONFIGS), version_base="1.3"):
-        return compose("config", overrides=["progress=false", *overrides])
+from conftest import config
 
 
 def cli(*args, cwd):

@@ -1,11 +1,9 @@
 """HISP: attributions against finite differences, the objective, the ranking and its curve."""
 
 import csv
-import os
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from circuitfind.evaluation import canonical_mask, edge_and_node_rates
 from circuitfind.graph import Architecture, Graph
@@ -17,14 +15,7 @@ from circuitfind.pipeline import ConfigError, run
 from circuitfind.tasks import TaskData, build_task
 from circuitfind.tasks.base import Task
 
-from conftest import tiny_model
-
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
-
-
-def config(*overrides):
-    with initialize_config_dir(config_dir=os.path.abspath(CONFIGS), version_base="1.3"):
-        return compose("config", overrides=["progress=false", *overrides])
+from conftest import config, tiny_model
 
 
 def answer_logit_metric(logits, clean_logits, data=None):

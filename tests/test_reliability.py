@@ -8,12 +8,12 @@ import sys
 import time
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from circuitfind.pipeline import run
 from circuitfind.rundir import FolderConflict
 
-CONFIGS = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "configs"))
+from conftest import config
+
 # A run long enough to be interrupted mid-way: ACDC on the trained induction model, small data.
 INDUCTION = ["task=induction", "task.n_prompts=12", "task.seq_len=24", "task.span_len=6", "tau=0.003",
              "checkpoint.every_steps=5", "progress=false"]
@@ -24,11 +24,6 @@ SP = ["task=tracr_reverse", "method=sp", "method.lambda_reg=1", "method.epochs=8
 RESUMED = {"acdc": (["edges.csv", "trace.csv"], ["n_edges_kept", "metric_circuit", "config_hash", "n_edge_tests"]),
            "sp": (["edges.csv", "training.csv", "gates.csv"], ["n_edges_kept", "metric_circuit", "config_hash",
                                                                "method_details"])}
-
-
-def config(*overrides):
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        return compose("config", overrides=["progress=false", *overrides])
 
 
 def cli(*args, cwd):

@@ -2,22 +2,15 @@
 
 import json
 import math
-import os
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 
 from circuitfind.evaluation import pareto_front, roc_auc, roc_staircase
 from circuitfind.pipeline import run
 from circuitfind.report import main
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
-
-
-def config(*overrides):
-    with initialize_config_dir(config_dir=os.path.abspath(CONFIGS), version_base="1.3"):
-        return compose("config", overrides=["progress=false", *overrides])
+from conftest import config
 
 
 # ---- the area -------------------------------------------------------------------------------

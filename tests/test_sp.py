@@ -2,11 +2,9 @@
 
 import csv
 import math
-import os
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from circuitfind.engine import gather_positions
 from circuitfind.evaluation import canonical_mask, edge_and_node_rates
@@ -19,14 +17,7 @@ from circuitfind.pipeline import ConfigError, run
 from circuitfind.tasks import TaskData, build_task
 from circuitfind.tasks.base import Task
 
-from conftest import tiny_model
-
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
-
-
-def config(*overrides):
-    with initialize_config_dir(config_dir=os.path.abspath(CONFIGS), version_base="1.3"):
-        return compose("config", overrides=["progress=false", *overrides])
+from conftest import config, tiny_model
 
 
 def random_problem(model, corruption="corrupted", granularity="qkv", batch=5, seq=6, seed=0) -> Problem:

@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 
 from circuitfind.cli import group_options
-from circuitfind.pipeline import ConfigError, run
+from circuitfind.pipeline import ConfigError, compose_config, run
 from circuitfind.report import main as report_main
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+from conftest import config
+
 # The paper's ACDC thresholds per task: 10 ** linspace(lo, hi, n).
 PAPER_ACDC = {
     "tracr_reverse": (-5, -1, 21), "tracr_proportion": (-5, -1, 21), "ioi": (-6, 0, 31),
@@ -25,8 +25,7 @@ PAPER_SP = [0.01, 0.0158, 0.0251, 0.0398, 0.0631, 0.1, 0.158, 0.251, 0.398, 0.63
 
 
 def compose_sweep(*overrides):
-    with initialize_config_dir(config_dir=os.path.abspath(CONFIGS), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=True)
+    return compose_config(*overrides, return_hydra_config=True)
 
 
 def sweep_params(cfg) -> dict:
@@ -60,8 +59,7 @@ def test_sp_sweeps_the_papers_lambdas_and_hisp_makes_one_run(task):
 
 def test_paper_runs_refuse_values_resolved_for_another_task_or_outside_a_sweep(tmp_path):
     def cfg(*overrides):
-        with initialize_config_dir(config_dir=os.path.abspath(CONFIGS), version_base="1.3"):
-            return compose("config", overrides=["progress=false", "threshold=paper", *overrides])
+        return config("threshold=paper", *overrides)
 
     with pytest.raises(ConfigError, match="threshold=paper is a sweep: run it with -m"):
         run(cfg(), tmp_path)

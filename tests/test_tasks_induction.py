@@ -2,25 +2,19 @@
 on it through the pipeline, offline."""
 
 import math
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 
 from circuitfind.models.loading import ModelUnavailableError, gpt2_tokenizer, load_model, read_shipped
 from circuitfind.pipeline import run
 from circuitfind.tasks import build_task
 from circuitfind.tasks.induction import METRICS, repeated_span_tokens
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+from conftest import config
+
 INDUCTION_2L = dict(name="induction_2l", kind="shipped", pretrained=True)
-
-
-def config(*overrides):
-    with initialize_config_dir(config_dir=os.path.abspath(CONFIGS), version_base="1.3"):
-        return compose("config", overrides=["progress=false", *overrides])
 
 
 def test_repeated_spans_repeat_and_fit():

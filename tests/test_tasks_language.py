@@ -1,13 +1,11 @@
 """IOI, Greater-Than and Docstring: prompts written in GPT-2's real tokenizer, their corruptions and
 metrics, and each task's pipeline end to end on a random-weight model of the paper's architecture."""
 
-import os
 import random
 import re
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from circuitfind.models.loading import ModelUnavailableError, gpt2_tokenizer
 from circuitfind.pipeline import run
@@ -18,7 +16,8 @@ from circuitfind.tasks import ioi as ioi_module
 from circuitfind.tasks.base import TaskData
 from circuitfind.tasks.text import encode_prompts
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+from conftest import config
+
 GPT2 = dict(name="gpt2", kind="hub", repo="gpt2", tokenizer="gpt2", pretrained=False, fold_ln=True,
             center_writing_weights=True, center_unembed=True)
 ATTN_ONLY_4L = dict(name="attn_only_4l", kind="hub", repo="NeelNanda/Attn_Only_4L512W_C4_Code",
@@ -36,11 +35,6 @@ def tokenizer():
 
 def words(tokenizer, ids: torch.Tensor) -> list[str]:
     return [tokenizer.decode([i]) for i in ids.tolist()]
-
-
-def config(*overrides):
-    with initialize_config_dir(config_dir=os.path.abspath(CONFIGS), version_base="1.3"):
-        return compose("config", overrides=["progress=false", *overrides])
 
 
 # ---- IOI -----------------------------------------------------------------------------------------
