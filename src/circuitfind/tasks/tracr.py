@@ -70,6 +70,7 @@ def tracr_reverse(seed: int = 0, device="cpu", model: dict | None = None, **_) -
 
 
 PROPORTION_DATA = ("paper", "valid")
+PAPER_ROWS = 4 ** 4  # every length-4 row of token ids 0-3
 
 
 def tracr_proportion(seed: int = 0, n_prompts: int = 50, data: str = "paper", device="cpu",
@@ -88,14 +89,14 @@ def tracr_proportion(seed: int = 0, n_prompts: int = 50, data: str = "paper", de
     _check_model("tracr_proportion", model)
     if data not in PROPORTION_DATA:
         raise ValueError(f"unknown tracr_proportion data {data!r}; choose one of {', '.join(PROPORTION_DATA)}")
+    if data == "paper" and not 2 <= n_prompts <= PAPER_ROWS // 2:
+        raise ValueError(f"data=paper draws validation and test from {PAPER_ROWS} rows: n_prompts must lie "
+                         f"in 2..{PAPER_ROWS // 2}, got {n_prompts}")
     tracr = load_tracr_model("tracr_proportion", device=device)
     generator = torch.Generator().manual_seed(seed)
     if data == "paper":
         rows = torch.tensor(list(itertools.product(range(4), repeat=4)))
-        if not 2 <= n_prompts <= len(rows) // 2:
-            raise ValueError(f"data=paper draws validation and test from {len(rows)} rows: n_prompts must lie "
-                             f"in 2..{len(rows) // 2}, got {n_prompts}")
-        rows = rows[torch.randperm(len(rows), generator=generator)]
+        rows = rows[torch.randperm(PAPER_ROWS, generator=generator)]
         validation, test = (_split(part, generator).to(device) for part in (rows[:n_prompts], rows[n_prompts:2 * n_prompts]))
     else:
         def draw() -> TaskData:
