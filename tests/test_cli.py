@@ -40,6 +40,8 @@ def test_default_run_writes_a_complete_run_folder(tmp_path):
     trace = list(csv.DictReader(open(folder / "trace.csv")))
     assert list(trace[0]) == ["step", "edge", "delta", "metric", "kept", "n_edges"]
     assert len(trace) == summary["n_edge_tests"] > 0
+    batching = summary["method_details"]  # tracr is tiny: auto batches, fewer forwards than tests
+    assert batching["batch_edges"] > 1 and 0 < batching["n_test_forwards"] < summary["n_edge_tests"]
     assert (folder / ".hydra" / "config.yaml").is_file()
 
 

@@ -296,4 +296,6 @@ def acdc_search(graph: Graph, losses: LossFn, tau: float, abs_delta: bool = Fals
     bar.close()
 
     return EdgeScores(graph, scores, EdgeMask(graph, mask.bool()), extras=dict(
-        trace=trace, n_edge_tests=n_tests, n_forwards=tests.n_forwards, batch_edges=tests.n_candidates))
+        trace=trace, n_edge_tests=n_tests, n_forwards=tests.n_forwards, batch_edges=tests.n_candidates,
+        # the run's summary.json: how the tests were batched (forwards counted since the last resume)
+        summary=dict(batch_edges=tests.n_candidates, n_test_forwards=tests.n_forwards)))
