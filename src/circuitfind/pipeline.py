@@ -23,6 +23,7 @@ from .methods import METHODS, Problem, get_method
 from .checkpoint import Checkpointer
 from .draw import circuit_dot, draw_circuit
 from .methods.acdc import check_acdc_params
+from .methods.attribution import check_attribution_params
 from .methods.hisp import check_hisp_params
 from .methods.sp import check_sp_params
 from .rundir import (SUMMARY, atomic_write_text, config_hash, folder_state, read_summary, write_edges,
@@ -32,9 +33,10 @@ from .tasks import TASKS, build_task
 log = logging.getLogger("circuitfind")
 CORRUPTIONS = ("corrupted", "zero", "mean", "mean_all")
 # The parameter each method's curve is swept over (HISP reports its own: the k it kept).
-PARAMETER_NAMES = {"acdc": "tau", "sp": "lambda_reg", "hisp": "k"}
+PARAMETER_NAMES = {"acdc": "tau", "sp": "lambda_reg", "hisp": "k", "eap": "k", "eap_ig": "k"}
 # Each method's own parameter check, run on the config before anything loads (tau is top-level).
-_METHOD_CHECKS = {"acdc": check_acdc_params, "sp": check_sp_params, "hisp": check_hisp_params}
+_METHOD_CHECKS = {"acdc": check_acdc_params, "sp": check_sp_params, "hisp": check_hisp_params,
+                  "eap": check_attribution_params, "eap_ig": check_attribution_params}
 CURVE = "curve.csv"
 
 

@@ -40,8 +40,9 @@ ROC_COLUMNS = ["task", "method", "corruption", "metric", "parameter", "n_edges",
 AUC_COLUMNS = ["task", "method", "corruption", "metric", "level", "auc", "n_points", "graph"]
 CURVE_KEY = ["task", "method", "corruption", "metric", "graph"]  # one ROC curve per group
 LEVELS = ("edge", "node")
-METHOD_LABELS = {"acdc": "ACDC", "sp": "SP", "sp_edges": "SP (edge gates)", "hisp": "HISP", "canonical": "canonical"}
-METHOD_ORDER = ["acdc", "sp", "hisp", "sp_edges", "canonical"]
+METHOD_LABELS = {"acdc": "ACDC", "sp": "SP", "sp_edges": "SP (edge gates)", "hisp": "HISP", "eap": "EAP",
+                 "eap_ig": "EAP-IG", "canonical": "canonical"}
+METHOD_ORDER = ["acdc", "sp", "hisp", "eap", "eap_ig", "sp_edges", "canonical"]
 # Curves often coincide (every method at TPR 1, FPR 0): wide solid under narrower broken lines.
 _LINE_STYLES = [("-", 4.0), ("--", 2.6), ("-.", 1.8), (":", 1.6)]
 

@@ -1,0 +1,143 @@
+"""Edge attribution patching: EAP (Syed et al. 2023) and EAP-IG (Hanna et al. 2024), through the engine.
+
+The engine's receivers read ``input_r = resid - sum_s (1 - m_rs) (value_s - ablated_s)``, so the
+derivative of a loss L with respect to one mask entry is
+
+    dL/dm_rs = (value_s - ablated_s) . dL/d input_r          (summed over prompts, positions, dims)
+
+and one backward pass of the engine's loss gives it for every edge at once (an edge of the coarser
+graphs owns several entries: the chain rule sums them).  An edge's **score** is the first-order
+estimate of what removing it (m: 1 -> 0) does to the loss,
+
+    EAP:     score_e = -dL/dm_e at m = 1  =  (ablated_s - value_s) . dL/d input_r,
+    EAP-IG:  score_e = -mean over alpha of dL/dm_e at m = alpha * 1,  alpha = (i + 1/2) / steps,
+
+the second a midpoint-rule integrated gradient along the straight path from everything removed
+(m = 0) to nothing removed (m = 1), so its scores add up to L(0) - L(1) as ``steps`` grows
+(completeness).  ``absolute`` (the default, as the peers) ranks by |score|; otherwise by the signed
+score, highest first.  Keeping the top-k edges for every k gives the whole curve from one ranking.
+
+``ig=inputs`` integrates along the inputs instead: the mask is 1 on every edge but those leaving the
+embedding senders, which carry alpha (the engine then feeds every receiver
+``ablated + alpha (embedding - ablated)``: the clean and corrupted embeddings interpolated), and each
+edge's score is its -dL/dm averaged over alpha.  Unlike the ``eap`` library's variant, the activation
+difference in that product is the one of the interpolated run (``value_s(alpha) - ablated_s``), not
+the clean run's: the engine's mask gradient gives that product, never dL/d input_r alone.
+
+Objective: the same as HISP's (``methods/hisp.py``).  KL and l2 have zero gradient at the unpatched
+model, so ``objective=auto`` scores the clean answer's logit there (``answer_logit``) and the task's
+metric otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..graph import EdgeMask, EdgeScores
+from .base import Problem, register
+from .hisp import DIVERGENCE_METRICS, OBJECTIVES, curve_ks, objective_per_prompt, resolve_objective
+
+IG_PATHS = ("masks", "inputs")
+
+
+def check_attribution_params(k=None, objective="auto", max_points=None, absolute=True, steps=5,
+                             ig="masks") -> None:
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+        raise ValueError(f"k must be null or a non-negative integer, got {k!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 2):
+        raise ValueError(f"max_points must be null or an integer of at least 2, got {max_points!r}")
+    if not isinstance(absolute, bool):
+        raise ValueError(f"absolute must be true or false, got {absolute!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if ig not in IG_PATHS:
+        raise ValueError(f"unknown ig path {ig!r}; choose one of {', '.join(IG_PATHS)}")
+
+
+def objective_loss(problem: Problem, logits: torch.Tensor, objective: str, split: str = "validation") -> torch.Tensor:
+    """The mean loss (lower is better) whose mask derivative the scores are: the task's metric, or
+    minus the clean answer's evidence (``answer_logit``)."""
+    if objective == "metric":
+        return problem.loss(logits, split)
+    return -objective_per_prompt(problem, logits, split, objective).mean()
+
+
+def mask_gradient(problem: Problem, values: torch.Tensor, objective: str, split: str = "validation") -> torch.Tensor:
+    """dL/dm [n_edges] at the (fractional) mask ``values``: one engine forward and one backward."""
+    engine = problem.engine(split)
+    mask = values.detach().to(device=engine.device, dtype=engine.dtype).requires_grad_(True)
+    with torch.enable_grad():
+        logits, _ = engine.run(mask, problem.data(split).positions)
+        (grad,) = torch.autograd.grad(objective_loss(problem, logits, objective, split), mask)
+    return grad.detach().double().cpu()
+
+
+def embedding_edges(problem: Problem) -> torch.Tensor:
+    """Which edges leave an embedding sender (bool [n_edges])."""
+    embeds = set(problem.graph.embed_names)
+    return torch.tensor([e.sender in embeds for e in problem.graph.edges])
+
+
+def attribution_scores(problem: Problem, objective: str, steps: int | None = None, ig: str = "masks",
+                       split: str = "validation") -> torch.Tensor:
+    """Signed scores [n_edges] (float64): EAP when ``steps`` is None, else EAP-IG over ``steps`` points."""
+    n = problem.graph.n_edges
+    if steps is None:
+        return -mask_gradient(problem, torch.ones(n), objective, split)
+    on_path = torch.ones(n, dtype=torch.bool) if ig == "masks" else embedding_edges(problem)
+    total = torch.zeros(n, dtype=torch.float64)
+    for i in range(steps):
+        alpha = (i + 0.5) / steps
+        total -= mask_gradient(problem, torch.where(on_path, alpha, 1.0), objective, split)
+    return total / steps
+
+
+def ranked_circuits(problem: Problem, ranking_scores: torch.Tensor, k: int | None,
+                    max_points: int | None) -> tuple[EdgeMask, int, list]:
+    """The top-k circuit (k None: every edge with a positive score) and the curve of top-k circuits."""
+    graph, n = problem.graph, problem.graph.n_edges
+    # Ties keep the graph's edge order, so the ranking is deterministic.
+    order = sorted(range(n), key=lambda i: -float(ranking_scores[i]))
+    rank = torch.empty(n, dtype=torch.long)
+    rank[order] = torch.arange(n)
+
+    def top(n_kept: int) -> EdgeMask:
+        return EdgeMask(graph, rank < n_kept)
+
+    k = int((ranking_scores > 0).sum()) if k is None else min(k, n)
+    curve = [(n_kept, top(n_kept), graph.edges[order[n_kept]].name if n_kept < n else "")
+             for n_kept in curve_ks(n, max_points)]
+    return top(k), k, curve
+
+
+def _attribution(problem: Problem, steps: int | None, k, objective, max_points, absolute, ig) -> EdgeScores:
+    check_attribution_params(k, objective, max_points, absolute, 1 if steps is None else steps, ig)
+    objective = resolve_objective(problem, objective)
+    if objective == "metric" and problem.metric.name in DIVERGENCE_METRICS and steps is None:
+        raise ValueError(f"metric {problem.metric.name} is a divergence from the unpatched model: its gradient there "
+                         "is zero, so EAP would rank rounding noise; use method.objective=answer_logit (or auto)")
+    signed = attribution_scores(problem, objective, steps, ig)
+    scores = signed.abs() if absolute else signed
+    kept, k, curve = ranked_circuits(problem, scores, k, max_points)
+    details = dict(objective=objective, absolute=absolute, sum_signed_scores=float(signed.sum()),
+                   n_backward=1 if steps is None else steps)
+    if steps is not None:
+        details.update(steps=steps, ig=ig)
+    return EdgeScores(problem.graph, scores.float(), kept, extras=dict(
+        parameter=("k", k), curve=curve, summary=details))
+
+
+@register("eap")
+def eap(problem: Problem, k: int | None = None, objective: str = "auto", max_points: int | None = 500,
+        absolute: bool = True, **_) -> EdgeScores:
+    """Edge attribution patching: one forward and one backward score every edge."""
+    return _attribution(problem, None, k, objective, max_points, absolute, "masks")
+
+
+@register("eap_ig")
+def eap_ig(problem: Problem, k: int | None = None, objective: str = "auto", max_points: int | None = 500,
+           absolute: bool = True, steps: int = 5, ig: str = "masks", **_) -> EdgeScores:
+    """EAP with integrated gradients: ``steps`` forwards and backwards along the path of masks (or inputs)."""
+    return _attribution(problem, steps, k, objective, max_points, absolute, ig)
