@@ -169,8 +169,12 @@ def _fail(error: Exception, folder: Path, sweeping: bool) -> None:
 @hydra.main(version_base="1.3", config_path="pkg://circuitfind.configs", config_name="config")
 def hydra_main(cfg: DictConfig) -> dict | None:
     hydra_cfg = HydraConfig.get()
-    folder = Path(hydra_cfg.runtime.output_dir)
-    sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    return run_job(cfg, Path(hydra_cfg.runtime.output_dir), sweeping=hydra_cfg.mode == RunMode.MULTIRUN)
+
+
+def run_job(cfg: DictConfig, folder: Path, sweeping: bool = False) -> dict | None:
+    """One Hydra job: check, run, print the summary line; any failure is one line (and exit 2
+    unless ``sweeping``, where the other jobs go on)."""
     try:
         check_config(cfg)  # a sweep's jobs are checked here, each before anything loads
         from .checkpoint import RunInterrupted  # torch: only once the config is known to be good
