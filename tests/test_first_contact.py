@@ -257,3 +257,15 @@ def test_stalled_gates_warning_counts_gates_near_their_start():
     start = 1.6
     assert stalled_gates_warning(torch.tensor([1.6, 1.5, 1.7, -2.0]), start, 100, 1e-3) is not None
     assert stalled_gates_warning(torch.tensor([1.6, 0.5, 3.0, -2.0]), start, 100, 1e-3) is None
+
+
+def test_the_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md (Python API)", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("15 1.0 {'model'") and printed[1].startswith("15 ")
+    assert (tmp_path / "outputs/api/tracr_reverse/summary.json").is_file()
