@@ -26,6 +26,7 @@ GROUP_HELP = {
     "corruption": "what a removed edge carries",
     "graph": "which edges exist: q/k/v inputs apart, heads whole, or whole nodes",
     "threshold": "paper: the paper's sweep of the method's parameter (with -m)",
+    "experiment": "an overlay of settings applied after the defaults (none by default)",
 }
 EXAMPLES = """\
   circuitfind                                              ACDC on tracr-reverse, zero ablation, tau 0.001
@@ -34,6 +35,7 @@ EXAMPLES = """\
   circuitfind task=ioi model.pretrained=false method.max_edge_tests=50   IOI on random GPT-2 weights
   circuitfind method=sp method.lambda_reg=1 method.epochs=3000           Subnetwork Probing
   circuitfind method=hisp graph=nodes                      HISP, whole components
+  circuitfind experiment=sp_quick task=tracr_proportion    SP at the quick setting (500 steps, lr 0.01)
   circuitfind -m tau=0.0001,0.001,0.01                     a sweep, one run folder per job
   circuitfind -m method=sp threshold=paper                 the paper's sweep for this task and method
   circuitfind-report outputs/runs                          ROC points, AUC table and plots"""
