@@ -145,6 +145,22 @@ def test_hf_model_errors_are_one_line(tmp_path, overrides, message):
     assert "\n" not in str(error.value)
 
 
+def test_hf_names_known_offline_build_the_same_model_as_their_own_config():
+    from transformer_lens import HookedTransformerConfig  # noqa: F401
+
+    tokenizer = gpt2_tokenizer()
+    by_alias = loading.load_model(dict(kind="hf", name="attn-only-4l", pretrained=False, fold_ln=True),
+                                  tokenizer=tokenizer)
+    own = loading.load_model(dict(kind="hub", name="attn_only_4l", repo="NeelNanda/Attn_Only_4L512W_C4_Code",
+                                  pretrained=False, fold_ln=True), tokenizer=tokenizer)
+    assert by_alias.cfg.n_layers == own.cfg.n_layers == 4 and by_alias.cfg.normalization_type == "LNPre"
+    assert all(torch.equal(a, b) for a, b in zip(by_alias.state_dict().values(), own.state_dict().values()))
+    small = loading.load_model(dict(kind="hf", name="gpt2", pretrained=False, n_layers=2, n_heads=4, d_model=64),
+                               tokenizer=tokenizer)
+    cfg = small.cfg
+    assert (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_mlp, cfg.d_vocab) == (2, 4, 64, 16, 256, 50257)
+
+
 def test_cli_bad_input_is_one_line_and_exit_2_fast(tmp_path):
     empty = write(tmp_path, "")
     started = time.time()
@@ -156,15 +172,17 @@ def test_cli_bad_input_is_one_line_and_exit_2_fast(tmp_path):
 
 
 # ---- whole runs ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("method, extra", [
-    ("acdc", ("tau=0.0001",)),
-    ("sp", ("method.epochs=20",)),
-    ("hisp", ()),
+@pytest.mark.parametrize("method, metric, extra", [
+    ("acdc", "logit_diff", ("tau=0.0001",)),
+    ("acdc", "kl", ("tau=0.0001", "task.pad=true")),
+    ("sp", "prob_diff", ("method.epochs=20",)),
+    ("hisp", "logit_diff", ()),
+    ("hisp", "nll", ()),
 ])
-def test_every_method_runs_on_the_example_offline(tmp_path, method, extra):
-    summary = run(config("task=pairs", f"task.path={EXAMPLE}", "metric=logit_diff", f"method={method}",
+def test_every_method_runs_on_the_example_offline(tmp_path, method, metric, extra):
+    summary = run(config("task=pairs", f"task.path={EXAMPLE}", f"metric={metric}", f"method={method}",
                          *SMALL, *extra), tmp_path / "run")
-    assert summary["task"] == "pairs" and summary["metric"] == "logit_diff" and summary["method"] == method
+    assert summary["task"] == "pairs" and summary["metric"] == metric and summary["method"] == method
     for name in ("edges.csv", "summary.json", "circuit.json", "circuit.dot", "circuit.png"):
         assert (tmp_path / "run" / name).is_file()
     # nothing removed is the model itself, so its logit difference is the model's
