@@ -45,7 +45,7 @@ def test_attention_only_models_write_mlp_edges_out_of_the_graph():
 
 
 @pytest.mark.parametrize("split_embed", [False, True])
-@pytest.mark.parametrize("granularity", ["qkv", "heads"])
+@pytest.mark.parametrize("granularity", ["qkv", "heads", "nodes"])
 def test_round_trip_gives_the_same_circuit(tmp_path, granularity, split_embed):
     graph = Graph(Architecture(2, 2, True, split_embed), granularity)
     result = random_result(graph)

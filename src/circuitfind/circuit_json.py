@@ -94,7 +94,8 @@ def mib_circuit(result: EdgeScores) -> dict:
     view = qkv_view(result)
     senders_of_input = graph.embed_names
     edges, exact = {}, {}
-    for parent, child in mib_edges(graph.n_layers, graph.n_heads):
+    all_edges = mib_edges(graph.n_layers, graph.n_heads)
+    for parent, child in all_edges:
         ours = [f"{s}->{child if child != MIB_OUTPUT else 'resid_post'}"
                 for s in (senders_of_input if parent == MIB_INPUT else (parent,))]
         found = [view[name] for name in ours if name in view]  # none: an MLP of an attention-only model
@@ -104,7 +105,7 @@ def mib_circuit(result: EdgeScores) -> dict:
             exact.update({name: view[name] for name in ours})
     exact.update({name: value for name, value in view.items() if "->" not in name})
     nodes = {MIB_INPUT: False, MIB_OUTPUT: False}
-    nodes.update({name: False for _, child in mib_edges(graph.n_layers, graph.n_heads) for name in [child.split("<")[0]]})
+    nodes.update({child.split("<")[0]: False for _, child in all_edges})
     for name, info in edges.items():
         if info["in_graph"]:
             parent, child = name.split("->")
