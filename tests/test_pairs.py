@@ -71,6 +71,7 @@ def test_csv_and_jsonl_read_alike(tmp_path):
     rows = list(csv.DictReader(open(EXAMPLE)))
     jsonl = write(tmp_path, "".join(json.dumps(r) + "\n" for r in rows), "pairs.jsonl")
     assert read_pairs(jsonl, "logit_diff") == csv_pairs
+    assert read_pairs(write(tmp_path, json.dumps(rows, indent=1), "pairs.json"), "logit_diff") == csv_pairs
     assert len(csv_pairs) == 6 and csv_pairs[0].answer == " Mary" and csv_pairs[0].wrong_answer == " John"
 
 

@@ -1,7 +1,7 @@
 """Reading a file of prompt pairs (``task=pairs task.path=FILE``), with the standard library only.
 
-A CSV (header row) or JSONL (one object per line; ``.jsonl`` or ``.json``) file, one prompt pair per
-row, in the columns the ``eap`` library and MIB use:
+A CSV (header row), JSONL (one object per line; ``.jsonl`` or ``.json``) or JSON (``.json``: a list
+of objects) file, one prompt pair per row, in the columns the ``eap`` library and MIB use:
 
     clean, corrupted             the two prompts (text)
     answer, wrong_answer         the correct / an incorrect next token, as text (``" Mary"``), or
@@ -77,6 +77,14 @@ def _records(path: Path) -> tuple[list[dict], list[str]]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise PairsFileError(f"task.path {path} is not UTF-8 text") from None
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):  # one JSON list of objects
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise PairsFileError(f"task.path {path}: not JSON ({error.msg}, line {error.lineno})") from None
+        if not all(isinstance(r, dict) for r in records):
+            raise PairsFileError(f"task.path {path}: expected a list of JSON objects")
+        return records, list(records[0]) if records else []
     if path.suffix.lower() in (".jsonl", ".json"):
         records = []
         for line_no, line in enumerate(text.splitlines(), 1):
