@@ -18,16 +18,18 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .evaluation import canonical_mask, edge_and_node_rates
-from .graph import GRANULARITIES, Architecture, EdgeMask, Graph
+from .circuit_json import CircuitFileError, ground_truth, read_circuit_file, write_circuit_json
+from .graph import GRANULARITIES, Architecture, EdgeMask, EdgeScores, Graph
 from .methods import METHODS, Problem, get_method
 from .checkpoint import Checkpointer
 from .draw import circuit_dot, draw_circuit
 from .phases import Phases
 from .rundir import (SUMMARY, atomic_write_text, config_hash, folder_state, read_summary, write_edges,
                      write_summary, write_table, write_trace)
+from .pairs_file import PairsFileError, read_pairs
 from .tasks import TASKS, build_task
 from .threads import torch_threads
-from .validate import ConfigError, check_config, compose_config, method_params
+from .validate import GROUND_TRUTH_WORDS, ConfigError, check_config, compose_config, ground_truth_path, method_params
 
 log = logging.getLogger("circuitfind")
 CORRUPTIONS = ("corrupted", "zero", "mean", "mean_all")
@@ -55,6 +57,8 @@ def validate(cfg: DictConfig) -> None:
 def build_problem(cfg: DictConfig) -> Problem:
     """The task, model, graph and metric a config names, bundled for a method."""
     task = build_task(cfg.task.name, **_task_params(cfg))
+    if ground_truth_path(cfg) is not None:  # a circuit file replaces the task's own canonical circuit
+        task.canonical_edges = ground_truth(ground_truth_path(cfg))
     graph = Graph(Architecture.from_config(task.model.cfg, split_embed=task.split_embed), cfg.graph.granularity)
     return Problem(task, graph, cfg.corruption.name, task.metric(cfg.metric), progress=cfg.progress)
 
@@ -67,7 +71,7 @@ def seed_everything(seed: int) -> None:
 
 def _task_params(cfg: DictConfig) -> dict:
     params = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items()
-              if k not in ("name", "tau", "sweeps")}
+              if k not in ("name", "tau", "sweeps", "ground_truth")}
     return dict(params, seed=cfg.seed, device=cfg.device, model=OmegaConf.to_container(cfg.model, resolve=True))
 
 
@@ -117,15 +121,16 @@ def run(cfg: DictConfig, folder: Path) -> dict:
     with phases("model", f"building the {cfg.task.name} task and its {cfg.model.name} model"):
         problem = build_problem(cfg)
     with torch_threads(cfg.get("threads", "auto"), problem.task.model) as threads:
-        summary = _search_and_write(cfg, folder, problem, checkpointer, phases, identity, threads, started)
+        result = _search(cfg, problem, checkpointer, phases)
+        summary = write_run_folder(folder, problem, result, method=cfg.method.name, tau=cfg.tau, seed=cfg.seed,
+                                   device=cfg.device, identity=identity, started=started, phases=phases,
+                                   threads=threads, data=OmegaConf.select(cfg, "task.data"))
     checkpointer.clear()
     return summary
 
 
-def _search_and_write(cfg: DictConfig, folder: Path, problem: Problem, checkpointer: Checkpointer,
-                      phases: Phases, identity: str, threads: dict, started: float) -> dict:
-    """Everything after the model is built: the method, the evaluation, the run folder's files."""
-    task, graph = problem.task, problem.graph
+def _search(cfg: DictConfig, problem: Problem, checkpointer: Checkpointer, phases: Phases) -> EdgeScores:
+    """The engine's caches, then the configured method (checkpointed where it can be)."""
     with phases("caches", "running the unpatched and ablated models once (the engine's caches)"):
         problem.clean_logits("validation")  # builds the engine (the ablated run), then the unpatched run
     method = get_method(cfg.method.name)
@@ -133,8 +138,21 @@ def _search_and_write(cfg: DictConfig, folder: Path, problem: Problem, checkpoin
     if "checkpointer" in inspect.signature(method).parameters:
         params["checkpointer"] = checkpointer
     with phases("method", f"running {cfg.method.name}"), checkpointer.stop_on_signals():
-        result = method(problem, **params)
+        return method(problem, **params)
 
+
+def write_run_folder(folder: Path, problem: Problem, result: EdgeScores, *, method: str, tau: float | None,
+                     seed: int, device, identity: str | None, started: float, phases: Phases | None = None,
+                     threads: dict | None = None, data: str | None = None) -> dict:
+    """Evaluate ``result`` (metrics on both splits, rates against the canonical circuit, a method's
+    curve) and write every file of the run folder, ``summary.json`` last; returns the summary.
+    The CLI and the Python API (``circuitfind.api``) both finish a run here.  ``phases``: the run's
+    timings so far (this adds evaluation, writing and drawing); ``threads`` and ``data`` (the prompt
+    set) are recorded as given."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    phases = phases if phases is not None else Phases(progress=problem.progress)
+    task, graph = problem.task, problem.graph
     with phases("evaluation", "evaluating the circuit on the validation and test prompts"):
         canonical = canonical_mask(task, graph)
         rates = _rates(result.kept, canonical)
@@ -142,17 +160,18 @@ def _search_and_write(cfg: DictConfig, folder: Path, problem: Problem, checkpoin
         curve = _evaluate_curve(problem, canonical, result.extras["curve"]) if "curve" in result.extras else None
     n_forward = sum(engine.n_forward for engine in problem._engines.values())
     parameter_name, parameter = result.extras.get(
-        "parameter", (PARAMETER_NAMES.get(cfg.method.name), cfg.tau if cfg.method.name == "acdc" else None))
+        "parameter", (PARAMETER_NAMES.get(method), tau if method == "acdc" else None))
 
     with phases("writing", "writing the run folder"):
         write_edges(folder, result, canonical)
         write_trace(folder, result.extras.get("trace", []))
+        write_circuit_json(folder, result)
         for filename, rows in result.extras.get("tables", {}).items():
             write_table(folder, filename, rows)
         if curve is not None:
             write_table(folder, CURVE, curve)
     with phases("drawing", f"drawing the circuit ({result.kept.n_kept} of {graph.n_edges} {graph_unit(graph)})"):
-        draw_circuit(result, folder / "circuit.png", f"{task.name} {cfg.method.name} ({cfg.corruption.name})")
+        draw_circuit(result, folder / "circuit.png", f"{task.name} {method} ({problem.corruption})")
         atomic_write_text(folder / "circuit.dot", circuit_dot(result))
     details = result.extras.get("summary")
     warnings = [details["warning"]] if isinstance(details, dict) and details.get("warning") else []
@@ -161,17 +180,17 @@ def _search_and_write(cfg: DictConfig, folder: Path, problem: Problem, checkpoin
     log.info("time: %s", phases.line())
     summary = dict(
         task=task.name,
-        data=OmegaConf.select(cfg, "task.data"),  # the prompt set, for tasks that have several
-        method=cfg.method.name,
-        method_label=result.extras.get("label", cfg.method.name),  # a variant the report plots apart
-        corruption=cfg.corruption.name,
+        data=data,  # the prompt set, for tasks that have several
+        method=method,
+        method_label=result.extras.get("label", method),  # a variant the report plots apart
+        corruption=problem.corruption,
         graph=graph.granularity,
         model=task.model.cfg.model_name,
         metric=problem.metric.name,
-        tau=cfg.tau if cfg.method.name == "acdc" else None,
+        tau=tau if method == "acdc" else None,
         parameter_name=parameter_name,  # what this method's curve is swept over (tau, lambda_reg, k)
         parameter=parameter,
-        seed=cfg.seed,
+        seed=seed,
         n_edges_total=graph.n_edges,
         n_edges_kept=result.kept.n_kept,
         **metrics["validation"],
@@ -185,7 +204,7 @@ def _search_and_write(cfg: DictConfig, folder: Path, problem: Problem, checkpoin
         threads=threads,
         timings=dict(phases.seconds),  # seconds per phase; wall_s also counts what lies between
         wall_s=round(time.time() - started, 3),
-        device=str(cfg.device),
+        device=str(device),
         config_hash=identity,
         circuitfind_version=__version__,
         complete=True,

@@ -25,6 +25,9 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from .circuit_json import CircuitFileError, read_circuit_file
+from .pairs_file import PairsFileError, read_pairs
+
 GATE_LEVELS = ("components", "edges")  # SP: one gate per component (the paper) or per edge
 HISP_OBJECTIVES = ("auto", "metric", "answer_logit")
 
@@ -174,6 +177,30 @@ def check_config(cfg: DictConfig) -> None:
     try:
         check_threads(cfg.get("threads", "auto"))
     except ValueError as error:
+        raise ConfigError(str(error)) from None
+    _check_files(cfg)
+
+
+# task.ground_truth values that name a task's own circuit rather than a file (tracr: issue 16).
+GROUND_TRUTH_WORDS = ("paper", "program")
+
+
+def ground_truth_path(cfg: DictConfig) -> str | None:
+    """The circuit file ``task.ground_truth`` names, or None (the task's own circuit, if any)."""
+    value = OmegaConf.select(cfg, "task.ground_truth")
+    return None if value is None or value in GROUND_TRUTH_WORDS else str(value)
+
+
+def _check_files(cfg: DictConfig) -> None:
+    """The files a run reads, parsed now (no torch, no model) so that a bad one fails at once."""
+    try:
+        if cfg.task.name == "pairs":
+            if not OmegaConf.select(cfg, "task.path"):
+                raise ConfigError("task=pairs needs task.path=<a CSV or JSONL file of prompt pairs>")
+            read_pairs(cfg.task.path, cfg.metric)
+        if ground_truth_path(cfg) is not None:
+            read_circuit_file(ground_truth_path(cfg))
+    except (PairsFileError, CircuitFileError) as error:
         raise ConfigError(str(error)) from None
 
 
