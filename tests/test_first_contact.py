@@ -230,10 +230,15 @@ def test_the_summary_names_the_prompt_set(tmp_path):
 # ---- checks a composed config passes or fails without torch --------------------------------
 
 def test_every_shipped_option_passes_the_light_checks():
+    from pathlib import Path
+
     from circuitfind.validate import group_options
+    needs = {"task=pairs": [f"task.path={Path(__file__).parents[1] / 'examples' / 'ioi_pairs.csv'}"]}
     for group in ("task", "model", "method", "corruption", "graph"):
         for option in group_options(group):
-            check_config(compose_config(f"{group}={option}"))
+            check_config(compose_config(f"{group}={option}", *needs.get(f"{group}={option}", [])))
+    with pytest.raises(ConfigError, match="task=pairs needs task.path"):
+        check_config(compose_config("task=pairs"))
 
 
 # ---- SP says when its gates barely moved ------------------------------------------------------
