@@ -3,8 +3,10 @@
 Importing torch and TransformerLens takes 10-40 s on a shared machine, so every check that can be
 made from the composed config alone lives here, with nothing heavier than OmegaConf imported:
 
-- names (task, model, method, corruption, graph): a valid name is one with a config file in
-  ``circuitfind.configs/<group>/``, so a new task or method is valid as soon as its config exists;
+- names (task, method, corruption, graph): a valid name is one with a config file in
+  ``circuitfind.configs/<group>/``, so a new task or method is valid as soon as its config exists
+  (``model=`` options are checked on the command line; ``model.name`` of ``model=hf`` is any
+  TransformerLens name, checked when the model loads);
 - numbers: ``seed``, ``threads``, the task's prompt counts and each method's parameters
   (``METHOD_CHECKS``; the methods call the same functions on their arguments);
 - ``threshold=paper``: a sweep resolved for this task and method;
@@ -164,7 +166,6 @@ def check_paper_sweep(cfg: DictConfig) -> None:
 def check_config(cfg: DictConfig) -> None:
     """Every check a composed config can pass or fail without loading anything."""
     _choice("task", cfg.task.name, "task")
-    _choice("model", cfg.model.name, "model")
     _choice("method", cfg.method.name, "method")
     _choice("corruption", cfg.corruption.name, "corruption")
     _choice("graph", cfg.graph.granularity, "graph")
