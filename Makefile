@@ -46,7 +46,7 @@ clean:  ## remove run outputs (not the virtual environment)
 # (fig3, tables), CORRUPTION=zero|corrupted (fig3), PRESET=quick|paper, JOBS=2 (sweeps at a time),
 # OUT=outputs/figures (sweeps go to OUT/runs).
 FIGURES := $(PY) -m circuitfind.figures
-FIGURE_ARGS = $(if $(PRESET),--preset $(PRESET)) $(if $(JOBS),--jobs $(JOBS)) $(if $(JSON),--out $(JSON))
+FIGURE_ARGS = $(if $(PRESET),--preset $(PRESET)) $(if $(JOBS),--jobs $(JOBS)) $(if $(OUT),--out $(OUT))
 .PHONY: fig3 fig4 tables
 
 fig3: setup  ## paper fig. 3: edge-level ROC per task, ACDC/SP/HISP (TASKS=..., CORRUPTION=zero|corrupted)
