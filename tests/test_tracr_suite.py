@@ -211,3 +211,15 @@ def test_paper_tasks_ground_truth_choice():
     assert program.canonical_edges(graph) == derive_canonical(paper.model, graph)
     with pytest.raises(ValueError, match="ground_truth"):
         build_task("tracr_proportion", ground_truth="acdc")
+
+
+def test_suite_experiment_plans_every_program_with_program_truth(tmp_path):
+    from circuitfind.figures import load_experiment, plan
+
+    exp = load_experiment("tracr_suite")
+    assert set(exp.tasks) == set(PROGRAMS)
+    sweeps = plan(exp, "quick", ["tracr_reverse", "tracr_hist"], runs=tmp_path).sweeps
+    assert len(sweeps) == 2 * 3 * 2  # task x method x corruption
+    reverse = [s for s in sweeps if s.task == "tracr_reverse"]
+    assert all("task.ground_truth=program" in s.overrides for s in reverse)
+    assert not any("task.ground_truth=program" in s.overrides for s in sweeps if s.task == "tracr_hist")
