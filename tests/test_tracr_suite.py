@@ -223,3 +223,22 @@ def test_suite_experiment_plans_every_program_with_program_truth(tmp_path):
     reverse = [s for s in sweeps if s.task == "tracr_reverse"]
     assert all("task.ground_truth=program" in s.overrides for s in reverse)
     assert not any("task.ground_truth=program" in s.overrides for s in sweeps if s.task == "tracr_hist")
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ((), 15),                                  # the paper's circuit by default
+    (("task.ground_truth=program",), 21),      # the program-derived one on request
+])
+def test_ground_truth_reaches_the_task_through_the_config(overrides, expected):
+    from circuitfind.pipeline import build_problem, compose_config
+
+    problem = build_problem(compose_config("progress=false", "task=tracr_reverse", *overrides))
+    assert len(problem.task.canonical_edges(problem.graph)) == expected
+
+
+def test_suite_task_composes_and_builds_from_its_config():
+    from circuitfind.pipeline import build_problem, compose_config
+
+    problem = build_problem(compose_config("progress=false", "task=tracr_sort", "task.n_prompts=6"))
+    assert problem.task.model.cfg.model_name == "tracr_sort" and problem.task.validation.clean.shape == (6, 5)
+    assert problem.metric.name == "kl"
