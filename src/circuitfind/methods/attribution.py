@@ -35,26 +35,8 @@ import torch
 
 from ..graph import EdgeMask, EdgeScores
 from .base import Problem, register
-from .hisp import DIVERGENCE_METRICS, OBJECTIVES, curve_ks, objective_per_prompt, resolve_objective
-
-IG_PATHS = ("masks", "inputs")
-
-
-def check_attribution_params(k=None, objective="auto", max_points=None, absolute=True, steps=5,
-                             ig="masks") -> None:
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
-        raise ValueError(f"k must be null or a non-negative integer, got {k!r}")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
-    if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 2):
-        raise ValueError(f"max_points must be null or an integer of at least 2, got {max_points!r}")
-    if not isinstance(absolute, bool):
-        raise ValueError(f"absolute must be true or false, got {absolute!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if ig not in IG_PATHS:
-        raise ValueError(f"unknown ig path {ig!r}; choose one of {', '.join(IG_PATHS)}")
-
+from ..validate import check_attribution_params  # noqa: F401  (torch-free, so the CLI checks first)
+from .hisp import DIVERGENCE_METRICS, curve_ks, objective_per_prompt, resolve_objective
 
 def objective_loss(problem: Problem, logits: torch.Tensor, objective: str, split: str = "validation") -> torch.Tensor:
     """The mean loss (lower is better) whose mask derivative the scores are: the task's metric, or
