@@ -63,6 +63,12 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(str(error)) from None
     if OmegaConf.select(cfg, "threshold.name") == "paper" and cfg.method.name in ("acdc", "sp"):
         _check_paper_sweep(cfg)
+    shuffle = OmegaConf.select(cfg, "corruption.shuffle_positions", default=False)
+    if not isinstance(shuffle, bool):
+        raise ConfigError(f"corruption.shuffle_positions must be true or false, got {shuffle!r}")
+    if shuffle and OmegaConf.select(cfg, "model.kind") != "tracr":
+        raise ConfigError(f"corruption.shuffle_positions needs separate token and positional embeddings (the tracr "
+                          f"models); model {cfg.model.name} has none")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
 
@@ -95,7 +101,8 @@ def build_problem(cfg: DictConfig) -> Problem:
     """The task, model, graph and metric a config names, bundled for a method."""
     task = build_task(cfg.task.name, **_task_params(cfg))
     graph = Graph(Architecture.from_config(task.model.cfg, split_embed=task.split_embed), cfg.graph.granularity)
-    return Problem(task, graph, cfg.corruption.name, task.metric(cfg.metric), progress=cfg.progress)
+    return Problem(task, graph, cfg.corruption.name, task.metric(cfg.metric), progress=cfg.progress,
+                   shuffle_positions=OmegaConf.select(cfg, "corruption.shuffle_positions", default=False))
 
 
 def seed_everything(seed: int) -> None:
@@ -195,6 +202,8 @@ def run(cfg: DictConfig, folder: Path) -> dict:
         method=cfg.method.name,
         method_label=result.extras.get("label", cfg.method.name),  # a variant the report plots apart
         corruption=cfg.corruption.name,
+        # the corrupted run's positional embedding at position i came from position order[i] (null: unshuffled)
+        position_order=problem.engine("validation").ablation.position_order,
         graph=graph.granularity,
         model=task.model.cfg.model_name,
         metric=problem.metric.name,
