@@ -73,6 +73,8 @@ def seed_everything(seed: int) -> None:
 def _task_params(cfg: DictConfig) -> dict:
     params = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items()
               if k not in ("name", "tau", "sweeps", "ground_truth")}
+    if OmegaConf.select(cfg, "task.ground_truth") in GROUND_TRUTH_WORDS:  # the tracr tasks' own choice
+        params["ground_truth"] = cfg.task.ground_truth
     return dict(params, seed=cfg.seed, device=cfg.device, model=OmegaConf.to_container(cfg.model, resolve=True))
 
 
