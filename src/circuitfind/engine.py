@@ -353,6 +353,8 @@ class PatchEngine:
         g, block = self.graph, self.model.blocks[layer]
         reads = block_input if g.arch.parallel else resid
         out = block.mlp(block.ln2(self.receiver_input(r, g.mlp_row(layer), reads, diff)))
+        if out.shape[0] < resid.shape[0]:  # a parallel MLP read the prompts once; the heads, per candidate
+            out = out.repeat(resid.shape[0] // out.shape[0], *([1] * (out.dim() - 1)))
         slot = g.mlp_slot(layer)
         k = diff.n_candidates
         diff.write(slot, _with_prompts(torch.sub, out.unsqueeze(0), self.ablation.senders[slot:slot + 1], k, 1))

@@ -254,17 +254,20 @@ class Graph:
         for layer in reversed(range(self.n_layers)):
             if self.arch.has_mlps:
                 resid_edges([self.mlp_row(layer)], f"m{layer}")
+            group = H // self.n_kv_heads
             for h in reversed(range(H)):
-                inputs = [w for w in QKV if h < self.n_heads_reading(w)]  # GQA: k, v only for h < n_kv_heads
+                # (which, head or key/value head); GQA: a key/value head after the last of its query heads
+                inputs = [("q", h)] + ([("k", h // group), ("v", h // group)] if h % group == 0 else [])
                 if self.granularity == "qkv":
-                    for which in inputs:
-                        name = self.input_name(layer, h, which)
-                        edges.append((name, name, self.input_owner(layer, h, which), [self.qkv_slot(layer, h, which)]))
-                    for which in inputs:
-                        resid_edges([self.head_input_row(layer, h, which)], self.input_name(layer, h, which))
+                    for which, i in inputs:
+                        name = self.input_name(layer, i, which)
+                        edges.append((name, name, self.input_owner(layer, i, which), [self.qkv_slot(layer, i, which)]))
+                    for which, i in inputs:
+                        resid_edges([self.head_input_row(layer, i, which)], self.input_name(layer, i, which))
                 else:  # the inputs one head reads share an input: one edge covers their rows
-                    for owner in dict.fromkeys(self.input_owner(layer, h, w) for w in inputs):
-                        rows = [self.head_input_row(layer, h, w) for w in inputs if self.input_owner(layer, h, w) == owner]
+                    owners = [self.input_owner(layer, i, which) for which, i in inputs]
+                    for owner in dict.fromkeys(owners):
+                        rows = [self.head_input_row(layer, i, which) for (which, i), o in zip(inputs, owners) if o == owner]
                         resid_edges(rows, owner)
 
         if self.granularity == "nodes":
@@ -320,6 +323,12 @@ class Graph:
         out: dict[str, list[int]] = {}
         for e in self.edges:
             out.setdefault(e.sender, []).append(e.index)
+        if self.arch.grouped:  # a key/value head acts through the outputs of the query heads sharing it
+            group = self.n_heads // self.n_kv_heads
+            for layer in range(self.n_layers):
+                for kv in range(self.n_kv_heads):
+                    out[kv_head_name(layer, kv)] = [i for h in range(kv * group, (kv + 1) * group)
+                                                    for i in out.get(head_name(layer, h), [])]
         return out
 
     @cached_property

@@ -47,8 +47,8 @@ class Components:
         for layer in range(graph.n_layers):
             if self.per_input:
                 for which in QKV:
-                    for h in range(graph.n_heads):
-                        name = head_input_name(layer, h, which)
+                    for h in range(graph.n_heads_reading(which)):  # GQA: k and v per key/value head
+                        name = graph.input_name(layer, h, which)
                         items.append(Component(name, which, layer, h, (graph.edge_index[name],)))
             else:
                 for h in range(graph.n_heads):
