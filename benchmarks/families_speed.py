@@ -31,7 +31,7 @@ GPT2_SHAPED = dict(positional_embedding_type="standard", rotary_dim=None)
 
 def measure(name: str, family: str, overrides: dict, args) -> str:
     model = family_model(family, n_layers=args.layers, n_heads=args.heads, d_head=args.d_head,
-                         dtype=torch.float32, d_vocab=args.vocab, **overrides)
+                         dtype=torch.float32, d_vocab=args.vocab, n_ctx=args.seq, **overrides)
     task = random_task(model, batch=args.prompts, seq=args.seq)
     graph = Graph(Architecture.from_config(model.cfg))
     problem = Problem(task, graph, "corrupted", KL, progress=False)

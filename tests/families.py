@@ -32,7 +32,7 @@ FAMILIES: dict[str, dict] = {
 
 
 def family_model(family: str, n_layers=2, n_heads=6, d_head=8, dtype=torch.float64, seed=0,
-                 d_vocab=40, **overrides) -> HookedTransformer:
+                 d_vocab=40, n_ctx=16, **overrides) -> HookedTransformer:
     """A random model of ``family``, n_layers x n_heads (GQA families share key/value heads)."""
     options = {**FAMILIES[family], **overrides}
     biases = options.pop("biases", True)
@@ -40,7 +40,7 @@ def family_model(family: str, n_layers=2, n_heads=6, d_head=8, dtype=torch.float
         options["attn_types"] = [options["attn_types"][i % len(options["attn_types"])] for i in range(n_layers)]
     cfg = HookedTransformerConfig(
         n_layers=n_layers, n_heads=n_heads, d_model=n_heads * d_head // 2, d_head=d_head,
-        d_mlp=2 * n_heads * d_head, d_vocab=d_vocab, n_ctx=16, act_fn=options.pop("act_fn", "gelu"),
+        d_mlp=2 * n_heads * d_head, d_vocab=d_vocab, n_ctx=n_ctx, act_fn=options.pop("act_fn", "gelu"),
         normalization_type=options.pop("normalization_type", "LN"), dtype=dtype, seed=seed, **options,
     )
     model = HookedTransformer(cfg)

@@ -135,3 +135,12 @@ def test_what_is_still_unsupported_is_refused_by_name(flag, value, named):
     graph = Graph(Architecture.from_config(model.cfg))
     with pytest.raises(UnsupportedModelError, match=named):
         PatchEngine(model, graph, torch.zeros(1, 3, dtype=torch.long), make_ablation("zero", model, graph, None, None))
+
+
+def test_circuit_pictures_place_every_node_of_a_grouped_query_graph():
+    from circuitfind.draw import node_position
+
+    graph = Graph(Architecture(n_layers=2, n_heads=4, has_mlps=True, split_embed=False, n_kv_heads=2))
+    for e in graph.edges:
+        node_position(graph, e.sender), node_position(graph, e.receiver)
+    assert node_position(graph, "a1.kv1")[0] == 2.5  # between its query heads 2 and 3

@@ -19,7 +19,8 @@ from matplotlib.collections import LineCollection  # noqa: E402
 
 from .graph import EdgeScores, Graph  # noqa: E402
 
-_HEAD = re.compile(r"^a(\d+)\.h(\d+)(?:<([qkv])>)?$")
+# a head, or (grouped-query attention) a key/value head shared by a group of query heads
+_HEAD = re.compile(r"^a(\d+)\.(h|kv)(\d+)(?:<([qkv])>)?$")
 _MLP = re.compile(r"^m(\d+)$")
 QKV_COLORS = {"q": "#1f77b4", "k": "#2ca02c", "v": "#d62728"}
 QKV_OFFSET = {"q": -0.22, "k": 0.0, "v": 0.22}
@@ -34,7 +35,10 @@ def node_position(graph: Graph, node: str) -> tuple[float, float]:
     if node == "resid_post":
         return (H - 1) / 2, 2.0 * graph.n_layers + 1.0
     if m := _HEAD.match(node):
-        layer, head, which = int(m[1]), int(m[2]), m[3]
+        layer, head, which = int(m[1]), int(m[3]), m[4]
+        if m[2] == "kv":  # in the middle of its group of query heads
+            group = H // graph.n_kv_heads
+            head = head * group + (group - 1) / 2
         y = 2.0 * layer + 1.0
         if which is None:
             return float(head), y
@@ -81,8 +85,8 @@ def draw_circuit(result: EdgeScores, path: Path, title: str = "") -> Path:
     for node in sorted(nodes):
         x, y = node_position(graph, node)
         m = _HEAD.match(node)
-        if m and m[3]:
-            ax.scatter([x], [y], s=28, color=QKV_COLORS[m[3]], zorder=3, edgecolors="white", linewidths=0.5)
+        if m and m[4]:
+            ax.scatter([x], [y], s=28, color=QKV_COLORS[m[4]], zorder=3, edgecolors="white", linewidths=0.5)
             continue
         face = "#fde0c5" if _MLP.match(node) else "#dde8f6" if m else "#e6e6e6"
         ax.text(x, y, node, ha="center", va="center", fontsize=8, zorder=4,
@@ -117,8 +121,8 @@ def circuit_dot(result: EdgeScores) -> str:
     lines = ["digraph circuit {", "  rankdir=BT;", '  node [shape=box, style="rounded,filled", fillcolor="#dde8f6"];']
     for node in sorted({n for s, r, _ in kept_edges(result) for n in (s, r)}):
         attrs = ""
-        if (m := _HEAD.match(node)) and m[3]:
-            attrs = f' [shape=point, width=0.12, color="{QKV_COLORS[m[3]]}"]'
+        if (m := _HEAD.match(node)) and m[4]:
+            attrs = f' [shape=point, width=0.12, color="{QKV_COLORS[m[4]]}"]'
         elif _MLP.match(node):
             attrs = ' [fillcolor="#fde0c5"]'
         lines.append(f'  "{node}"{attrs};')

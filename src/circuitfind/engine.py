@@ -210,7 +210,7 @@ class PatchEngine:
         self.shortformer = cfg.positional_embedding_type == "shortformer"
         self.rotary = cfg.positional_embedding_type == "rotary"
         if (self.shortformer or self.rotary) and graph.arch.split_embed:
-            raise ValueError(f"a {cfg.positional_embedding_type} model has no positional embedding in the residual "
+            raise ValueError(f"a {cfg.positional_embedding_type} model's positional embedding is not in the residual "
                              "stream: it cannot be a sender")
         self._body: torch.Tensor | None = None  # see body_buffer
         self._unembed_weight: torch.Tensor | None = None  # see unembed
