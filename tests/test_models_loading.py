@@ -122,9 +122,8 @@ def test_missing_weights_offline_stop_at_once_with_one_line(name, hub_cache, mon
 
 def test_a_model_the_engine_cannot_run_is_refused_before_any_download(hub_cache, no_network, monkeypatch):
     repo = HUB_MODELS["redwood_attn_2l"]["repo"]
-    monkeypatch.setitem(HUB_ARCHITECTURES, repo, {**HUB_ARCHITECTURES[repo], "positional_embedding_type": "rotary",
-                                                 "rotary_dim": 8})
-    with pytest.raises(UnsupportedModelError, match="redwood_attn_2l: positional_embedding_type='rotary'"):
+    monkeypatch.setitem(HUB_ARCHITECTURES, repo, {**HUB_ARCHITECTURES[repo], "positional_embedding_type": "alibi"})
+    with pytest.raises(UnsupportedModelError, match="redwood_attn_2l: positional_embedding_type='alibi'"):
         load_model(model_cfg("redwood_attn_2l", pretrained=True))
 
 
