@@ -79,7 +79,8 @@ def expected_edges(L, H, n_kv, has_mlps, parallel, granularity):
 
 
 @pytest.mark.parametrize("repo", ["gpt2", "EleutherAI/pythia-70m", "EleutherAI/pythia-160m", "Qwen/Qwen2.5-0.5B",
-                                  "meta-llama/Llama-3.2-1B", "google/gemma-2-2b"])
+                                  pytest.param("meta-llama/Llama-3.2-1B", marks=pytest.mark.slow),  # 196,633 edges
+                                  "google/gemma-2-2b"])
 def test_edge_counts_of_todays_families_at_their_real_shapes(repo):
     from circuitfind.models.loading import HUB_ARCHITECTURES
 
