@@ -113,7 +113,9 @@ def config_hash(cfg) -> str:
         value = cfg[key]
         plain[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     if isinstance(plain.get("task"), dict):
-        plain["task"] = {k: v for k, v in plain["task"].items() if k != "sweeps"}
+        # ground_truth: null is every task's default; left out so that adding the key kept old hashes
+        plain["task"] = {k: v for k, v in plain["task"].items()
+                         if k != "sweeps" and not (k == "ground_truth" and v is None)}
     if isinstance(plain.get("method"), dict):
         plain["method"] = {k: v for k, v in plain["method"].items() if k not in NOT_HASHED_METHOD}
     return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
