@@ -144,3 +144,22 @@ def test_circuit_pictures_place_every_node_of_a_grouped_query_graph():
     for e in graph.edges:
         node_position(graph, e.sender), node_position(graph, e.receiver)
     assert node_position(graph, "a1.kv1")[0] == 2.5  # between its query heads 2 and 3
+
+
+@pytest.mark.parametrize("n_kv, parallel", [(2, False), (4, True)])
+def test_mib_circuit_files_spell_grouped_and_parallel_graphs_in_eap_names(n_kv, parallel):
+    """Each ``eap`` edge carries the circuitfind edge it stands for: a query head's key input is its
+    key/value head's, and a parallel block's MLP has no edge from its own layer's heads."""
+    from circuitfind.circuit_json import mib_circuit
+    from circuitfind.graph import EdgeScores
+
+    graph = Graph(Architecture(n_layers=2, n_heads=4, has_mlps=True, split_embed=False, n_kv_heads=n_kv,
+                               parallel=parallel))
+    scores = torch.arange(graph.n_edges, dtype=torch.float64)
+    kept = torch.zeros(graph.n_edges, dtype=torch.bool)
+    kept[graph.edge_index["a0.h3->a1.kv1<k>" if n_kv == 2 else "a0.h3->a1.h3<k>"]] = True
+    data = mib_circuit(EdgeScores(graph, scores, EdgeMask(graph, kept)))
+    in_graph = {name for name, info in data["edges"].items() if info["in_graph"]}
+    assert in_graph == ({"a0.h3->a1.h2<k>", "a0.h3->a1.h3<k>"} if n_kv == 2 else {"a0.h3->a1.h3<k>"})
+    assert data["cfg"]["parallel_attn_mlp"] == parallel
+    assert ("a0.h0->m0" in data["edges"]) != parallel
