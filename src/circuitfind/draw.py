@@ -24,6 +24,7 @@ _HEAD = re.compile(r"^a(\d+)\.(h|kv)(\d+)(?:<([qkv])>)?$")
 _MLP = re.compile(r"^m(\d+)$")
 QKV_COLORS = {"q": "#1f77b4", "k": "#2ca02c", "v": "#d62728"}
 QKV_OFFSET = {"q": -0.22, "k": 0.0, "v": 0.22}
+MAX_ARROW_HEADS = 2000
 
 
 def node_position(graph: Graph, node: str) -> tuple[float, float]:
@@ -77,7 +78,9 @@ def draw_circuit(result: EdgeScores, path: Path, title: str = "") -> Path:
         segments.append([node_position(graph, sender), node_position(graph, receiver)])
         colors.append(_edge_color(score, low, high, cmap))
     ax.add_collection(LineCollection(segments, colors=colors, linewidths=1.6, alpha=0.85, zorder=1))
-    for sender, receiver, _ in edges:  # arrow heads at the receiving end
+    # arrow heads at the receiving end: one matplotlib annotation each, so only for a circuit small
+    # enough to read (a billion-parameter model's unfinished search keeps ~10^5 edges: minutes each)
+    for sender, receiver, _ in (edges if len(edges) <= MAX_ARROW_HEADS else []):
         (x0, y0), (x1, y1) = node_position(graph, sender), node_position(graph, receiver)
         ax.annotate("", xy=(x1, y1), xytext=(x0 + 0.85 * (x1 - x0), y0 + 0.85 * (y1 - y0)),
                     arrowprops=dict(arrowstyle="->", color="0.35", lw=0.8), zorder=2)
