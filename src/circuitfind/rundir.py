@@ -16,9 +16,10 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
-from .graph import EdgeMask, EdgeScores
+if TYPE_CHECKING:  # not at run time: the CLI hashes configs before torch is imported
+    from .graph import EdgeMask, EdgeScores
 
 SUMMARY = "summary.json"
 EDGES = "edges.csv"
@@ -91,7 +92,7 @@ def read_summary(folder: Path) -> dict | None:
 
 # ---- which run a folder holds -------------------------------------------------------------------
 # Keys that change how a run is carried out but not what it computes; left out of the config hash.
-NOT_HASHED = ("progress", "debug", "device", "resume", "force", "checkpoint", "threshold", "hydra")
+NOT_HASHED = ("progress", "debug", "device", "threads", "resume", "force", "checkpoint", "threshold", "hydra")
 # Method settings that change how fast a run is, never what it finds (tests hold them to that).
 NOT_HASHED_METHOD = ("batch_edges",)
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import Checkpointer
 from ..graph import EdgeMask, EdgeScores, Graph
+from ..validate import check_acdc_params, check_tau  # noqa: F401  (torch-free, so the CLI checks first)
 from .base import Problem, register
 
 
@@ -202,25 +203,6 @@ class CandidateTests:
         self.values = self.losses(self.masks, stage)
         self.n_forwards += 1
         return self.values[0]  # the first candidate is always this test's circuit
-
-
-def check_tau(tau) -> None:
-    # tau <= 0 would remove nothing (or keep removing edges that hurt): never what is meant
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
-        raise ValueError(f"tau must be a positive number, got {tau!r}")
-
-
-def check_acdc_params(tau, max_edge_tests=None, abs_delta=False, batch_edges="auto") -> None:
-    """One-line errors for bad ACDC settings (also called by the pipeline before any model loads)."""
-    check_tau(tau)
-    if batch_edges != "auto" and (isinstance(batch_edges, bool) or not isinstance(batch_edges, int)
-                                  or batch_edges < 1):
-        raise ValueError(f"batch_edges must be a positive integer or auto, got {batch_edges!r}")
-    if max_edge_tests is not None and (isinstance(max_edge_tests, bool) or not isinstance(max_edge_tests, int)
-                                       or max_edge_tests < 0):
-        raise ValueError(f"max_edge_tests must be a non-negative integer or null, got {max_edge_tests!r}")
-    if not isinstance(abs_delta, bool):
-        raise ValueError(f"abs_delta must be true or false, got {abs_delta!r}")
 
 
 def acdc_search(graph: Graph, losses: LossFn, tau: float, abs_delta: bool = False,

@@ -27,21 +27,13 @@ import torch
 
 from ..engine import gather_positions
 from ..graph import EdgeScores
+from ..validate import HISP_OBJECTIVES, check_hisp_params  # noqa: F401  (torch-free, so the CLI checks first)
 from .base import Problem, register
 from .components import Components
 
-OBJECTIVES = ("auto", "metric", "answer_logit")
+OBJECTIVES = HISP_OBJECTIVES
 # Metrics that are divergences from the unpatched model: zero gradient at it.
 DIVERGENCE_METRICS = ("kl", "l2")
-
-
-def check_hisp_params(k=None, objective="auto", max_points=None) -> None:
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
-        raise ValueError(f"k must be null or a non-negative integer, got {k!r}")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown HISP objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
-    if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 2):
-        raise ValueError(f"max_points must be null or an integer of at least 2, got {max_points!r}")
 
 
 def resolve_objective(problem: Problem, objective: str) -> str:
