@@ -226,7 +226,7 @@ def test_clean_and_corrupted_prompts_of_different_shapes_are_refused():
 
 def test_unsupported_architectures_are_refused_by_name():
     model = tiny_model()
-    model.cfg.positional_embedding_type = "rotary"
+    model.cfg.positional_embedding_type = "alibi"  # rotary is supported now (test_engine_families.py)
     graph = Graph(Architecture.from_config(model.cfg))
-    with pytest.raises(UnsupportedModelError, match="positional_embedding_type='rotary'"):
+    with pytest.raises(UnsupportedModelError, match="positional_embedding_type='alibi'"):
         PatchEngine(model, graph, torch.zeros(1, 3, dtype=torch.long), make_ablation("zero", model, graph, torch.zeros(1, 3, dtype=torch.long), None))

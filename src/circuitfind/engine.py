@@ -25,6 +25,17 @@ run reads at position i the positional embedding of position ``perm[i]``, ``perm
 reference does (``torch.manual_seed(49)``, ``torch.randperm(n_pos)``), so that interchange
 ablation, whose clean and corrupted prompts share every position, can see positional edges.
 
+Today's blocks use the model's own modules wherever the maths is not the patching itself, so it
+cannot drift from TransformerLens: ``block.ln1``/``ln2``/``ln_final`` (LayerNorm, LNPre, RMSNorm,
+RMSPre), ``block.mlp`` (plain or gated), and the attention module's ``apply_rotary`` (full or
+partial rotary, applied to the queries and keys after a removed q/k edge has put the ablated
+query or key in place, since hook_q/hook_k are what ACDC patches), ``calculate_attention_scores``
+(attention scale and soft-capping; grouped-query attention repeats each key/value head there),
+``apply_causal_mask`` (local windows too) and ``calculate_z_scores``.  Grouped-query attention
+keeps one [3, H] layout: key/value head g sits in head g's k and v place and the places from
+n_key_value_heads on are unused (zero weights, never patched; see ``graph.py``).  Parallel blocks
+(GPT-NeoX, Pythia) feed the MLP the block's input, not the attention's output.
+
 A shortformer (Redwood's 2-layer model) adds its positional embedding to every query's and key's
 normalised input rather than to the residual stream: there the embedding sender is the token
 embedding alone, and the positions are a fixed, never patched part of each query and key.
@@ -42,26 +53,34 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
+from transformer_lens.utilities import apply_softcap
 
-from .graph import EdgeMask, Graph
+from .graph import Architecture, EdgeMask, Graph
 
 
 class UnsupportedModelError(ValueError):
     """The model uses a feature the patching engine does not implement."""
 
 
+# Config flags whose maths the engine does not re-implement.  use_normalization_before_and_after
+# (Gemma-2's post-norms) would normalise the sum of a layer's heads, so a head's output would no
+# longer be a sender that adds into the residual stream.
+UNSUPPORTED_FLAGS = ("use_normalization_before_and_after", "use_qk_norm", "use_attention_sinks", "use_logn_attn",
+                     "ungroup_grouped_query_attention", "load_in_4bit", "use_split_qkv_normalized_input")
+POSITIONAL_EMBEDDINGS = ("standard", "shortformer", "rotary")
+
+
 def check_supported(model: HookedTransformer) -> None:
     cfg = model.cfg
     problems = []
-    if cfg.positional_embedding_type not in ("standard", "shortformer"):
-        problems.append(f"positional_embedding_type={cfg.positional_embedding_type!r} (only 'standard', 'shortformer')")
-    for flag in ("parallel_attn_mlp", "use_normalization_before_and_after", "use_qk_norm", "use_attention_sinks"):
+    if cfg.positional_embedding_type not in POSITIONAL_EMBEDDINGS:
+        problems.append(f"positional_embedding_type={cfg.positional_embedding_type!r} "
+                        f"(only {', '.join(map(repr, POSITIONAL_EMBEDDINGS))})")
+    for flag in UNSUPPORTED_FLAGS:
         if getattr(cfg, flag, False):
             problems.append(f"{flag}=True")
-    if getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads):
-        problems.append("grouped-query attention")
-    if getattr(cfg, "attn_scores_soft_cap", -1.0) not in (None, -1.0):
-        problems.append("attention soft-capping")
+    if getattr(cfg, "original_architecture", None) in _post_norm_architectures():
+        problems.append(f"post-norm blocks ({cfg.original_architecture})")
     if getattr(cfg, "clip_qkv", None) is not None:
         problems.append("clip_qkv")
     if cfg.attention_dir not in ("causal", "bidirectional"):
@@ -70,6 +89,12 @@ def check_supported(model: HookedTransformer) -> None:
         raise UnsupportedModelError(
             f"circuitfind's patching engine does not support {cfg.model_name}: {', '.join(problems)}"
         )
+
+
+def _post_norm_architectures() -> tuple[str, ...]:
+    from transformer_lens.components import transformer_block
+
+    return tuple(getattr(transformer_block, "POST_NORM_ARCHITECTURES", ()))
 
 
 @dataclass
@@ -186,7 +211,7 @@ class PatchEngine:
         ``position_order[i]`` (the corrupted run of ``shuffle_positions``)."""
         check_supported(model)
         cfg = model.cfg
-        if graph.n_layers != cfg.n_layers or graph.n_heads != cfg.n_heads or graph.arch.has_mlps == cfg.attn_only:
+        if graph.arch != Architecture.from_config(cfg, split_embed=graph.arch.split_embed):
             raise ValueError(f"graph ({graph.describe()}) does not match model {cfg.model_name}")
         self.model, self.graph, self.tokens, self.ablation = model, graph, tokens, ablation
         self.device = next(model.parameters()).device
@@ -195,8 +220,10 @@ class PatchEngine:
         self._ablated_resid: dict[tuple[int, int], torch.Tensor] = {}
         self._qkv_weights: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.shortformer = cfg.positional_embedding_type == "shortformer"
-        if self.shortformer and graph.arch.split_embed:
-            raise ValueError("a shortformer's positional embedding is not in the residual stream: it cannot be a sender")
+        self.rotary = cfg.positional_embedding_type == "rotary"
+        if (self.shortformer or self.rotary) and graph.arch.split_embed:
+            raise ValueError(f"a {cfg.positional_embedding_type} model's positional embedding is not in the residual "
+                             "stream: it cannot be a sender")
         if position_order is not None and not graph.arch.split_embed:
             raise ValueError("shuffle_positions needs the positional embedding as its own sender (split embeddings)")
         self.position_order = position_order
@@ -208,7 +235,7 @@ class PatchEngine:
         """The embedding senders' values: [token, positional] when split, else their sum (a
         shortformer: the token embedding alone)."""
         tok = self.model.embed(tokens)
-        if self.shortformer:
+        if self.shortformer or self.rotary:  # positions enter the queries and keys only
             return [tok]
         pos = self.model.pos_embed(tokens)
         if self.position_order is not None:
@@ -264,7 +291,8 @@ class PatchEngine:
         if key not in self._ablated_resid:
             g, blocks = self.graph, self.model.blocks
             layer = g.n_layers if row == g.resid_post_row else row // g.rows_per_layer
-            own_layer_bias = g.arch.has_mlps and row == g.mlp_row(min(layer, g.n_layers - 1))
+            own_layer_bias = (g.arch.has_mlps and not g.arch.parallel
+                              and row == g.mlp_row(min(layer, g.n_layers - 1)))
             biases = sum((blocks[l].attn.b_O for l in range(layer + (1 if own_layer_bias else 0))),
                          torch.zeros((), dtype=self.dtype, device=self.device))
             self._ablated_resid[key] = (self.ablation.senders[:n_senders].sum(0) + biases).unsqueeze(0)
@@ -294,27 +322,40 @@ class PatchEngine:
             w = qkv_mask.transpose(0, 1).reshape(3, c, 1, 1, H, 1)
             mixed = w * _per_candidate(qkv, k, 1) + (1 - w) * self.ablation.qkv[layer].unsqueeze(1)
             qkv = mixed.flatten(1, 2)
-        queries, keys, values = qkv
-        scores = torch.einsum("bqhe,bkhe->bhqk", queries, keys) / attn.attn_scale
-        if self.model.cfg.attention_dir == "causal":
-            pos = resid.shape[1]
-            causal = torch.ones(pos, pos, dtype=torch.bool, device=scores.device).tril()
-            scores = scores.masked_fill(~causal, float("-inf"))
-        pattern = F.softmax(scores, dim=-1)
-        pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
-        z = torch.einsum("bhqk,bkhe->bqhe", pattern, values)
+        z = self.attend(attn, qkv)
         result = torch.einsum("bqhe,hed->hbqd", z, attn.W_O)  # one [batch, pos, d] slab per head
         heads = g.head_slots(layer)
         diff.write(heads.start, _with_prompts(torch.sub, result, self.ablation.senders[heads], k, 1))
         return _with_prompts(torch.add, result.sum(0), resid, k, 0) + attn.b_O, qkv
 
+    def attend(self, attn, qkv: torch.Tensor) -> torch.Tensor:
+        """z [batch, pos, H, d_head] from the (patched) queries, keys and values [3, batch, pos, H,
+        d_head], through the attention module's own functions: rotary, scale, soft-cap, causal or
+        local mask, and the repeat of shared key/value heads."""
+        n_kv = self.graph.n_kv_heads
+        queries, keys, values = qkv[0], qkv[1][:, :, :n_kv], qkv[2][:, :, :n_kv]
+        if self.rotary:
+            queries, keys = attn.apply_rotary(queries), attn.apply_rotary(keys)
+        scores = attn.calculate_attention_scores(queries, keys)
+        if self.model.cfg.attention_dir == "causal":
+            scores = attn.apply_causal_mask(scores)
+        pattern = F.softmax(scores, dim=-1)
+        pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
+        return attn.calculate_z_scores(values, pattern)
+
     def qkv_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """W [3, H, d_model, d_head] and the bias [3, (pos,) H, d_head] of the queries, keys and
-        values (a shortformer's bias holds the positional embedding's share of q and k per position)."""
+        values (a shortformer's bias holds the positional embedding's share of q and k per position;
+        under grouped-query attention key/value head g fills head g's place, the rest is zero)."""
         if layer not in self._qkv_weights:
             attn = self.model.blocks[layer].attn
-            W = torch.stack((attn.W_Q, attn.W_K, attn.W_V))
-            b = torch.stack((attn.b_Q, attn.b_K, attn.b_V))
+            grouped = self.graph.arch.grouped
+            W_K, W_V = (_pad_heads(attn._W_K, self.graph.n_heads), _pad_heads(attn._W_V, self.graph.n_heads)) \
+                if grouped else (attn.W_K, attn.W_V)
+            b_K, b_V = (_pad_heads(attn._b_K, self.graph.n_heads), _pad_heads(attn._b_V, self.graph.n_heads)) \
+                if grouped else (attn.b_K, attn.b_V)
+            W = torch.stack((attn.W_Q, W_K, W_V))
+            b = torch.stack((attn.b_Q, b_K, b_V))
             if self.shortformer:
                 pos = self.model.pos_embed(self.tokens)[0]  # [pos, d_model], the same for every prompt
                 qk = torch.einsum("pd,whde->wphe", pos, W[:2])
@@ -322,10 +363,15 @@ class PatchEngine:
             self._qkv_weights[layer] = (W, b)
         return self._qkv_weights[layer]
 
-    def mlp(self, layer: int, resid: torch.Tensor, diff: SenderDiffs, r: torch.Tensor) -> torch.Tensor:
-        """Layer ``layer``'s MLP; ``r`` [c, n_senders]: its removed-mask row, shared (c = 1) or per candidate."""
+    def mlp(self, layer: int, resid: torch.Tensor, diff: SenderDiffs, r: torch.Tensor,
+            block_input: torch.Tensor) -> torch.Tensor:
+        """Layer ``layer``'s MLP; ``r`` [c, n_senders]: its removed-mask row, shared (c = 1) or per
+        candidate.  It reads ``resid`` (after the attention), or ``block_input`` in a parallel block."""
         g, block = self.graph, self.model.blocks[layer]
-        out = block.mlp(block.ln2(self.receiver_input(r, g.mlp_row(layer), resid, diff)))
+        reads = block_input if g.arch.parallel else resid
+        out = block.mlp(block.ln2(self.receiver_input(r, g.mlp_row(layer), reads, diff)))
+        if out.shape[0] < resid.shape[0]:  # a parallel MLP read the prompts once; the heads, per candidate
+            out = out.repeat(resid.shape[0] // out.shape[0], *([1] * (out.dim() - 1)))
         slot = g.mlp_slot(layer)
         k = diff.n_candidates
         diff.write(slot, _with_prompts(torch.sub, out.unsqueeze(0), self.ablation.senders[slot:slot + 1], k, 1))
@@ -346,7 +392,8 @@ class PatchEngine:
         ln_final = getattr(self.model, "ln_final", None)
         if self._unembed_weight is None:
             self._unembed_weight = self.model.unembed.W_U.T.contiguous()
-        return F.linear(ln_final(x) if ln_final is not None else x, self._unembed_weight, self.model.unembed.b_U)
+        logits = F.linear(ln_final(x) if ln_final is not None else x, self._unembed_weight, self.model.unembed.b_U)
+        return apply_softcap(logits, getattr(self.model.cfg, "output_logits_soft_cap", -1.0))
 
     # ---- the patched forward -----------------------------------------------------------------
     def split_mask(self, mask: EdgeMask | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -354,8 +401,8 @@ class PatchEngine:
         g = self.graph
         values = mask.values if isinstance(mask, EdgeMask) else mask
         slots = g.slot_values(values.to(device=self.device, dtype=self.dtype))
-        n_resid = g.n_receivers * g.n_senders
-        removed = 1 - slots[..., :n_resid].unflatten(-1, (g.n_receivers, g.n_senders))
+        n_resid = g.n_rows * g.n_senders
+        removed = 1 - slots[..., :n_resid].unflatten(-1, (g.n_rows, g.n_senders))
         qkv_mask = slots[..., n_resid:].unflatten(-1, (g.n_layers, 3, g.n_heads))
         return removed, qkv_mask
 
@@ -407,6 +454,8 @@ class PatchEngine:
 
         for layer in range(start_stage // 2, g.n_layers):
             stage = 2 * layer
+            # a parallel block's MLP reads the block's input (a run restarted at the MLP: the cache's)
+            block_input = resid if stage >= start_stage else cache.resid[stage]
             if stage >= start_stage:
                 if record:
                     stages.append(resid)
@@ -419,7 +468,7 @@ class PatchEngine:
                 stages.append(resid)  # before the MLP (attention-only models: a stage that does nothing)
             if g.arch.has_mlps:
                 r = rows(stage + 1, g.mlp_row(layer), 1, g.n_senders_before_mlp(layer))[:, 0]
-                resid = self.mlp(layer, resid, diff, r)
+                resid = self.mlp(layer, resid, diff, r, block_input)
         if record:
             stages.append(resid)
 
@@ -457,6 +506,11 @@ def _put_heads(qkv: torch.Tensor, index: torch.Tensor, values: torch.Tensor, n_c
     flat = flat.reshape(c * three * n_heads, cb // c, pos, d_head)
     flat = flat.scatter(0, index.view(-1, 1, 1, 1).expand_as(values), values)
     return flat.view(c, three, n_heads, cb // c, pos, d_head).permute(1, 0, 3, 4, 2, 5).reshape(qkv.shape)
+
+
+def _pad_heads(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Key/value heads [n_kv, ...] -> [n_heads, ...], zeros after the n_kv real ones."""
+    return torch.cat([weight, weight.new_zeros(n_heads - weight.shape[0], *weight.shape[1:])])
 
 
 def gather_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -511,6 +565,7 @@ def make_ablation(kind: str, model: HookedTransformer, graph: Graph, clean: torc
     ``mean``: the corrupted prompts' mean per position; ``mean_all``: their mean over prompts and
     positions.  ``shuffle_positions`` shuffles the corrupted run's positional embedding (it has no
     effect on zero ablation, which has no corrupted run)."""
+    check_supported(model)  # an unsupported model is refused by name before any forward runs
     if shuffle_positions and not graph.arch.split_embed:
         raise ValueError("corruption.shuffle_positions needs a model whose positional embedding is its own "
                          "sender (the tracr models)")

@@ -18,7 +18,9 @@ which edges are kept).  ``Graph._build_edges`` lists the edges in exactly this o
               3. the q/k/v inputs in the same order: every head's v input (high to low), then the
                  k inputs, then the q inputs.
               (``graph=heads``: each head's shared input, high index first; ``graph=nodes``: the
-              nodes in the sender order below.)
+              nodes in the sender order below.  Grouped-query attention, which the reference does
+              not have: the k and v letters run over the key/value heads ``a2.kv<k>``, high first;
+              under ``graph=heads`` a key/value head's shared input follows its first query head's.)
   senders     at one receiver: later layers first, a layer's MLP before its heads, heads high to
               low, the embeddings last, the token embedding before the positional one.
   skipping    a receiver with no outgoing edge left is skipped and its incoming edges dropped
