@@ -37,14 +37,18 @@ def test_edge_names_are_readable_and_unique():
     assert g.edges[g.edge_index["a3.h0<q>"]].receiver == "a3.h0"
 
 
-def test_acdc_visits_receivers_from_the_output_back():
+def test_acdc_visits_edges_in_the_reference_implementations_order():
     g = Graph(Architecture(n_layers=2, n_heads=2, has_mlps=True, split_embed=True))
-    order = g.receivers_in_order
-    assert order[:3] == ["resid_post", "m1", "a1.h1"]
-    assert order.index("a1.h0<v>") < order.index("m0") < order.index("a0.h1")
-    # within a receiver: later senders first, higher head index first
+    visits = [(receiver, [g.edges[e].name for e in edges]) for receiver, edges in g.visits]
+    assert [r for r, _ in visits[:2]] == ["resid_post", "m1"]
+    # layer 1 after its MLP: the q/k/v nodes letter-major (v, k, q), heads high to low, then the inputs
+    assert visits[2:8] == [("a1.h1", ["a1.h1<v>"]), ("a1.h0", ["a1.h0<v>"]), ("a1.h1", ["a1.h1<k>"]),
+                           ("a1.h0", ["a1.h0<k>"]), ("a1.h1", ["a1.h1<q>"]), ("a1.h0", ["a1.h0<q>"])]
+    assert [r for r, _ in visits[8:15]] == ["a1.h1<v>", "a1.h0<v>", "a1.h1<k>", "a1.h0<k>", "a1.h1<q>", "a1.h0<q>", "m0"]
+    # senders: later layers first, a layer's MLP before its heads, heads high to low, token before position
     into_m1 = [g.edges[i].sender for i in g.incoming["m1"]]
-    assert into_m1 == ["a1.h1", "a1.h0", "m0", "a0.h1", "a0.h0", "pos_embed", "tok_embed"]
+    assert into_m1 == ["a1.h1", "a1.h0", "m0", "a0.h1", "a0.h0", "tok_embed", "pos_embed"]
+    assert [e for _, edges in g.visits for e in edges] == list(range(g.n_edges))
 
 
 def test_every_slot_belongs_to_at_most_one_edge_and_stages_are_consistent():
@@ -59,3 +63,60 @@ def test_every_slot_belongs_to_at_most_one_edge_and_stages_are_consistent():
 def test_unknown_granularity_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown graph granularity 'fine'"):
         Graph(Architecture(1, 1, True, False), "fine")  # type: ignore[arg-type]
+
+
+def expected_edges(L, H, n_kv, has_mlps, parallel, granularity):
+    """Edge counts by counting, layer by layer: layer l's heads read the 1 + l (H + 1) senders before
+    them (H query inputs and n_kv key and value inputs, or per head / per key-value head one shared
+    edge); the MLP also reads its own layer's heads unless the block is parallel."""
+    per_layer_senders = H + (1 if has_mlps else 0)
+    total = 1 + L * per_layer_senders  # resid_post reads every sender
+    for l in range(L):
+        before = 1 + l * per_layer_senders
+        if granularity == "qkv":
+            total += (H + 2 * n_kv) * (before + 1)  # inputs' edges and the q/k/v edges into the heads
+        else:
+            total += (H + (n_kv if n_kv != H else 0)) * before
+        if has_mlps:
+            total += before + (0 if parallel else H)
+    return total
+
+
+@pytest.mark.parametrize("repo", ["gpt2", "EleutherAI/pythia-70m", "EleutherAI/pythia-160m", "Qwen/Qwen2.5-0.5B",
+                                  pytest.param("meta-llama/Llama-3.2-1B", marks=pytest.mark.slow),  # 196,633 edges
+                                  "google/gemma-2-2b"])
+def test_edge_counts_of_todays_families_at_their_real_shapes(repo):
+    from circuitfind.models.loading import HUB_ARCHITECTURES
+
+    cfg = HookedTransformerConfig(**HUB_ARCHITECTURES[repo])
+    arch = Architecture.from_config(cfg)
+    n_kv = cfg.n_key_value_heads or cfg.n_heads
+    assert arch.parallel == cfg.parallel_attn_mlp and (arch.n_kv_heads or cfg.n_heads) == n_kv
+    for granularity in ("qkv", "heads"):
+        expected = expected_edges(cfg.n_layers, cfg.n_heads, n_kv, not cfg.attn_only, cfg.parallel_attn_mlp, granularity)
+        assert Graph(arch, granularity).n_edges == expected, granularity
+    assert Graph(arch, "nodes").n_edges == 1 + cfg.n_layers * (cfg.n_heads + 1)
+
+
+def test_published_count_of_pythia_70m():
+    """The README's table, checked for the smallest (the others: the counting above)."""
+    from circuitfind.models.loading import HUB_ARCHITECTURES
+
+    cfg = HookedTransformerConfig(**HUB_ARCHITECTURES["EleutherAI/pythia-70m"])
+    assert Graph(Architecture.from_config(cfg)).n_edges == 3724
+
+
+def test_grouped_query_attention_names_key_value_heads_and_counts_their_edges_once():
+    g = Graph(Architecture(n_layers=2, n_heads=4, has_mlps=True, split_embed=False, n_kv_heads=2))
+    assert "a1.kv1<k>" in g.edge_index and "embed->a1.kv1<v>" in g.edge_index and "a1.h3<q>" in g.edge_index
+    assert "a1.h3<k>" not in g.edge_index and "a1.kv2<k>" not in g.receivers
+    e = g.edges[g.edge_index["a1.kv0<k>"]]
+    assert (e.sender, e.receiver) == ("a1.kv0<k>", "a1.kv0")
+    # the reference's letter-major order, with the k and v letters over the key/value heads
+    qkv_edges = [e.name for e in g.edges if e.receiver in ("a1.kv0", "a1.kv1") or e.name.endswith("<q>") and e.name.startswith("a1.")]
+    assert qkv_edges == ["a1.kv1<v>", "a1.kv0<v>", "a1.kv1<k>", "a1.kv0<k>", "a1.h3<q>", "a1.h2<q>", "a1.h1<q>", "a1.h0<q>"]
+    heads = Graph(g.arch, "heads")
+    assert set(heads.incoming) >= {"a1.h0", "a1.kv0"}
+    assert len(heads.edge_slots("embed->a1.kv0")) == 2 and len(heads.edge_slots("embed->a1.h0")) == 1
+    with pytest.raises(ValueError, match="cannot share 3 key/value heads"):
+        Architecture(n_layers=1, n_heads=4, has_mlps=True, split_embed=False, n_kv_heads=3)

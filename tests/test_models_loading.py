@@ -122,9 +122,8 @@ def test_missing_weights_offline_stop_at_once_with_one_line(name, hub_cache, mon
 
 def test_a_model_the_engine_cannot_run_is_refused_before_any_download(hub_cache, no_network, monkeypatch):
     repo = HUB_MODELS["redwood_attn_2l"]["repo"]
-    monkeypatch.setitem(HUB_ARCHITECTURES, repo, {**HUB_ARCHITECTURES[repo], "positional_embedding_type": "rotary",
-                                                 "rotary_dim": 8})
-    with pytest.raises(UnsupportedModelError, match="redwood_attn_2l: positional_embedding_type='rotary'"):
+    monkeypatch.setitem(HUB_ARCHITECTURES, repo, {**HUB_ARCHITECTURES[repo], "positional_embedding_type": "alibi"})
+    with pytest.raises(UnsupportedModelError, match="redwood_attn_2l: positional_embedding_type='alibi'"):
         load_model(model_cfg("redwood_attn_2l", pretrained=True))
 
 
@@ -198,3 +197,36 @@ def test_gpt2_tokenizer_from_a_folder_named_by_the_environment(tmp_path, monkeyp
     monkeypatch.setenv(loading.GPT2_TOKENIZER_ENV, str(tmp_path))
     with pytest.raises(ModelUnavailableError, match="lacks vocab.json and merges.txt"):
         loading.gpt2_tokenizer()
+
+
+def test_pythia_70m_random_weights_build_offline_and_the_engine_runs_them(no_network):
+    """Today's families through the model configs: Pythia-70m (partial rotary, parallel blocks)."""
+    from circuitfind.engine import PatchEngine, make_ablation
+    from circuitfind.pipeline import compose_config
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(compose_config("model=pythia-70m", "model.pretrained=false").model)
+    model = load_model(cfg, seed=0)
+    assert (model.cfg.rotary_dim, model.cfg.d_head, model.cfg.parallel_attn_mlp) == (16, 64, True)
+    assert model.cfg.dtype == torch.float32
+    graph = Graph(Architecture.from_config(model.cfg))
+    tokens = torch.randint(0, 1000, (1, 5))
+    engine = PatchEngine(model, graph, tokens, make_ablation("zero", model, graph, tokens, tokens))
+    torch.testing.assert_close(engine.logits(graph.full_mask()), model(tokens), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("device, expected", [("cpu", torch.float32), ("cuda", torch.bfloat16)])
+def test_billion_parameter_configs_use_half_precision_on_a_gpu(device, expected):
+    from circuitfind.pipeline import compose_config
+
+    for name in ("qwen2.5-0.5b", "llama-3.2-1b", "gemma-2-2b"):
+        cfg = compose_config(f"model={name}").model
+        assert loading.weights_dtype(cfg, device) == expected, name
+    with pytest.raises(ValueError, match="dtype 'float13' is not a torch floating-point dtype"):
+        loading.weights_dtype(dict(name="x", dtype="float13"), "cpu")
+
+
+def test_gemma_2_is_refused_by_name_before_any_weights_are_built(no_network, monkeypatch):
+    monkeypatch.setattr(loading, "_random_model", lambda *a: pytest.fail("built a model the engine refuses"))
+    with pytest.raises(UnsupportedModelError, match="use_normalization_before_and_after=True"):
+        load_model(dict(name="gemma-2-2b", kind="hub", repo="google/gemma-2-2b", pretrained=False))

@@ -51,17 +51,33 @@ def mib_node(node: str) -> str:
     return MIB_OUTPUT if node == "resid_post" else node
 
 
-def mib_edges(n_layers: int, n_heads: int) -> list[tuple[str, str]]:
-    """Every (parent, child) edge of the ``eap`` graph of a sequential model, child spelt with its
-    q/k/v input: the residual stream's writers so far into each head input, each MLP, the logits."""
+def mib_edges(n_layers: int, n_heads: int, parallel: bool = False) -> list[tuple[str, str]]:
+    """Every (parent, child) edge of the ``eap`` graph, child spelt with its q/k/v input: the
+    residual stream's writers so far into each head input, each MLP (in a parallel block, not its
+    own layer's heads), the logits."""
     stream, edges = [MIB_INPUT], []
     for layer in range(n_layers):
         heads = [f"a{layer}.h{h}" for h in range(n_heads)]
         edges += [(p, f"{head}<{x}>") for p in stream for head in heads for x in "qkv"]
+        if parallel:
+            edges += [(p, f"m{layer}") for p in stream]
         stream += heads
-        edges += [(p, f"m{layer}") for p in stream]
+        if not parallel:
+            edges += [(p, f"m{layer}") for p in stream]
         stream.append(f"m{layer}")
     return edges + [(p, MIB_OUTPUT) for p in stream]
+
+
+def _our_receiver(graph: Graph, child: str) -> str:
+    """circuitfind's receiver for an ``eap`` child: under grouped-query attention a query head's key
+    or value input is its key/value head's (``a3.h5<k>`` -> ``a3.kv1<k>``), one edge for the group."""
+    if child == MIB_OUTPUT:
+        return "resid_post"
+    layer_head, _, which = child.partition("<")
+    if graph.arch.grouped and which in ("k>", "v>"):
+        layer, head = (int(x) for x in layer_head[1:].split(".h"))
+        return graph.input_name(layer, head // (graph.n_heads // graph.n_kv_heads), which[0])
+    return child
 
 
 # ---- writing -----------------------------------------------------------------------------------
@@ -94,9 +110,9 @@ def mib_circuit(result: EdgeScores) -> dict:
     view = qkv_view(result)
     senders_of_input = graph.embed_names
     edges, exact = {}, {}
-    all_edges = mib_edges(graph.n_layers, graph.n_heads)
+    all_edges = mib_edges(graph.n_layers, graph.n_heads, graph.arch.parallel)
     for parent, child in all_edges:
-        ours = [f"{s}->{child if child != MIB_OUTPUT else 'resid_post'}"
+        ours = [f"{s}->{_our_receiver(graph, child)}"
                 for s in (senders_of_input if parent == MIB_INPUT else (parent,))]
         found = [view[name] for name in ours if name in view]  # none: an MLP of an attention-only model
         score = max((s for s, _ in found), default=0.0)
@@ -111,7 +127,7 @@ def mib_circuit(result: EdgeScores) -> dict:
             parent, child = name.split("->")
             nodes[parent] = nodes[child.split("<")[0]] = True
     return dict(
-        cfg=dict(n_layers=graph.n_layers, n_heads=graph.n_heads, parallel_attn_mlp=False),
+        cfg=dict(n_layers=graph.n_layers, n_heads=graph.n_heads, parallel_attn_mlp=graph.arch.parallel),
         nodes=nodes,
         edges=edges,
         **{EXTRA_KEY: dict(granularity=graph.granularity,

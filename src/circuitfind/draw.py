@@ -19,10 +19,12 @@ from matplotlib.collections import LineCollection  # noqa: E402
 
 from .graph import EdgeScores, Graph  # noqa: E402
 
-_HEAD = re.compile(r"^a(\d+)\.h(\d+)(?:<([qkv])>)?$")
+# a head, or (grouped-query attention) a key/value head shared by a group of query heads
+_HEAD = re.compile(r"^a(\d+)\.(h|kv)(\d+)(?:<([qkv])>)?$")
 _MLP = re.compile(r"^m(\d+)$")
 QKV_COLORS = {"q": "#1f77b4", "k": "#2ca02c", "v": "#d62728"}
 QKV_OFFSET = {"q": -0.22, "k": 0.0, "v": 0.22}
+MAX_ARROW_HEADS = 2000
 
 
 def node_position(graph: Graph, node: str) -> tuple[float, float]:
@@ -34,7 +36,10 @@ def node_position(graph: Graph, node: str) -> tuple[float, float]:
     if node == "resid_post":
         return (H - 1) / 2, 2.0 * graph.n_layers + 1.0
     if m := _HEAD.match(node):
-        layer, head, which = int(m[1]), int(m[2]), m[3]
+        layer, head, which = int(m[1]), int(m[3]), m[4]
+        if m[2] == "kv":  # in the middle of its group of query heads
+            group = H // graph.n_kv_heads
+            head = head * group + (group - 1) / 2
         y = 2.0 * layer + 1.0
         if which is None:
             return float(head), y
@@ -73,7 +78,9 @@ def draw_circuit(result: EdgeScores, path: Path, title: str = "") -> Path:
         segments.append([node_position(graph, sender), node_position(graph, receiver)])
         colors.append(_edge_color(score, low, high, cmap))
     ax.add_collection(LineCollection(segments, colors=colors, linewidths=1.6, alpha=0.85, zorder=1))
-    for sender, receiver, _ in edges:  # arrow heads at the receiving end
+    # arrow heads at the receiving end: one matplotlib annotation each, so only for a circuit small
+    # enough to read (a billion-parameter model's unfinished search keeps ~10^5 edges: minutes each)
+    for sender, receiver, _ in (edges if len(edges) <= MAX_ARROW_HEADS else []):
         (x0, y0), (x1, y1) = node_position(graph, sender), node_position(graph, receiver)
         ax.annotate("", xy=(x1, y1), xytext=(x0 + 0.85 * (x1 - x0), y0 + 0.85 * (y1 - y0)),
                     arrowprops=dict(arrowstyle="->", color="0.35", lw=0.8), zorder=2)
@@ -81,8 +88,8 @@ def draw_circuit(result: EdgeScores, path: Path, title: str = "") -> Path:
     for node in sorted(nodes):
         x, y = node_position(graph, node)
         m = _HEAD.match(node)
-        if m and m[3]:
-            ax.scatter([x], [y], s=28, color=QKV_COLORS[m[3]], zorder=3, edgecolors="white", linewidths=0.5)
+        if m and m[4]:
+            ax.scatter([x], [y], s=28, color=QKV_COLORS[m[4]], zorder=3, edgecolors="white", linewidths=0.5)
             continue
         face = "#fde0c5" if _MLP.match(node) else "#dde8f6" if m else "#e6e6e6"
         ax.text(x, y, node, ha="center", va="center", fontsize=8, zorder=4,
@@ -117,8 +124,8 @@ def circuit_dot(result: EdgeScores) -> str:
     lines = ["digraph circuit {", "  rankdir=BT;", '  node [shape=box, style="rounded,filled", fillcolor="#dde8f6"];']
     for node in sorted({n for s, r, _ in kept_edges(result) for n in (s, r)}):
         attrs = ""
-        if (m := _HEAD.match(node)) and m[3]:
-            attrs = f' [shape=point, width=0.12, color="{QKV_COLORS[m[3]]}"]'
+        if (m := _HEAD.match(node)) and m[4]:
+            attrs = f' [shape=point, width=0.12, color="{QKV_COLORS[m[4]]}"]'
         elif _MLP.match(node):
             attrs = ' [fillcolor="#fde0c5"]'
         lines.append(f'  "{node}"{attrs};')

@@ -14,8 +14,27 @@ the removed-mask rows against that stack.  This never materialises TransformerLe
 ``use_split_qkv_input`` tensors for receivers that nothing was removed from, and it lets ACDC restart
 a run at the layer it is testing (see ``SenderCache``).
 
-Removing a head's q/k/v edge gives the head its ablated query/key/value (the corrupted run's
-``hook_q``; zero under zero ablation), as in ACDC.
+Removing a head's q/k/v edge gives the head its ablated query/key/value: the corrupted run's
+``hook_q``, as in ACDC.  Zero ablation, as the reference implementation defines it, takes every
+ablated value from one forward in which every sender is zeroed: the senders' are zero, but a head's
+q/k/v there is what its biases make of the residual that is left (the attention output biases
+written before it, layer norm's bias, ``b_Q``/``b_K``/``b_V``), not zero.
+
+``shuffle_positions`` (models whose positional embedding is its own sender, tracr): the corrupted
+run reads at position i the positional embedding of position ``perm[i]``, ``perm`` drawn as the
+reference does (``torch.manual_seed(49)``, ``torch.randperm(n_pos)``), so that interchange
+ablation, whose clean and corrupted prompts share every position, can see positional edges.
+
+Today's blocks use the model's own modules wherever the maths is not the patching itself, so it
+cannot drift from TransformerLens: ``block.ln1``/``ln2``/``ln_final`` (LayerNorm, LNPre, RMSNorm,
+RMSPre), ``block.mlp`` (plain or gated), and the attention module's ``apply_rotary`` (full or
+partial rotary, applied to the queries and keys after a removed q/k edge has put the ablated
+query or key in place, since hook_q/hook_k are what ACDC patches), ``calculate_attention_scores``
+(attention scale and soft-capping; grouped-query attention repeats each key/value head there),
+``apply_causal_mask`` (local windows too) and ``calculate_z_scores``.  Grouped-query attention
+keeps one [3, H] layout: key/value head g sits in head g's k and v place and the places from
+n_key_value_heads on are unused (zero weights, never patched; see ``graph.py``).  Parallel blocks
+(GPT-NeoX, Pythia) feed the MLP the block's input, not the attention's output.
 
 A shortformer (Redwood's 2-layer model) adds its positional embedding to every query's and key's
 normalised input rather than to the residual stream: there the embedding sender is the token
@@ -34,26 +53,34 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
+from transformer_lens.utilities import apply_softcap
 
-from .graph import EdgeMask, Graph
+from .graph import Architecture, EdgeMask, Graph
 
 
 class UnsupportedModelError(ValueError):
     """The model uses a feature the patching engine does not implement."""
 
 
+# Config flags whose maths the engine does not re-implement.  use_normalization_before_and_after
+# (Gemma-2's post-norms) would normalise the sum of a layer's heads, so a head's output would no
+# longer be a sender that adds into the residual stream.
+UNSUPPORTED_FLAGS = ("use_normalization_before_and_after", "use_qk_norm", "use_attention_sinks", "use_logn_attn",
+                     "ungroup_grouped_query_attention", "load_in_4bit", "use_split_qkv_normalized_input")
+POSITIONAL_EMBEDDINGS = ("standard", "shortformer", "rotary")
+
+
 def check_supported(model: HookedTransformer) -> None:
     cfg = model.cfg
     problems = []
-    if cfg.positional_embedding_type not in ("standard", "shortformer"):
-        problems.append(f"positional_embedding_type={cfg.positional_embedding_type!r} (only 'standard', 'shortformer')")
-    for flag in ("parallel_attn_mlp", "use_normalization_before_and_after", "use_qk_norm", "use_attention_sinks"):
+    if cfg.positional_embedding_type not in POSITIONAL_EMBEDDINGS:
+        problems.append(f"positional_embedding_type={cfg.positional_embedding_type!r} "
+                        f"(only {', '.join(map(repr, POSITIONAL_EMBEDDINGS))})")
+    for flag in UNSUPPORTED_FLAGS:
         if getattr(cfg, flag, False):
             problems.append(f"{flag}=True")
-    if getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads):
-        problems.append("grouped-query attention")
-    if getattr(cfg, "attn_scores_soft_cap", -1.0) not in (None, -1.0):
-        problems.append("attention soft-capping")
+    if getattr(cfg, "original_architecture", None) in _post_norm_architectures():
+        problems.append(f"post-norm blocks ({cfg.original_architecture})")
     if getattr(cfg, "clip_qkv", None) is not None:
         problems.append("clip_qkv")
     if cfg.attention_dir not in ("causal", "bidirectional"):
@@ -62,6 +89,12 @@ def check_supported(model: HookedTransformer) -> None:
         raise UnsupportedModelError(
             f"circuitfind's patching engine does not support {cfg.model_name}: {', '.join(problems)}"
         )
+
+
+def _post_norm_architectures() -> tuple[str, ...]:
+    from transformer_lens.components import transformer_block
+
+    return tuple(getattr(transformer_block, "POST_NORM_ARCHITECTURES", ()))
 
 
 @dataclass
@@ -74,6 +107,7 @@ class Ablation:
     kind: str
     senders: torch.Tensor
     qkv: torch.Tensor
+    position_order: tuple[int, ...] | None = None  # the corrupted run's shuffled positions, if any
 
 
 class SenderDiffs:
@@ -171,10 +205,13 @@ class SenderCache:
 class PatchEngine:
     """Runs ``model`` on ``tokens`` with a mask over ``graph``'s edges, ablating from ``ablation``."""
 
-    def __init__(self, model: HookedTransformer, graph: Graph, tokens: torch.Tensor, ablation: Ablation):
+    def __init__(self, model: HookedTransformer, graph: Graph, tokens: torch.Tensor, ablation: Ablation,
+                 position_order: torch.Tensor | None = None):
+        """``position_order``: position i reads the positional embedding of position
+        ``position_order[i]`` (the corrupted run of ``shuffle_positions``)."""
         check_supported(model)
         cfg = model.cfg
-        if graph.n_layers != cfg.n_layers or graph.n_heads != cfg.n_heads or graph.arch.has_mlps == cfg.attn_only:
+        if graph.arch != Architecture.from_config(cfg, split_embed=graph.arch.split_embed):
             raise ValueError(f"graph ({graph.describe()}) does not match model {cfg.model_name}")
         self.model, self.graph, self.tokens, self.ablation = model, graph, tokens, ablation
         self.device = next(model.parameters()).device
@@ -183,8 +220,13 @@ class PatchEngine:
         self._ablated_resid: dict[tuple[int, int], torch.Tensor] = {}
         self._qkv_weights: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.shortformer = cfg.positional_embedding_type == "shortformer"
-        if self.shortformer and graph.arch.split_embed:
-            raise ValueError("a shortformer's positional embedding is not in the residual stream: it cannot be a sender")
+        self.rotary = cfg.positional_embedding_type == "rotary"
+        if (self.shortformer or self.rotary) and graph.arch.split_embed:
+            raise ValueError(f"a {cfg.positional_embedding_type} model's positional embedding is not in the residual "
+                             "stream: it cannot be a sender")
+        if position_order is not None and not graph.arch.split_embed:
+            raise ValueError("shuffle_positions needs the positional embedding as its own sender (split embeddings)")
+        self.position_order = position_order
         self._body: torch.Tensor | None = None  # see body_buffer
         self._unembed_weight: torch.Tensor | None = None  # see unembed
 
@@ -193,9 +235,11 @@ class PatchEngine:
         """The embedding senders' values: [token, positional] when split, else their sum (a
         shortformer: the token embedding alone)."""
         tok = self.model.embed(tokens)
-        if self.shortformer:
+        if self.shortformer or self.rotary:  # positions enter the queries and keys only
             return [tok]
         pos = self.model.pos_embed(tokens)
+        if self.position_order is not None:
+            pos = pos[:, self.position_order.to(pos.device)]
         return [tok, pos] if self.graph.arch.split_embed else [tok + pos]
 
     def changed_inputs(self, r: torch.Tensor, row: int, resid: torch.Tensor,
@@ -252,7 +296,8 @@ class PatchEngine:
         if key not in self._ablated_resid:
             g, blocks = self.graph, self.model.blocks
             layer = g.n_layers if row == g.resid_post_row else row // g.rows_per_layer
-            own_layer_bias = g.arch.has_mlps and row == g.mlp_row(min(layer, g.n_layers - 1))
+            own_layer_bias = (g.arch.has_mlps and not g.arch.parallel
+                              and row == g.mlp_row(min(layer, g.n_layers - 1)))
             biases = sum((blocks[l].attn.b_O for l in range(layer + (1 if own_layer_bias else 0))),
                          torch.zeros((), dtype=self.dtype, device=self.device))
             self._ablated_resid[key] = (self.ablation.senders[:n_senders].sum(0) + biases).unsqueeze(0)
@@ -282,27 +327,40 @@ class PatchEngine:
             w = qkv_mask.transpose(0, 1).reshape(3, c, 1, 1, H, 1)
             mixed = w * _per_candidate(qkv, k, 1) + (1 - w) * self.ablation.qkv[layer].unsqueeze(1)
             qkv = mixed.flatten(1, 2)
-        queries, keys, values = qkv
-        scores = torch.einsum("bqhe,bkhe->bhqk", queries, keys) / attn.attn_scale
-        if self.model.cfg.attention_dir == "causal":
-            pos = resid.shape[1]
-            causal = torch.ones(pos, pos, dtype=torch.bool, device=scores.device).tril()
-            scores = scores.masked_fill(~causal, float("-inf"))
-        pattern = F.softmax(scores, dim=-1)
-        pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
-        z = torch.einsum("bhqk,bkhe->bqhe", pattern, values)
+        z = self.attend(attn, qkv)
         result = torch.einsum("bqhe,hed->hbqd", z, attn.W_O)  # one [batch, pos, d] slab per head
         heads = g.head_slots(layer)
         diff.write(heads.start, _with_prompts(torch.sub, result, self.ablation.senders[heads], k, 1))
         return _with_prompts(torch.add, result.sum(0), resid, k, 0) + attn.b_O, qkv
 
+    def attend(self, attn, qkv: torch.Tensor) -> torch.Tensor:
+        """z [batch, pos, H, d_head] from the (patched) queries, keys and values [3, batch, pos, H,
+        d_head], through the attention module's own functions: rotary, scale, soft-cap, causal or
+        local mask, and the repeat of shared key/value heads."""
+        n_kv = self.graph.n_kv_heads
+        queries, keys, values = qkv[0], qkv[1][:, :, :n_kv], qkv[2][:, :, :n_kv]
+        if self.rotary:
+            queries, keys = attn.apply_rotary(queries), attn.apply_rotary(keys)
+        scores = attn.calculate_attention_scores(queries, keys)
+        if self.model.cfg.attention_dir == "causal":
+            scores = attn.apply_causal_mask(scores)
+        pattern = F.softmax(scores, dim=-1)
+        pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
+        return attn.calculate_z_scores(values, pattern)
+
     def qkv_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """W [3, H, d_model, d_head] and the bias [3, (pos,) H, d_head] of the queries, keys and
-        values (a shortformer's bias holds the positional embedding's share of q and k per position)."""
+        values (a shortformer's bias holds the positional embedding's share of q and k per position;
+        under grouped-query attention key/value head g fills head g's place, the rest is zero)."""
         if layer not in self._qkv_weights:
             attn = self.model.blocks[layer].attn
-            W = torch.stack((attn.W_Q, attn.W_K, attn.W_V))
-            b = torch.stack((attn.b_Q, attn.b_K, attn.b_V))
+            grouped = self.graph.arch.grouped
+            W_K, W_V = (_pad_heads(attn._W_K, self.graph.n_heads), _pad_heads(attn._W_V, self.graph.n_heads)) \
+                if grouped else (attn.W_K, attn.W_V)
+            b_K, b_V = (_pad_heads(attn._b_K, self.graph.n_heads), _pad_heads(attn._b_V, self.graph.n_heads)) \
+                if grouped else (attn.b_K, attn.b_V)
+            W = torch.stack((attn.W_Q, W_K, W_V))
+            b = torch.stack((attn.b_Q, b_K, b_V))
             if self.shortformer:
                 pos = self.model.pos_embed(self.tokens)[0]  # [pos, d_model], the same for every prompt
                 qk = torch.einsum("pd,whde->wphe", pos, W[:2])
@@ -310,10 +368,15 @@ class PatchEngine:
             self._qkv_weights[layer] = (W, b)
         return self._qkv_weights[layer]
 
-    def mlp(self, layer: int, resid: torch.Tensor, diff: SenderDiffs, r: torch.Tensor) -> torch.Tensor:
-        """Layer ``layer``'s MLP; ``r`` [c, n_senders]: its removed-mask row, shared (c = 1) or per candidate."""
+    def mlp(self, layer: int, resid: torch.Tensor, diff: SenderDiffs, r: torch.Tensor,
+            block_input: torch.Tensor) -> torch.Tensor:
+        """Layer ``layer``'s MLP; ``r`` [c, n_senders]: its removed-mask row, shared (c = 1) or per
+        candidate.  It reads ``resid`` (after the attention), or ``block_input`` in a parallel block."""
         g, block = self.graph, self.model.blocks[layer]
-        out = block.mlp(block.ln2(self.receiver_input(r, g.mlp_row(layer), resid, diff)))
+        reads = block_input if g.arch.parallel else resid
+        out = block.mlp(block.ln2(self.receiver_input(r, g.mlp_row(layer), reads, diff)))
+        if out.shape[0] < resid.shape[0]:  # a parallel MLP read the prompts once; the heads, per candidate
+            out = out.repeat(resid.shape[0] // out.shape[0], *([1] * (out.dim() - 1)))
         slot = g.mlp_slot(layer)
         k = diff.n_candidates
         diff.write(slot, _with_prompts(torch.sub, out.unsqueeze(0), self.ablation.senders[slot:slot + 1], k, 1))
@@ -334,7 +397,8 @@ class PatchEngine:
         ln_final = getattr(self.model, "ln_final", None)
         if self._unembed_weight is None:
             self._unembed_weight = self.model.unembed.W_U.T.contiguous()
-        return F.linear(ln_final(x) if ln_final is not None else x, self._unembed_weight, self.model.unembed.b_U)
+        logits = F.linear(ln_final(x) if ln_final is not None else x, self._unembed_weight, self.model.unembed.b_U)
+        return apply_softcap(logits, getattr(self.model.cfg, "output_logits_soft_cap", -1.0))
 
     # ---- the patched forward -----------------------------------------------------------------
     def split_mask(self, mask: EdgeMask | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -342,8 +406,8 @@ class PatchEngine:
         g = self.graph
         values = mask.values if isinstance(mask, EdgeMask) else mask
         slots = g.slot_values(values.to(device=self.device, dtype=self.dtype))
-        n_resid = g.n_receivers * g.n_senders
-        removed = 1 - slots[..., :n_resid].unflatten(-1, (g.n_receivers, g.n_senders))
+        n_resid = g.n_rows * g.n_senders
+        removed = 1 - slots[..., :n_resid].unflatten(-1, (g.n_rows, g.n_senders))
         qkv_mask = slots[..., n_resid:].unflatten(-1, (g.n_layers, 3, g.n_heads))
         return removed, qkv_mask
 
@@ -395,6 +459,8 @@ class PatchEngine:
 
         for layer in range(start_stage // 2, g.n_layers):
             stage = 2 * layer
+            # a parallel block's MLP reads the block's input (a run restarted at the MLP: the cache's)
+            block_input = resid if stage >= start_stage else cache.resid[stage]
             if stage >= start_stage:
                 if record:
                     stages.append(resid)
@@ -407,7 +473,7 @@ class PatchEngine:
                 stages.append(resid)  # before the MLP (attention-only models: a stage that does nothing)
             if g.arch.has_mlps:
                 r = rows(stage + 1, g.mlp_row(layer), 1, g.n_senders_before_mlp(layer))[:, 0]
-                resid = self.mlp(layer, resid, diff, r)
+                resid = self.mlp(layer, resid, diff, r, block_input)
         if record:
             stages.append(resid)
 
@@ -447,6 +513,11 @@ def _put_heads(qkv: torch.Tensor, index: torch.Tensor, values: torch.Tensor, n_c
     return flat.view(c, three, n_heads, cb // c, pos, d_head).permute(1, 0, 3, 4, 2, 5).reshape(qkv.shape)
 
 
+def _pad_heads(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Key/value heads [n_kv, ...] -> [n_heads, ...], zeros after the n_kv real ones."""
+    return torch.cat([weight, weight.new_zeros(n_heads - weight.shape[0], *weight.shape[1:])])
+
+
 def gather_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """x [batch, pos, ...] at positions [batch, k] -> [batch, k, ...]."""
     index = positions.to(x.device).view(*positions.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
@@ -454,36 +525,68 @@ def gather_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 
 
 # ---- where ablated values come from ---------------------------------------------------------
+POSITION_SHUFFLE_SEED = 49  # the reference implementation's
+
+
+def shuffled_positions(n_pos: int) -> torch.Tensor:
+    """The reference's permutation: ``torch.manual_seed(49)`` then ``torch.randperm(n_pos)`` (a
+    generator of its own, seeded alike, draws the same numbers without touching the global one)."""
+    return torch.randperm(n_pos, generator=torch.Generator().manual_seed(POSITION_SHUFFLE_SEED))
+
+
 @torch.no_grad()
-def record_activations(model: HookedTransformer, graph: Graph, tokens: torch.Tensor) -> Ablation:
+def record_activations(model: HookedTransformer, graph: Graph, tokens: torch.Tensor,
+                       position_order: torch.Tensor | None = None) -> Ablation:
     """Every sender's value and every head's q/k/v on ``tokens`` (the unpatched model): an
     unpatched run against an all-zero ablation stores exactly the values themselves."""
     kw = dict(dtype=model.cfg.dtype, device=tokens.device)
     nothing = Ablation("zero", senders=torch.zeros(graph.n_senders, 1, 1, 1, **kw), qkv=torch.zeros(1, **kw))
-    _, cache = PatchEngine(model, graph, tokens, nothing).run(graph.full_mask(), record=True)
+    engine = PatchEngine(model, graph, tokens, nothing, position_order=position_order)
+    _, cache = engine.run(graph.full_mask(), record=True)
     assert cache is not None
     return Ablation("recorded", senders=cache.diff, qkv=torch.stack(cache.qkv))
 
 
+@torch.no_grad()
+def zero_ablation(model: HookedTransformer, graph: Graph, tokens: torch.Tensor) -> Ablation:
+    """Every sender's ablated value is zero; each head's q/k/v is the one computed in a forward with
+    every sender zeroed (on one prompt of ``tokens``: nothing there depends on the tokens).  That
+    forward is this engine's with every residual edge removed and every q/k/v edge kept, against
+    literal zeros."""
+    cfg = model.cfg
+    kw = dict(dtype=cfg.dtype, device=model.W_E.device)
+    literal = Ablation("zero", senders=torch.zeros(graph.n_senders, 1, 1, cfg.d_model, **kw),
+                       qkv=torch.zeros(graph.n_layers, 3, 1, 1, graph.n_heads, cfg.d_head, **kw))
+    fine = graph if graph.granularity == "qkv" else Graph(graph.arch, "qkv")
+    only_qkv = torch.tensor([fine.component(e.sender) == e.receiver for e in fine.edges], dtype=cfg.dtype)
+    _, cache = PatchEngine(model, fine, tokens[:1].to(kw["device"]), literal).run(only_qkv, record=True)
+    assert cache is not None
+    return Ablation("zero", senders=literal.senders, qkv=torch.stack(cache.qkv))
+
+
 def make_ablation(kind: str, model: HookedTransformer, graph: Graph, clean: torch.Tensor,
-                  corrupted: torch.Tensor) -> Ablation:
-    """``corrupted``: interchange with the corrupted prompts; ``zero``: zeros; ``mean``: the
-    corrupted prompts' mean per position; ``mean_all``: their mean over prompts and positions."""
+                  corrupted: torch.Tensor, shuffle_positions: bool = False) -> Ablation:
+    """``corrupted``: interchange with the corrupted prompts; ``zero``: every sender zeroed;
+    ``mean``: the corrupted prompts' mean per position; ``mean_all``: their mean over prompts and
+    positions.  ``shuffle_positions`` shuffles the corrupted run's positional embedding (it has no
+    effect on zero ablation, which has no corrupted run)."""
+    check_supported(model)  # an unsupported model is refused by name before any forward runs
+    if shuffle_positions and not graph.arch.split_embed:
+        raise ValueError("corruption.shuffle_positions needs a model whose positional embedding is its own "
+                         "sender (the tracr models)")
     if kind == "zero":
-        d, dh = model.cfg.d_model, model.cfg.d_head
-        L, H = graph.n_layers, graph.n_heads
-        kw = dict(dtype=model.cfg.dtype, device=model.W_E.device)
-        return Ablation("zero", senders=torch.zeros(graph.n_senders, 1, 1, d, **kw),
-                        qkv=torch.zeros(L, 3, 1, 1, H, dh, **kw))
+        return zero_ablation(model, graph, clean)
     if clean.shape != corrupted.shape:
         raise ValueError(f"clean prompts {tuple(clean.shape)} and corrupted prompts {tuple(corrupted.shape)} differ in shape")
-    recorded = record_activations(model, graph, corrupted)
+    order = shuffled_positions(corrupted.shape[1]) if shuffle_positions else None
+    recorded = record_activations(model, graph, corrupted, order)
+    recorded_order = None if order is None else tuple(order.tolist())
     if kind == "corrupted":
-        return Ablation("corrupted", senders=recorded.senders, qkv=recorded.qkv)
+        return Ablation("corrupted", senders=recorded.senders, qkv=recorded.qkv, position_order=recorded_order)
     if kind == "mean":
         return Ablation("mean", senders=recorded.senders.mean(1, keepdim=True),
-                        qkv=recorded.qkv.mean(2, keepdim=True))
+                        qkv=recorded.qkv.mean(2, keepdim=True), position_order=recorded_order)
     if kind == "mean_all":
         return Ablation("mean_all", senders=recorded.senders.mean((1, 2), keepdim=True),
-                        qkv=recorded.qkv.mean((2, 3), keepdim=True))
+                        qkv=recorded.qkv.mean((2, 3), keepdim=True), position_order=recorded_order)
     raise ValueError(f"unknown corruption {kind!r}; choose one of corrupted, zero, mean, mean_all")

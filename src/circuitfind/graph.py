@@ -12,6 +12,18 @@ Edges
     do not see each other; a head feeds the MLP of its own layer), and per head the three edges from
     its q/k/v input to the head itself (``a3.h0<q>``): removing one gives the head its ablated query.
 
+Today's blocks (the rules, from the config alone):
+    grouped-query attention  (``n_key_value_heads`` < ``n_heads``) the key and value inputs belong to
+               the key/value head that a group of query heads shares: one receiver per key/value
+               head (``a3.kv0<k>``, ``a3.kv0<v>``) with one incoming edge per sender, and one
+               q/k/v edge ``a3.kv0<k>`` into the key/value head ``a3.kv0``, counted once however
+               many query heads read it (as the ``eap`` library and MIB count them); queries stay
+               per head (``a3.h0<q>``).  In the heads graph a query head's edges cover its query
+               only and a key/value head's edges cover its key and value together.
+    parallel blocks  (``parallel_attn_mlp``, GPT-J, GPT-NeoX, Pythia) attention and MLP both read
+               the block's input, so an MLP does not read the heads of its own layer.
+Rotary positions, RMSNorm, gated MLPs and missing biases change the maths, not the graph.
+
 Granularity (``graph=qkv|heads|nodes``) only changes which *edges* exist; the patching engine always
 works on the finest structure, the dense ``[receiver slot, sender slot]`` matrix of the qkv graph plus
 one slot per head input.  Each edge owns a set of those slots (one in the qkv graph, three when a
@@ -40,14 +52,28 @@ class Architecture:
     n_heads: int
     has_mlps: bool
     split_embed: bool  # token and positional embedding as two sender nodes (tracr)
+    n_kv_heads: int | None = None  # grouped-query attention: key/value heads (None: one per head)
+    parallel: bool = False  # attention and MLP read the same block input (parallel_attn_mlp)
+
+    def __post_init__(self):
+        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
+            raise ValueError(f"{self.n_heads} heads cannot share {self.n_kv_heads} key/value heads evenly")
+
+    @property
+    def grouped(self) -> bool:
+        """Whether key/value heads are shared (and named ``a3.kv0`` apart from the query heads)."""
+        return self.n_kv_heads is not None and self.n_kv_heads != self.n_heads
 
     @classmethod
     def from_config(cls, cfg, split_embed: bool = False) -> "Architecture":
+        n_kv = getattr(cfg, "n_key_value_heads", None)
         return cls(
             n_layers=int(cfg.n_layers),
             n_heads=int(cfg.n_heads),
             has_mlps=not bool(cfg.attn_only),
             split_embed=split_embed,
+            n_kv_heads=None if n_kv in (None, cfg.n_heads) else int(n_kv),
+            parallel=bool(getattr(cfg, "parallel_attn_mlp", False)) and not cfg.attn_only,
         )
 
 
@@ -68,6 +94,11 @@ def head_input_name(layer: int, head: int, which: str) -> str:
     return f"a{layer}.h{head}<{which}>"
 
 
+def kv_head_name(layer: int, kv_head: int) -> str:
+    """A key/value head shared by several query heads (grouped-query attention)."""
+    return f"a{layer}.kv{kv_head}"
+
+
 class Graph:
     """Senders, receivers, edges and the slot layout the engine patches.
 
@@ -76,6 +107,9 @@ class Graph:
       receiver rows  per layer: q inputs of heads 0..H-1, k inputs, v inputs, then the MLP input;
                      last row: resid_post;
       qkv slots      per layer, per q/k/v, per head: the edge from a head's input to the head.
+    Under grouped-query attention the k and v rows and slots of key/value head g sit where head g's
+    would; rows and slots from n_kv_heads to H-1 exist but no edge owns them (they stay at 1, never
+    removed), so the engine keeps one [3, H] layout for every model.
     """
 
     def __init__(self, arch: Architecture, granularity: Granularity = "qkv"):
@@ -85,6 +119,7 @@ class Graph:
         self.granularity: Granularity = granularity
         L, H = arch.n_layers, arch.n_heads
         self.n_layers, self.n_heads = L, H
+        self.n_kv_heads = arch.n_kv_heads or H
 
         # ---- sender slots --------------------------------------------------------------------
         self.embed_names: tuple[str, ...] = ("tok_embed", "pos_embed") if arch.split_embed else ("embed",)
@@ -107,19 +142,20 @@ class Graph:
 
         # ---- receiver rows -------------------------------------------------------------------
         self.rows_per_layer = 3 * H + (1 if arch.has_mlps else 0)
-        receivers: list[str] = []
+        self.n_rows = L * self.rows_per_layer + 1  # resid_post is the last row
+        self.receiver_index: dict[str, int] = {}
         for layer in range(L):
             for which in QKV:
-                receivers += [head_input_name(layer, h, which) for h in range(H)]
+                for h in range(self.n_heads_reading(which)):
+                    self.receiver_index[self.input_name(layer, h, which)] = self.head_input_row(layer, h, which)
             if arch.has_mlps:
-                receivers.append(f"m{layer}")
-        receivers.append("resid_post")
-        self.receivers: tuple[str, ...] = tuple(receivers)
-        self.receiver_index = {name: i for i, name in enumerate(receivers)}
-        self.n_senders, self.n_receivers = len(senders), len(receivers)
+                self.receiver_index[f"m{layer}"] = self.mlp_row(layer)
+        self.receiver_index["resid_post"] = self.n_rows - 1
+        self.receivers: tuple[str, ...] = tuple(self.receiver_index)
+        self.n_senders, self.n_receivers = len(senders), len(self.receivers)
         self.n_qkv_slots = L * 3 * H
         # Flat slot ids: resid slots are row * n_senders + col, then the qkv slots.
-        self.n_slots = self.n_receivers * self.n_senders + self.n_qkv_slots
+        self.n_slots = self.n_rows * self.n_senders + self.n_qkv_slots
 
         self.edges: tuple[Edge, ...]
         self._edge_slots: list[list[int]]
@@ -132,15 +168,32 @@ class Graph:
         return self._heads_start[layer] if layer < self.n_layers else self.n_senders
 
     def n_senders_before_mlp(self, layer: int) -> int:
-        """Senders visible to the MLP of ``layer``: also that layer's heads."""
-        return self._heads_start[layer] + self.n_heads
+        """Senders visible to the MLP of ``layer``: also that layer's heads, unless the block is
+        parallel (attention and MLP both read the block's input)."""
+        return self._heads_start[layer] + (0 if self.arch.parallel else self.n_heads)
 
     def n_senders_before_stage(self, stage: int) -> int:
-        """Senders written before ``stage`` runs (stage 2l: layer l's heads, 2l+1: its MLP)."""
+        """Senders written before ``stage`` runs (stage 2l: layer l's heads, 2l+1: its MLP, which
+        runs after the heads even when it does not read them)."""
         layer, is_mlp = divmod(stage, 2)
         if layer >= self.n_layers:
             return self.n_senders
-        return self.n_senders_before_mlp(layer) if is_mlp else self.n_senders_before_heads(layer)
+        return self._heads_start[layer] + (self.n_heads if is_mlp else 0)
+
+    def n_heads_reading(self, which: str) -> int:
+        """How many heads have a ``which`` input: every query head, or every key/value head."""
+        return self.n_heads if which == "q" else self.n_kv_heads
+
+    def input_name(self, layer: int, head: int, which: str) -> str:
+        """The receiver ``a3.h0<q>``; under grouped-query attention ``a3.kv0<k>`` (``head`` is then
+        the key/value head)."""
+        if which != "q" and self.arch.grouped:
+            return f"{kv_head_name(layer, head)}<{which}>"
+        return head_input_name(layer, head, which)
+
+    def input_owner(self, layer: int, head: int, which: str) -> str:
+        """The head a q/k/v input feeds: ``a3.h0``, or the shared key/value head ``a3.kv0``."""
+        return kv_head_name(layer, head) if which != "q" and self.arch.grouped else head_name(layer, head)
 
     def head_input_row(self, layer: int, head: int, which: str) -> int:
         return layer * self.rows_per_layer + QKV.index(which) * self.n_heads + head
@@ -150,7 +203,7 @@ class Graph:
 
     @property
     def resid_post_row(self) -> int:
-        return self.n_receivers - 1
+        return self.n_rows - 1
 
     def head_slots(self, layer: int) -> slice:
         return slice(self._heads_start[layer], self._heads_start[layer] + self.n_heads)
@@ -161,7 +214,7 @@ class Graph:
         return slot
 
     def qkv_slot(self, layer: int, head: int, which: str) -> int:
-        return self.n_receivers * self.n_senders + (layer * 3 + QKV.index(which)) * self.n_heads + head
+        return self.n_rows * self.n_senders + (layer * 3 + QKV.index(which)) * self.n_heads + head
 
     def _row_senders(self, row: int) -> range:
         if row == self.resid_post_row:
@@ -171,10 +224,18 @@ class Graph:
             return range(self.n_senders_before_heads(layer))
         return range(self.n_senders_before_mlp(layer))
 
+    def senders_in_visiting_order(self, row: int) -> list[int]:
+        """The sender slots receiver ``row`` reads, in the order ACDC tests them: later layers first
+        (a layer's MLP before its heads, heads high to low), the embeddings last, token before
+        positional."""
+        visible = list(self._row_senders(row))
+        n_embed = len(self.embed_names)
+        return visible[n_embed:][::-1] + visible[:n_embed]
+
     def slot_stage(self, slot: int) -> int:
         """The first stage of the forward that reads ``slot``: a run that changes only this slot can
         restart there (stage 2l: layer l's attention, 2l+1: its MLP, 2L: the unembedding)."""
-        n_resid = self.n_receivers * self.n_senders
+        n_resid = self.n_rows * self.n_senders
         if slot >= n_resid:
             return 2 * ((slot - n_resid) // (3 * self.n_heads))
         row = slot // self.n_senders
@@ -185,14 +246,14 @@ class Graph:
 
     # ---- edges -----------------------------------------------------------------------------
     def _build_edges(self) -> None:
-        """Edges in ACDC's visiting order: receivers from the output back, and within a receiver
-        later senders first (higher head index first).  Methods rely on this order, so it is built
-        once, here."""
+        """Edges in ACDC's visiting order (the reference implementation's, described once, in
+        ``methods/acdc.py``): methods rely on this order, so it is built here and nowhere else."""
         edges: list[tuple[str, str, str, list[int]]] = []  # name, sender, receiver, slots
-        H = self.n_heads
+        heads = list(reversed(range(self.n_heads)))  # high index first
+        letters = tuple(reversed(QKV))  # v, k, q: the reverse of the order the forward computes them
 
         def resid_edges(rows: Sequence[int], receiver: str):
-            for s in reversed(self._row_senders(rows[0])):
+            for s in self.senders_in_visiting_order(rows[0]):
                 sender = self.senders[s]
                 slots = [r * self.n_senders + s for r in rows]
                 edges.append((f"{sender}->{receiver}", sender, receiver, slots))
@@ -201,23 +262,33 @@ class Graph:
         for layer in reversed(range(self.n_layers)):
             if self.arch.has_mlps:
                 resid_edges([self.mlp_row(layer)], f"m{layer}")
-            for h in reversed(range(H)):
-                if self.granularity == "qkv":
-                    for which in QKV:
-                        name = head_input_name(layer, h, which)
-                        edges.append((name, name, head_name(layer, h), [self.qkv_slot(layer, h, which)]))
-                    for which in QKV:
-                        resid_edges([self.head_input_row(layer, h, which)], head_input_name(layer, h, which))
-                else:  # q, k and v read one shared input: one edge covers three rows
-                    rows = [self.head_input_row(layer, h, which) for which in QKV]
-                    resid_edges(rows, head_name(layer, h))
+            if self.granularity == "qkv":
+                # the q/k/v "nodes" letter-major, then the q/k/v inputs in the same order (under
+                # grouped-query attention the k and v letters run over the key/value heads)
+                for which in letters:
+                    for i in reversed(range(self.n_heads_reading(which))):
+                        name = self.input_name(layer, i, which)
+                        edges.append((name, name, self.input_owner(layer, i, which), [self.qkv_slot(layer, i, which)]))
+                for which in letters:
+                    for i in reversed(range(self.n_heads_reading(which))):
+                        resid_edges([self.head_input_row(layer, i, which)], self.input_name(layer, i, which))
+            else:  # the inputs one head reads share an input: one edge covers their rows
+                group = self.n_heads // self.n_kv_heads
+                for h in heads:
+                    # (which, head or key/value head); GQA: a key/value head's input after its first query head's
+                    inputs = [("q", h)] + ([("k", h // group), ("v", h // group)] if h % group == 0 else [])
+                    owners = [self.input_owner(layer, i, which) for which, i in inputs]
+                    for owner in dict.fromkeys(owners):
+                        rows = [self.head_input_row(layer, i, which) for (which, i), o in zip(inputs, owners) if o == owner]
+                        resid_edges(rows, owner)
 
         if self.granularity == "nodes":
             # A node is one "edge" that owns every outgoing slot of its sender.
             by_sender: dict[str, list[int]] = {s: [] for s in self.senders}
             for _, sender, _, slots in edges:
                 by_sender[sender] += slots
-            edges = [(s, s, s, sorted(by_sender[s])) for s in reversed(self.senders)]
+            edges = [(self.senders[s], self.senders[s], self.senders[s], sorted(by_sender[self.senders[s]]))
+                     for s in self.senders_in_visiting_order(self.resid_post_row)]
 
         self.edges = tuple(
             Edge(index=i, name=name, sender=sender, receiver=receiver,
@@ -265,6 +336,25 @@ class Graph:
         out: dict[str, list[int]] = {}
         for e in self.edges:
             out.setdefault(e.sender, []).append(e.index)
+        if self.arch.grouped:  # a key/value head acts through the outputs of the query heads sharing it
+            group = self.n_heads // self.n_kv_heads
+            for layer in range(self.n_layers):
+                for kv in range(self.n_kv_heads):
+                    out[kv_head_name(layer, kv)] = [i for h in range(kv * group, (kv + 1) * group)
+                                                    for i in out.get(head_name(layer, h), [])]
+        return out
+
+    @cached_property
+    def visits(self) -> list[tuple[str, list[int]]]:
+        """ACDC's visits in order: (receiver, the incoming edges it tests there), one per run of
+        consecutive edges into one receiver.  A head is visited three times in the qkv graph (its
+        v, k and q edges sit in their letter's group), every other receiver once."""
+        out: list[tuple[str, list[int]]] = []
+        for e in self.edges:
+            if out and out[-1][0] == e.receiver:
+                out[-1][1].append(e.index)
+            else:
+                out.append((e.receiver, [e.index]))
         return out
 
     @cached_property
@@ -284,7 +374,8 @@ class Graph:
         a = self.arch
         return (
             f"{self.granularity} graph: {a.n_layers} layers x {a.n_heads} heads"
-            f"{'' if a.has_mlps else ', attention only'}, {self.n_edges} edges"
+            f"{f' ({self.n_kv_heads} key/value heads)' if a.grouped else ''}"
+            f"{'' if a.has_mlps else ', attention only'}{', parallel blocks' if a.parallel else ''}, {self.n_edges} edges"
         )
 
     def __repr__(self) -> str:

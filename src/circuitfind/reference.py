@@ -4,6 +4,12 @@ It shares nothing with ``engine.py`` but the edge names: it reads each edge's se
 from its name, records sender values with hooks as the forward passes them, and subtracts, at each
 receiver's hook, ``(1 - m) * (value - ablated)`` for every edge into it.  It exists so the tests can
 hold the fast engine to it, and as the baseline of the speed benchmark.
+
+Today's blocks need nothing of their own here: TransformerLens applies rotary positions, soft-caps,
+norms and gated MLPs after the hooks patched below.  Under grouped-query attention its
+``hook_k_input``/``hook_v_input``/``hook_k``/``hook_v`` carry one slot per key/value head, which is
+where the ``a3.kv0<k>`` receivers and q/k/v edges land; in a parallel block ``hook_mlp_in`` is the
+block's input, and an MLP does not read its own layer's heads.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ from .graph import EdgeMask, Graph
 
 _HEAD = re.compile(r"^a(\d+)\.h(\d+)$")
 _HEAD_INPUT = re.compile(r"^a(\d+)\.h(\d+)<([qkv])>$")
+# grouped-query attention: a key/value head shared by several query heads, and its k/v inputs
+_KV_HEAD = re.compile(r"^a(\d+)\.kv(\d+)$")
+_KV_INPUT = re.compile(r"^a(\d+)\.kv(\d+)<([kv])>$")
 _MLP = re.compile(r"^m(\d+)$")
 
 
@@ -60,7 +69,7 @@ def _sender_hooks(model: HookedTransformer) -> list[str]:
         names.append(f"blocks.{l}.attn.hook_result")
         if not model.cfg.attn_only:
             names.append(f"blocks.{l}.hook_mlp_out")
-    return names
+    return [name for name in names if name in model.hook_dict]  # rotary models have no hook_pos_embed
 
 
 def _qkv_hooks(model: HookedTransformer) -> list[str]:
@@ -68,14 +77,24 @@ def _qkv_hooks(model: HookedTransformer) -> list[str]:
 
 
 @torch.no_grad()
-def reference_ablation(model: HookedTransformer, corrupted: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
-    """Hook activations on the corrupted prompts (or zeros, or their per-position mean)."""
-    with hooked_receivers(model):
+def reference_ablation(model: HookedTransformer, corrupted: torch.Tensor, kind: str,
+                       shuffle_positions: bool = False) -> dict[str, torch.Tensor]:
+    """Hook activations on the corrupted prompts (or their per-position mean, or their mean), or,
+    for zero ablation, of one forward in which every sender hook outputs zeros.  With
+    ``shuffle_positions`` the corrupted run's ``hook_pos_embed`` is permuted over positions: the
+    reference implementation's recipe, ``torch.manual_seed(49)`` then ``torch.randperm``."""
+    if kind == "zero":
+        return _every_sender_zeroed(model, corrupted)
+    hooks = []
+    if shuffle_positions:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(49)
+            order = torch.randperm(corrupted.shape[1])
+        hooks.append(("hook_pos_embed", lambda value, hook: value[:, order]))
+    with hooked_receivers(model), model.hooks(fwd_hooks=hooks):
         names = set(_sender_hooks(model) + _qkv_hooks(model))
         _, cache = model.run_with_cache(corrupted, names_filter=lambda n: n in names)
     acts = {name: cache[name] for name in names}
-    if kind == "zero":
-        return {k: torch.zeros_like(v) for k, v in acts.items()}
     if kind == "mean":
         return {k: v.mean(0, keepdim=True).expand_as(v) for k, v in acts.items()}
     if kind == "mean_all":
@@ -85,29 +104,57 @@ def reference_ablation(model: HookedTransformer, corrupted: torch.Tensor, kind: 
     return acts
 
 
-def _receiver_sites(graph: Graph, edge_name: str, sender: str, receiver: str) -> list[tuple[str, int | None]]:
+def _every_sender_zeroed(model: HookedTransformer, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every sender hook and hook_q/k/v of a forward whose senders all output zeros (a shortformer's or
+    rotary model's positions are no sender: they still reach the queries and keys)."""
+    zeroed = ["hook_embed"] + [n for n in _sender_hooks(model) if n.startswith("blocks.") and n != "blocks.0.hook_resid_pre"]
+    if model.cfg.positional_embedding_type not in ("shortformer", "rotary"):
+        zeroed.append("hook_pos_embed")
+    acts: dict[str, torch.Tensor] = {}
+
+    def zero(value, hook):
+        acts[hook.name] = torch.zeros_like(value)
+        return acts[hook.name]
+
+    def save(value, hook):
+        acts[hook.name] = value.clone()
+
+    hooks = [(name, zero) for name in zeroed] + [(name, save) for name in ["blocks.0.hook_resid_pre", *_qkv_hooks(model)]]
+    with hooked_receivers(model):
+        model.run_with_hooks(tokens, fwd_hooks=hooks)
+    return acts
+
+
+def _grouped(model: HookedTransformer) -> bool:
+    return model.cfg.n_key_value_heads not in (None, model.cfg.n_heads)
+
+
+def _receiver_sites(model: HookedTransformer, graph: Graph, sender: str, receiver: str) -> list[tuple[str, int | None]]:
     """Where an edge enters the model: (hook name, head index or None) pairs."""
     L = graph.n_layers
     if graph.granularity == "nodes":  # a node feeds every receiver after it
         return [site for r in graph.receivers for site in _receiver_sites_qkv(r, L)
-                if sender in _visible_senders(graph, r)]
-    if m := _HEAD.match(receiver):  # heads graph: one edge into q, k and v alike
-        return [(f"blocks.{m[1]}.hook_{w}_input", int(m[2])) for w in "qkv"]
+                if sender in _visible_senders(model, graph, r)]
+    if m := _HEAD.match(receiver):  # heads graph: one edge into q, k and v alike (GQA: q only)
+        return [(f"blocks.{m[1]}.hook_{w}_input", int(m[2])) for w in ("q" if _grouped(model) else "qkv")]
+    if m := _KV_HEAD.match(receiver):  # heads graph under GQA: one edge into a key/value head's k and v
+        return [(f"blocks.{m[1]}.hook_{w}_input", int(m[2])) for w in "kv"]
     return _receiver_sites_qkv(receiver, L)
 
 
 def _receiver_sites_qkv(receiver: str, n_layers: int) -> list[tuple[str, int | None]]:
     if receiver == "resid_post":
         return [(f"blocks.{n_layers - 1}.hook_resid_post", None)]
-    if m := _HEAD_INPUT.match(receiver):
+    if m := _HEAD_INPUT.match(receiver) or _KV_INPUT.match(receiver):
         return [(f"blocks.{m[1]}.hook_{m[3]}_input", int(m[2]))]
     if m := _MLP.match(receiver):
         return [(f"blocks.{m[1]}.hook_mlp_in", None)]
     raise KeyError(receiver)
 
 
-def _visible_senders(graph: Graph, receiver: str) -> set[str]:
-    """Senders written before ``receiver`` reads, from layer numbers alone."""
+def _visible_senders(model: HookedTransformer, graph: Graph, receiver: str) -> set[str]:
+    """Senders written before ``receiver`` reads, from layer numbers alone (a parallel block's MLP
+    reads what its heads read)."""
     def sender_layer(s: str) -> float:
         if s in ("embed", "tok_embed", "pos_embed"):
             return -1
@@ -116,10 +163,10 @@ def _visible_senders(graph: Graph, receiver: str) -> set[str]:
         return int(_MLP.match(s)[1]) + 0.5  # an MLP writes after its layer's heads
     if receiver == "resid_post":
         limit = float("inf")
-    elif m := _HEAD_INPUT.match(receiver):
+    elif m := _HEAD_INPUT.match(receiver) or _KV_INPUT.match(receiver):
         limit = int(m[1]) - 0.25
     else:
-        limit = int(_MLP.match(receiver)[1]) + 0.25
+        limit = int(_MLP.match(receiver)[1]) + (-0.25 if model.cfg.parallel_attn_mlp else 0.25)
     return {s for s in graph.senders if sender_layer(s) < limit}
 
 
@@ -132,10 +179,11 @@ def reference_logits(model: HookedTransformer, graph: Graph, clean: torch.Tensor
     for edge, m in zip(graph.edges, values):
         if m == 1.0:
             continue
-        if (h := _HEAD_INPUT.match(edge.sender)) and _HEAD.match(edge.receiver):  # a q/k/v edge
+        h = _HEAD_INPUT.match(edge.sender) or _KV_INPUT.match(edge.sender)
+        if h and (_HEAD.match(edge.receiver) or _KV_HEAD.match(edge.receiver)):  # a q/k/v edge
             qkv_patches.setdefault(f"blocks.{h[1]}.attn.hook_{h[3]}", []).append((int(h[2]), m))
             continue
-        for hook, head in _receiver_sites(graph, edge.name, edge.sender, edge.receiver):
+        for hook, head in _receiver_sites(model, graph, edge.sender, edge.receiver):
             removed.setdefault(hook, []).append((edge.sender, head, 1.0 - m))
 
     current: dict[str, torch.Tensor] = {}

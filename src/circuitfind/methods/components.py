@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..graph import QKV, EdgeMask, Graph, head_input_name, head_name
+from ..graph import QKV, EdgeMask, Graph, head_name
 
 @dataclass(frozen=True)
 class Component:
@@ -47,8 +47,8 @@ class Components:
         for layer in range(graph.n_layers):
             if self.per_input:
                 for which in QKV:
-                    for h in range(graph.n_heads):
-                        name = head_input_name(layer, h, which)
+                    for h in range(graph.n_heads_reading(which)):  # GQA: k and v per key/value head
+                        name = graph.input_name(layer, h, which)
                         items.append(Component(name, which, layer, h, (graph.edge_index[name],)))
             else:
                 for h in range(graph.n_heads):
@@ -92,9 +92,14 @@ class Components:
         head's the largest of its inputs' (the head lives while any input does)."""
         out = {c.name: float(v) for c, v in zip(self.items, values.tolist())}
         if self.per_input:
-            for layer in range(self.graph.n_layers):
-                for h in range(self.graph.n_heads):
-                    out[head_name(layer, h)] = max(out[head_input_name(layer, h, w)] for w in QKV)
+            g = self.graph
+            group = g.n_heads // g.n_kv_heads  # GQA: head h reads key/value head h // group
+            for layer in range(g.n_layers):
+                for h in range(g.n_heads):
+                    inputs = [out[g.input_name(layer, h if w == "q" else h // group, w)] for w in QKV]
+                    out[head_name(layer, h)] = max(inputs)
+                    if g.arch.grouped:
+                        out[g.input_owner(layer, h // group, "k")] = max(inputs[1:])
         return out
 
     def _edge_values(self, node_values: dict[str, float], ungated: float) -> list[float]:

@@ -6,8 +6,8 @@ task objective F, averaged over prompts:
 
     I(C) = mean over prompts x of | sum over positions and dims of (C(x) - C(x')) * dF/dC(x) |
 
-with x' the corrupted prompt (C(x') = 0 under zero ablation; the engine's ablated values under any
-corruption).  Prompts do not interact, so the gradient of the summed per-prompt objective gives every
+with x' the corrupted prompt (zero ablation: C in the one run with every sender zeroed; the engine's
+ablated values under any corruption).  Prompts do not interact, so the gradient of the summed per-prompt objective gives every
 prompt's own gradient: one forward and one backward for all components.  Scores are then divided by
 their layer's L2 norm.  Keeping the top-k components for every k from all to none gives the whole
 ROC curve from one ranking; each k is one circuit (every edge between kept nodes).

@@ -43,6 +43,14 @@ from ..engine import check_supported
 
 log = logging.getLogger(__name__)
 
+# GPT-NeoX blocks as Pythia uses them: partial rotary (a quarter of each head), parallel attention and MLP.
+_PYTHIA = dict(
+    d_head=64, n_ctx=2048, eps=1e-5, d_vocab=50304, act_fn="gelu", use_attn_scale=True, use_local_attn=False,
+    scale_attn_by_inverse_layer_idx=False, parallel_attn_mlp=True, positional_embedding_type="rotary",
+    rotary_adjacent_pairs=False, normalization_type="LN", default_prepend_bos=False, rotary_dim=16,
+    rotary_base=10000, original_architecture="GPTNeoXForCausalLM",
+)
+
 # The hub models' configs as TransformerLens builds them (before weight processing).  GPT-2's is
 # checked against TransformerLens' conversion of GPT-2's published config.json in the tests; the
 # other two are TransformerLens' reading of their repos' config.json files.
@@ -62,9 +70,39 @@ HUB_ARCHITECTURES: dict[str, dict] = {
         n_layers=2, n_heads=8, d_model=256, d_head=32, n_ctx=2048, d_vocab=50259, attn_only=True,
         normalization_type="LN", positional_embedding_type="shortformer", original_architecture="neel",
     ),
+    # Today's families.  Pythia's and Qwen's configs are TransformerLens' conversion of their repos'
+    # config.json (which needs the hub, so the values are written here); Llama's and Gemma's are what
+    # TransformerLens 3.9 builds from the name alone (convert_hf_model_config, offline).
+    "EleutherAI/pythia-70m": dict(_PYTHIA, d_model=512, n_heads=8, d_mlp=2048, n_layers=6),
+    "EleutherAI/pythia-160m": dict(_PYTHIA, d_model=768, n_heads=12, d_mlp=3072, n_layers=12),
+    "Qwen/Qwen2.5-0.5B": dict(
+        d_model=896, d_head=64, n_heads=14, n_key_value_heads=2, d_mlp=4864, n_layers=24, n_ctx=32768, eps=1e-6,
+        d_vocab=151936, act_fn="silu", use_attn_scale=True, normalization_type="RMS", positional_embedding_type="rotary",
+        rotary_base=1000000, rotary_adjacent_pairs=False, rotary_dim=64, tokenizer_prepends_bos=True, final_rms=True,
+        gated_mlp=True, default_prepend_bos=False, original_architecture="Qwen2ForCausalLM",
+    ),
+    "meta-llama/Llama-3.2-1B": dict(
+        d_model=2048, d_head=64, n_heads=32, d_mlp=8192, n_layers=16, n_ctx=2048, eps=1e-5, d_vocab=128256,
+        act_fn="silu", n_key_value_heads=8, normalization_type="RMS", positional_embedding_type="rotary",
+        rotary_adjacent_pairs=False, rotary_dim=64, final_rms=True, gated_mlp=True, rotary_base=500000.0,
+        use_NTK_by_parts_rope=True, NTK_by_parts_low_freq_factor=1.0, NTK_by_parts_high_freq_factor=4.0,
+        NTK_by_parts_factor=32.0, NTK_original_ctx_len=8192, original_architecture="LlamaForCausalLM",
+    ),
+    # Gemma-2 normalises each attention and MLP output again before the residual stream
+    # (use_normalization_before_and_after): the engine refuses it by name (see engine.py).
+    "google/gemma-2-2b": dict(
+        d_model=2304, d_head=256, n_heads=8, d_mlp=9216, n_layers=26, n_ctx=8192, eps=1e-6, d_vocab=256000,
+        act_fn="gelu_pytorch_tanh", initializer_range=0.02, normalization_type="RMS", rotary_base=10000.0,
+        positional_embedding_type="rotary", use_attn_scale=True, n_key_value_heads=4, window_size=4096,
+        use_local_attn=True, attn_types=["local", "global"] * 13, attn_scores_soft_cap=50.0,
+        output_logits_soft_cap=30.0, gated_mlp=True, final_rms=True, use_normalization_before_and_after=True,
+        original_architecture="Gemma2ForCausalLM",
+    ),
 }
-# The facts the edge graph and the patching engine depend on: real weights must agree on these.
-GRAPH_FACTS = ("n_layers", "n_heads", "attn_only", "positional_embedding_type")
+# The facts the edge graph and the patching engine depend on, with their defaults: real weights
+# must agree on these.
+GRAPH_FACTS = {"n_layers": None, "n_heads": None, "attn_only": False, "positional_embedding_type": "standard",
+               "n_key_value_heads": None, "parallel_attn_mlp": False}
 
 # Where GPT-2's tokenizer files (vocab.json, merges.txt) live when the cache does not hold them.
 GPT2_TOKENIZER_ENV = "CIRCUITFIND_GPT2_TOKENIZER"
@@ -223,6 +261,17 @@ def load_model(model_cfg: dict, device: str | torch.device = "cpu", seed: int = 
     return model.eval().requires_grad_(False)
 
 
+def weights_dtype(model_cfg: dict, device) -> torch.dtype:
+    """The weights' dtype: ``dtype`` (default float32), or on a GPU ``gpu_dtype`` where the config
+    sets one (the billion-parameter models: half the memory, and the GPU's fast path)."""
+    on_gpu = torch.device(device).type == "cuda"
+    name = (model_cfg.get("gpu_dtype") if on_gpu else None) or model_cfg.get("dtype") or "float32"
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"model {model_cfg.get('name')}: dtype {name!r} is not a torch floating-point dtype")
+    return dtype
+
+
 def _random_model(cfg: HookedTransformerConfig, seed: int) -> HookedTransformer:
     # A private RNG stream: the weights depend on the seed alone, not on what ran before.
     with torch.random.fork_rng(devices=[]):
@@ -244,6 +293,8 @@ def _load_hub_model(model_cfg: dict, device, seed: int, tokenizer) -> HookedTran
     if repo not in HUB_ARCHITECTURES:
         raise ValueError(f"model {name}: unknown hub repo {repo!r}; known: {', '.join(HUB_ARCHITECTURES)}")
     fold_ln = bool(model_cfg.get("fold_ln", False))
+    # Refuse what the patching engine cannot run before building or fetching anything (it reads only .cfg).
+    check_supported(SimpleNamespace(cfg=HookedTransformerConfig(**HUB_ARCHITECTURES[repo], model_name=name)))
     if not model_cfg.get("pretrained", True):
         arch = dict(HUB_ARCHITECTURES[repo])
         # Random weights are drawn for the processed architecture (LNPre where layer norm is folded),
@@ -252,10 +303,9 @@ def _load_hub_model(model_cfg: dict, device, seed: int, tokenizer) -> HookedTran
         arch["normalization_type"] = _processed_normalization(arch["normalization_type"], fold_ln)
         if tokenizer is not None and len(tokenizer) > arch["d_vocab"]:
             arch["d_vocab"] = len(tokenizer)
-        cfg = HookedTransformerConfig(**arch, model_name=f"{name} (random weights)", device=str(device))
+        cfg = HookedTransformerConfig(**arch, model_name=f"{name} (random weights)", device=str(device),
+                                      dtype=weights_dtype(model_cfg, device))
         return _random_model(cfg, seed)
-    # Refuse what the patching engine cannot run before fetching anything (it reads only .cfg).
-    check_supported(SimpleNamespace(cfg=HookedTransformerConfig(**HUB_ARCHITECTURES[repo], model_name=name)))
     return _load_pretrained(model_cfg, device)
 
 
@@ -304,9 +354,10 @@ def _load_pretrained(model_cfg: dict, device) -> HookedTransformer:
     # format repo's files online even when they are cached, so its steps are taken one by one.
     offline = dict(cache_dir=hub_cache_dir(), local_files_only=True)
     fold_ln = bool(model_cfg.get("fold_ln", False))
-    cfg = tl_loading.get_pretrained_model_config(repo, fold_ln=fold_ln, device=str(device), **offline)
-    disagreements = [f"{fact} {getattr(cfg, fact)!r} (expected {arch.get(fact, False)!r})"
-                     for fact in GRAPH_FACTS if getattr(cfg, fact) != arch.get(fact, False)]
+    cfg = tl_loading.get_pretrained_model_config(repo, fold_ln=fold_ln, device=str(device),
+                                                 dtype=weights_dtype(model_cfg, device), **offline)
+    disagreements = [f"{fact} {getattr(cfg, fact)!r} (expected {arch.get(fact, default)!r})"
+                     for fact, default in GRAPH_FACTS.items() if getattr(cfg, fact) != arch.get(fact, default)]
     if disagreements:
         raise ValueError(f"{name}: the cached config of {repo} disagrees with circuitfind's on "
                          f"{', '.join(disagreements)}")
