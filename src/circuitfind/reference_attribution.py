@@ -33,6 +33,15 @@ def _activations(model: HookedTransformer, tokens: torch.Tensor) -> dict[str, to
     return {name: act.detach() for name, act in cache.items()}
 
 
+def _zeroed_senders_activations(model: HookedTransformer, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Activations of a run in which every sender writes zero (embeddings, head results, MLP outputs)."""
+    zero = lambda act, hook: torch.zeros_like(act)  # noqa: E731
+    names = ["hook_embed", "hook_pos_embed"] + [f"blocks.{l}.attn.hook_result" for l in range(model.cfg.n_layers)]
+    names += [] if model.cfg.attn_only else [f"blocks.{l}.hook_mlp_out" for l in range(model.cfg.n_layers)]
+    with model.hooks(fwd_hooks=[(n, zero) for n in names]):
+        return _activations(model, tokens)
+
+
 def _value(name: str, acts: dict[str, torch.Tensor]) -> torch.Tensor:
     """A sender's [batch, pos, d_model] output, or a head input's [batch, pos, d_head] q/k/v."""
     if name == "embed":
@@ -52,6 +61,8 @@ def _value(name: str, acts: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def _ablated(name: str, kind: str, clean: dict, corrupted: dict | None) -> torch.Tensor:
     value = _value(name, clean)
+    if kind == "zero" and _HEAD_INPUT.match(name):  # the q/k/v of a run with every sender zeroed
+        return _value(name, corrupted).expand_as(value)
     if kind == "zero":
         return torch.zeros_like(value)
     other = _value(name, corrupted)
@@ -82,7 +93,7 @@ def eap_reference(model: HookedTransformer, graph: Graph, clean: torch.Tensor, c
     ``positions`` [batch, k, vocab] to the scalar loss."""
     with hooked_receivers(model):
         acts = _activations(model, clean)
-        other = None if corruption == "zero" else _activations(model, corrupted)
+        other = _zeroed_senders_activations(model, clean) if corruption == "zero" else _activations(model, corrupted)
         probes: dict[str, torch.Tensor] = {}
 
         def probe(act, hook):
