@@ -21,12 +21,12 @@ from .evaluation import canonical_mask, edge_and_node_rates
 from .graph import GRANULARITIES, Architecture, EdgeMask, Graph
 from .methods import METHODS, Problem, get_method
 from .checkpoint import Checkpointer
-from .draw import circuit_dot, draw_circuit
+from .draw import check_draw_option, circuit_dot, draw_circuit
 from .methods.acdc import check_acdc_params
 from .methods.hisp import check_hisp_params
 from .methods.sp import check_sp_params
-from .rundir import (SUMMARY, atomic_write_text, config_hash, folder_state, read_summary, write_edges,
-                     write_summary, write_table, write_trace)
+from .rundir import (SUMMARY, atomic_write_text, config_hash, copy_run, folder_state, publish_run, read_summary,
+                     store_folder, write_edges, write_summary, write_table, write_trace)
 from .tasks import TASKS, build_task
 
 log = logging.getLogger("circuitfind")
@@ -65,6 +65,10 @@ def validate(cfg: DictConfig) -> None:
         _check_paper_sweep(cfg)
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
+    try:
+        check_draw_option(cfg.get("draw", "auto"))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _check_paper_sweep(cfg: DictConfig) -> None:
@@ -146,6 +150,11 @@ def run(cfg: DictConfig, folder: Path) -> dict:
     if state == "complete" and not cfg.get("force", False):
         log.info("%s already holds this run (config %s); force=true recomputes it", folder, identity)
         return dict(read_summary(folder), reused=True)
+    store_run = sweep_store_run(cfg, identity)
+    if state == "empty" and store_run is not None and not cfg.get("force", False) \
+            and copy_run(store_run, folder, identity):
+        log.info("copied this config's complete run from %s (force=true recomputes it)", store_run)
+        return dict(read_summary(folder), reused=True)
     if state == "complete":  # force: the old summary goes first, so a crash cannot pair it with new files
         (folder / SUMMARY).unlink()
     folder.mkdir(parents=True, exist_ok=True)
@@ -184,7 +193,10 @@ def run(cfg: DictConfig, folder: Path) -> dict:
 
     write_edges(folder, result, canonical)
     write_trace(folder, result.extras.get("trace", []))
-    draw_circuit(result, folder / "circuit.png", f"{task.name} {cfg.method.name} ({cfg.corruption.name})")
+    draw = cfg.get("draw", "auto")
+    if draw is not False:  # auto: the detailed drawing while it stays readable, else the block summary
+        draw_circuit(result, folder / "circuit.png", f"{task.name} {cfg.method.name} ({cfg.corruption.name})",
+                     detail=None if draw == "auto" else True)
     atomic_write_text(folder / "circuit.dot", circuit_dot(result))
     for filename, rows in result.extras.get("tables", {}).items():
         write_table(folder, filename, rows)
@@ -219,4 +231,19 @@ def run(cfg: DictConfig, folder: Path) -> dict:
     )
     write_summary(folder, summary)  # last: its presence marks the run complete
     checkpointer.clear()
+    if store_run is not None:
+        publish_run(folder, store_run, identity)
     return summary
+
+
+def sweep_store_run(cfg: DictConfig, identity: str) -> Path | None:
+    """In a ``-m`` sweep, where the store (``store``, default outputs/runs) keeps this config's run;
+    None for single runs (their folder is the store's) and outside Hydra."""
+    if not cfg.get("store"):
+        return None
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return store_folder(Path(cfg.store), cfg, identity)
