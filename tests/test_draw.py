@@ -131,3 +131,27 @@ def test_large_circuits_are_drawn_as_block_counts_unless_forced(tmp_path):
     assert forced.kind == "detail" and len(forced.ax.collections[0].get_segments()) == n_kept
     png = draw_circuit(result, tmp_path / "circuit.png")
     assert png.read_bytes()[:4] == b"\x89PNG" and [p.name for p in tmp_path.iterdir()] == ["circuit.png"]
+
+
+def test_untested_edges_have_an_empty_score_in_edges_csv(tmp_path):
+    import csv
+
+    from circuitfind.pipeline import run
+    from conftest import config
+
+    summary = run(config("corruption=zero", "method.max_edge_tests=5"), tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "edges.csv")))
+    assert not any("inf" in row["score"] for row in rows)
+    tested = [row for row in rows if row["score"]]
+    assert len(tested) == summary["n_edge_tests"] == 5  # the others were never reached
+    assert all(row["kept"] == "1" for row in rows if not row["score"])  # untested edges stay in the circuit
+    assert (tmp_path / "circuit.png").is_file() and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_draw_option_is_checked_before_anything_loads():
+    from circuitfind.pipeline import ConfigError, validate
+    from conftest import config
+
+    with pytest.raises(ConfigError, match="draw must be auto, true or false, got 'maybe'"):
+        validate(config("draw=maybe"))
+    validate(config("draw=false"))
