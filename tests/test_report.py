@@ -191,3 +191,13 @@ def test_plot_text_stays_inside_and_coinciding_curves_stay_visible(tmp_path):
     roc = roc_figure(task, points, auc_table(points)).axes[0]
     sizes = [c.get_sizes()[0] for c in roc.collections]
     assert sizes[0] > sizes[1]
+
+
+def test_metric_full_read_off_the_clean_logits_equals_the_full_circuits_forward(tmp_path):
+    from circuitfind.pipeline import build_problem
+
+    cfg = config("task=tracr_proportion", "corruption=zero", "method=canonical")
+    summary = run(cfg, tmp_path)
+    problem = build_problem(cfg)
+    for split, numbers in (("validation", summary), ("test", summary["test"])):
+        assert numbers["metric_full"] == pytest.approx(problem.evaluate(problem.graph.full_mask(), split), abs=1e-12)
