@@ -18,28 +18,25 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .evaluation import canonical_mask, edge_and_node_rates
-from .graph import GRANULARITIES, Architecture, EdgeMask, Graph
+from .circuit_json import CircuitFileError, ground_truth, read_circuit_file, write_circuit_json
+from .graph import GRANULARITIES, Architecture, EdgeMask, EdgeScores, Graph
 from .methods import METHODS, Problem, get_method
 from .checkpoint import Checkpointer
-from .draw import check_draw_option, circuit_dot, draw_circuit
-from .methods.acdc import check_acdc_params
-from .methods.hisp import check_hisp_params
-from .methods.sp import check_sp_params
+from .draw import circuit_dot, draw_circuit
+from .phases import Phases
 from .rundir import (SUMMARY, atomic_write_text, config_hash, copy_run, folder_state, publish_run, read_summary,
                      store_folder, write_edges, write_summary, write_table, write_trace)
+from .pairs_file import PairsFileError, read_pairs
 from .tasks import TASKS, build_task
+from .threads import torch_threads
+from .validate import GROUND_TRUTH_WORDS, ConfigError, check_config, compose_config, ground_truth_path, method_params
 
 log = logging.getLogger("circuitfind")
 CORRUPTIONS = ("corrupted", "zero", "mean", "mean_all")
 # The parameter each method's curve is swept over (HISP reports its own: the k it kept).
 PARAMETER_NAMES = {"acdc": "tau", "sp": "lambda_reg", "hisp": "k"}
-# Each method's own parameter check, run on the config before anything loads (tau is top-level).
-_METHOD_CHECKS = {"acdc": check_acdc_params, "sp": check_sp_params, "hisp": check_hisp_params}
 CURVE = "curve.csv"
-
-
-class ConfigError(ValueError):
-    """A config value that is wrong before anything is loaded."""
+__all__ = ["ConfigError", "compose_config", "run", "validate"]
 
 
 def _choice(kind: str, value, valid) -> None:
@@ -48,58 +45,23 @@ def _choice(kind: str, value, valid) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check every config value before any model is loaded."""
+    """Check every config value before any model is loaded: the torch-free checks the CLI ran
+    already (``validate.check_config``), then the registries a config file could name wrongly."""
+    check_config(cfg)
     _choice("task", cfg.task.name, TASKS)
     _choice("method", cfg.method.name, METHODS)
     _choice("corruption", cfg.corruption.name, CORRUPTIONS)
     _choice("graph", cfg.graph.granularity, GRANULARITIES)
-    check = _METHOD_CHECKS.get(cfg.method.name)
-    if check is not None:
-        accepted = inspect.signature(check).parameters
-        params = {k: v for k, v in _method_params(cfg).items() if k in accepted}
-        try:
-            check(**params)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-    if OmegaConf.select(cfg, "threshold.name") == "paper" and cfg.method.name in ("acdc", "sp"):
-        _check_paper_sweep(cfg)
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
-        raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
-    try:
-        check_draw_option(cfg.get("draw", "auto"))
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-
-
-def _check_paper_sweep(cfg: DictConfig) -> None:
-    """threshold=paper's values are resolved once per command, for the task and method Hydra composed
-    first (configs/threshold/paper.yaml): refuse jobs that would run another task's values."""
-    here = f"{cfg.task.name}/{cfg.method.name}"
-    swept_for = OmegaConf.select(cfg, "threshold.swept_for")
-    if swept_for is None:
-        raise ConfigError(f"threshold=paper is a sweep: run it with -m (circuitfind -m task={cfg.task.name} "
-                          f"method={cfg.method.name} threshold=paper)")
-    if swept_for != here:
-        raise ConfigError(f"threshold=paper sweeps one task and one method per command; this job ({here}) got the "
-                          f"values of {swept_for}: run it as its own sweep")
-    if cfg.method.name == "acdc" and OmegaConf.select(cfg, "task.sweeps.acdc") is None:
-        raise ConfigError(f"threshold=paper has no ACDC sweep for task {cfg.task.name} (task.sweeps.acdc is not set)")
-
-
-def compose_config(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
-    """The config ``circuitfind <overrides>`` would run, composed without running it (notebooks,
-    benchmarks, figures)."""
-    from hydra import compose, initialize_config_module
-
-    with initialize_config_module(config_module="circuitfind.configs", version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def build_problem(cfg: DictConfig) -> Problem:
     """The task, model, graph and metric a config names, bundled for a method."""
     task = build_task(cfg.task.name, **_task_params(cfg))
+    if ground_truth_path(cfg) is not None:  # a circuit file replaces the task's own canonical circuit
+        task.canonical_edges = ground_truth(ground_truth_path(cfg))
     graph = Graph(Architecture.from_config(task.model.cfg, split_embed=task.split_embed), cfg.graph.granularity)
-    return Problem(task, graph, cfg.corruption.name, task.metric(cfg.metric), progress=cfg.progress)
+    return Problem(task, graph, cfg.corruption.name, task.metric(cfg.metric), progress=cfg.progress,
+                   shuffle_positions=OmegaConf.select(cfg, "corruption.shuffle_positions", default=False))
 
 
 def seed_everything(seed: int) -> None:
@@ -110,13 +72,10 @@ def seed_everything(seed: int) -> None:
 
 def _task_params(cfg: DictConfig) -> dict:
     params = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items()
-              if k not in ("name", "tau", "sweeps")}
+              if k not in ("name", "tau", "sweeps", "ground_truth")}
+    if OmegaConf.select(cfg, "task.ground_truth") in GROUND_TRUTH_WORDS:  # the tracr tasks' own choice
+        params["ground_truth"] = cfg.task.ground_truth
     return dict(params, seed=cfg.seed, device=cfg.device, model=OmegaConf.to_container(cfg.model, resolve=True))
-
-
-def _method_params(cfg: DictConfig) -> dict:
-    params = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
-    return dict(params, tau=cfg.tau, seed=cfg.seed)
 
 
 def _rates(found: EdgeMask, canonical: EdgeMask | None) -> dict:
@@ -166,72 +125,15 @@ def run(cfg: DictConfig, folder: Path) -> dict:
     if state == "resumable" and not cfg.get("resume", True):
         checkpointer.clear()
 
-    problem = build_problem(cfg)
-    task, graph = problem.task, problem.graph
-    method = get_method(cfg.method.name)
-    params = _method_params(cfg)
-    if "checkpointer" in inspect.signature(method).parameters:
-        params["checkpointer"] = checkpointer
-    with checkpointer.stop_on_signals():
-        result = method(problem, **params)
-
-    canonical = canonical_mask(task, graph)
-    rates = _rates(result.kept, canonical)
-    nothing = EdgeMask(graph, torch.zeros(graph.n_edges))
-    # The full circuit's metric is read off the clean logits every metric already compares against
-    # (the same forward: nothing removed = the model), saving a GPT-2 forward per split.
-    metrics = {
-        split: dict(
-            metric_full=float(problem.per_prompt(problem.clean_logits(split), split).mean()),
-            metric_circuit=problem.evaluate(result.kept, split),
-            metric_empty=problem.evaluate(nothing, split),
-        )
-        for split in ("validation", "test")
-    }
-    curve = _evaluate_curve(problem, canonical, result.extras["curve"]) if "curve" in result.extras else None
-    n_forward = sum(engine.n_forward for engine in problem._engines.values())
-    parameter_name, parameter = result.extras.get(
-        "parameter", (PARAMETER_NAMES.get(cfg.method.name), cfg.tau if cfg.method.name == "acdc" else None))
-
-    write_edges(folder, result, canonical)
-    write_trace(folder, result.extras.get("trace", []))
-    draw = cfg.get("draw", "auto")
-    if draw is not False:  # auto: the detailed drawing while it stays readable, else the block summary
-        draw_circuit(result, folder / "circuit.png", f"{task.name} {cfg.method.name} ({cfg.corruption.name})",
-                     detail=None if draw == "auto" else True)
-    atomic_write_text(folder / "circuit.dot", circuit_dot(result))
-    for filename, rows in result.extras.get("tables", {}).items():
-        write_table(folder, filename, rows)
-    if curve is not None:
-        write_table(folder, CURVE, curve)
-    summary = dict(
-        task=task.name,
-        method=cfg.method.name,
-        method_label=result.extras.get("label", cfg.method.name),  # a variant the report plots apart
-        corruption=cfg.corruption.name,
-        graph=graph.granularity,
-        model=task.model.cfg.model_name,
-        metric=problem.metric.name,
-        tau=cfg.tau if cfg.method.name == "acdc" else None,
-        parameter_name=parameter_name,  # what this method's curve is swept over (tau, lambda_reg, k)
-        parameter=parameter,
-        seed=cfg.seed,
-        n_edges_total=graph.n_edges,
-        n_edges_kept=result.kept.n_kept,
-        **metrics["validation"],
-        test=metrics["test"],
-        **rates,
-        n_forward=n_forward,
-        n_edge_tests=result.extras.get("n_edge_tests"),
-        curve=CURVE if curve is not None else None,  # one row per circuit of a one-run curve (HISP)
-        method_details=result.extras.get("summary"),
-        wall_s=round(time.time() - started, 3),
-        device=str(cfg.device),
-        config_hash=identity,
-        circuitfind_version=__version__,
-        complete=True,
-    )
-    write_summary(folder, summary)  # last: its presence marks the run complete
+    phases = Phases(progress=cfg.progress)
+    with phases("model", f"building the {cfg.task.name} task and its {cfg.model.name} model"):
+        problem = build_problem(cfg)
+    with torch_threads(cfg.get("threads", "auto"), problem.task.model) as threads:
+        result = _search(cfg, problem, checkpointer, phases)
+        summary = write_run_folder(folder, problem, result, method=cfg.method.name, tau=cfg.tau, seed=cfg.seed,
+                                   device=cfg.device, identity=identity, started=started, phases=phases,
+                                   threads=threads, data=OmegaConf.select(cfg, "task.data"),
+                                   draw=cfg.get("draw", "auto"))
     checkpointer.clear()
     if store_run is not None:
         publish_run(folder, store_run, identity)
@@ -249,3 +151,112 @@ def sweep_store_run(cfg: DictConfig, identity: str) -> Path | None:
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
     return store_folder(Path(cfg.store), cfg, identity)
+
+
+def _search(cfg: DictConfig, problem: Problem, checkpointer: Checkpointer, phases: Phases) -> EdgeScores:
+    """The engine's caches, then the configured method (checkpointed where it can be)."""
+    with phases("caches", "running the unpatched and ablated models once (the engine's caches)"):
+        problem.clean_logits("validation")  # builds the engine (the ablated run), then the unpatched run
+    method = get_method(cfg.method.name)
+    params = method_params(cfg)
+    if "checkpointer" in inspect.signature(method).parameters:
+        params["checkpointer"] = checkpointer
+    with phases("method", f"running {cfg.method.name}"), checkpointer.stop_on_signals():
+        return method(problem, **params)
+
+
+def write_run_folder(folder: Path, problem: Problem, result: EdgeScores, *, method: str, tau: float | None,
+                     seed: int, device, identity: str | None, started: float, phases: Phases | None = None,
+                     threads: dict | None = None, data: str | None = None, draw: bool | str = "auto") -> dict:
+    """Evaluate ``result`` (metrics on both splits, rates against the canonical circuit, a method's
+    curve) and write every file of the run folder, ``summary.json`` last; returns the summary.
+    The CLI and the Python API (``circuitfind.api``) both finish a run here.  ``phases``: the run's
+    timings so far (this adds evaluation, writing and drawing); ``threads`` and ``data`` (the prompt
+    set) are recorded as given."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    phases = phases if phases is not None else Phases(progress=problem.progress)
+    task, graph = problem.task, problem.graph
+    with phases("evaluation", "evaluating the circuit on the validation and test prompts"):
+        canonical = canonical_mask(task, graph)
+        rates = _rates(result.kept, canonical)
+        metrics = _split_metrics(problem, result.kept)
+        curve = _evaluate_curve(problem, canonical, result.extras["curve"]) if "curve" in result.extras else None
+    n_forward = sum(engine.n_forward for engine in problem._engines.values())
+    parameter_name, parameter = result.extras.get(
+        "parameter", (PARAMETER_NAMES.get(method), tau if method == "acdc" else None))
+
+    with phases("writing", "writing the run folder"):
+        write_edges(folder, result, canonical)
+        write_trace(folder, result.extras.get("trace", []))
+        write_circuit_json(folder, result)
+        for filename, rows in result.extras.get("tables", {}).items():
+            write_table(folder, filename, rows)
+        if curve is not None:
+            write_table(folder, CURVE, curve)
+    with phases("drawing", f"drawing the circuit ({result.kept.n_kept} of {graph.n_edges} {graph_unit(graph)})"):
+        if draw is not False:  # auto: the edges while they stay readable, else the block summary
+            draw_circuit(result, folder / "circuit.png", f"{task.name} {method} ({problem.corruption})",
+                         detail=None if draw == "auto" else True)
+        atomic_write_text(folder / "circuit.dot", circuit_dot(result))
+    details = result.extras.get("summary")
+    warnings = [details["warning"]] if isinstance(details, dict) and details.get("warning") else []
+    for warning in warnings:
+        log.warning(warning)
+    log.info("time: %s", phases.line())
+    summary = dict(
+        task=task.name,
+        data=data,  # the prompt set, for tasks that have several
+        method=method,
+        method_label=result.extras.get("label", method),  # a variant the report plots apart
+        corruption=problem.corruption,
+        # the corrupted run's positional embedding at position i came from position order[i] (null: unshuffled)
+        position_order=problem.engine("validation").ablation.position_order,
+        graph=graph.granularity,
+        model=task.model.cfg.model_name,
+        metric=problem.metric.name,
+        tau=tau if method == "acdc" else None,
+        parameter_name=parameter_name,  # what this method's curve is swept over (tau, lambda_reg, k)
+        parameter=parameter,
+        seed=seed,
+        n_edges_total=graph.n_edges,
+        n_edges_kept=result.kept.n_kept,
+        **metrics["validation"],
+        test=metrics["test"],
+        **rates,
+        n_forward=n_forward,
+        n_edge_tests=result.extras.get("n_edge_tests"),
+        curve=CURVE if curve is not None else None,  # one row per circuit of a one-run curve (HISP)
+        method_details=details,
+        warnings=warnings,
+        threads=threads,
+        timings=dict(phases.seconds),  # seconds per phase; wall_s also counts what lies between
+        wall_s=round(time.time() - started, 3),
+        device=str(device),
+        config_hash=identity,
+        circuitfind_version=__version__,
+        complete=True,
+    )
+    write_summary(folder, summary)  # last: its presence marks the run complete
+    return summary
+
+
+def graph_unit(graph: Graph) -> str:
+    """What the graph's "edges" are: on the node graph each one is a whole node."""
+    return "nodes" if graph.granularity == "nodes" else "edges"
+
+
+def _split_metrics(problem: Problem, kept: EdgeMask) -> dict:
+    """The metric of the full model, the circuit and the empty circuit on each split (four
+    patched forwards: minutes on GPT-2 with a CPU, so they get a progress bar).  The full model's
+    is read off the clean logits every metric compares against (the same forward: nothing removed
+    = the model), saving a GPT-2 forward per split."""
+    nothing = EdgeMask(problem.graph, torch.zeros(problem.graph.n_edges))
+    circuits = {"metric_circuit": kept, "metric_empty": nothing}
+    metrics: dict = {split: {"metric_full": float(problem.per_prompt(problem.clean_logits(split), split).mean())}
+                     for split in ("validation", "test")}
+    jobs = [(split, key) for split in ("validation", "test") for key in circuits]
+    for split, key in tqdm(jobs, desc="evaluation", unit="circuit", disable=not problem.progress, leave=False):
+        metrics[split][key] = problem.evaluate(circuits[key], split)
+    return {split: {k: metrics[split][k] for k in ("metric_full", "metric_circuit", "metric_empty")}
+            for split in metrics}

@@ -18,9 +18,10 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
-from .graph import EdgeMask, EdgeScores
+if TYPE_CHECKING:  # not at run time: the CLI hashes configs before torch is imported
+    from .graph import EdgeMask, EdgeScores
 
 SUMMARY = "summary.json"
 EDGES = "edges.csv"
@@ -100,7 +101,8 @@ def read_summary(folder: Path) -> dict | None:
 
 # ---- which run a folder holds -------------------------------------------------------------------
 # Keys that change how a run is carried out but not what it computes; left out of the config hash.
-NOT_HASHED = ("progress", "debug", "device", "resume", "force", "checkpoint", "threshold", "hydra", "store", "draw")
+NOT_HASHED = ("progress", "debug", "device", "threads", "resume", "force", "checkpoint", "threshold", "hydra", "store",
+              "draw")
 # Method settings that change how fast a run is, never what it finds (tests hold them to that).
 NOT_HASHED_METHOD = ("batch_edges",)
 
@@ -122,7 +124,9 @@ def config_hash(cfg) -> str:
         value = cfg[key]
         plain[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     if isinstance(plain.get("task"), dict):
-        plain["task"] = {k: v for k, v in plain["task"].items() if k != "sweeps"}
+        # ground_truth: null is every task's default; left out so that adding the key kept old hashes
+        plain["task"] = {k: v for k, v in plain["task"].items()
+                         if k != "sweeps" and not (k == "ground_truth" and v is None)}
     if isinstance(plain.get("method"), dict):
         plain["method"] = {k: v for k, v in plain["method"].items() if k not in NOT_HASHED_METHOD}
     return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]

@@ -6,8 +6,8 @@ task objective F, averaged over prompts:
 
     I(C) = mean over prompts x of | sum over positions and dims of (C(x) - C(x')) * dF/dC(x) |
 
-with x' the corrupted prompt (C(x') = 0 under zero ablation; the engine's ablated values under any
-corruption).  Prompts do not interact, so the gradient of the summed per-prompt objective gives every
+with x' the corrupted prompt (zero ablation: C in the one run with every sender zeroed; the engine's
+ablated values under any corruption).  Prompts do not interact, so the gradient of the summed per-prompt objective gives every
 prompt's own gradient: one forward and one backward for all components.  Scores are then divided by
 their layer's L2 norm.  Keeping the top-k components for every k from all to none gives the whole
 ROC curve from one ranking; each k is one circuit (every edge between kept nodes).
@@ -27,21 +27,13 @@ import torch
 
 from ..engine import gather_positions
 from ..graph import EdgeScores
+from ..validate import HISP_OBJECTIVES, check_hisp_params  # noqa: F401  (torch-free, so the CLI checks first)
 from .base import Problem, register
 from .components import Components
 
-OBJECTIVES = ("auto", "metric", "answer_logit")
+OBJECTIVES = HISP_OBJECTIVES
 # Metrics that are divergences from the unpatched model: zero gradient at it.
 DIVERGENCE_METRICS = ("kl", "l2")
-
-
-def check_hisp_params(k=None, objective="auto", max_points=None) -> None:
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
-        raise ValueError(f"k must be null or a non-negative integer, got {k!r}")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown HISP objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
-    if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 2):
-        raise ValueError(f"max_points must be null or an integer of at least 2, got {max_points!r}")
 
 
 def resolve_objective(problem: Problem, objective: str) -> str:

@@ -2,9 +2,9 @@
 
 Each component (a head's q, k or v input, an MLP's output; see ``components``) has a hard-concrete
 gate z (Louizos et al. 2018) that mixes its clean and ablated activation, ``z * clean + (1 - z) *
-ablated``, where ablated is the corrupted run's activation (zero under zero ablation).  The gates are
-float masks on the patching engine's edges, so one forward of ``problem.engine`` is one forward of
-the gated model and the model weights are never touched.  Training minimises
+ablated``, where ablated is the corrupted run's activation (zero ablation: the run with every sender
+zeroed).  The gates are float masks on the patching engine's edges, so one forward of
+``problem.engine`` is one forward of the gated model and the model weights are never touched.  Training minimises
 
     task loss (KL by default) + lambda * mean over gates of P(gate open)
 
@@ -26,10 +26,10 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import Checkpointer
 from ..graph import EdgeMask, EdgeScores
+from ..validate import GATE_LEVELS, check_sp_params  # noqa: F401  (torch-free, so the CLI checks first)
 from .base import Problem, register
 from .components import Components
 
-GATE_LEVELS = ("components", "edges")
 
 
 @dataclass(frozen=True)
@@ -64,24 +64,23 @@ class HardConcrete:
         return torch.sigmoid(log_alpha - self.beta * math.log(-self.gamma / self.zeta))
 
 
-def _is_number(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+# A gate that moved less than this fraction of the way from its start to the keep threshold
+# (log-alpha 0) has barely moved; when most have, the training was too short for its learning rate.
+STALLED_FRACTION = 0.25
 
 
-def check_sp_params(lambda_reg, epochs, lr, gates="components", init_open=0.9, log_every=10) -> None:
-    """One-line errors for bad SP settings (also called by the pipeline before any model loads)."""
-    if not _is_number(lambda_reg) or lambda_reg < 0:
-        raise ValueError(f"lambda_reg must be a non-negative number, got {lambda_reg!r}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-    if not _is_number(lr) or lr <= 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if gates not in GATE_LEVELS:
-        raise ValueError(f"unknown SP gate level {gates!r}; choose one of {', '.join(GATE_LEVELS)}")
-    if not _is_number(init_open) or not 0 < init_open < 1:
-        raise ValueError(f"init_open must lie strictly between 0 and 1, got {init_open!r}")
-    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
-        raise ValueError(f"log_every must be a positive integer, got {log_every!r}")
+def stalled_gates_warning(log_alpha: torch.Tensor, initial: float, epochs: int, lr: float) -> str | None:
+    """A warning when most gates still sit near their initial value, saying what to raise.
+
+    Adam moves a parameter by about ``lr`` per step, so closing a gate that starts at ``initial``
+    takes at least ``|initial| / lr`` steps; fewer leave every gate open and the circuit whole."""
+    distance = max(STALLED_FRACTION * abs(initial), 0.1)
+    n_stalled = int(((log_alpha - initial).abs() < distance).sum())
+    if 2 * n_stalled <= log_alpha.numel():
+        return None
+    return (f"SP: {n_stalled}/{log_alpha.numel()} gates barely moved from their initial value in {epochs} steps at "
+            f"lr {lr:g} (Adam moves a gate about lr per step; closing one takes about {abs(initial):.2g}): "
+            f"raise method.epochs or method.lr")
 
 
 @register("sp")
@@ -163,10 +162,11 @@ def subnetwork_probing(problem: Problem, lambda_reg: float = 1.0, epochs: int = 
                   for name, a, p, t, k in zip(gate_names, log_alpha.tolist(), prob_open.tolist(),
                                               concrete.test_gate(log_alpha).tolist(), keep.tolist())]
     final = log[-1] if log else {}
+    warning = stalled_gates_warning(log_alpha, concrete.initial_log_alpha(init_open), epochs, lr)
     return EdgeScores(graph, scores, kept, extras=dict(
         parameter=("lambda_reg", lambda_reg),
         label="sp" if gates == "components" else "sp_edges",  # the report keeps the two apart
         tables={"training.csv": log, "gates.csv": gate_table},
         summary=dict(gates=gates, n_gates=n_gates, n_gates_kept=int(keep.sum()), epochs=epochs, lr=lr,
-                     final_loss=final.get("loss"), final_task_loss=final.get("task_loss")),
+                     final_loss=final.get("loss"), final_task_loss=final.get("task_loss"), warning=warning),
     ))

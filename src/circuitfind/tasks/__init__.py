@@ -9,7 +9,9 @@ from .docstring import docstring_task
 from .greaterthan import greaterthan_task
 from .induction import induction_task
 from .ioi import ioi_task
+from .pairs import pairs_task
 from .tracr import tracr_proportion, tracr_reverse
+from .tracr_suite import SUITE_TASKS
 
 TASKS: dict[str, Callable[..., Task]] = {
     "tracr_reverse": tracr_reverse,
@@ -18,6 +20,8 @@ TASKS: dict[str, Callable[..., Task]] = {
     "greaterthan": greaterthan_task,
     "docstring": docstring_task,
     "induction": induction_task,
+    "pairs": pairs_task,
+    **SUITE_TASKS,  # tracr programs with canonical circuits derived from their weights
 }
 
 
