@@ -35,6 +35,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -417,14 +418,27 @@ def _add_parameter_colorbars(fig, axes, norms: dict[str, mcolors.Normalize], val
 def _titles(fig, title: str, note: str) -> None:
     """A title and, in smaller grey type below it, how to read the figure.  The title reserves two
     lines in the constrained layout; the note goes into the second once the layout is done."""
-    heading = fig.suptitle(title + "\n", fontsize=11.5)
+    width_pt = fig.get_figwidth() * 72  # both wrapped to the figure's width: one narrow panel must not cut them
+    note = "\n".join(textwrap.wrap(note, max(int(width_pt / (0.6 * 8.5)), 20)))
+    title = "\n".join(textwrap.wrap(title, max(int(width_pt / (0.6 * 11.5)), 20)))
+    heading = fig.suptitle(title + "\n" * (note.count("\n") + 1), fontsize=11.5)
     fig.canvas.draw()
     box = heading.get_window_extent().transformed(fig.transFigure.inverted())
-    fig.text(0.5, box.y0 + 0.2 * box.height, note, ha="center", va="bottom", fontsize=8.5, color="dimgrey")
+    fig.text(0.5, box.y0 + 0.1 * box.height, note, ha="center", va="bottom", fontsize=8.5, color="dimgrey")
 
 
 def _method_rank(method: str) -> int:
     return list(METHOD_LABELS).index(method) if method in METHOD_LABELS else len(METHOD_LABELS)
+
+
+# Methods often find the very same circuit (TPR 1, FPR 0): each draws its own marker shape, smaller
+# and on top the later it comes, so a point under another's still shows.
+_MARKERS = ["o", "s", "D", "^", "v"]
+
+
+def _marker(method: str, size: float) -> dict:
+    rank = _method_rank(method)
+    return dict(marker=_MARKERS[rank % len(_MARKERS)], s=size * 0.72 ** rank, zorder=3 + 0.1 * rank)
 
 
 def _ordered_methods(methods) -> list[str]:
@@ -461,9 +475,10 @@ def draw_roc(points: pd.DataFrame, tasks: list[str], corruptions: list[str], lev
                 colours = _shade_map(method)(norms[method](group["parameter"].astype(float).to_numpy()))
                 on_front = np.array([p in front for p in pairs])
                 fx, fy = np.array(pairs).T
-                ax.scatter(fx[~on_front], fy[~on_front], s=14, c=colours[~on_front], alpha=0.8, lw=0, zorder=3)
-                ax.scatter(fx[on_front], fy[on_front], s=34, c=colours[on_front], edgecolor="black", lw=0.6,
-                           zorder=4)
+                ax.scatter(fx[~on_front], fy[~on_front], c=colours[~on_front], alpha=0.8, lw=0, **_marker(method, 18))
+                front_marker = _marker(method, 48)
+                ax.scatter(fx[on_front], fy[on_front], c=colours[on_front], edgecolor="black", lw=0.6,
+                           **dict(front_marker, zorder=front_marker["zorder"] + 1))
             ax.plot([0, 1], [0, 1], color="grey", lw=0.7, ls=":", zorder=1)
             ax.set(xlim=(-0.03, 1.03), ylim=(-0.03, 1.03), aspect="equal")
             metric = panel.metric.iloc[0] if len(panel) else ""
@@ -514,8 +529,8 @@ def draw_metric_vs_edges(points: pd.DataFrame, task: str, corruptions: list[str]
             group = panel[(panel.method == method) & (panel.n_edges > 0)].sort_values("n_edges")
             ax.plot(group.n_edges, group.test_metric, color=_method_color(method), lw=1.0, alpha=0.6, zorder=2)
             colours = _shade_map(method)(norms[method](group["parameter"].astype(float).to_numpy()))
-            ax.scatter(group.n_edges, group.test_metric, c=colours, s=30, edgecolor="black", lw=0.4, zorder=3,
-                       label=_label(METHOD_LABELS, method))
+            ax.scatter(group.n_edges, group.test_metric, c=colours, edgecolor="black", lw=0.4,
+                       label=_label(METHOD_LABELS, method), **_marker(method, 40))
         empty = _empty_circuit_metric(panel.run.unique()) if len(panel) else None
         if empty is not None:
             ax.axhline(empty, color="grey", ls="--", lw=0.9, label="empty circuit (0 edges)")

@@ -24,8 +24,8 @@ from .methods import METHODS, Problem, get_method
 from .checkpoint import Checkpointer
 from .draw import circuit_dot, draw_circuit
 from .phases import Phases
-from .rundir import (SUMMARY, atomic_write_text, config_hash, folder_state, read_summary, write_edges,
-                     write_summary, write_table, write_trace)
+from .rundir import (SUMMARY, atomic_write_text, config_hash, copy_run, folder_state, publish_run, read_summary,
+                     store_folder, write_edges, write_summary, write_table, write_trace)
 from .pairs_file import PairsFileError, read_pairs
 from .tasks import TASKS, build_task
 from .threads import torch_threads
@@ -109,6 +109,11 @@ def run(cfg: DictConfig, folder: Path) -> dict:
     if state == "complete" and not cfg.get("force", False):
         log.info("%s already holds this run (config %s); force=true recomputes it", folder, identity)
         return dict(read_summary(folder), reused=True)
+    store_run = sweep_store_run(cfg, identity)
+    if state == "empty" and store_run is not None and not cfg.get("force", False) \
+            and copy_run(store_run, folder, identity):
+        log.info("copied this config's complete run from %s (force=true recomputes it)", store_run)
+        return dict(read_summary(folder), reused=True)
     if state == "complete":  # force: the old summary goes first, so a crash cannot pair it with new files
         (folder / SUMMARY).unlink()
     folder.mkdir(parents=True, exist_ok=True)
@@ -127,9 +132,25 @@ def run(cfg: DictConfig, folder: Path) -> dict:
         result = _search(cfg, problem, checkpointer, phases)
         summary = write_run_folder(folder, problem, result, method=cfg.method.name, tau=cfg.tau, seed=cfg.seed,
                                    device=cfg.device, identity=identity, started=started, phases=phases,
-                                   threads=threads, data=OmegaConf.select(cfg, "task.data"))
+                                   threads=threads, data=OmegaConf.select(cfg, "task.data"),
+                                   draw=cfg.get("draw", "auto"))
     checkpointer.clear()
+    if store_run is not None:
+        publish_run(folder, store_run, identity)
     return summary
+
+
+def sweep_store_run(cfg: DictConfig, identity: str) -> Path | None:
+    """In a ``-m`` sweep, where the store (``store``, default outputs/runs) keeps this config's run;
+    None for single runs (their folder is the store's) and outside Hydra."""
+    if not cfg.get("store"):
+        return None
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return store_folder(Path(cfg.store), cfg, identity)
 
 
 def _search(cfg: DictConfig, problem: Problem, checkpointer: Checkpointer, phases: Phases) -> EdgeScores:
@@ -146,7 +167,7 @@ def _search(cfg: DictConfig, problem: Problem, checkpointer: Checkpointer, phase
 
 def write_run_folder(folder: Path, problem: Problem, result: EdgeScores, *, method: str, tau: float | None,
                      seed: int, device, identity: str | None, started: float, phases: Phases | None = None,
-                     threads: dict | None = None, data: str | None = None) -> dict:
+                     threads: dict | None = None, data: str | None = None, draw: bool | str = "auto") -> dict:
     """Evaluate ``result`` (metrics on both splits, rates against the canonical circuit, a method's
     curve) and write every file of the run folder, ``summary.json`` last; returns the summary.
     The CLI and the Python API (``circuitfind.api``) both finish a run here.  ``phases``: the run's
@@ -174,7 +195,9 @@ def write_run_folder(folder: Path, problem: Problem, result: EdgeScores, *, meth
         if curve is not None:
             write_table(folder, CURVE, curve)
     with phases("drawing", f"drawing the circuit ({result.kept.n_kept} of {graph.n_edges} {graph_unit(graph)})"):
-        draw_circuit(result, folder / "circuit.png", f"{task.name} {method} ({problem.corruption})")
+        if draw is not False:  # auto: the edges while they stay readable, else the block summary
+            draw_circuit(result, folder / "circuit.png", f"{task.name} {method} ({problem.corruption})",
+                         detail=None if draw == "auto" else True)
         atomic_write_text(folder / "circuit.dot", circuit_dot(result))
     details = result.extras.get("summary")
     warnings = [details["warning"]] if isinstance(details, dict) and details.get("warning") else []
@@ -224,12 +247,16 @@ def graph_unit(graph: Graph) -> str:
 
 
 def _split_metrics(problem: Problem, kept: EdgeMask) -> dict:
-    """The metric of the full model, the circuit and the empty circuit on each split (six
-    patched forwards: minutes on GPT-2 with a CPU, so they get a progress bar)."""
+    """The metric of the full model, the circuit and the empty circuit on each split (four
+    patched forwards: minutes on GPT-2 with a CPU, so they get a progress bar).  The full model's
+    is read off the clean logits every metric compares against (the same forward: nothing removed
+    = the model), saving a GPT-2 forward per split."""
     nothing = EdgeMask(problem.graph, torch.zeros(problem.graph.n_edges))
-    circuits = {"metric_full": problem.graph.full_mask(), "metric_circuit": kept, "metric_empty": nothing}
+    circuits = {"metric_circuit": kept, "metric_empty": nothing}
+    metrics: dict = {split: {"metric_full": float(problem.per_prompt(problem.clean_logits(split), split).mean())}
+                     for split in ("validation", "test")}
     jobs = [(split, key) for split in ("validation", "test") for key in circuits]
-    metrics: dict = {"validation": {}, "test": {}}
     for split, key in tqdm(jobs, desc="evaluation", unit="circuit", disable=not problem.progress, leave=False):
         metrics[split][key] = problem.evaluate(circuits[key], split)
-    return metrics
+    return {split: {k: metrics[split][k] for k in ("metric_full", "metric_circuit", "metric_empty")}
+            for split in metrics}

@@ -180,6 +180,8 @@ def check_config(cfg: DictConfig) -> None:
         check_threads(cfg.get("threads", "auto"))
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    if cfg.get("draw", "auto") not in ("auto", True, False):  # draw.DRAW_OPTIONS (draw.py needs matplotlib)
+        raise ConfigError(f"draw must be auto, true or false, got {cfg.get('draw')!r}")
     _check_files(cfg)
 
 
