@@ -210,7 +210,9 @@ class PatchEngine:
         fewer senders, and the second is exact when everything is removed (no cancellation of a
         sender's value against itself, which layer norm would amplify under zero ablation)."""
         n_senders = r.shape[1]
-        changed = r.any(1).nonzero().flatten()
+        # A mask that requires grad reads every receiver through it, removed or not: at a kept edge
+        # (m = 1) the input does not change, but its derivative with respect to m does not vanish.
+        changed = (r.any(1) | r.requires_grad).nonzero().flatten()
         if len(changed) == 0:
             return changed, None
         r = r[changed]
@@ -273,7 +275,7 @@ class PatchEngine:
             which, head = changed % (3 * H) // H, changed % H
             own = torch.einsum("nbpd,nde->nbpe", block.ln1(x), W[which, head]) + bias[which, :, :, head]
             qkv = _put_heads(qkv, changed, own, c)
-        if (qkv_mask != 1).any():
+        if qkv_mask.requires_grad or (qkv_mask != 1).any():
             w = qkv_mask.transpose(0, 1).reshape(3, c, 1, 1, H, 1)
             mixed = w * _per_candidate(qkv, k, 1) + (1 - w) * self.ablation.qkv[layer].unsqueeze(1)
             qkv = mixed.flatten(1, 2)

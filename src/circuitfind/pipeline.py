@@ -5,7 +5,7 @@ Everything the CLI does besides parsing lives here, so tests and notebooks can c
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import logging
 import random
 import time
@@ -18,24 +18,15 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .evaluation import canonical_mask, edge_and_node_rates
-from .graph import GRANULARITIES, Architecture, EdgeMask, Graph
-from .methods import METHODS, Problem, get_method
+from .graph import GRANULARITIES, Architecture, CurvePoint, EdgeMask, Graph
+from .methods import Problem
+from .methods.spec import MethodSpec, get_spec, load_specs
 from .checkpoint import Checkpointer
-from .draw import circuit_dot, draw_circuit
-from .methods.acdc import check_acdc_params
-from .methods.hisp import check_hisp_params
-from .methods.sp import check_sp_params
-from .rundir import (SUMMARY, atomic_write_text, config_hash, folder_state, read_summary, write_edges,
-                     write_summary, write_table, write_trace)
+from .rundir import CURVE, SUMMARY, config_hash, folder_state, read_summary, write_result, write_summary
 from .tasks import TASKS, build_task
 
 log = logging.getLogger("circuitfind")
 CORRUPTIONS = ("corrupted", "zero", "mean", "mean_all")
-# The parameter each method's curve is swept over (HISP reports its own: the k it kept).
-PARAMETER_NAMES = {"acdc": "tau", "sp": "lambda_reg", "hisp": "k"}
-# Each method's own parameter check, run on the config before anything loads (tau is top-level).
-_METHOD_CHECKS = {"acdc": check_acdc_params, "sp": check_sp_params, "hisp": check_hisp_params}
-CURVE = "curve.csv"
 
 
 class ConfigError(ValueError):
@@ -50,24 +41,18 @@ def _choice(kind: str, value, valid) -> None:
 def validate(cfg: DictConfig) -> None:
     """Check every config value before any model is loaded."""
     _choice("task", cfg.task.name, TASKS)
-    _choice("method", cfg.method.name, METHODS)
+    _choice("method", cfg.method.name, load_specs())
     _choice("corruption", cfg.corruption.name, CORRUPTIONS)
     _choice("graph", cfg.graph.granularity, GRANULARITIES)
-    check = _METHOD_CHECKS.get(cfg.method.name)
-    if check is not None:
-        accepted = inspect.signature(check).parameters
-        params = {k: v for k, v in _method_params(cfg).items() if k in accepted}
-        try:
-            check(**params)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-    if OmegaConf.select(cfg, "threshold.name") == "paper" and cfg.method.name in ("acdc", "sp"):
-        _check_paper_sweep(cfg)
+    spec = get_spec(cfg.method.name)
+    method_params(cfg, spec)
+    if OmegaConf.select(cfg, "threshold.name") == "paper" and spec.sweep is not None:
+        _check_paper_sweep(cfg, spec)
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
 
 
-def _check_paper_sweep(cfg: DictConfig) -> None:
+def _check_paper_sweep(cfg: DictConfig, spec: MethodSpec) -> None:
     """threshold=paper's values are resolved once per command, for the task and method Hydra composed
     first (configs/threshold/paper.yaml): refuse jobs that would run another task's values."""
     here = f"{cfg.task.name}/{cfg.method.name}"
@@ -78,8 +63,9 @@ def _check_paper_sweep(cfg: DictConfig) -> None:
     if swept_for != here:
         raise ConfigError(f"threshold=paper sweeps one task and one method per command; this job ({here}) got the "
                           f"values of {swept_for}: run it as its own sweep")
-    if cfg.method.name == "acdc" and OmegaConf.select(cfg, "task.sweeps.acdc") is None:
-        raise ConfigError(f"threshold=paper has no ACDC sweep for task {cfg.task.name} (task.sweeps.acdc is not set)")
+    if spec.sweep.needs_task_values and OmegaConf.select(cfg, f"task.sweeps.{spec.name}") is None:
+        raise ConfigError(f"threshold=paper has no {spec.label} sweep for task {cfg.task.name} "
+                          f"(task.sweeps.{spec.name} is not set)")
 
 
 def compose_config(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
@@ -110,9 +96,13 @@ def _task_params(cfg: DictConfig) -> dict:
     return dict(params, seed=cfg.seed, device=cfg.device, model=OmegaConf.to_container(cfg.model, resolve=True))
 
 
-def _method_params(cfg: DictConfig) -> dict:
-    params = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
-    return dict(params, tau=cfg.tau, seed=cfg.seed)
+def method_params(cfg: DictConfig, spec: MethodSpec):
+    """The method's typed, checked parameters: its config group and the spec's top-level keys."""
+    try:
+        return spec.check(OmegaConf.to_container(cfg.method, resolve=True),
+                          {key: OmegaConf.select(cfg, key) for key in spec.top_level})
+    except (TypeError, ValueError) as error:
+        raise ConfigError(str(error)) from None
 
 
 def _rates(found: EdgeMask, canonical: EdgeMask | None) -> dict:
@@ -122,14 +112,13 @@ def _rates(found: EdgeMask, canonical: EdgeMask | None) -> dict:
     return edge_and_node_rates(found, canonical)
 
 
-def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, curve) -> list[dict]:
+def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, curve: list[CurvePoint]) -> list[dict]:
     """One row per circuit of a method that yields a whole curve from one run (HISP's top-k):
     the same numbers a run's summary has for its own circuit, the test metric included."""
     rows = []
-    for parameter, mask, label in tqdm(curve, desc="curve", unit="circuit", disable=not problem.progress,
-                                       leave=False):
-        rows.append(dict(parameter=parameter, n_edges=mask.n_kept, **_rates(mask, canonical),
-                         metric_test=problem.evaluate(mask, "test"), removed=label))
+    for point in tqdm(curve, desc="curve", unit="circuit", disable=not problem.progress, leave=False):
+        rows.append(dict(parameter=point.parameter, n_edges=point.circuit.n_kept, **_rates(point.circuit, canonical),
+                         metric_test=problem.evaluate(point.circuit, "test"), removed=point.removed))
     return rows
 
 
@@ -159,12 +148,12 @@ def run(cfg: DictConfig, folder: Path) -> dict:
 
     problem = build_problem(cfg)
     task, graph = problem.task, problem.graph
-    method = get_method(cfg.method.name)
-    params = _method_params(cfg)
-    if "checkpointer" in inspect.signature(method).parameters:
+    spec = get_spec(cfg.method.name)
+    params = dataclasses.asdict(method_params(cfg, spec))
+    if spec.checkpoints:
         params["checkpointer"] = checkpointer
     with checkpointer.stop_on_signals():
-        result = method(problem, **params)
+        result = spec.function()(problem, **params)
 
     canonical = canonical_mask(task, graph)
     rates = _rates(result.kept, canonical)
@@ -177,30 +166,21 @@ def run(cfg: DictConfig, folder: Path) -> dict:
         )
         for split in ("validation", "test")
     }
-    curve = _evaluate_curve(problem, canonical, result.extras["curve"]) if "curve" in result.extras else None
+    curve = _evaluate_curve(problem, canonical, result.curve) if result.curve is not None else None
     n_forward = sum(engine.n_forward for engine in problem._engines.values())
-    parameter_name, parameter = result.extras.get(
-        "parameter", (PARAMETER_NAMES.get(cfg.method.name), cfg.tau if cfg.method.name == "acdc" else None))
 
-    write_edges(folder, result, canonical)
-    write_trace(folder, result.extras.get("trace", []))
-    draw_circuit(result, folder / "circuit.png", f"{task.name} {cfg.method.name} ({cfg.corruption.name})")
-    atomic_write_text(folder / "circuit.dot", circuit_dot(result))
-    for filename, rows in result.extras.get("tables", {}).items():
-        write_table(folder, filename, rows)
-    if curve is not None:
-        write_table(folder, CURVE, curve)
+    write_result(folder, result, canonical, curve, title=f"{task.name} {cfg.method.name} ({cfg.corruption.name})")
     summary = dict(
         task=task.name,
         method=cfg.method.name,
-        method_label=result.extras.get("label", cfg.method.name),  # a variant the report plots apart
+        method_label=result.label or cfg.method.name,  # a variant the report plots apart
         corruption=cfg.corruption.name,
         graph=graph.granularity,
         model=task.model.cfg.model_name,
         metric=problem.metric.name,
-        tau=cfg.tau if cfg.method.name == "acdc" else None,
-        parameter_name=parameter_name,  # what this method's curve is swept over (tau, lambda_reg, k)
-        parameter=parameter,
+        tau=cfg.tau if "tau" in spec.top_level else None,
+        parameter_name=spec.parameter,  # what this method's curve varies (tau, lambda_reg, k)
+        parameter=result.parameter,
         seed=cfg.seed,
         n_edges_total=graph.n_edges,
         n_edges_kept=result.kept.n_kept,
@@ -208,9 +188,9 @@ def run(cfg: DictConfig, folder: Path) -> dict:
         test=metrics["test"],
         **rates,
         n_forward=n_forward,
-        n_edge_tests=result.extras.get("n_edge_tests"),
+        n_edge_tests=len(result.trace) if result.trace is not None else None,
         curve=CURVE if curve is not None else None,  # one row per circuit of a one-run curve (HISP)
-        method_details=result.extras.get("summary"),
+        method_details=result.details or None,
         wall_s=round(time.time() - started, 3),
         device=str(cfg.device),
         config_hash=identity,

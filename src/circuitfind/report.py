@@ -33,6 +33,7 @@ import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .evaluation import pareto_front, roc_auc, roc_points, roc_staircase  # noqa: E402
+from .methods.spec import method_labels, method_rank, spec_of_label  # noqa: E402
 from .rundir import SUMMARY  # noqa: E402
 
 ROC_COLUMNS = ["task", "method", "corruption", "metric", "parameter", "n_edges", "edge_tpr", "edge_fpr",
@@ -40,8 +41,6 @@ ROC_COLUMNS = ["task", "method", "corruption", "metric", "parameter", "n_edges",
 AUC_COLUMNS = ["task", "method", "corruption", "metric", "level", "auc", "n_points", "graph"]
 CURVE_KEY = ["task", "method", "corruption", "metric", "graph"]  # one ROC curve per group
 LEVELS = ("edge", "node")
-METHOD_LABELS = {"acdc": "ACDC", "sp": "SP", "sp_edges": "SP (edge gates)", "hisp": "HISP", "canonical": "canonical"}
-METHOD_ORDER = ["acdc", "sp", "hisp", "sp_edges", "canonical"]
 # Curves often coincide (every method at TPR 1, FPR 0): wide solid under narrower broken lines.
 _LINE_STYLES = [("-", 4.0), ("--", 2.6), ("-.", 1.8), (":", 1.6)]
 
@@ -81,7 +80,8 @@ def run_points(folder: Path) -> list[dict]:
     """The ROC points of one complete run folder: its own circuit, or every row of its curve."""
     summary = json.loads((folder / SUMMARY).read_text())
     method = summary.get("method_label") or summary["method"]  # e.g. sp_edges: SP with one gate per edge
-    parameter_name = summary.get("parameter_name", "tau" if method == "acdc" else None)
+    spec = spec_of_label(method)
+    parameter_name = summary.get("parameter_name", spec.parameter if spec is not None else None)
     base = dict(task=summary["task"], method=method, corruption=summary["corruption"],
                 metric=summary["metric"], parameter_name=parameter_name, graph=summary.get("graph", "qkv"),
                 seed=summary.get("seed"), run=str(folder))
@@ -101,14 +101,9 @@ def run_points(folder: Path) -> list[dict]:
 def collect_points(folders: list[Path]) -> pd.DataFrame:
     rows = [point for folder in folders for point in run_points(folder)]
     frame = pd.DataFrame(rows, columns=ROC_COLUMNS)
-    frame["_order"] = frame["method"].map(_method_rank)
+    frame["_order"] = frame["method"].map(method_rank)
     frame = frame.sort_values(["task", "_order", "corruption", "metric", "graph", "n_edges"], kind="stable")
     return frame.drop(columns="_order").reset_index(drop=True)
-
-
-def _method_rank(method: str) -> str:
-    """Sort key: the paper's methods in its order, then any other by name."""
-    return f"{METHOD_ORDER.index(method)}" if method in METHOD_ORDER else f"9{method}"
 
 
 # ---- AUC -------------------------------------------------------------------------------------
@@ -140,7 +135,7 @@ def _panel_title(corruption: str, metric: str, graph: str, many_graphs: bool) ->
 def _styles(methods) -> dict[str, dict]:
     """Line colour, style and width per method, fixed across a task's panels."""
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    ordered = sorted(set(methods), key=_method_rank)
+    ordered = sorted(set(methods), key=method_rank)
     return {m: dict(color=palette[i % len(palette)], ls=_LINE_STYLES[i % len(_LINE_STYLES)][0],
                     lw=_LINE_STYLES[i % len(_LINE_STYLES)][1]) for i, m in enumerate(ordered)}
 
@@ -157,13 +152,13 @@ def plot_roc(task: str, points: pd.DataFrame, aucs: pd.DataFrame, out: Path) -> 
         panel = points[(points.corruption == corruption) & (points.metric == metric) & (points.graph == graph)]
         for row, level in enumerate(LEVELS):
             ax = axes[row][col]
-            for method, group in sorted(panel.groupby("method"), key=lambda kv: _method_rank(kv[0])):
+            for method, group in sorted(panel.groupby("method"), key=lambda kv: method_rank(kv[0])):
                 pairs = list(zip(group[f"{level}_fpr"], group[f"{level}_tpr"]))
                 match = aucs[(aucs.method == method) & (aucs.corruption == corruption) & (aucs.metric == metric)
                              & (aucs.graph == graph) & (aucs.level == level)]
                 auc = float(match.auc.iloc[0]) if len(match) else roc_auc(pairs)
                 xs, ys = roc_staircase(pairs)
-                label = f"{METHOD_LABELS.get(method, method)} (AUC {auc:.3f}, {len(pairs)} pts)"
+                label = f"{method_labels().get(method, method)} (AUC {auc:.3f}, {len(pairs)} pts)"
                 style = styles[method]
                 ax.plot(xs, ys, label=label, alpha=0.9, **style)
                 front = set(pareto_front(roc_points(pairs)))
@@ -199,10 +194,10 @@ def plot_metric_vs_edges(task: str, points: pd.DataFrame, out: Path) -> Path:
     for col, (corruption, metric, graph) in enumerate(panels):
         ax = axes[0][col]
         panel = points[(points.corruption == corruption) & (points.metric == metric) & (points.graph == graph)]
-        for method, group in sorted(panel.groupby("method"), key=lambda kv: _method_rank(kv[0])):
+        for method, group in sorted(panel.groupby("method"), key=lambda kv: method_rank(kv[0])):
             group = group.sort_values("n_edges")
             ax.plot(group.n_edges, group.test_metric, marker="o", ms=4, lw=1.2, alpha=0.85, ls=styles[method]["ls"],
-                    color=styles[method]["color"], label=METHOD_LABELS.get(method, method))
+                    color=styles[method]["color"], label=method_labels().get(method, method))
         _edge_axis(ax, panel.n_edges.max())
         ax.set(xlabel="edges in the circuit", ylabel=f"{metric} on the test split",
                title=_panel_title(corruption, metric, graph, many_graphs))

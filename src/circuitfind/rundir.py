@@ -1,8 +1,13 @@
 """The run folder: what every run leaves behind, written so that a half-finished run never looks done.
 
     edges.csv     every edge of the graph: edge, sender, receiver, score, kept, canonical
-    trace.csv     one row per edge test: step, edge, delta, metric, kept, n_edges
+    trace.csv     one row per search step (ACDC's edge tests): step, edge, delta, metric, kept, n_edges
+    curve.csv     one row per circuit of a curve read from one run (HISP's top-k)
+    <table>.csv   the method's own tables (SP's training.csv, gates.csv; HISP's ranking.csv)
+    circuit.png, circuit.dot   the kept graph
     summary.json  the numbers of the run; written last, so its presence means the run completed
+
+``write_result`` writes everything a method's result holds; the pipeline then writes the summary.
 
 Each file is written to a temporary name in the same folder and renamed into place (atomic on POSIX).
 """
@@ -23,6 +28,7 @@ from .graph import EdgeMask, EdgeScores
 SUMMARY = "summary.json"
 EDGES = "edges.csv"
 TRACE = "trace.csv"
+CURVE = "curve.csv"
 TRACE_COLUMNS = ("step", "edge", "delta", "metric", "kept", "n_edges")
 
 
@@ -76,6 +82,23 @@ def write_table(folder: Path, filename: str, rows: list[dict]) -> None:
     columns = list(rows[0]) if rows else []
     atomic_write_text(folder / filename, _csv(columns, (
         [_number(v) if isinstance(v, float) else v for v in (row[c] for c in columns)] for row in rows)))
+
+
+def write_result(folder: Path, result: EdgeScores, canonical: EdgeMask | None, curve: list[dict] | None,
+                 title: str) -> None:
+    """Every file of a method's result: edges, the picture of its circuit, its trace, its tables,
+    and ``curve`` (the rows of its one-run curve, evaluated by the pipeline)."""
+    from .draw import circuit_dot, draw_circuit  # matplotlib: only when a run is written
+
+    write_edges(folder, result, canonical)
+    draw_circuit(result, folder / "circuit.png", title)
+    atomic_write_text(folder / "circuit.dot", circuit_dot(result))
+    if result.trace is not None:
+        write_trace(folder, result.trace)
+    for filename, rows in result.tables.items():
+        write_table(folder, filename, rows)
+    if curve is not None:
+        write_table(folder, CURVE, curve)
 
 
 def write_summary(folder: Path, summary: dict) -> None:

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import Checkpointer
 from ..graph import EdgeMask, EdgeScores, Graph
-from .base import Problem, register
+from .base import Problem
+from .specs.acdc import check_acdc_params
 
 
 # Forwards of candidate circuits: (mask values [k, n_edges], the stage at which they first differ
@@ -43,10 +44,9 @@ AUTO_BATCH_BYTES = {"cpu": 256 * 2**20, "cuda": 2**30}
 MAX_AUTO_BATCH = 64
 
 
-@register("acdc")
 @torch.no_grad()
 def acdc(problem: Problem, tau: float, abs_delta: bool = False, max_edge_tests: int | None = None,
-         batch_edges: int | str = "auto", checkpointer: Checkpointer | None = None, **_) -> EdgeScores:
+         batch_edges: int | str = "auto", checkpointer: Checkpointer | None = None) -> EdgeScores:
     """ACDC on the fast engine: each edge test restarts at the stage its edge is read, and the
     circuits of the next tests at that stage run together, up to ``batch_edges`` per forward."""
     check_acdc_params(tau, max_edge_tests, abs_delta, batch_edges)
@@ -204,25 +204,6 @@ class CandidateTests:
         return self.values[0]  # the first candidate is always this test's circuit
 
 
-def check_tau(tau) -> None:
-    # tau <= 0 would remove nothing (or keep removing edges that hurt): never what is meant
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
-        raise ValueError(f"tau must be a positive number, got {tau!r}")
-
-
-def check_acdc_params(tau, max_edge_tests=None, abs_delta=False, batch_edges="auto") -> None:
-    """One-line errors for bad ACDC settings (also called by the pipeline before any model loads)."""
-    check_tau(tau)
-    if batch_edges != "auto" and (isinstance(batch_edges, bool) or not isinstance(batch_edges, int)
-                                  or batch_edges < 1):
-        raise ValueError(f"batch_edges must be a positive integer or auto, got {batch_edges!r}")
-    if max_edge_tests is not None and (isinstance(max_edge_tests, bool) or not isinstance(max_edge_tests, int)
-                                       or max_edge_tests < 0):
-        raise ValueError(f"max_edge_tests must be a non-negative integer or null, got {max_edge_tests!r}")
-    if not isinstance(abs_delta, bool):
-        raise ValueError(f"abs_delta must be true or false, got {abs_delta!r}")
-
-
 def acdc_search(graph: Graph, losses: LossFn, tau: float, abs_delta: bool = False,
                 max_edge_tests: int | None = None, progress: bool = True,
                 dtype: torch.dtype = torch.float32, checkpointer: Checkpointer | None = None,
@@ -295,7 +276,6 @@ def acdc_search(graph: Graph, losses: LossFn, tau: float, abs_delta: bool = Fals
                 checkpointer.step(state)
     bar.close()
 
-    return EdgeScores(graph, scores, EdgeMask(graph, mask.bool()), extras=dict(
-        trace=trace, n_edge_tests=n_tests, n_forwards=tests.n_forwards, batch_edges=tests.n_candidates,
-        # the run's summary.json: how the tests were batched (forwards counted since the last resume)
-        summary=dict(batch_edges=tests.n_candidates, n_test_forwards=tests.n_forwards)))
+    # details: how the tests were batched (forwards counted since the last resume)
+    return EdgeScores(graph, scores, EdgeMask(graph, mask.bool()), parameter=tau, trace=trace,
+                      details=dict(batch_edges=tests.n_candidates, n_test_forwards=tests.n_forwards))

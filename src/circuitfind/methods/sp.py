@@ -26,11 +26,9 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import Checkpointer
 from ..graph import EdgeMask, EdgeScores
-from .base import Problem, register
+from .base import Problem
 from .components import Components
-
-GATE_LEVELS = ("components", "edges")
-
+from .specs.sp import check_sp_params
 
 @dataclass(frozen=True)
 class HardConcrete:
@@ -64,31 +62,10 @@ class HardConcrete:
         return torch.sigmoid(log_alpha - self.beta * math.log(-self.gamma / self.zeta))
 
 
-def _is_number(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def check_sp_params(lambda_reg, epochs, lr, gates="components", init_open=0.9, log_every=10) -> None:
-    """One-line errors for bad SP settings (also called by the pipeline before any model loads)."""
-    if not _is_number(lambda_reg) or lambda_reg < 0:
-        raise ValueError(f"lambda_reg must be a non-negative number, got {lambda_reg!r}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-    if not _is_number(lr) or lr <= 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if gates not in GATE_LEVELS:
-        raise ValueError(f"unknown SP gate level {gates!r}; choose one of {', '.join(GATE_LEVELS)}")
-    if not _is_number(init_open) or not 0 < init_open < 1:
-        raise ValueError(f"init_open must lie strictly between 0 and 1, got {init_open!r}")
-    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
-        raise ValueError(f"log_every must be a positive integer, got {log_every!r}")
-
-
-@register("sp")
 def subnetwork_probing(problem: Problem, lambda_reg: float = 1.0, epochs: int = 3000, lr: float = 1e-3,
                        gates: str = "components", init_open: float = 0.9, beta: float = 2 / 3,
                        gamma: float = -0.1, zeta: float = 1.1, log_every: int = 10, seed: int = 0,
-                       checkpointer: Checkpointer | None = None, **_) -> EdgeScores:
+                       checkpointer: Checkpointer | None = None) -> EdgeScores:
     check_sp_params(lambda_reg, epochs, lr, gates, init_open, log_every)
     graph = problem.graph
     engine, data = problem.engine("validation"), problem.data("validation")
@@ -163,10 +140,9 @@ def subnetwork_probing(problem: Problem, lambda_reg: float = 1.0, epochs: int = 
                   for name, a, p, t, k in zip(gate_names, log_alpha.tolist(), prob_open.tolist(),
                                               concrete.test_gate(log_alpha).tolist(), keep.tolist())]
     final = log[-1] if log else {}
-    return EdgeScores(graph, scores, kept, extras=dict(
-        parameter=("lambda_reg", lambda_reg),
+    return EdgeScores(
+        graph, scores, kept, parameter=lambda_reg,
         label="sp" if gates == "components" else "sp_edges",  # the report keeps the two apart
         tables={"training.csv": log, "gates.csv": gate_table},
-        summary=dict(gates=gates, n_gates=n_gates, n_gates_kept=int(keep.sum()), epochs=epochs, lr=lr,
-                     final_loss=final.get("loss"), final_task_loss=final.get("task_loss")),
-    ))
+        details=dict(gates=gates, n_gates=n_gates, n_gates_kept=int(keep.sum()), epochs=epochs, lr=lr,
+                     final_loss=final.get("loss"), final_task_loss=final.get("task_loss")))
