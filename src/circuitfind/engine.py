@@ -210,9 +210,12 @@ class PatchEngine:
         fewer senders, and the second is exact when everything is removed (no cancellation of a
         sender's value against itself, which layer norm would amplify under zero ablation)."""
         n_senders = r.shape[1]
-        # A mask that requires grad reads every receiver through it, removed or not: at a kept edge
-        # (m = 1) the input does not change, but its derivative with respect to m does not vanish.
-        changed = (r.any(1) | r.requires_grad).nonzero().flatten()
+        if torch.is_grad_enabled() and r.requires_grad:
+            # A gradient needs every input read through its mask row, even where nothing is removed
+            # yet (at the full mask, the point attribution patching differentiates at).
+            changed = torch.arange(len(r), device=r.device)
+        else:
+            changed = r.any(1).nonzero().flatten()
         if len(changed) == 0:
             return changed, None
         r = r[changed]
@@ -275,7 +278,7 @@ class PatchEngine:
             which, head = changed % (3 * H) // H, changed % H
             own = torch.einsum("nbpd,nde->nbpe", block.ln1(x), W[which, head]) + bias[which, :, :, head]
             qkv = _put_heads(qkv, changed, own, c)
-        if qkv_mask.requires_grad or (qkv_mask != 1).any():
+        if (qkv_mask != 1).any() or (torch.is_grad_enabled() and qkv_mask.requires_grad):
             w = qkv_mask.transpose(0, 1).reshape(3, c, 1, 1, H, 1)
             mixed = w * _per_candidate(qkv, k, 1) + (1 - w) * self.ablation.qkv[layer].unsqueeze(1)
             qkv = mixed.flatten(1, 2)

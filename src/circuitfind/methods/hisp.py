@@ -29,7 +29,7 @@ import torch
 from ..graph import CurvePoint, EdgeScores
 from .base import Problem
 from .components import Components
-from .specs.hisp import check_hisp_params
+from .specs.hisp import OBJECTIVES, check_hisp_params  # noqa: F401  (OBJECTIVES: for the attribution methods)
 
 # Metrics that are divergences from the unpatched model: zero gradient at it.
 DIVERGENCE_METRICS = ("kl", "l2")
