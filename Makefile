@@ -8,7 +8,7 @@ export CIRCUITFIND_GPT2_TOKENIZER ?= $(abspath ../shared/gpt2-tokenizer)
 # Without this every Hugging Face hub call retries for ~20 s before failing offline.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help setup run test test-all tracr-weights clean
+.PHONY: help setup run test test-all tracr-weights clean gpu-check
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -34,16 +34,19 @@ tracr-weights:  ## recompile the shipped tracr weights (needs jax: installs .[tr
 	.venv-tracr/bin/pip install --quiet -e '.[tracr]'
 	.venv-tracr/bin/python scripts/compile_tracr.py
 
+gpu-check: setup  ## on a GPU machine: engine = reference on CUDA, ACDC cpu = gpu, s/edge test, IOI projection (JSON=file.json)
+	$(PY) benchmarks/gpu_check.py --device $(or $(DEVICE),cuda) $(if $(JSON),--out $(JSON))
+
 clean:  ## remove run outputs (not the virtual environment)
 	rm -rf outputs multirun
 
-# ---- the paper's figures and tables (src/circuitfind/figures.py, configs/experiment/) ----------
+# ---- the paper's figures and tables (src/circuitfind/figures.py, figure_specs/) --------------
 # Each runs the sweeps it lacks under outputs/figures/runs (reusing complete ones) and writes the
 # image or tables with a manifest to outputs/figures.  Variables: TASKS="tracr_reverse ioi ..."
 # (fig3, tables), CORRUPTION=zero|corrupted (fig3), PRESET=quick|paper, JOBS=2 (sweeps at a time),
 # OUT=outputs/figures (sweeps go to OUT/runs).
 FIGURES := $(PY) -m circuitfind.figures
-FIGURE_ARGS = $(if $(PRESET),--preset $(PRESET)) $(if $(JOBS),--jobs $(JOBS)) $(if $(OUT),--out $(OUT))
+FIGURE_ARGS = $(if $(PRESET),--preset $(PRESET)) $(if $(JOBS),--jobs $(JOBS)) $(if $(JSON),--out $(JSON))
 .PHONY: fig3 fig4 tables
 
 fig3: setup  ## paper fig. 3: edge-level ROC per task, ACDC/SP/HISP (TASKS=..., CORRUPTION=zero|corrupted)

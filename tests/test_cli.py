@@ -120,11 +120,47 @@ def test_prompts_of_unequal_shape_are_refused():
         TaskData(torch.zeros(3, 5, dtype=torch.long), torch.zeros(3, 5, dtype=torch.long), torch.full((3, 1), 5))
 
 
-def test_every_config_composes():
+def compose_all(pairs_of_groups) -> int:
+    """Compose every option of every group alone, then every option pair of the given group pairs."""
+    from hydra import compose, initialize_config_module
+
     from circuitfind.cli import GROUPS, group_options
-    for group in GROUPS:
-        for option in group_options(group):
-            if group == "experiment":
-                continue
-            cfg = config(f"{group}={option}")
-            assert cfg is not None
+    options = {group: group_options(group) for group in GROUPS}
+    assert all(options.values()), options
+    n = 0
+    with initialize_config_module(config_module="circuitfind.configs", version_base="1.3"):
+        for group, names in options.items():
+            for option in names:
+                cfg = compose("config", overrides=[f"{group}={option}"])
+                assert cfg.task.name and cfg.method.name
+                n += 1
+        for first, second in pairs_of_groups:
+            for a in options[first]:
+                for b in options[second]:
+                    assert compose("config", overrides=[f"{first}={a}", f"{second}={b}"]).task.name
+                    n += 1
+    return n
+
+
+def test_every_config_composes_alone_and_beside_the_overlays():
+    """What a user can type composes: every option alone, every experiment overlay beside every option of
+    every other group, every task with every model (the quick twin of the all-pairs test below)."""
+    from circuitfind.cli import GROUPS
+    assert compose_all([("experiment", g) for g in GROUPS if g != "experiment"] + [("task", "model")]) > 50
+
+
+@pytest.mark.slow
+def test_every_pair_of_configs_composes():
+    from itertools import combinations
+
+    from circuitfind.cli import GROUPS
+    assert compose_all(combinations(GROUPS, 2)) > 200
+
+
+def test_experiment_overlays_apply_after_the_defaults_and_before_overrides():
+    cfg = config("experiment=ioi_dry_run", "method.max_edge_tests=50")
+    assert (cfg.task.name, cfg.method.name, cfg.model.pretrained) == ("ioi", "acdc", False)
+    assert cfg.method.max_edge_tests == 50 and cfg.corruption.name == "corrupted"  # the task's own corruption
+    sp = config("experiment=sp_quick", "task=tracr_proportion")
+    assert (sp.method.name, sp.method.epochs, sp.method.lr, sp.task.name) == ("sp", 500, 0.01, "tracr_proportion")
+    assert "experiment" not in config()  # no overlay: the run's config (and its hash) is unchanged

@@ -5,7 +5,7 @@
     python -m circuitfind.figures tables [--tasks T ...]                               # make tables
 
 What each figure shows (tasks, methods, corruptions, metrics) and the sweep each method runs live in
-its experiment config, ``configs/experiment/<name>.yaml``, in two presets: ``quick`` (the default,
+its figure spec, ``src/circuitfind/figure_specs/<name>.yaml``, in two presets: ``quick`` (the default,
 sized for a laptop CPU) and ``paper`` (the paper's sweeps).  A figure is built in three steps:
 
 1. plan one *sweep* per (task, method, corruption, metric) with a folder under ``--runs``
@@ -88,8 +88,9 @@ def _method_attribute(method: str, name: str, default):
 
 # ---- experiment configs ---------------------------------------------------------------------------
 def experiment_path(name: str) -> Path:
-    """The packaged experiment config ``name`` (``configs/experiment/<name>.yaml``)."""
-    return Path(str(files("circuitfind.configs") / "experiment" / f"{name}.yaml"))
+    """The packaged figure spec ``name`` (``figure_specs/<name>.yaml``).  Not a Hydra config group:
+    a figure is a set of sweeps, not one run's settings (those are ``experiment=`` overlays)."""
+    return Path(str(files("circuitfind.figure_specs") / f"{name}.yaml"))
 
 
 def load_experiment(source: str | Path) -> DictConfig:
@@ -742,7 +743,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="sweeps run at a time (default 2)")
     parser.add_argument("--out", type=Path, default=Path("outputs/figures"), help="where figures go")
     parser.add_argument("--runs", type=Path, default=None, help="where sweeps go (default: OUT/runs)")
-    parser.add_argument("--config", help="an experiment config file instead of configs/experiment/NAME.yaml")
+    parser.add_argument("--config", help="an experiment config file instead of figure_specs/NAME.yaml")
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                         help="a circuitfind override for every run (e.g. seed=1); part of the sweeps' identity")
     parser.add_argument("--dry-run", action="store_true", help="list the sweeps and what they hold; run nothing")

@@ -18,11 +18,13 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .evaluation import canonical_mask, edge_and_node_rates
-from .graph import GRANULARITIES, Architecture, CurvePoint, EdgeMask, Graph
+from .circuit_json import CircuitFileError, ground_truth, read_circuit_file
+from .graph import GRANULARITIES, Architecture, CurvePoint, EdgeMask, EdgeScores, Graph
 from .methods import Problem
 from .methods.spec import MethodSpec, get_spec, load_specs
 from .checkpoint import Checkpointer
 from .rundir import CURVE, SUMMARY, config_hash, folder_state, read_summary, write_result, write_summary
+from .pairs_file import PairsFileError, read_pairs
 from .tasks import TASKS, build_task
 
 log = logging.getLogger("circuitfind")
@@ -50,6 +52,25 @@ def validate(cfg: DictConfig) -> None:
         _check_paper_sweep(cfg, spec)
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
+    try:  # the files a run reads, parsed now (no torch, no model) so that a bad one fails at once
+        if cfg.task.name == "pairs":
+            if not OmegaConf.select(cfg, "task.path"):
+                raise ConfigError("task=pairs needs task.path=<a CSV or JSONL file of prompt pairs>")
+            read_pairs(cfg.task.path, cfg.metric)
+        if ground_truth_path(cfg) is not None:
+            read_circuit_file(ground_truth_path(cfg))
+    except (PairsFileError, CircuitFileError) as error:
+        raise ConfigError(str(error)) from None
+
+
+# task.ground_truth values that name a task's own circuit rather than a file (tracr: issue 16).
+GROUND_TRUTH_WORDS = ("paper", "program")
+
+
+def ground_truth_path(cfg: DictConfig) -> str | None:
+    """The circuit file ``task.ground_truth`` names, or None (the task's own circuit, if any)."""
+    value = OmegaConf.select(cfg, "task.ground_truth")
+    return None if value is None or value in GROUND_TRUTH_WORDS else str(value)
 
 
 def _check_paper_sweep(cfg: DictConfig, spec: MethodSpec) -> None:
@@ -80,6 +101,8 @@ def compose_config(*overrides: str, return_hydra_config: bool = False) -> DictCo
 def build_problem(cfg: DictConfig) -> Problem:
     """The task, model, graph and metric a config names, bundled for a method."""
     task = build_task(cfg.task.name, **_task_params(cfg))
+    if ground_truth_path(cfg) is not None:  # a circuit file replaces the task's own canonical circuit
+        task.canonical_edges = ground_truth(ground_truth_path(cfg))
     graph = Graph(Architecture.from_config(task.model.cfg, split_embed=task.split_embed), cfg.graph.granularity)
     return Problem(task, graph, cfg.corruption.name, task.metric(cfg.metric), progress=cfg.progress)
 
@@ -92,7 +115,7 @@ def seed_everything(seed: int) -> None:
 
 def _task_params(cfg: DictConfig) -> dict:
     params = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items()
-              if k not in ("name", "tau", "sweeps")}
+              if k not in ("name", "tau", "sweeps", "ground_truth")}
     return dict(params, seed=cfg.seed, device=cfg.device, model=OmegaConf.to_container(cfg.model, resolve=True))
 
 
@@ -147,7 +170,6 @@ def run(cfg: DictConfig, folder: Path) -> dict:
         checkpointer.clear()
 
     problem = build_problem(cfg)
-    task, graph = problem.task, problem.graph
     spec = get_spec(cfg.method.name)
     params = dataclasses.asdict(method_params(cfg, spec))
     if spec.checkpoints:
@@ -155,6 +177,20 @@ def run(cfg: DictConfig, folder: Path) -> dict:
     with checkpointer.stop_on_signals():
         result = spec.function()(problem, **params)
 
+    summary = write_run_folder(folder, problem, result, method=cfg.method.name, tau=cfg.tau, seed=cfg.seed,
+                               device=cfg.device, identity=identity, started=started)
+    checkpointer.clear()
+    return summary
+
+
+def write_run_folder(folder: Path, problem: Problem, result: EdgeScores, *, method: str, tau: float | None,
+                     seed: int, device, identity: str | None, started: float) -> dict:
+    """Evaluate ``result`` (metrics on both splits, rates against the canonical circuit, a method's
+    curve) and write every file of the run folder, ``summary.json`` last; returns the summary.
+    The CLI and the Python API (``circuitfind.api``) both finish a run here."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    task, graph = problem.task, problem.graph
     canonical = canonical_mask(task, graph)
     rates = _rates(result.kept, canonical)
     nothing = EdgeMask(graph, torch.zeros(graph.n_edges))
@@ -168,20 +204,21 @@ def run(cfg: DictConfig, folder: Path) -> dict:
     }
     curve = _evaluate_curve(problem, canonical, result.curve) if result.curve is not None else None
     n_forward = sum(engine.n_forward for engine in problem._engines.values())
+    spec = get_spec(method)
 
-    write_result(folder, result, canonical, curve, title=f"{task.name} {cfg.method.name} ({cfg.corruption.name})")
+    write_result(folder, result, canonical, curve, title=f"{task.name} {method} ({problem.corruption})")
     summary = dict(
         task=task.name,
-        method=cfg.method.name,
-        method_label=result.label or cfg.method.name,  # a variant the report plots apart
-        corruption=cfg.corruption.name,
+        method=method,
+        method_label=result.label or method,  # a variant the report plots apart
+        corruption=problem.corruption,
         graph=graph.granularity,
         model=task.model.cfg.model_name,
         metric=problem.metric.name,
-        tau=cfg.tau if "tau" in spec.top_level else None,
+        tau=tau if "tau" in spec.top_level else None,
         parameter_name=spec.parameter,  # what this method's curve varies (tau, lambda_reg, k)
         parameter=result.parameter,
-        seed=cfg.seed,
+        seed=seed,
         n_edges_total=graph.n_edges,
         n_edges_kept=result.kept.n_kept,
         **metrics["validation"],
@@ -192,11 +229,10 @@ def run(cfg: DictConfig, folder: Path) -> dict:
         curve=CURVE if curve is not None else None,  # one row per circuit of a one-run curve (HISP)
         method_details=result.details or None,
         wall_s=round(time.time() - started, 3),
-        device=str(cfg.device),
+        device=str(device),
         config_hash=identity,
         circuitfind_version=__version__,
         complete=True,
     )
     write_summary(folder, summary)  # last: its presence marks the run complete
-    checkpointer.clear()
     return summary

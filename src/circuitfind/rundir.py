@@ -5,6 +5,7 @@
     curve.csv     one row per circuit of a curve read from one run (HISP's top-k)
     <table>.csv   the method's own tables (SP's training.csv, gates.csv; HISP's ranking.csv)
     circuit.png, circuit.dot   the kept graph
+    circuit.json  the kept edges and their scores in the MIB format (``circuit_json``)
     summary.json  the numbers of the run; written last, so its presence means the run completed
 
 ``write_result`` writes everything a method's result holds; the pipeline then writes the summary.
@@ -88,11 +89,13 @@ def write_result(folder: Path, result: EdgeScores, canonical: EdgeMask | None, c
                  title: str) -> None:
     """Every file of a method's result: edges, the picture of its circuit, its trace, its tables,
     and ``curve`` (the rows of its one-run curve, evaluated by the pipeline)."""
+    from .circuit_json import write_circuit_json
     from .draw import circuit_dot, draw_circuit  # matplotlib: only when a run is written
 
     write_edges(folder, result, canonical)
     draw_circuit(result, folder / "circuit.png", title)
     atomic_write_text(folder / "circuit.dot", circuit_dot(result))
+    write_circuit_json(folder, result)
     if result.trace is not None:
         write_trace(folder, result.trace)
     for filename, rows in result.tables.items():
@@ -136,7 +139,9 @@ def config_hash(cfg) -> str:
         value = cfg[key]
         plain[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     if isinstance(plain.get("task"), dict):
-        plain["task"] = {k: v for k, v in plain["task"].items() if k != "sweeps"}
+        # ground_truth: null is every task's default; left out so that adding the key kept old hashes
+        plain["task"] = {k: v for k, v in plain["task"].items()
+                         if k != "sweeps" and not (k == "ground_truth" and v is None)}
     if isinstance(plain.get("method"), dict):
         plain["method"] = {k: v for k, v in plain["method"].items() if k not in NOT_HASHED_METHOD}
     return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]

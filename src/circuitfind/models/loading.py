@@ -10,6 +10,11 @@ Two kinds of model config:
                    to another model.
 ``kind: shipped``  a model the project trained itself, its weights inside the package
                    (``scripts/train_induction.py`` -> ``weights/induction_2l.pt``).
+``kind: hf``       any TransformerLens model name (``model=hf model.name=pythia-70m``).  Names whose
+                   architecture is written down here (gpt2, attn-only-4l, redwood_attn_2l) go the
+                   ``hub`` way; others take TransformerLens' config and loader, which need the hub
+                   (or its cache).  With random weights the architecture's size can be changed
+                   (``model.n_layers=2 model.d_model=64 ...``), for small offline runs.
 
 ``pretrained: false`` builds the same architecture with seeded random weights and touches neither
 the hub nor the cache: it is how every task's pipeline runs offline in tests and dry runs.  The
@@ -164,6 +169,12 @@ def gpt2_tokenizer():
 
 
 def load_tokenizer(model_cfg: dict):
+    if model_cfg.get("kind") == "hf":
+        return _load_hub_tokenizer(hf_as_hub(model_cfg))
+    return _load_hub_tokenizer(model_cfg)
+
+
+def _load_hub_tokenizer(model_cfg: dict):
     """The tokenizer of the model ``model_cfg`` describes (None for models that read token ids).
 
     A model with random weights has no vocabulary of its own to honour, so where its tokenizer cannot
@@ -200,12 +211,15 @@ def load_model(model_cfg: dict, device: str | torch.device = "cpu", seed: int = 
     ``seed`` fixes random weights (``pretrained: false``).  ``tokenizer``: the one the task will
     encode with; a random-weight model whose vocabulary is smaller than it grows to fit."""
     kind = model_cfg.get("kind")
-    if kind == "hub":
+    if kind == "hf":
+        model = _load_hf_model(model_cfg, device, seed, tokenizer)
+    elif kind == "hub":
         model = _load_hub_model(model_cfg, device, seed, tokenizer)
     elif kind == "shipped":
         model = _load_shipped_model(model_cfg, device, seed)
     else:
-        raise ValueError(f"model {model_cfg.get('name')!r} has kind {kind!r}; load_model handles kinds hub and shipped")
+        raise ValueError(f"model {model_cfg.get('name')!r} has kind {kind!r}; load_model handles kinds hub, hf "
+                         "and shipped")
     return model.eval().requires_grad_(False)
 
 
@@ -309,6 +323,113 @@ def _load_pretrained(model_cfg: dict, device) -> HookedTransformer:
         center_unembed=bool(model_cfg.get("center_unembed", False)),
     )
     return model.to(device)
+
+
+# ---- any TransformerLens model name (kind: hf) -----------------------------------------------------
+# Architecture settings a random-weight model=hf may change (null in configs/model/hf.yaml: keep).
+ARCH_OVERRIDES = ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "n_ctx", "attn_only")
+# Tokenizers of the repos in HUB_ARCHITECTURES (configs/model/*.yaml); other repos bring their own.
+HUB_TOKENIZERS = {"gpt2": "gpt2", "NeelNanda/Attn_Only_4L512W_C4_Code": "NeelNanda/gpt-neox-tokenizer-digits",
+                  "ArthurConmy/redwood_attn_2l": "gpt2"}
+
+
+def official_name(name: str) -> str:
+    """TransformerLens' official hub name for ``name`` (an alias such as ``attn-only-4l`` or the name
+    itself); one line for names it does not know."""
+    from transformer_lens import loading_from_pretrained as tl_loading
+
+    try:
+        return tl_loading.get_official_model_name(str(name))
+    except ValueError:
+        raise ValueError(f"model.name={name!r} is not a TransformerLens model name (see "
+                         "transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES)") from None
+
+
+def hf_as_hub(model_cfg: dict) -> dict:
+    """A ``kind: hf`` config as the ``kind: hub`` config the rest of the loader reads."""
+    if not model_cfg.get("name"):
+        raise ValueError("model=hf needs model.name=<a TransformerLens model name>, e.g. model.name=gpt2")
+    repo = official_name(model_cfg["name"])
+    return dict(model_cfg, kind="hub", repo=repo,
+                tokenizer=model_cfg.get("tokenizer") or HUB_TOKENIZERS.get(repo, repo))
+
+
+def arch_overrides(model_cfg: dict) -> dict:
+    """The architecture settings a random-weight hf model changes; refused for real weights."""
+    overrides = {k: model_cfg[k] for k in ARCH_OVERRIDES if model_cfg.get(k) is not None}
+    if overrides and model_cfg.get("pretrained", True):
+        raise ValueError(f"model.{next(iter(overrides))} changes the architecture, which only random weights "
+                         "can do: add model.pretrained=false")
+    return overrides
+
+
+def _resized(arch: dict, overrides: dict) -> dict:
+    """``arch`` with ``overrides``; a new width or head count rescales what follows from it (d_head =
+    d_model / n_heads, d_mlp = 4 d_model) unless that is given too."""
+    out = dict(arch, **overrides)
+    if ("d_model" in overrides or "n_heads" in overrides) and "d_head" not in overrides:
+        out["d_head"] = out["d_model"] // out["n_heads"]
+    if "d_model" in overrides and "d_mlp" not in overrides and not out.get("attn_only", False):
+        out["d_mlp"] = 4 * out["d_model"]
+    return out
+
+
+def _load_hf_model(model_cfg: dict, device, seed: int, tokenizer) -> HookedTransformer:
+    spec = hf_as_hub(model_cfg)
+    overrides = arch_overrides(model_cfg)
+    repo, name = spec["repo"], spec["name"]
+    if repo in HUB_ARCHITECTURES and not overrides:
+        return _load_hub_model(spec, device, seed, tokenizer)
+    if spec.get("pretrained", True):
+        return _load_with_transformer_lens(spec, device)
+    if repo in HUB_ARCHITECTURES:
+        arch = dict(HUB_ARCHITECTURES[repo])
+    else:
+        arch = _transformer_lens_config(spec, device).to_dict()
+    arch = _resized(arch, overrides)
+    arch["normalization_type"] = _processed_normalization(arch["normalization_type"],
+                                                          bool(spec.get("fold_ln", False)))
+    if tokenizer is not None and len(tokenizer) > arch["d_vocab"]:
+        arch["d_vocab"] = len(tokenizer)
+    arch.update(model_name=f"{name} (random weights)", device=str(device))
+    fields = HookedTransformerConfig.__dataclass_fields__
+    cfg = HookedTransformerConfig(**{k: v for k, v in arch.items() if k in fields and fields[k].init})
+    check_supported(SimpleNamespace(cfg=cfg))
+    return _random_model(cfg, seed)
+
+
+def _transformer_lens_config(spec: dict, device) -> HookedTransformerConfig:
+    """TransformerLens' config for a repo not written down here: from the cache, or the hub."""
+    from transformer_lens import loading_from_pretrained as tl_loading
+
+    repo = spec["repo"]
+    if _cached_file(repo, "config.json") is None and not hub_reachable():
+        raise ModelUnavailableError(f"{spec['name']}: the config of {repo} is not in the Hugging Face cache "
+                                    f"({hub_cache_dir()}) and the hub cannot be reached; TransformerLens builds "
+                                    "even random weights from it. Offline, model.name=gpt2, attn-only-4l or "
+                                    "redwood_attn_2l work (with model.pretrained=false)")
+    return tl_loading.get_pretrained_model_config(repo, fold_ln=bool(spec.get("fold_ln", False)),
+                                                  device=str(device))
+
+
+def _load_with_transformer_lens(spec: dict, device) -> HookedTransformer:
+    """Real weights of a repo not written down here, through TransformerLens' own loader (needs the
+    hub or a cache holding the weights)."""
+    repo = spec["repo"]
+    cfg = _transformer_lens_config(spec, device)
+    check_supported(SimpleNamespace(cfg=cfg))  # before fetching any weights
+    if cached_weights_any(repo) is None and not hub_reachable():
+        raise _unavailable(spec["name"], f"the weights of {repo}", plural=True)
+    model = HookedTransformer.from_pretrained(
+        repo, fold_ln=bool(spec.get("fold_ln", False)),
+        center_writing_weights=bool(spec.get("center_writing_weights", False)),
+        center_unembed=bool(spec.get("center_unembed", False)), device=str(device))
+    return model
+
+
+def cached_weights_any(repo: str) -> pathlib.Path | None:
+    """A weights file of a transformers-format ``repo`` in the cache, or None."""
+    return _cached_file(repo, "model.safetensors") or _cached_file(repo, "pytorch_model.bin")
 
 
 # ---- models the project ships --------------------------------------------------------------------

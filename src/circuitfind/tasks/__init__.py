@@ -9,6 +9,7 @@ from .docstring import docstring_task
 from .greaterthan import greaterthan_task
 from .induction import induction_task
 from .ioi import ioi_task
+from .pairs import pairs_task
 from .tracr import tracr_proportion, tracr_reverse
 
 TASKS: dict[str, Callable[..., Task]] = {
@@ -18,6 +19,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "greaterthan": greaterthan_task,
     "docstring": docstring_task,
     "induction": induction_task,
+    "pairs": pairs_task,
 }
 
 

@@ -13,7 +13,7 @@ from ..models.loading import load_model, load_tokenizer
 
 def load_model_and_tokenizer(task: str, model: dict | None, device, seed: int) -> tuple[HookedTransformer, object]:
     """The task's model (from its model config) and the tokenizer its prompts are written in."""
-    if model is None or model.get("kind") != "hub":
+    if model is None or model.get("kind") not in ("hub", "hf"):
         raise ValueError(f"task {task} needs a language model (model=gpt2, attn_only_4l or redwood_attn_2l), "
                          f"not model={None if model is None else model.get('name')}")
     if model.get("pretrained", True):
