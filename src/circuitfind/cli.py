@@ -4,8 +4,16 @@
     circuitfind task=tracr_proportion tau=0.01
     circuitfind -m task=tracr_reverse tau=0.001,0.01,0.1
 
-Bad input ends the run with one line on stderr and exit code 2 (``debug=true`` shows the traceback).
-In a ``-m`` sweep a failing job is reported and written to its folder's ``error.txt``; the others go on.
+Importing torch and TransformerLens takes 10-40 s on a shared machine, so this module imports
+neither until the input has been checked: ``--help`` and ``--version`` answer from the config files
+and package metadata, and a single run's config is composed, checked (``validate.check_config``) and
+its run folder made writable (``validate.check_output_folder``) before Hydra starts the job, whose
+first act would otherwise be to write into that folder.  Only then is ``pipeline`` imported.
+
+Bad input ends the run with one line on stderr and exit code 2 (``debug=true`` shows the traceback),
+file-system trouble (a read-only or full disk, a file where a folder must be, no permission)
+included.  In a ``-m`` sweep a failing job is reported and written to its folder's ``error.txt``; the
+others go on.  A successful run removes an ``error.txt`` that an earlier failure left in its folder.
 """
 
 from __future__ import annotations
@@ -16,7 +24,6 @@ import re
 import sys
 import traceback
 import warnings
-from importlib.resources import files
 from pathlib import Path
 
 # Every hub call retries for ~20 s without network; a run that needs the hub says so itself.
@@ -28,11 +35,17 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from .checkpoint import RunInterrupted  # noqa: E402
-from .pipeline import run  # noqa: E402
+from .clihelp import help_text, version_text  # noqa: E402
 from .rundir import atomic_write_text, config_hash  # noqa: E402
+from .validate import (ConfigError, check_config, check_output_folder, compose_config,  # noqa: E402
+                       describe_os_error, group_options)
 
 log = logging.getLogger("circuitfind")
+ERROR_FILE = "error.txt"
+GROUPS = ("task", "model", "corruption", "method", "graph", "threshold", "experiment")
+# Divergences from the unpatched model: never negative, so a tiny negative value is rounding.
+DIVERGENCES = ("kl", "l2")
+ROUNDING = 1e-6
 
 
 def _hash_of_root(*, _root_) -> str:
@@ -43,22 +56,27 @@ def _hash_of_root(*, _root_) -> str:
 if not OmegaConf.has_resolver("cf_hash"):
     OmegaConf.register_new_resolver("cf_hash", _hash_of_root)
 
-def _format_summary(summary: dict) -> str:
-    parts = [f"{summary['task']} {summary['method']} ({summary['corruption']}, {summary['graph']} graph)",
-             f"kept {summary['n_edges_kept']}/{summary['n_edges_total']} edges",
-             f"{summary['metric']} {summary['metric_circuit']:.4g}"]
+
+def _metric_value(name: str, value: float) -> str:
+    if name in DIVERGENCES and -ROUNDING < value < 0:
+        return f"{name} 0"
+    return f"{name} {value:.4g}"
+
+
+def format_summary(summary: dict) -> str:
+    """The one line a run prints: what ran, what it kept, how good it is, how long it took."""
+    unit = "nodes" if summary["graph"] == "nodes" else "edges"
+    task = summary["task"] + (f" ({summary['data']} prompts)" if summary.get("data") else "")
+    parts = [f"{task} {summary['method']} ({summary['corruption']}, {summary['graph']} graph)",
+             f"kept {summary['n_edges_kept']}/{summary['n_edges_total']} {unit}",
+             _metric_value(summary["metric"], summary["metric_circuit"])]
     if summary.get("edge_tpr") is not None:
         parts.append(f"edge TPR {summary['edge_tpr']:.3f} FPR {summary['edge_fpr']:.3f}")
     parts.append(f"{summary['wall_s']:.2f} s")
     return ", ".join(parts)
 
 
-GROUPS = ("task", "model", "corruption", "method", "graph", "threshold", "experiment")
-
-
-def group_options(group: str) -> list[str]:
-    folder = files("circuitfind.configs") / group
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")) if folder.is_dir() else []
+_format_summary = format_summary  # the name other modules used
 
 
 def unknown_choice(argv: list[str]) -> str | None:
@@ -75,19 +93,94 @@ def unknown_choice(argv: list[str]) -> str | None:
     return None
 
 
+SWEEP_FUNCTIONS = ("choice(", "range(", "glob(", "interval(", "tag(", "sort(", "shuffle(")
+
+
+def _is_sweep(override: str) -> bool:
+    """A ``key=a,b`` or ``key=range(...)`` override: one value per job, not one for the command."""
+    value = override.partition("=")[2]
+    depth, quote = 0, None
+    for char in value:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            return True
+    return value.startswith(SWEEP_FUNCTIONS)
+
+
+def precheck(argv: list[str]) -> None:
+    """Before Hydra writes anything: a single run's config is checked and its folder made writable;
+    a sweep's parent folder is checked (each job's config is checked as the job starts)."""
+    if any(arg.startswith("-") and arg not in ("-m", "--multirun") for arg in argv):
+        return  # Hydra's own flags (--cfg, --info, -cp, ...): Hydra answers them
+    sweeping = any(arg in ("-m", "--multirun") for arg in argv)
+    overrides = [arg for arg in argv if not arg.startswith("-") and not (sweeping and _is_sweep(arg))]
+    try:
+        cfg = compose_config(*overrides, return_hydra_config=True)
+    except Exception as error:  # Hydra's override and composition errors: their first line says it
+        raise ConfigError(str(error).strip().splitlines()[0] if str(error).strip() else repr(error)) from None
+    if sweeping:
+        check_output_folder(OmegaConf.select(cfg, "hydra.sweep.dir"), create=False)
+        return
+    check_config(cfg)
+    check_output_folder(OmegaConf.select(cfg, "hydra.run.dir"))
+
+
 def main() -> None:
-    problem = unknown_choice(sys.argv[1:])
-    if problem:
-        print(f"circuitfind: error: {problem}", file=sys.stderr)
+    argv = sys.argv[1:]
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(help_text())
+        return
+    if any(arg in ("-V", "--version") for arg in argv):
+        print(version_text())
+        return
+    try:
+        problem = unknown_choice(argv)
+        if problem:
+            raise ConfigError(problem)
+        precheck(argv)
+    except ConfigError as error:
+        if "debug=true" in argv:
+            raise
+        print(f"circuitfind: error: {error}", file=sys.stderr)
         sys.exit(2)
     hydra_main()
+
+
+def _fail(error: Exception, folder: Path, sweeping: bool) -> None:
+    """One line on stderr (the traceback goes to error.txt where it can be written); exit 2, or
+    return so that a sweep's other jobs go on."""
+    message = describe_os_error(error) if isinstance(error, OSError) else str(error)
+    try:
+        atomic_write_text(folder / ERROR_FILE, traceback.format_exc())
+    except OSError:
+        pass  # the folder itself is the trouble: the line below says so
+    print(f"circuitfind: error: {message}", file=sys.stderr)
+    if not sweeping:
+        sys.exit(2)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://circuitfind.configs", config_name="config")
 def hydra_main(cfg: DictConfig) -> dict | None:
     hydra_cfg = HydraConfig.get()
-    folder = Path(hydra_cfg.runtime.output_dir)
-    sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    return run_job(cfg, Path(hydra_cfg.runtime.output_dir), sweeping=hydra_cfg.mode == RunMode.MULTIRUN)
+
+
+def run_job(cfg: DictConfig, folder: Path, sweeping: bool = False) -> dict | None:
+    """One Hydra job: check, run, print the summary line; any failure is one line (and exit 2
+    unless ``sweeping``, where the other jobs go on)."""
+    try:
+        check_config(cfg)  # a sweep's jobs are checked here, each before anything loads
+        from .checkpoint import RunInterrupted  # torch: only once the config is known to be good
+        from .pipeline import run
+    except ConfigError as error:
+        return _fail(error, folder, sweeping)
     try:
         summary = run(cfg, folder)
     except RunInterrupted as stop:
@@ -99,13 +192,9 @@ def hydra_main(cfg: DictConfig) -> dict | None:
     except Exception as error:  # one line for the user; the traceback on request or in the folder
         if cfg.get("debug", False):
             raise
-        atomic_write_text(folder / "error.txt", traceback.format_exc())
-        message = f"circuitfind: error: {error}"
-        print(message, file=sys.stderr)
-        if sweeping:  # one failed job must not sink the sweep
-            return None
-        sys.exit(2)
-    log.info(_format_summary(summary))
+        return _fail(error, folder, sweeping)
+    (folder / ERROR_FILE).unlink(missing_ok=True)  # an earlier failure of this config is history now
+    log.info(format_summary(summary))
     log.info("run folder: %s", folder)
     return summary
 

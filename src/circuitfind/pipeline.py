@@ -21,18 +21,19 @@ from .evaluation import canonical_mask, edge_and_node_rates
 from .circuit_json import CircuitFileError, ground_truth, read_circuit_file
 from .graph import GRANULARITIES, Architecture, CurvePoint, EdgeMask, EdgeScores, Graph
 from .methods import Problem
-from .methods.spec import MethodSpec, get_spec, load_specs
+from .methods.spec import get_spec, load_specs
 from .checkpoint import Checkpointer
-from .rundir import CURVE, SUMMARY, config_hash, folder_state, read_summary, write_result, write_summary
+from .draw import circuit_dot, draw_circuit
+from .phases import Phases
+from .rundir import CURVE, SUMMARY, atomic_write_text, config_hash, folder_state, read_summary, write_result, write_summary
 from .pairs_file import PairsFileError, read_pairs
 from .tasks import TASKS, build_task
+from .threads import torch_threads
+from .validate import GROUND_TRUTH_WORDS, ConfigError, check_config, compose_config, ground_truth_path, method_params
 
 log = logging.getLogger("circuitfind")
 CORRUPTIONS = ("corrupted", "zero", "mean", "mean_all")
-
-
-class ConfigError(ValueError):
-    """A config value that is wrong before anything is loaded."""
+__all__ = ["ConfigError", "compose_config", "run", "validate"]
 
 
 def _choice(kind: str, value, valid) -> None:
@@ -41,61 +42,13 @@ def _choice(kind: str, value, valid) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check every config value before any model is loaded."""
+    """Check every config value before any model is loaded: the torch-free checks the CLI ran
+    already (``validate.check_config``), then the registries a config file could name wrongly."""
+    check_config(cfg)
     _choice("task", cfg.task.name, TASKS)
     _choice("method", cfg.method.name, load_specs())
     _choice("corruption", cfg.corruption.name, CORRUPTIONS)
     _choice("graph", cfg.graph.granularity, GRANULARITIES)
-    spec = get_spec(cfg.method.name)
-    method_params(cfg, spec)
-    if OmegaConf.select(cfg, "threshold.name") == "paper" and spec.sweep is not None:
-        _check_paper_sweep(cfg, spec)
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
-        raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
-    try:  # the files a run reads, parsed now (no torch, no model) so that a bad one fails at once
-        if cfg.task.name == "pairs":
-            if not OmegaConf.select(cfg, "task.path"):
-                raise ConfigError("task=pairs needs task.path=<a CSV or JSONL file of prompt pairs>")
-            read_pairs(cfg.task.path, cfg.metric)
-        if ground_truth_path(cfg) is not None:
-            read_circuit_file(ground_truth_path(cfg))
-    except (PairsFileError, CircuitFileError) as error:
-        raise ConfigError(str(error)) from None
-
-
-# task.ground_truth values that name a task's own circuit rather than a file (tracr: issue 16).
-GROUND_TRUTH_WORDS = ("paper", "program")
-
-
-def ground_truth_path(cfg: DictConfig) -> str | None:
-    """The circuit file ``task.ground_truth`` names, or None (the task's own circuit, if any)."""
-    value = OmegaConf.select(cfg, "task.ground_truth")
-    return None if value is None or value in GROUND_TRUTH_WORDS else str(value)
-
-
-def _check_paper_sweep(cfg: DictConfig, spec: MethodSpec) -> None:
-    """threshold=paper's values are resolved once per command, for the task and method Hydra composed
-    first (configs/threshold/paper.yaml): refuse jobs that would run another task's values."""
-    here = f"{cfg.task.name}/{cfg.method.name}"
-    swept_for = OmegaConf.select(cfg, "threshold.swept_for")
-    if swept_for is None:
-        raise ConfigError(f"threshold=paper is a sweep: run it with -m (circuitfind -m task={cfg.task.name} "
-                          f"method={cfg.method.name} threshold=paper)")
-    if swept_for != here:
-        raise ConfigError(f"threshold=paper sweeps one task and one method per command; this job ({here}) got the "
-                          f"values of {swept_for}: run it as its own sweep")
-    if spec.sweep.needs_task_values and OmegaConf.select(cfg, f"task.sweeps.{spec.name}") is None:
-        raise ConfigError(f"threshold=paper has no {spec.label} sweep for task {cfg.task.name} "
-                          f"(task.sweeps.{spec.name} is not set)")
-
-
-def compose_config(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
-    """The config ``circuitfind <overrides>`` would run, composed without running it (notebooks,
-    benchmarks, figures)."""
-    from hydra import compose, initialize_config_module
-
-    with initialize_config_module(config_module="circuitfind.configs", version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def build_problem(cfg: DictConfig) -> Problem:
@@ -117,15 +70,6 @@ def _task_params(cfg: DictConfig) -> dict:
     params = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items()
               if k not in ("name", "tau", "sweeps", "ground_truth")}
     return dict(params, seed=cfg.seed, device=cfg.device, model=OmegaConf.to_container(cfg.model, resolve=True))
-
-
-def method_params(cfg: DictConfig, spec: MethodSpec):
-    """The method's typed, checked parameters: its config group and the spec's top-level keys."""
-    try:
-        return spec.check(OmegaConf.to_container(cfg.method, resolve=True),
-                          {key: OmegaConf.select(cfg, key) for key in spec.top_level})
-    except (TypeError, ValueError) as error:
-        raise ConfigError(str(error)) from None
 
 
 def _rates(found: EdgeMask, canonical: EdgeMask | None) -> dict:
@@ -169,46 +113,63 @@ def run(cfg: DictConfig, folder: Path) -> dict:
     if state == "resumable" and not cfg.get("resume", True):
         checkpointer.clear()
 
-    problem = build_problem(cfg)
-    spec = get_spec(cfg.method.name)
-    params = dataclasses.asdict(method_params(cfg, spec))
-    if spec.checkpoints:
-        params["checkpointer"] = checkpointer
-    with checkpointer.stop_on_signals():
-        result = spec.function()(problem, **params)
-
-    summary = write_run_folder(folder, problem, result, method=cfg.method.name, tau=cfg.tau, seed=cfg.seed,
-                               device=cfg.device, identity=identity, started=started)
+    phases = Phases(progress=cfg.progress)
+    with phases("model", f"building the {cfg.task.name} task and its {cfg.model.name} model"):
+        problem = build_problem(cfg)
+    with torch_threads(cfg.get("threads", "auto"), problem.task.model) as threads:
+        result = _search(cfg, problem, checkpointer, phases)
+        summary = write_run_folder(folder, problem, result, method=cfg.method.name, tau=cfg.tau, seed=cfg.seed,
+                                   device=cfg.device, identity=identity, started=started, phases=phases,
+                                   threads=threads, data=OmegaConf.select(cfg, "task.data"))
     checkpointer.clear()
     return summary
 
 
+def _search(cfg: DictConfig, problem: Problem, checkpointer: Checkpointer, phases: Phases) -> EdgeScores:
+    """The engine's caches, then the configured method (checkpointed where it can be)."""
+    with phases("caches", "running the unpatched and ablated models once (the engine's caches)"):
+        problem.clean_logits("validation")  # builds the engine (the ablated run), then the unpatched run
+    spec = get_spec(cfg.method.name)
+    params = dataclasses.asdict(method_params(cfg, spec))
+    if spec.checkpoints:
+        params["checkpointer"] = checkpointer
+    with phases("method", f"running {cfg.method.name}"), checkpointer.stop_on_signals():
+        return spec.function()(problem, **params)
+
+
 def write_run_folder(folder: Path, problem: Problem, result: EdgeScores, *, method: str, tau: float | None,
-                     seed: int, device, identity: str | None, started: float) -> dict:
+                     seed: int, device, identity: str | None, started: float, phases: Phases | None = None,
+                     threads: dict | None = None, data: str | None = None) -> dict:
     """Evaluate ``result`` (metrics on both splits, rates against the canonical circuit, a method's
     curve) and write every file of the run folder, ``summary.json`` last; returns the summary.
-    The CLI and the Python API (``circuitfind.api``) both finish a run here."""
+    The CLI and the Python API (``circuitfind.api``) both finish a run here.  ``phases``: the run's
+    timings so far (this adds evaluation, writing and drawing); ``threads`` and ``data`` (the prompt
+    set) are recorded as given."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    phases = phases if phases is not None else Phases(progress=problem.progress)
     task, graph = problem.task, problem.graph
-    canonical = canonical_mask(task, graph)
-    rates = _rates(result.kept, canonical)
-    nothing = EdgeMask(graph, torch.zeros(graph.n_edges))
-    metrics = {
-        split: dict(
-            metric_full=problem.evaluate(graph.full_mask(), split),
-            metric_circuit=problem.evaluate(result.kept, split),
-            metric_empty=problem.evaluate(nothing, split),
-        )
-        for split in ("validation", "test")
-    }
-    curve = _evaluate_curve(problem, canonical, result.curve) if result.curve is not None else None
+    with phases("evaluation", "evaluating the circuit on the validation and test prompts"):
+        canonical = canonical_mask(task, graph)
+        rates = _rates(result.kept, canonical)
+        metrics = _split_metrics(problem, result.kept)
+        curve = _evaluate_curve(problem, canonical, result.curve) if result.curve is not None else None
     n_forward = sum(engine.n_forward for engine in problem._engines.values())
     spec = get_spec(method)
 
-    write_result(folder, result, canonical, curve, title=f"{task.name} {method} ({problem.corruption})")
+    with phases("writing", "writing the run folder"):
+        write_result(folder, result, canonical, curve)
+    with phases("drawing", f"drawing the circuit ({result.kept.n_kept} of {graph.n_edges} {graph_unit(graph)})"):
+        draw_circuit(result, folder / "circuit.png", f"{task.name} {method} ({problem.corruption})")
+        atomic_write_text(folder / "circuit.dot", circuit_dot(result))
+    details = result.details or None
+    warnings = [details["warning"]] if isinstance(details, dict) and details.get("warning") else []
+    for warning in warnings:
+        log.warning(warning)
+    log.info("time: %s", phases.line())
     summary = dict(
         task=task.name,
+        data=data,  # the prompt set, for tasks that have several
         method=method,
         method_label=result.label or method,  # a variant the report plots apart
         corruption=problem.corruption,
@@ -227,7 +188,10 @@ def write_run_folder(folder: Path, problem: Problem, result: EdgeScores, *, meth
         n_forward=n_forward,
         n_edge_tests=len(result.trace) if result.trace is not None else None,
         curve=CURVE if curve is not None else None,  # one row per circuit of a one-run curve (HISP)
-        method_details=result.details or None,
+        method_details=details,
+        warnings=warnings,
+        threads=threads,
+        timings=dict(phases.seconds),  # seconds per phase; wall_s also counts what lies between
         wall_s=round(time.time() - started, 3),
         device=str(device),
         config_hash=identity,
@@ -236,3 +200,20 @@ def write_run_folder(folder: Path, problem: Problem, result: EdgeScores, *, meth
     )
     write_summary(folder, summary)  # last: its presence marks the run complete
     return summary
+
+
+def graph_unit(graph: Graph) -> str:
+    """What the graph's "edges" are: on the node graph each one is a whole node."""
+    return "nodes" if graph.granularity == "nodes" else "edges"
+
+
+def _split_metrics(problem: Problem, kept: EdgeMask) -> dict:
+    """The metric of the full model, the circuit and the empty circuit on each split (six
+    patched forwards: minutes on GPT-2 with a CPU, so they get a progress bar)."""
+    nothing = EdgeMask(problem.graph, torch.zeros(problem.graph.n_edges))
+    circuits = {"metric_full": problem.graph.full_mask(), "metric_circuit": kept, "metric_empty": nothing}
+    jobs = [(split, key) for split in ("validation", "test") for key in circuits]
+    metrics: dict = {"validation": {}, "test": {}}
+    for split, key in tqdm(jobs, desc="evaluation", unit="circuit", disable=not problem.progress, leave=False):
+        metrics[split][key] = problem.evaluate(circuits[key], split)
+    return metrics

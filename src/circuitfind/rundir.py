@@ -8,7 +8,8 @@
     circuit.json  the kept edges and their scores in the MIB format (``circuit_json``)
     summary.json  the numbers of the run; written last, so its presence means the run completed
 
-``write_result`` writes everything a method's result holds; the pipeline then writes the summary.
+``write_result`` writes the data files of a method's result; the pipeline draws the circuit and
+then writes the summary.
 
 Each file is written to a temporary name in the same folder and renamed into place (atomic on POSIX).
 """
@@ -22,9 +23,10 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
-from .graph import EdgeMask, EdgeScores
+if TYPE_CHECKING:  # not at run time: the CLI hashes configs before torch is imported
+    from .graph import EdgeMask, EdgeScores
 
 SUMMARY = "summary.json"
 EDGES = "edges.csv"
@@ -85,16 +87,13 @@ def write_table(folder: Path, filename: str, rows: list[dict]) -> None:
         [_number(v) if isinstance(v, float) else v for v in (row[c] for c in columns)] for row in rows)))
 
 
-def write_result(folder: Path, result: EdgeScores, canonical: EdgeMask | None, curve: list[dict] | None,
-                 title: str) -> None:
-    """Every file of a method's result: edges, the picture of its circuit, its trace, its tables,
-    and ``curve`` (the rows of its one-run curve, evaluated by the pipeline)."""
+def write_result(folder: Path, result: EdgeScores, canonical: EdgeMask | None, curve: list[dict] | None) -> None:
+    """Every data file of a method's result: its edges (and circuit.json), its trace, its tables,
+    and ``curve`` (the rows of its one-run curve, evaluated by the pipeline).  The pipeline draws
+    the circuit (circuit.png, circuit.dot) in a phase of its own."""
     from .circuit_json import write_circuit_json
-    from .draw import circuit_dot, draw_circuit  # matplotlib: only when a run is written
 
     write_edges(folder, result, canonical)
-    draw_circuit(result, folder / "circuit.png", title)
-    atomic_write_text(folder / "circuit.dot", circuit_dot(result))
     write_circuit_json(folder, result)
     if result.trace is not None:
         write_trace(folder, result.trace)
@@ -117,7 +116,7 @@ def read_summary(folder: Path) -> dict | None:
 
 # ---- which run a folder holds -------------------------------------------------------------------
 # Keys that change how a run is carried out but not what it computes; left out of the config hash.
-NOT_HASHED = ("progress", "debug", "device", "resume", "force", "checkpoint", "threshold", "hydra")
+NOT_HASHED = ("progress", "debug", "device", "threads", "resume", "force", "checkpoint", "threshold", "hydra")
 # Method settings that change how fast a run is, never what it finds (tests hold them to that).
 NOT_HASHED_METHOD = ("batch_edges",)
 

@@ -30,6 +30,7 @@ from .base import Problem
 from .components import Components
 from .specs.sp import check_sp_params
 
+
 @dataclass(frozen=True)
 class HardConcrete:
     """The stretched and clipped binary-concrete distribution of Louizos et al. (2018)."""
@@ -60,6 +61,25 @@ class HardConcrete:
     def prob_open(self, log_alpha: torch.Tensor) -> torch.Tensor:
         """P(z > 0): the expected L0 norm of one gate, what the penalty counts."""
         return torch.sigmoid(log_alpha - self.beta * math.log(-self.gamma / self.zeta))
+
+
+# A gate that moved less than this fraction of the way from its start to the keep threshold
+# (log-alpha 0) has barely moved; when most have, the training was too short for its learning rate.
+STALLED_FRACTION = 0.25
+
+
+def stalled_gates_warning(log_alpha: torch.Tensor, initial: float, epochs: int, lr: float) -> str | None:
+    """A warning when most gates still sit near their initial value, saying what to raise.
+
+    Adam moves a parameter by about ``lr`` per step, so closing a gate that starts at ``initial``
+    takes at least ``|initial| / lr`` steps; fewer leave every gate open and the circuit whole."""
+    distance = max(STALLED_FRACTION * abs(initial), 0.1)
+    n_stalled = int(((log_alpha - initial).abs() < distance).sum())
+    if 2 * n_stalled <= log_alpha.numel():
+        return None
+    return (f"SP: {n_stalled}/{log_alpha.numel()} gates barely moved from their initial value in {epochs} steps at "
+            f"lr {lr:g} (Adam moves a gate about lr per step; closing one takes about {abs(initial):.2g}): "
+            f"raise method.epochs or method.lr")
 
 
 def subnetwork_probing(problem: Problem, lambda_reg: float = 1.0, epochs: int = 3000, lr: float = 1e-3,
@@ -140,9 +160,10 @@ def subnetwork_probing(problem: Problem, lambda_reg: float = 1.0, epochs: int = 
                   for name, a, p, t, k in zip(gate_names, log_alpha.tolist(), prob_open.tolist(),
                                               concrete.test_gate(log_alpha).tolist(), keep.tolist())]
     final = log[-1] if log else {}
+    warning = stalled_gates_warning(log_alpha, concrete.initial_log_alpha(init_open), epochs, lr)
     return EdgeScores(
         graph, scores, kept, parameter=lambda_reg,
         label="sp" if gates == "components" else "sp_edges",  # the report keeps the two apart
         tables={"training.csv": log, "gates.csv": gate_table},
         details=dict(gates=gates, n_gates=n_gates, n_gates_kept=int(keep.sum()), epochs=epochs, lr=lr,
-                     final_loss=final.get("loss"), final_task_loss=final.get("task_loss")))
+                     final_loss=final.get("loss"), final_task_loss=final.get("task_loss"), warning=warning))

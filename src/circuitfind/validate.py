@@ -1,0 +1,187 @@
+"""Config checks that need no model, no torch and no TransformerLens: the CLI runs them first.
+
+Importing torch and TransformerLens takes 10-40 s on a shared machine, so every check that can be
+made from the composed config alone lives here, with nothing heavier than OmegaConf imported:
+
+- names (task, method, corruption, graph): a valid name is one with a config file in
+  ``circuitfind.configs/<group>/``, so a new task or method is valid as soon as its config exists
+  (``model=`` options are checked on the command line; ``model.name`` of ``model=hf`` is any
+  TransformerLens name, checked when the model loads);
+- numbers: ``seed``, ``threads``, the task's prompt counts and each method's parameters (its
+  spec's parameter dataclass, ``methods/spec.py``; the methods call the same checks);
+- ``threshold=paper``: a sweep resolved for this task and method;
+- the output folder: it can be created and written (``check_output_folder``).
+
+Each check raises ``ConfigError`` with a one-line message; the CLI prints it and exits with 2.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from importlib.resources import files
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .circuit_json import CircuitFileError, read_circuit_file
+from .methods.spec import get_spec
+from .pairs_file import PairsFileError, read_pairs
+
+class ConfigError(ValueError):
+    """A config value that is wrong before anything is loaded."""
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: the names of its YAML files."""
+    folder = files("circuitfind.configs") / group
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")) if folder.is_dir() else []
+
+
+def compose_config(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
+    """The config ``circuitfind <overrides>`` would run, composed without running it (notebooks,
+    benchmarks, figures)."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="circuitfind.configs", version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+# ---- numbers -----------------------------------------------------------------------------------
+
+def _is_int(value, minimum: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
+
+
+def check_threads(threads) -> None:
+    if threads != "auto" and not _is_int(threads, 1):
+        raise ValueError(f"threads must be auto or a positive integer, got {threads!r}")
+
+
+# ---- the whole config --------------------------------------------------------------------------
+
+def _choice(kind: str, value, group: str) -> None:
+    options = group_options(group)
+    if value not in options:
+        raise ConfigError(f"unknown {kind} {value!r}; choose one of {', '.join(options)}")
+
+
+def method_params(cfg: DictConfig, spec=None):
+    """The method's typed, checked parameters (its spec's dataclass): its config group's keys and
+    the top-level keys the spec reads (ACDC's tau, SP's seed)."""
+    spec = spec or get_spec(cfg.method.name)
+    try:
+        return spec.check(OmegaConf.to_container(cfg.method, resolve=True),
+                          {key: OmegaConf.select(cfg, key) for key in spec.top_level})
+    except (TypeError, ValueError) as error:
+        raise ConfigError(str(error)) from None
+
+
+def _check_task(cfg: DictConfig) -> None:
+    for key in ("n_prompts", "seq_len", "span_len"):
+        value = OmegaConf.select(cfg, f"task.{key}")
+        if value is not None and not _is_int(value, 1):
+            raise ConfigError(f"task.{key} must be a positive integer, got {value!r}")
+
+
+def check_paper_sweep(cfg: DictConfig) -> None:
+    """threshold=paper's values are resolved once per command, for the task and method Hydra composed
+    first (configs/threshold/paper.yaml): refuse jobs that would run another task's values."""
+    here = f"{cfg.task.name}/{cfg.method.name}"
+    swept_for = OmegaConf.select(cfg, "threshold.swept_for")
+    if swept_for is None:
+        raise ConfigError(f"threshold=paper is a sweep: run it with -m (circuitfind -m task={cfg.task.name} "
+                          f"method={cfg.method.name} threshold=paper)")
+    if swept_for != here:
+        raise ConfigError(f"threshold=paper sweeps one task and one method per command; this job ({here}) got the "
+                          f"values of {swept_for}: run it as its own sweep")
+    spec = get_spec(cfg.method.name)
+    if spec.sweep.needs_task_values and OmegaConf.select(cfg, f"task.sweeps.{spec.name}") is None:
+        raise ConfigError(f"threshold=paper has no {spec.label} sweep for task {cfg.task.name} "
+                          f"(task.sweeps.{spec.name} is not set)")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every check a composed config can pass or fail without loading anything."""
+    _choice("task", cfg.task.name, "task")
+    _choice("method", cfg.method.name, "method")
+    _choice("corruption", cfg.corruption.name, "corruption")
+    _choice("graph", cfg.graph.granularity, "graph")
+    _check_task(cfg)
+    spec = get_spec(cfg.method.name)
+    method_params(cfg, spec)
+    if OmegaConf.select(cfg, "threshold.name") == "paper" and spec.sweep is not None:
+        check_paper_sweep(cfg)
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
+    try:
+        check_threads(cfg.get("threads", "auto"))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    _check_files(cfg)
+
+
+# task.ground_truth values that name a task's own circuit rather than a file (tracr: issue 16).
+GROUND_TRUTH_WORDS = ("paper", "program")
+
+
+def ground_truth_path(cfg: DictConfig) -> str | None:
+    """The circuit file ``task.ground_truth`` names, or None (the task's own circuit, if any)."""
+    value = OmegaConf.select(cfg, "task.ground_truth")
+    return None if value is None or value in GROUND_TRUTH_WORDS else str(value)
+
+
+def _check_files(cfg: DictConfig) -> None:
+    """The files a run reads, parsed now (no torch, no model) so that a bad one fails at once."""
+    try:
+        if cfg.task.name == "pairs":
+            if not OmegaConf.select(cfg, "task.path"):
+                raise ConfigError("task=pairs needs task.path=<a CSV or JSONL file of prompt pairs>")
+            read_pairs(cfg.task.path, cfg.metric)
+        if ground_truth_path(cfg) is not None:
+            read_circuit_file(ground_truth_path(cfg))
+    except (PairsFileError, CircuitFileError) as error:
+        raise ConfigError(str(error)) from None
+
+
+# ---- the output folder -------------------------------------------------------------------------
+
+def _first_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_folder(folder: Path | str, create: bool = True) -> None:
+    """The run folder can be made and written: raise one ``ConfigError`` line that names the
+    problem (a file where a folder must be, no permission, a read-only or full disk) otherwise.
+    ``create``: make the folder, as Hydra would a moment later; else probe its nearest existing
+    parent (a sweep's folder may be named by the time Hydra starts it)."""
+    folder = Path(folder)
+    existing = _first_existing(folder.absolute())
+    if not existing.is_dir():
+        raise ConfigError(f"cannot use run folder {folder}: {existing} is a file, not a folder")
+    target = folder if create else existing
+    probe = target / f".circuitfind-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("circuitfind checks that this folder can be written\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        raise ConfigError(f"cannot write run folder {folder}: {describe_os_error(error)}") from None
+    finally:
+        if probe.parent.is_dir():
+            probe.unlink(missing_ok=True)
+
+
+def describe_os_error(error: OSError) -> str:
+    """An OSError in words a user can act on, without a traceback."""
+    reason = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+              errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+              errno.EPERM: "operation not permitted (permission)", errno.ENOTDIR: "a file is in the way of a folder",
+              errno.EEXIST: "a file is in the way"}.get(error.errno, error.strerror or str(error))
+    where = f" ({error.filename})" if error.filename else ""
+    return f"{reason}{where}"
