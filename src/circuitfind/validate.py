@@ -26,7 +26,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .circuit_json import CircuitFileError, read_circuit_file
-from .methods.spec import get_spec
+from .methods.spec import get_spec, load_specs
 from .pairs_file import PairsFileError, read_pairs
 
 class ConfigError(ValueError):
@@ -105,7 +105,9 @@ def check_paper_sweep(cfg: DictConfig) -> None:
 def check_config(cfg: DictConfig) -> None:
     """Every check a composed config can pass or fail without loading anything."""
     _choice("task", cfg.task.name, "task")
-    _choice("method", cfg.method.name, "method")
+    specs = load_specs()  # a method is one with a spec (and, to be chosen by name, a config file)
+    if cfg.method.name not in specs:
+        raise ConfigError(f"unknown method {cfg.method.name!r}; choose one of {', '.join(sorted(specs))}")
     _choice("corruption", cfg.corruption.name, "corruption")
     _choice("graph", cfg.graph.granularity, "graph")
     _check_task(cfg)
