@@ -46,8 +46,8 @@ clean:  ## remove run outputs (not the virtual environment)
 # (fig3, tables), CORRUPTION=zero|corrupted (fig3), PRESET=quick|paper, JOBS=2 (sweeps at a time),
 # OUT=outputs/figures (sweeps go to OUT/runs).
 FIGURES := $(PY) -m circuitfind.figures
-FIGURE_ARGS = $(if $(PRESET),--preset $(PRESET)) $(if $(JOBS),--jobs $(JOBS)) $(if $(JSON),--out $(JSON))
-.PHONY: fig3 fig4 tables
+FIGURE_ARGS = $(if $(PRESET),--preset $(PRESET)) $(if $(JOBS),--jobs $(JOBS)) $(if $(OUT),--out $(OUT))
+.PHONY: fig3 fig4 tables tracr-suite
 
 fig3: setup  ## paper fig. 3: edge-level ROC per task, ACDC/SP/HISP (TASKS=..., CORRUPTION=zero|corrupted)
 	$(FIGURES) fig3 $(if $(TASKS),--tasks $(TASKS)) $(if $(CORRUPTION),--corruption $(CORRUPTION)) $(FIGURE_ARGS)
@@ -57,3 +57,6 @@ fig4: setup  ## paper fig. 4: Induction, test KL against edges kept, zero and co
 
 tables: setup  ## the appendix AUC tables (edge/node, corrupted/zero, KL/task metric): CSV and Markdown
 	$(FIGURES) tables $(if $(TASKS),--tasks $(TASKS)) $(FIGURE_ARGS)
+
+tracr-suite: setup  ## the tracr suite: every method x program x ablation, AUC vs program-derived circuits
+	$(FIGURES) tracr_suite $(if $(TASKS),--tasks $(TASKS)) $(FIGURE_ARGS)

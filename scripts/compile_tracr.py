@@ -1,4 +1,4 @@
-"""Compile the ACDC paper's tracr programs and ship them as TransformerLens weights.
+"""Compile the ACDC paper's tracr programs and the tracr suite, and ship them as TransformerLens weights.
 
 tracr (and with it jax and haiku) is needed only here, so this script runs in a
 separate environment; the package itself loads the files written here with plain
@@ -66,17 +66,61 @@ def make_proportion() -> rasp.SOp:
     return lib.make_frac_prevs(rasp.tokens == "x")
 
 
+# ---- the suite (circuitfind.tasks.tracr_suite): tracr's library and the RASP benchmark programs
+
+
+def make_sort_unique() -> rasp.SOp:
+    """Sorts distinct tokens: each moves to the number of smaller ones (defined on distinct rows)."""
+    return lib.make_sort_unique(rasp.tokens, rasp.tokens)
+
+
+def make_sort() -> rasp.SOp:
+    """Sorts tokens that may repeat: ties broken by position (key + i / max_seq_len)."""
+    return lib.make_sort(rasp.tokens, rasp.tokens, max_seq_len=MAX_SEQ_LEN, min_key=1)
+
+
+def make_pair_balance() -> rasp.SOp:
+    """frac_prevs("(") - frac_prevs(")"): two numerical heads in one layer, a numerical MLP."""
+    return lib.make_pair_balance(rasp.tokens, "(", ")")
+
+
+def make_shuffle_dyck1() -> rasp.SOp:
+    return lib.make_shuffle_dyck(["()"]).named("shuffle_dyck")
+
+
+def make_shuffle_dyck2() -> rasp.SOp:
+    return lib.make_shuffle_dyck(["()", "{}"]).named("shuffle_dyck2")
+
+
+def make_token_plus_index() -> rasp.SOp:
+    """A SequenceMap of two inputs: (token + index) mod 3, one categorical MLP reading both."""
+    return rasp.SequenceMap(lambda t, i: (t + i) % 3, rasp.tokens, rasp.indices).named("token_plus_index")
+
+
+def make_frac_prevs_a() -> rasp.SOp:
+    """frac_prevs of a token read through another token's test: the running fraction of "a"
+    among {a, b, c}, whose boolean comes from a categorical MLP before the numerical head."""
+    return lib.make_frac_prevs(rasp.tokens == "a").named("frac_prevs_a")
+
+
+def distinct(row: Sequence[Any]) -> bool:
+    return len(set(row)) == len(row)
+
+
 @dataclasses.dataclass(frozen=True)
 class ProgramSpec:
     name: str
     build: Callable[[], rasp.SOp]
     vocab: tuple[Any, ...]  # tracr values (ints for reverse, as in the paper)
     # The layout the ACDC paper's experiments refer to; a tracr release that compiled
-    # the program differently would silently change which node is which.
-    n_layers: int
-    n_heads: int
-    empty_heads: frozenset[tuple[int, int]]
-    empty_mlps: frozenset[int]
+    # the program differently would silently change which node is which.  None: the suite's
+    # programs, whose layout is whatever tracr gives (printed, and pinned by the package tests).
+    n_layers: int | None = None
+    n_heads: int | None = None
+    empty_heads: frozenset[tuple[int, int]] = frozenset()
+    empty_mlps: frozenset[int] = frozenset()
+    # The inputs the program is defined on (sort_unique: distinct tokens); checked and recorded.
+    valid_row: Callable[[Sequence[Any]], bool] | None = None
 
 
 PROGRAMS = (
@@ -101,6 +145,14 @@ PROGRAMS = (
         empty_heads=frozenset({(0, 0)}),
         empty_mlps=frozenset({1}),
     ),
+    ProgramSpec(name="tracr_sort_unique", build=make_sort_unique, vocab=(1, 2, 3, 4, 5), valid_row=distinct),
+    ProgramSpec(name="tracr_sort", build=make_sort, vocab=(1, 2, 3, 4)),
+    ProgramSpec(name="tracr_hist", build=lib.make_hist, vocab=("a", "b", "c")),
+    ProgramSpec(name="tracr_pair_balance", build=make_pair_balance, vocab=("(", ")")),
+    ProgramSpec(name="tracr_shuffle_dyck", build=make_shuffle_dyck1, vocab=("(", ")")),
+    ProgramSpec(name="tracr_shuffle_dyck2", build=make_shuffle_dyck2, vocab=("(", ")", "{", "}")),
+    ProgramSpec(name="tracr_token_plus_index", build=make_token_plus_index, vocab=(0, 1, 2)),
+    ProgramSpec(name="tracr_frac_prevs_a", build=make_frac_prevs_a, vocab=("a", "b", "c")),
 )
 
 
@@ -217,9 +269,11 @@ def build_hooked_transformer(cfg: dict[str, Any], params: dict[str, torch.Tensor
 # --------------------------------------------------------------------------- checks
 
 
-def all_rows(vocab: Sequence[Any], max_len: int) -> dict[int, list[tuple[Any, ...]]]:
-    """Every input of every length 1..max_len, grouped by length (batches need one length)."""
-    return {n: list(itertools.product(vocab, repeat=n)) for n in range(1, max_len + 1)}
+def all_rows(spec: ProgramSpec, max_len: int) -> dict[int, list[tuple[Any, ...]]]:
+    """Every input the program is defined on, of every length 1..max_len, grouped by length
+    (batches need one length)."""
+    keep = spec.valid_row or (lambda row: True)
+    return {n: [row for row in itertools.product(spec.vocab, repeat=n) if keep(row)] for n in range(1, max_len + 1)}
 
 
 def encode_rows(encoding: dict[Any, int], rows: Sequence[Sequence[Any]]) -> np.ndarray:
@@ -250,7 +304,7 @@ def check_program(
     max_output_err = 0.0
     n_checked = 0
 
-    for length, rows in all_rows(spec.vocab, MAX_SEQ_LEN).items():
+    for length, rows in all_rows(spec, MAX_SEQ_LEN).items():
         ids = encode_rows(encoding, rows)
         tracr_out = tracr_forward(assembled.params, jnp.asarray(ids))
         tracr_residuals = [tracr_out.transformer_output.input_embeddings]
@@ -295,7 +349,7 @@ def check_program(
         print("    decoded outputs == RASP evaluator and tracr's own decoding: all equal")
 
     # One human-readable example of what each output position holds.
-    row = ("1", "2", "3") if output_vocab is not None else ("x", "w", "x", "x")
+    row = tuple(str(v) for v in all_rows(spec, MAX_SEQ_LEN)[4][-1])
     example = model(torch.tensor([[input_vocab.index(t) for t in (BOS, *row)]]))[0]
     if output_vocab is None:
         shown = [round(v, 4) for v in example[:, 0].tolist()]
@@ -319,11 +373,12 @@ def empty_components(model: HookedTransformer) -> tuple[list[str], list[str]]:
 
 def check_layout(spec: ProgramSpec, model: HookedTransformer) -> None:
     cfg = model.cfg
-    assert (cfg.n_layers, cfg.n_heads) == (spec.n_layers, spec.n_heads), (spec.name, cfg)
     heads, mlps = empty_components(model)
-    expected_heads = sorted(f"{layer}.{head}" for layer, head in spec.empty_heads)
-    expected_mlps = sorted(str(layer) for layer in spec.empty_mlps)
-    assert (heads, mlps) == (expected_heads, expected_mlps), (spec.name, heads, mlps)
+    if spec.n_layers is not None:
+        assert (cfg.n_layers, cfg.n_heads) == (spec.n_layers, spec.n_heads), (spec.name, cfg)
+        expected_heads = sorted(f"{layer}.{head}" for layer, head in spec.empty_heads)
+        expected_mlps = sorted(str(layer) for layer in spec.empty_mlps)
+        assert (heads, mlps) == (expected_heads, expected_mlps), (spec.name, heads, mlps)
     print(
         f"  layout: n_layers={cfg.n_layers} n_heads={cfg.n_heads} d_model={cfg.d_model} d_head={cfg.d_head} "
         f"d_mlp={cfg.d_mlp} d_vocab={cfg.d_vocab} d_vocab_out={cfg.d_vocab_out} n_ctx={cfg.n_ctx}"
@@ -380,6 +435,9 @@ def compile_program(spec: ProgramSpec, out_dir: pathlib.Path) -> pathlib.Path:
         "bos": BOS,
         "pad": input_encoder.pad_token,
         "max_seq_len": MAX_SEQ_LEN,
+        # The inputs the program is defined on: all rows over its vocabulary, or only rows of
+        # distinct tokens (sort_unique).
+        "distinct_tokens": spec.valid_row is distinct,
     }
     path = out_dir / f"{spec.name}.pt"
     torch.save(payload, path)
@@ -387,7 +445,7 @@ def compile_program(spec: ProgramSpec, out_dir: pathlib.Path) -> pathlib.Path:
     # The shipped file alone, loaded without pickle, must rebuild the same model.
     loaded = torch.load(path, weights_only=True)
     reloaded = build_hooked_transformer(loaded["cfg"], loaded["state_dict"])
-    rows = all_rows(spec.vocab, MAX_SEQ_LEN)[MAX_SEQ_LEN]
+    rows = all_rows(spec, MAX_SEQ_LEN)[MAX_SEQ_LEN]
     ids = torch.from_numpy(encode_rows(input_encoder.encoding_map, rows))
     assert torch.equal(reloaded(ids), model(ids)), "reloaded model differs"
     assert {k: v for k, v in loaded.items() if k != "state_dict"} == {
@@ -405,6 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_OUT_DIR,
         help=f"where to write <program>.pt (default: {DEFAULT_OUT_DIR})",
     )
+    parser.add_argument(
+        "--programs", nargs="+", choices=[spec.name for spec in PROGRAMS], help="compile only these programs"
+    )
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -415,6 +476,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in packages)
     print(f"compiling with {versions}")
     for spec in PROGRAMS:
+        if args.programs and spec.name not in args.programs:
+            continue
         compile_program(spec, args.out_dir)
     return 0
 

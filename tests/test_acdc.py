@@ -18,10 +18,10 @@ from circuitfind.tasks.base import Task
 from conftest import tiny_model
 
 
-def tracr_problem(name, corruption="zero", granularity="qkv", **task_params):
+def tracr_problem(name, corruption="zero", granularity="qkv", shuffle_positions=False, **task_params):
     task = build_task(name, seed=0, **task_params)
     graph = Graph(Architecture.from_config(task.model.cfg, split_embed=True), granularity)
-    return Problem(task, graph, corruption, task.metric(None), progress=False)
+    return Problem(task, graph, corruption, task.metric(None), progress=False, shuffle_positions=shuffle_positions)
 
 
 def test_tracr_reverse_zero_ablation_recovers_exactly_the_canonical_circuit():
@@ -39,6 +39,18 @@ def test_tracr_proportion_zero_ablation_on_the_papers_prompts_recovers_exactly_t
     canonical = canonical_mask(problem.task, problem.graph)
     assert problem.graph.n_edges == 38 and canonical.n_kept == 10
     assert sorted(result.kept.kept_names()) == sorted(canonical.kept_names())
+
+
+@pytest.mark.parametrize("name, n_canonical, tpr", [("tracr_reverse", 15, 0.6), ("tracr_proportion", 10, 0.9)])
+def test_tracr_interchange_ablation_with_shuffled_positions_keeps_nine_canonical_edges(name, n_canonical, tpr):
+    """As the reference implementation: the corrupted run's positions shuffled, tau 0.001."""
+    problem = tracr_problem(name, corruption="corrupted", shuffle_positions=True)
+    result = get_method("acdc")(problem, tau=0.001)
+    canonical = canonical_mask(problem.task, problem.graph)
+    assert canonical.n_kept == n_canonical and result.kept.n_kept == 9
+    assert set(result.kept.kept_names()) <= set(canonical.kept_names())
+    rates = edge_and_node_rates(result.kept, canonical)
+    assert (rates["edge_tpr"], rates["edge_fpr"]) == (pytest.approx(tpr), 0.0)
 
 
 def test_tracr_proportion_on_valid_prompts_cannot_see_the_bos_default():

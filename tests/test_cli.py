@@ -31,6 +31,7 @@ def test_default_run_writes_a_complete_run_folder(tmp_path):
                 "circuitfind_version"}
     assert required <= summary.keys()
     assert (summary["task"], summary["method"], summary["corruption"]) == ("tracr_reverse", "acdc", "zero")
+    assert summary["position_order"] is None  # zero ablation has no corrupted run to shuffle
     assert (summary["n_edges_total"], summary["n_edges_kept"]) == (106, 15)
     assert (summary["edge_tpr"], summary["edge_fpr"]) == (1.0, 0.0)
     edges = list(csv.DictReader(open(folder / "edges.csv")))
@@ -105,6 +106,9 @@ def test_an_interrupted_run_leaves_no_summary(tmp_path, monkeypatch):
     (["method=sp", "method.epochs=0.5"], "epochs must be a non-negative integer, got 0.5"),
     (["method=sp", "method.lr=0"], "lr must be a positive number, got 0"),
     (["method=hisp", "method.max_points=1"], "max_points must be null or an integer of at least 2"),
+    (["task=induction", "corruption.shuffle_positions=true"],
+     "shuffle_positions needs separate token and positional embeddings .* model induction_2l has none"),
+    (["corruption.shuffle_positions=sometimes"], "shuffle_positions must be true or false, got 'sometimes'"),
 ])
 def test_config_errors_come_before_any_model_is_loaded(tmp_path, monkeypatch, overrides, message):
     import circuitfind.pipeline as pipeline

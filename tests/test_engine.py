@@ -10,12 +10,14 @@ from circuitfind.reference import reference_ablation, reference_logits
 from conftest import tiny_model
 
 
-def setup(model, granularity="qkv", split_embed=False, corruption="corrupted", batch=4, seq=6, seed=0):
+def setup(model, granularity="qkv", split_embed=False, corruption="corrupted", batch=4, seq=6, seed=0,
+          shuffle_positions=False):
     g = torch.Generator().manual_seed(seed)
     clean = torch.randint(0, model.cfg.d_vocab, (batch, seq), generator=g)
     corrupted = torch.randint(0, model.cfg.d_vocab, (batch, seq), generator=g)
     graph = Graph(Architecture.from_config(model.cfg, split_embed=split_embed), granularity)
-    engine = PatchEngine(model, graph, clean, make_ablation(corruption, model, graph, clean, corrupted))
+    ablation = make_ablation(corruption, model, graph, clean, corrupted, shuffle_positions=shuffle_positions)
+    engine = PatchEngine(model, graph, clean, ablation)
     return graph, engine, clean, corrupted
 
 
@@ -79,6 +81,55 @@ def test_engine_agrees_with_the_hook_reference_on_random_masks(model_kind, granu
     for mask in random_masks(graph, 3):
         expected = reference_logits(model, graph, clean, ablated, mask)
         torch.testing.assert_close(engine.logits(mask), expected, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("corruption", ["corrupted", "mean"])
+@pytest.mark.parametrize("granularity", ["qkv", "heads"])
+def test_shuffled_positions_agree_with_the_hook_reference(corruption, granularity):
+    model = tiny_model()
+    graph, engine, clean, corrupted = setup(model, granularity, split_embed=True, corruption=corruption,
+                                            shuffle_positions=True)
+    ablated = reference_ablation(model, corrupted, corruption, shuffle_positions=True)
+    for mask in random_masks(graph, 2):
+        torch.testing.assert_close(engine.logits(mask), reference_logits(model, graph, clean, ablated, mask),
+                                   rtol=0, atol=1e-9)
+    # the permutation is the reference's recipe, recorded, and moves something
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(49)
+        expected = torch.randperm(clean.shape[1])
+    assert engine.ablation.position_order == tuple(expected.tolist()) != tuple(range(clean.shape[1]))
+    # removing only pos_embed -> a1.h0<q> changes the output now (the corrupted prompts share positions)
+    unshuffled = setup(model, granularity, split_embed=True, corruption=corruption)[1]
+    mask = graph.full_mask().values.double()
+    mask[graph.edge_index["pos_embed->a1.h0" + ("<q>" if granularity == "qkv" else "")]] = 0
+    torch.testing.assert_close(unshuffled.logits(mask), model(clean), rtol=0, atol=1e-10)
+    assert (engine.logits(mask) - model(clean)).abs().max() > 1e-4
+
+
+def test_shuffled_positions_are_refused_without_a_positional_sender():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="shuffle_positions needs a model whose positional embedding"):
+        setup(model, split_embed=False, shuffle_positions=True)
+
+
+def test_zero_ablated_queries_come_from_the_run_with_every_sender_zeroed():
+    """With non-zero biases, a zero-ablated q/k/v is what the biases make of an all-zero residual:
+    not zero, the same as the reference's hooked forward, and not what literal zeros would give."""
+    model = tiny_model(n_layers=3)
+    graph, engine, clean, _ = setup(model, corruption="zero")
+    block = model.blocks[1]
+    residual = (model.blocks[0].attn.b_O).expand(1, clean.shape[1], -1)  # all that is left before layer 1
+    expected_q = block.ln1(residual) @ block.attn.W_Q[2] + block.attn.b_Q[2]
+    torch.testing.assert_close(engine.ablation.qkv[1, 0, 0, :, 2], expected_q[0], rtol=0, atol=1e-12)
+    assert expected_q.abs().max() > 1e-2
+    mask = graph.full_mask().values.double()
+    mask[[graph.edge_index["a1.h2<q>"], graph.edge_index["a2.h0<v>"], graph.edge_index["a0.h1<k>"]]] = 0
+    mask = EdgeMask(graph, mask)
+    expected = reference_logits(model, graph, clean, reference_ablation(model, clean, "zero"), mask)
+    torch.testing.assert_close(engine.logits(mask), expected, rtol=0, atol=1e-10)
+    literal = reference_ablation(model, clean, "corrupted")
+    literal = {name: torch.zeros_like(value) for name, value in literal.items()}
+    assert (reference_logits(model, graph, clean, literal, mask) - expected).abs().max() > 1e-4
 
 
 def test_removing_a_q_edge_gives_the_head_its_corrupted_query():
@@ -178,4 +229,4 @@ def test_unsupported_architectures_are_refused_by_name():
     model.cfg.positional_embedding_type = "rotary"
     graph = Graph(Architecture.from_config(model.cfg))
     with pytest.raises(UnsupportedModelError, match="positional_embedding_type='rotary'"):
-        PatchEngine(model, graph, torch.zeros(1, 3, dtype=torch.long), make_ablation("zero", model, graph, None, None))
+        PatchEngine(model, graph, torch.zeros(1, 3, dtype=torch.long), make_ablation("zero", model, graph, torch.zeros(1, 3, dtype=torch.long), None))

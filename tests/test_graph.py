@@ -37,14 +37,18 @@ def test_edge_names_are_readable_and_unique():
     assert g.edges[g.edge_index["a3.h0<q>"]].receiver == "a3.h0"
 
 
-def test_acdc_visits_receivers_from_the_output_back():
+def test_acdc_visits_edges_in_the_reference_implementations_order():
     g = Graph(Architecture(n_layers=2, n_heads=2, has_mlps=True, split_embed=True))
-    order = g.receivers_in_order
-    assert order[:3] == ["resid_post", "m1", "a1.h1"]
-    assert order.index("a1.h0<v>") < order.index("m0") < order.index("a0.h1")
-    # within a receiver: later senders first, higher head index first
+    visits = [(receiver, [g.edges[e].name for e in edges]) for receiver, edges in g.visits]
+    assert [r for r, _ in visits[:2]] == ["resid_post", "m1"]
+    # layer 1 after its MLP: the q/k/v nodes letter-major (v, k, q), heads high to low, then the inputs
+    assert visits[2:8] == [("a1.h1", ["a1.h1<v>"]), ("a1.h0", ["a1.h0<v>"]), ("a1.h1", ["a1.h1<k>"]),
+                           ("a1.h0", ["a1.h0<k>"]), ("a1.h1", ["a1.h1<q>"]), ("a1.h0", ["a1.h0<q>"])]
+    assert [r for r, _ in visits[8:15]] == ["a1.h1<v>", "a1.h0<v>", "a1.h1<k>", "a1.h0<k>", "a1.h1<q>", "a1.h0<q>", "m0"]
+    # senders: later layers first, a layer's MLP before its heads, heads high to low, token before position
     into_m1 = [g.edges[i].sender for i in g.incoming["m1"]]
-    assert into_m1 == ["a1.h1", "a1.h0", "m0", "a0.h1", "a0.h0", "pos_embed", "tok_embed"]
+    assert into_m1 == ["a1.h1", "a1.h0", "m0", "a0.h1", "a0.h0", "tok_embed", "pos_embed"]
+    assert [e for _, edges in g.visits for e in edges] == list(range(g.n_edges))
 
 
 def test_every_slot_belongs_to_at_most_one_edge_and_stages_are_consistent():

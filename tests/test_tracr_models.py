@@ -119,7 +119,7 @@ def test_float64(reverse: TracrModel) -> None:
 
 def test_unknown_name() -> None:
     with pytest.raises(ValueError, match="tracr_reverse"):
-        load_tracr_model("tracr_sort")
+        load_tracr_model("tracr_nonesuch")
 
 
 def test_weights_are_shipped_as_plain_files() -> None:

@@ -167,18 +167,21 @@ class Circuit:
 
 
 def find_circuit(task: Task, method: str = "acdc", *, corruption: str = "corrupted", graph: str = "qkv",
-                 tau: float = 0.01, seed: int = 0, progress: bool = False, **params) -> Circuit:
+                 tau: float = 0.01, seed: int = 0, progress: bool = False, shuffle_positions: bool = False,
+                 **params) -> Circuit:
     """Run a registered method (``acdc``, ``sp``, ``hisp``, ``canonical``, ...) on ``task``.
 
     ``corruption``: what a removed edge carries (``corrupted``: the sender on the corrupted prompts;
     ``zero``; ``mean``/``mean_all``); ``graph``: ``qkv``, ``heads`` or ``nodes``; ``tau``: ACDC's
-    threshold; further keyword arguments go to the method (``lambda_reg=``, ``epochs=``, ``k=``, ...)."""
+    threshold; ``shuffle_positions``: the corrupted run's positional embedding at shuffled positions
+    (split-embedding models, as ``corruption.shuffle_positions``); further keyword arguments go to
+    the method (``lambda_reg=``, ``epochs=``, ``k=``, ...)."""
     if corruption not in CORRUPTIONS:
         raise ValueError(f"unknown corruption {corruption!r}; choose one of {', '.join(CORRUPTIONS)}")
     spec = get_spec(method)
     checked = dataclasses.asdict(spec.check(params, dict(tau=tau, seed=seed)))  # the method's typed parameters
     problem = Problem(task, Graph(Architecture.from_config(task.model.cfg, split_embed=task.split_embed), graph),
-                      corruption, task.metric(None), progress=progress)
+                      corruption, task.metric(None), progress=progress, shuffle_positions=shuffle_positions)
     seed_everything(seed)
     started = time.time()
     result = spec.function()(problem, **checked)

@@ -14,8 +14,16 @@ the removed-mask rows against that stack.  This never materialises TransformerLe
 ``use_split_qkv_input`` tensors for receivers that nothing was removed from, and it lets ACDC restart
 a run at the layer it is testing (see ``SenderCache``).
 
-Removing a head's q/k/v edge gives the head its ablated query/key/value (the corrupted run's
-``hook_q``; zero under zero ablation), as in ACDC.
+Removing a head's q/k/v edge gives the head its ablated query/key/value: the corrupted run's
+``hook_q``, as in ACDC.  Zero ablation, as the reference implementation defines it, takes every
+ablated value from one forward in which every sender is zeroed: the senders' are zero, but a head's
+q/k/v there is what its biases make of the residual that is left (the attention output biases
+written before it, layer norm's bias, ``b_Q``/``b_K``/``b_V``), not zero.
+
+``shuffle_positions`` (models whose positional embedding is its own sender, tracr): the corrupted
+run reads at position i the positional embedding of position ``perm[i]``, ``perm`` drawn as the
+reference does (``torch.manual_seed(49)``, ``torch.randperm(n_pos)``), so that interchange
+ablation, whose clean and corrupted prompts share every position, can see positional edges.
 
 A shortformer (Redwood's 2-layer model) adds its positional embedding to every query's and key's
 normalised input rather than to the residual stream: there the embedding sender is the token
@@ -74,6 +82,7 @@ class Ablation:
     kind: str
     senders: torch.Tensor
     qkv: torch.Tensor
+    position_order: tuple[int, ...] | None = None  # the corrupted run's shuffled positions, if any
 
 
 class SenderDiffs:
@@ -171,7 +180,10 @@ class SenderCache:
 class PatchEngine:
     """Runs ``model`` on ``tokens`` with a mask over ``graph``'s edges, ablating from ``ablation``."""
 
-    def __init__(self, model: HookedTransformer, graph: Graph, tokens: torch.Tensor, ablation: Ablation):
+    def __init__(self, model: HookedTransformer, graph: Graph, tokens: torch.Tensor, ablation: Ablation,
+                 position_order: torch.Tensor | None = None):
+        """``position_order``: position i reads the positional embedding of position
+        ``position_order[i]`` (the corrupted run of ``shuffle_positions``)."""
         check_supported(model)
         cfg = model.cfg
         if graph.n_layers != cfg.n_layers or graph.n_heads != cfg.n_heads or graph.arch.has_mlps == cfg.attn_only:
@@ -185,6 +197,9 @@ class PatchEngine:
         self.shortformer = cfg.positional_embedding_type == "shortformer"
         if self.shortformer and graph.arch.split_embed:
             raise ValueError("a shortformer's positional embedding is not in the residual stream: it cannot be a sender")
+        if position_order is not None and not graph.arch.split_embed:
+            raise ValueError("shuffle_positions needs the positional embedding as its own sender (split embeddings)")
+        self.position_order = position_order
         self._body: torch.Tensor | None = None  # see body_buffer
         self._unembed_weight: torch.Tensor | None = None  # see unembed
 
@@ -196,6 +211,8 @@ class PatchEngine:
         if self.shortformer:
             return [tok]
         pos = self.model.pos_embed(tokens)
+        if self.position_order is not None:
+            pos = pos[:, self.position_order.to(pos.device)]
         return [tok, pos] if self.graph.arch.split_embed else [tok + pos]
 
     def changed_inputs(self, r: torch.Tensor, row: int, resid: torch.Tensor,
@@ -454,36 +471,67 @@ def gather_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 
 
 # ---- where ablated values come from ---------------------------------------------------------
+POSITION_SHUFFLE_SEED = 49  # the reference implementation's
+
+
+def shuffled_positions(n_pos: int) -> torch.Tensor:
+    """The reference's permutation: ``torch.manual_seed(49)`` then ``torch.randperm(n_pos)`` (a
+    generator of its own, seeded alike, draws the same numbers without touching the global one)."""
+    return torch.randperm(n_pos, generator=torch.Generator().manual_seed(POSITION_SHUFFLE_SEED))
+
+
 @torch.no_grad()
-def record_activations(model: HookedTransformer, graph: Graph, tokens: torch.Tensor) -> Ablation:
+def record_activations(model: HookedTransformer, graph: Graph, tokens: torch.Tensor,
+                       position_order: torch.Tensor | None = None) -> Ablation:
     """Every sender's value and every head's q/k/v on ``tokens`` (the unpatched model): an
     unpatched run against an all-zero ablation stores exactly the values themselves."""
     kw = dict(dtype=model.cfg.dtype, device=tokens.device)
     nothing = Ablation("zero", senders=torch.zeros(graph.n_senders, 1, 1, 1, **kw), qkv=torch.zeros(1, **kw))
-    _, cache = PatchEngine(model, graph, tokens, nothing).run(graph.full_mask(), record=True)
+    engine = PatchEngine(model, graph, tokens, nothing, position_order=position_order)
+    _, cache = engine.run(graph.full_mask(), record=True)
     assert cache is not None
     return Ablation("recorded", senders=cache.diff, qkv=torch.stack(cache.qkv))
 
 
+@torch.no_grad()
+def zero_ablation(model: HookedTransformer, graph: Graph, tokens: torch.Tensor) -> Ablation:
+    """Every sender's ablated value is zero; each head's q/k/v is the one computed in a forward with
+    every sender zeroed (on one prompt of ``tokens``: nothing there depends on the tokens).  That
+    forward is this engine's with every residual edge removed and every q/k/v edge kept, against
+    literal zeros."""
+    cfg = model.cfg
+    kw = dict(dtype=cfg.dtype, device=model.W_E.device)
+    literal = Ablation("zero", senders=torch.zeros(graph.n_senders, 1, 1, cfg.d_model, **kw),
+                       qkv=torch.zeros(graph.n_layers, 3, 1, 1, graph.n_heads, cfg.d_head, **kw))
+    fine = graph if graph.granularity == "qkv" else Graph(graph.arch, "qkv")
+    only_qkv = torch.tensor([fine.component(e.sender) == e.receiver for e in fine.edges], dtype=cfg.dtype)
+    _, cache = PatchEngine(model, fine, tokens[:1].to(kw["device"]), literal).run(only_qkv, record=True)
+    assert cache is not None
+    return Ablation("zero", senders=literal.senders, qkv=torch.stack(cache.qkv))
+
+
 def make_ablation(kind: str, model: HookedTransformer, graph: Graph, clean: torch.Tensor,
-                  corrupted: torch.Tensor) -> Ablation:
-    """``corrupted``: interchange with the corrupted prompts; ``zero``: zeros; ``mean``: the
-    corrupted prompts' mean per position; ``mean_all``: their mean over prompts and positions."""
+                  corrupted: torch.Tensor, shuffle_positions: bool = False) -> Ablation:
+    """``corrupted``: interchange with the corrupted prompts; ``zero``: every sender zeroed;
+    ``mean``: the corrupted prompts' mean per position; ``mean_all``: their mean over prompts and
+    positions.  ``shuffle_positions`` shuffles the corrupted run's positional embedding (it has no
+    effect on zero ablation, which has no corrupted run)."""
+    if shuffle_positions and not graph.arch.split_embed:
+        raise ValueError("corruption.shuffle_positions needs a model whose positional embedding is its own "
+                         "sender (the tracr models)")
     if kind == "zero":
-        d, dh = model.cfg.d_model, model.cfg.d_head
-        L, H = graph.n_layers, graph.n_heads
-        kw = dict(dtype=model.cfg.dtype, device=model.W_E.device)
-        return Ablation("zero", senders=torch.zeros(graph.n_senders, 1, 1, d, **kw),
-                        qkv=torch.zeros(L, 3, 1, 1, H, dh, **kw))
+        return zero_ablation(model, graph, clean)
     if clean.shape != corrupted.shape:
         raise ValueError(f"clean prompts {tuple(clean.shape)} and corrupted prompts {tuple(corrupted.shape)} differ in shape")
-    recorded = record_activations(model, graph, corrupted)
+    order = shuffled_positions(corrupted.shape[1]) if shuffle_positions else None
+    recorded = record_activations(model, graph, corrupted, order)
+    recorded_order = None if order is None else tuple(order.tolist())
     if kind == "corrupted":
-        return Ablation("corrupted", senders=recorded.senders, qkv=recorded.qkv)
+        return Ablation("corrupted", senders=recorded.senders, qkv=recorded.qkv, position_order=recorded_order)
     if kind == "mean":
         return Ablation("mean", senders=recorded.senders.mean(1, keepdim=True),
-                        qkv=recorded.qkv.mean(2, keepdim=True))
+                        qkv=recorded.qkv.mean(2, keepdim=True), position_order=recorded_order)
     if kind == "mean_all":
         return Ablation("mean_all", senders=recorded.senders.mean((1, 2), keepdim=True),
-                        qkv=recorded.qkv.mean((2, 3), keepdim=True))
+                        qkv=recorded.qkv.mean((2, 3), keepdim=True), position_order=recorded_order)
     raise ValueError(f"unknown corruption {kind!r}; choose one of corrupted, zero, mean, mean_all")

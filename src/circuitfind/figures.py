@@ -58,7 +58,7 @@ from .methods.spec import Sweep as MethodSweep, get_spec, method_labels, method_
 from .report import auc_table, collect_points  # noqa: E402
 from .rundir import SUMMARY, atomic_write_text  # noqa: E402
 
-EXPERIMENTS = ("fig3", "fig4", "tables")
+EXPERIMENTS = ("fig3", "fig4", "tables", "tracr_suite")
 PRESETS = ("quick", "paper")
 TASK_LABELS = {"ioi": "IOI", "tracr_reverse": "tracr-reverse", "tracr_proportion": "tracr-proportion",
                "docstring": "Docstring", "greaterthan": "Greater-Than", "induction": "Induction"}
@@ -343,10 +343,13 @@ def plan(exp: DictConfig, preset: str | None = None, tasks: list[str] | None = N
                 raise
             skipped[task] = str(error)
             continue
+        # Settings of every run of this task (tracr_suite: the paper tasks' program-derived truth).
+        task_extra = tuple(str(o) for o in OmegaConf.select(exp, f"task_overrides.{task}", default=None) or ())
         for method, (values, overrides) in methods.items():
             for metric in dict.fromkeys(metrics.values()):
                 for corr in corruptions:
-                    sweeps.append(Sweep(task, method, corr, metric, values, overrides + tuple(extra), Path(runs)))
+                    sweeps.append(Sweep(task, method, corr, metric, values, overrides + task_extra + tuple(extra),
+                                        Path(runs)))
     return Plan(exp, preset, [t for t in chosen if t not in skipped], corruptions, sweeps, skipped)
 
 
@@ -564,6 +567,32 @@ def auc_long(points: pd.DataFrame, exp: DictConfig, tasks: list[str]) -> pd.Data
     return frame.drop(columns=["_task", "_method"]).reset_index(drop=True)
 
 
+def draw_auc_heatmap(long: pd.DataFrame, tasks: list[str], corruptions: list[str]):
+    """Edge- and node-level AUC side by side: a row per task, a column per (method, ablation), each
+    cell written out; blank where a sweep has no complete run."""
+    methods = _ordered_methods(long.method) if len(long) else []
+    columns = [(m, c) for m in methods for c in corruptions]
+    fig, axes = plt.subplots(1, 2, figsize=(2.2 + 1.0 * len(columns) * 2, 1.2 + 0.42 * len(tasks)),
+                             squeeze=False, layout="constrained")
+    for ax, level in zip(axes[0], ("edge", "node")):
+        grid = np.full((len(tasks), len(columns)), np.nan)
+        part = long[long.level == level]
+        for _, row in part.iterrows():
+            if row.task in tasks and (row.method, row.corruption) in columns:
+                grid[tasks.index(row.task), columns.index((row.method, row.corruption))] = row.auc
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        for (i, j), value in np.ndenumerate(grid):
+            if not np.isnan(value):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if value < 0.6 else "black")
+        ax.set_xticks(range(len(columns)), [f"{_label(method_labels(), m)}\n{c}" for m, c in columns], fontsize=7)
+        ax.set_yticks(range(len(tasks)), [_label(TASK_LABELS, t) for t in tasks], fontsize=7)
+        ax.set_title(f"{level}-level AUC", fontsize=9)
+    fig.colorbar(image, ax=axes, shrink=0.8, label="AUC")
+    fig.suptitle("tracr suite: AUC against program-derived circuits", fontsize=10)
+    return fig
+
+
 def _table_columns(exp: DictConfig, corruptions: list[str]) -> list[tuple[str, str]]:
     kinds = list(dict.fromkeys(k for t in exp.metrics for k in task_metrics(exp, t)))
     return [(kind, corruption) for kind in kinds for corruption in corruptions]
@@ -713,6 +742,8 @@ def build(name: str, tasks: list[str] | None = None, corruption: str | None = No
             path = out / f"{stem}_auc_{level}.csv"
             auc_wide(long, level, columns).to_csv(path, float_format="%.4f")
             outputs.append(path)
+        if exp.get("heatmap", False):
+            outputs += _save(draw_auc_heatmap(long, plan_.tasks, plan_.corruptions), out / f"{stem}_auc")
         echo(auc_markdown(long, exp, plan_.corruptions))
     else:
         raise FigureError(f"{exp.name}: unknown figure kind {exp.figure!r} (roc, metric_vs_edges, auc_tables)")

@@ -171,6 +171,14 @@ class Graph:
             return range(self.n_senders_before_heads(layer))
         return range(self.n_senders_before_mlp(layer))
 
+    def senders_in_visiting_order(self, row: int) -> list[int]:
+        """The sender slots receiver ``row`` reads, in the order ACDC tests them: later layers first
+        (a layer's MLP before its heads, heads high to low), the embeddings last, token before
+        positional."""
+        visible = list(self._row_senders(row))
+        n_embed = len(self.embed_names)
+        return visible[n_embed:][::-1] + visible[:n_embed]
+
     def slot_stage(self, slot: int) -> int:
         """The first stage of the forward that reads ``slot``: a run that changes only this slot can
         restart there (stage 2l: layer l's attention, 2l+1: its MLP, 2L: the unembedding)."""
@@ -185,14 +193,14 @@ class Graph:
 
     # ---- edges -----------------------------------------------------------------------------
     def _build_edges(self) -> None:
-        """Edges in ACDC's visiting order: receivers from the output back, and within a receiver
-        later senders first (higher head index first).  Methods rely on this order, so it is built
-        once, here."""
+        """Edges in ACDC's visiting order (the reference implementation's, described once, in
+        ``methods/acdc.py``): methods rely on this order, so it is built here and nowhere else."""
         edges: list[tuple[str, str, str, list[int]]] = []  # name, sender, receiver, slots
-        H = self.n_heads
+        heads = list(reversed(range(self.n_heads)))  # high index first
+        letters = tuple(reversed(QKV))  # v, k, q: the reverse of the order the forward computes them
 
         def resid_edges(rows: Sequence[int], receiver: str):
-            for s in reversed(self._row_senders(rows[0])):
+            for s in self.senders_in_visiting_order(rows[0]):
                 sender = self.senders[s]
                 slots = [r * self.n_senders + s for r in rows]
                 edges.append((f"{sender}->{receiver}", sender, receiver, slots))
@@ -201,23 +209,26 @@ class Graph:
         for layer in reversed(range(self.n_layers)):
             if self.arch.has_mlps:
                 resid_edges([self.mlp_row(layer)], f"m{layer}")
-            for h in reversed(range(H)):
-                if self.granularity == "qkv":
-                    for which in QKV:
+            if self.granularity == "qkv":
+                # the q/k/v "nodes" letter-major, then the q/k/v inputs in the same order
+                for which in letters:
+                    for h in heads:
                         name = head_input_name(layer, h, which)
                         edges.append((name, name, head_name(layer, h), [self.qkv_slot(layer, h, which)]))
-                    for which in QKV:
+                for which in letters:
+                    for h in heads:
                         resid_edges([self.head_input_row(layer, h, which)], head_input_name(layer, h, which))
-                else:  # q, k and v read one shared input: one edge covers three rows
-                    rows = [self.head_input_row(layer, h, which) for which in QKV]
-                    resid_edges(rows, head_name(layer, h))
+            else:  # q, k and v read one shared input: one edge covers three rows
+                for h in heads:
+                    resid_edges([self.head_input_row(layer, h, which) for which in QKV], head_name(layer, h))
 
         if self.granularity == "nodes":
             # A node is one "edge" that owns every outgoing slot of its sender.
             by_sender: dict[str, list[int]] = {s: [] for s in self.senders}
             for _, sender, _, slots in edges:
                 by_sender[sender] += slots
-            edges = [(s, s, s, sorted(by_sender[s])) for s in reversed(self.senders)]
+            edges = [(self.senders[s], self.senders[s], self.senders[s], sorted(by_sender[self.senders[s]]))
+                     for s in self.senders_in_visiting_order(self.resid_post_row)]
 
         self.edges = tuple(
             Edge(index=i, name=name, sender=sender, receiver=receiver,
@@ -265,6 +276,19 @@ class Graph:
         out: dict[str, list[int]] = {}
         for e in self.edges:
             out.setdefault(e.sender, []).append(e.index)
+        return out
+
+    @cached_property
+    def visits(self) -> list[tuple[str, list[int]]]:
+        """ACDC's visits in order: (receiver, the incoming edges it tests there), one per run of
+        consecutive edges into one receiver.  A head is visited three times in the qkv graph (its
+        v, k and q edges sit in their letter's group), every other receiver once."""
+        out: list[tuple[str, list[int]]] = []
+        for e in self.edges:
+            if out and out[-1][0] == e.receiver:
+                out[-1][1].append(e.index)
+            else:
+                out.append((e.receiver, [e.index]))
         return out
 
     @cached_property

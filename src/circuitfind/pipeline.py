@@ -57,7 +57,8 @@ def build_problem(cfg: DictConfig) -> Problem:
     if ground_truth_path(cfg) is not None:  # a circuit file replaces the task's own canonical circuit
         task.canonical_edges = ground_truth(ground_truth_path(cfg))
     graph = Graph(Architecture.from_config(task.model.cfg, split_embed=task.split_embed), cfg.graph.granularity)
-    return Problem(task, graph, cfg.corruption.name, task.metric(cfg.metric), progress=cfg.progress)
+    return Problem(task, graph, cfg.corruption.name, task.metric(cfg.metric), progress=cfg.progress,
+                   shuffle_positions=OmegaConf.select(cfg, "corruption.shuffle_positions", default=False))
 
 
 def seed_everything(seed: int) -> None:
@@ -69,6 +70,8 @@ def seed_everything(seed: int) -> None:
 def _task_params(cfg: DictConfig) -> dict:
     params = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items()
               if k not in ("name", "tau", "sweeps", "ground_truth")}
+    if OmegaConf.select(cfg, "task.ground_truth") in GROUND_TRUTH_WORDS:  # the tracr tasks' own choice
+        params["ground_truth"] = cfg.task.ground_truth
     return dict(params, seed=cfg.seed, device=cfg.device, model=OmegaConf.to_container(cfg.model, resolve=True))
 
 
@@ -173,6 +176,8 @@ def write_run_folder(folder: Path, problem: Problem, result: EdgeScores, *, meth
         method=method,
         method_label=result.label or method,  # a variant the report plots apart
         corruption=problem.corruption,
+        # the corrupted run's positional embedding at position i came from position order[i] (null: unshuffled)
+        position_order=problem.engine("validation").ablation.position_order,
         graph=graph.granularity,
         model=task.model.cfg.model_name,
         metric=problem.metric.name,

@@ -68,20 +68,51 @@ def _qkv_hooks(model: HookedTransformer) -> list[str]:
 
 
 @torch.no_grad()
-def reference_ablation(model: HookedTransformer, corrupted: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
-    """Hook activations on the corrupted prompts (or zeros, or their per-position mean)."""
-    with hooked_receivers(model):
+def reference_ablation(model: HookedTransformer, corrupted: torch.Tensor, kind: str,
+                       shuffle_positions: bool = False) -> dict[str, torch.Tensor]:
+    """Hook activations on the corrupted prompts (or their per-position mean, or their mean), or,
+    for zero ablation, of one forward in which every sender hook outputs zeros.  With
+    ``shuffle_positions`` the corrupted run's ``hook_pos_embed`` is permuted over positions: the
+    reference implementation's recipe, ``torch.manual_seed(49)`` then ``torch.randperm``."""
+    if kind == "zero":
+        return _every_sender_zeroed(model, corrupted)
+    hooks = []
+    if shuffle_positions:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(49)
+            order = torch.randperm(corrupted.shape[1])
+        hooks.append(("hook_pos_embed", lambda value, hook: value[:, order]))
+    with hooked_receivers(model), model.hooks(fwd_hooks=hooks):
         names = set(_sender_hooks(model) + _qkv_hooks(model))
         _, cache = model.run_with_cache(corrupted, names_filter=lambda n: n in names)
     acts = {name: cache[name] for name in names}
-    if kind == "zero":
-        return {k: torch.zeros_like(v) for k, v in acts.items()}
     if kind == "mean":
         return {k: v.mean(0, keepdim=True).expand_as(v) for k, v in acts.items()}
     if kind == "mean_all":
         return {k: v.mean((0, 1), keepdim=True).expand_as(v) for k, v in acts.items()}
     if kind != "corrupted":
         raise ValueError(f"unknown corruption {kind!r}")
+    return acts
+
+
+def _every_sender_zeroed(model: HookedTransformer, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every sender hook and hook_q/k/v of a forward whose senders all output zeros (a shortformer's
+    positional embedding is no sender: it still reaches the queries and keys)."""
+    zeroed = ["hook_embed"] + [n for n in _sender_hooks(model) if n.startswith("blocks.") and n != "blocks.0.hook_resid_pre"]
+    if model.cfg.positional_embedding_type != "shortformer":
+        zeroed.append("hook_pos_embed")
+    acts: dict[str, torch.Tensor] = {}
+
+    def zero(value, hook):
+        acts[hook.name] = torch.zeros_like(value)
+        return acts[hook.name]
+
+    def save(value, hook):
+        acts[hook.name] = value.clone()
+
+    hooks = [(name, zero) for name in zeroed] + [(name, save) for name in ["blocks.0.hook_resid_pre", *_qkv_hooks(model)]]
+    with hooked_receivers(model):
+        model.run_with_hooks(tokens, fwd_hooks=hooks)
     return acts
 
 

@@ -117,11 +117,21 @@ def check_config(cfg: DictConfig) -> None:
         check_paper_sweep(cfg)
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
+    _check_shuffle_positions(cfg)
     try:
         check_threads(cfg.get("threads", "auto"))
     except ValueError as error:
         raise ConfigError(str(error)) from None
     _check_files(cfg)
+
+
+def _check_shuffle_positions(cfg: DictConfig) -> None:
+    shuffle = OmegaConf.select(cfg, "corruption.shuffle_positions", default=False)
+    if not isinstance(shuffle, bool):
+        raise ConfigError(f"corruption.shuffle_positions must be true or false, got {shuffle!r}")
+    if shuffle and OmegaConf.select(cfg, "model.kind") != "tracr":
+        raise ConfigError(f"corruption.shuffle_positions needs separate token and positional embeddings (the tracr "
+                          f"models); model {cfg.model.name} has none")
 
 
 # task.ground_truth values that name a task's own circuit rather than a file (tracr: issue 16).

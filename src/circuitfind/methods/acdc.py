@@ -1,11 +1,29 @@
 """ACDC: Algorithm 1 of Conmy et al. (2023), greedy edge pruning from the output back.
 
     circuit <- every edge
-    for each receiver, in reverse topological order (output first):
-        if the receiver feeds nothing any more: drop its incoming edges, move on
-        for each incoming edge, later senders first:
+    for each visit (a receiver and some of its incoming edges), in the order below:
+        if the receiver feeds nothing any more: drop those edges, move on
+        for each of those edges, in the order below:
             delta <- metric(circuit without edge) - metric(circuit)
             if delta < tau: remove the edge for good
+
+**The visiting order** is the reference implementation's (ACDC is greedy, so the order changes
+which edges are kept).  ``Graph._build_edges`` lists the edges in exactly this order and
+``Graph.visits`` cuts that list into visits; nothing else orders edges.
+  receivers   the final residual (``resid_post``), then each layer from the last down to layer 0:
+              1. the MLP's input (``m2``);
+              2. the q/k/v "nodes", letter-major: the edge ``a2.h<v>`` (v input -> the head) of
+                 every head, high index first, then every head's ``<k>`` edge, then every ``<q>``
+                 edge (the head's outputs, which the reference visits first, have nothing to test);
+              3. the q/k/v inputs in the same order: every head's v input (high to low), then the
+                 k inputs, then the q inputs.
+              (``graph=heads``: each head's shared input, high index first; ``graph=nodes``: the
+              nodes in the sender order below.)
+  senders     at one receiver: later layers first, a layer's MLP before its heads, heads high to
+              low, the embeddings last, the token embedding before the positional one.
+  skipping    a receiver with no outgoing edge left is skipped and its incoming edges dropped
+              (score -inf).  For a q/k/v node that receiver is the head: a head whose output feeds
+              nothing loses its q/k/v edges, and then its q/k/v inputs their edges.
 
 The metric is a loss (lower is better), so removing an edge that does not hurt by ``tau`` or more
 keeps the circuit as faithful as before.  Each edge test is one patched forward that restarts at the
@@ -108,21 +126,21 @@ class Step:
     dropped: list[int]
 
 
-def upcoming_tests(graph: Graph, mask: torch.Tensor, decided: torch.Tensor, receiver_index: int,
+def upcoming_tests(graph: Graph, mask: torch.Tensor, decided: torch.Tensor, visit_index: int,
                    edge: int, limit: float) -> list[Step]:
-    """The tests ACDC will run from ``edge`` (an input of the ``receiver_index``-th receiver) on,
-    at most ``limit``, all read at ``edge``'s stage, should it remove every edge it tests."""
-    receivers, stage = graph.receivers_in_order, graph.edges[edge].stage
+    """The tests ACDC will run from ``edge`` (an edge of the ``visit_index``-th visit) on, at most
+    ``limit``, all read at ``edge``'s stage, should it remove every edge it tests."""
+    visits, stage = graph.visits, graph.edges[edge].stage
     assumed = mask.clone()  # the circuit as it would be after those removals
     steps: list[Step] = []
     dropped: list[int] = []
-    for index in range(receiver_index, len(receivers)):
-        incoming = graph.incoming[receivers[index]]
-        if index == receiver_index:
+    for index in range(visit_index, len(visits)):
+        receiver, incoming = visits[index]
+        if index == visit_index:
             edges = incoming[incoming.index(edge):]
         elif any(graph.edges[e].stage != stage for e in incoming):
             break  # the next stage: a batch restarts at one stage only
-        elif feeds_nothing(graph, assumed, receivers[index]) and not bool(decided[incoming].all()):
+        elif feeds_nothing(graph, assumed, receiver) and not bool(decided[incoming].all()):
             dropped += incoming
             assumed[incoming] = 0
             continue
@@ -238,8 +256,7 @@ def acdc_search(graph: Graph, losses: LossFn, tau: float, abs_delta: bool = Fals
 
     bar = tqdm(total=graph.n_edges, initial=int(decided.sum()), desc="ACDC", unit="edge",
                disable=not progress, leave=False)
-    for index, receiver in enumerate(graph.receivers_in_order):
-        incoming = graph.incoming[receiver]
+    for index, (receiver, incoming) in enumerate(graph.visits):
         if not budget_left():
             break
         if bool(decided[incoming].all()):  # done before a resume

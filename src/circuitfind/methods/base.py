@@ -24,6 +24,7 @@ class Problem:
     corruption: str
     metric: Metric
     progress: bool = True
+    shuffle_positions: bool = False  # corruption.shuffle_positions: the corrupted run's positions permuted
     _engines: dict[str, PatchEngine] = field(default_factory=dict, repr=False)
     _clean_logits: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
@@ -35,7 +36,8 @@ class Problem:
     def engine(self, split: str = "validation") -> PatchEngine:
         if split not in self._engines:
             data = self.data(split)
-            ablation = make_ablation(self.corruption, self.task.model, self.graph, data.clean, data.corrupted)
+            ablation = make_ablation(self.corruption, self.task.model, self.graph, data.clean, data.corrupted,
+                                     shuffle_positions=self.shuffle_positions)
             self._engines[split] = PatchEngine(self.task.model, self.graph, data.clean, ablation)
         return self._engines[split]
 

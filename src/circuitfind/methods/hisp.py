@@ -6,11 +6,12 @@ task objective F, averaged over prompts:
 
     I(C) = mean over prompts x of | sum over positions and dims of (C(x) - C(x')) * dF/dC(x) |
 
-with x' the corrupted prompt (C(x') = 0 under zero ablation; the engine's ablated values under any
-corruption).  The engine mixes z * C(x) + (1 - z) * C(x') through a component's gate z (a float
-mask on its edges), so the sum is dF/dz at z = 1: the engine's gradient with respect to the gates
-(``Problem.gate_gradients``: one forward, one backward per prompt, vectorised).  Scores are then
-divided by their layer's L2 norm.  Keeping the top-k components for every k from all to none gives the whole
+with x' the corrupted prompt (zero ablation: C in the one run with every sender zeroed; the engine's
+ablated values under any corruption).  The engine mixes z * C(x) + (1 - z) * C(x') through a
+component's gate z (a float mask on its edges), so the sum is dF/dz at z = 1: the engine's gradient
+with respect to the gates (``Problem.gate_gradients``: one forward, one backward per prompt,
+vectorised).  Scores are then divided by their layer's L2 norm.  Keeping the top-k components for
+every k from all to none gives the whole
 ROC curve from one ranking; each k is one circuit (every edge between kept nodes).
 
 Objective.  KL and l2 measure how far the circuit is from the unpatched model itself, so their

@@ -2,9 +2,9 @@
 
 Each component (a head's q, k or v input, an MLP's output; see ``components``) has a hard-concrete
 gate z (Louizos et al. 2018) that mixes its clean and ablated activation, ``z * clean + (1 - z) *
-ablated``, where ablated is the corrupted run's activation (zero under zero ablation).  The gates are
-float masks on the patching engine's edges, so one forward of ``problem.engine`` is one forward of
-the gated model and the model weights are never touched.  Training minimises
+ablated``, where ablated is the corrupted run's activation (zero ablation: the run with every sender
+zeroed).  The gates are float masks on the patching engine's edges, so one forward of
+``problem.engine`` is one forward of the gated model and the model weights are never touched.  Training minimises
 
     task loss (KL by default) + lambda * mean over gates of P(gate open)
 

@@ -1,4 +1,4 @@
-"""tracr-compiled models (the ACDC paper's tracr-reverse and tracr-proportion).
+"""tracr-compiled models (the ACDC paper's tracr-reverse and tracr-proportion, and the tracr suite).
 
 The weights were compiled once with tracr by ``scripts/compile_tracr.py`` and ship
 inside the package as plain torch files, so nothing here needs jax or tracr.
@@ -21,7 +21,10 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 FORMAT_VERSION = 1
-TRACR_PROGRAMS = ("tracr_reverse", "tracr_proportion")
+TRACR_PROGRAMS = ("tracr_reverse", "tracr_proportion",
+                  # the suite (tasks/tracr_suite.py): canonical circuits derived from the weights
+                  "tracr_sort_unique", "tracr_sort", "tracr_hist", "tracr_pair_balance", "tracr_shuffle_dyck",
+                  "tracr_shuffle_dyck2", "tracr_token_plus_index", "tracr_frac_prevs_a")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class TracrModel:
     max_seq_len: int  # excluding BOS
     # tracr always adds a pad token to the vocabulary; its models do not mask it.
     pad: str = "compiler_pad"
+    # The program is defined only on rows of distinct tokens (sort_unique).
+    distinct_tokens: bool = False
 
     def __post_init__(self) -> None:
         cfg = self.model.cfg
@@ -133,6 +138,7 @@ def load_tracr_model(
         bos=data["bos"],
         max_seq_len=int(data["max_seq_len"]),
         pad=data["pad"],
+        distinct_tokens=bool(data.get("distinct_tokens", False)),
     )
 
 

@@ -11,6 +11,7 @@ from .induction import induction_task
 from .ioi import ioi_task
 from .pairs import pairs_task
 from .tracr import tracr_proportion, tracr_reverse
+from .tracr_suite import SUITE_TASKS
 
 TASKS: dict[str, Callable[..., Task]] = {
     "tracr_reverse": tracr_reverse,
@@ -20,6 +21,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "docstring": docstring_task,
     "induction": induction_task,
     "pairs": pairs_task,
+    **SUITE_TASKS,  # tracr programs with canonical circuits derived from their weights
 }
 
 

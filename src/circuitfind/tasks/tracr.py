@@ -51,22 +51,43 @@ def proportion_canonical(graph: Graph) -> set[str]:
     }
 
 
+GROUND_TRUTHS = ("paper", "program")
+
+
+def _ground_truth(task: str, ground_truth: str, paper, model):
+    """``paper``: the reference's circuit (an ACDC run's output); ``program``: derived from the
+    compiled weights (tracr_circuits).  README, "Program-derived circuits", compares the two."""
+    if ground_truth == "paper":
+        return paper
+    from .tracr_suite import program_canonical
+
+    return program_canonical(model)
+
+
+def _check_ground_truth(task: str, ground_truth: str) -> None:
+    if ground_truth not in GROUND_TRUTHS:
+        raise ValueError(f"unknown ground_truth {ground_truth!r} for task {task}; choose one of "
+                         f"{', '.join(GROUND_TRUTHS)}")
+
+
 def _check_model(task: str, model: dict | None) -> None:
     if model is not None and model.get("name") != task:
         raise ValueError(f"task {task} runs on its own compiled model (model={task}), not model={model.get('name')}")
 
 
-def tracr_reverse(seed: int = 0, device="cpu", model: dict | None = None, **_) -> Task:
+def tracr_reverse(seed: int = 0, device="cpu", model: dict | None = None, ground_truth: str = "paper",
+                  **_) -> Task:
     """BOS followed by each of the 6 permutations of (1, 2, 3); corrupted: the rows deranged.
     There are only six prompts, so validation and test are the same set (as in the paper)."""
     _check_model("tracr_reverse", model)
+    _check_ground_truth("tracr_reverse", ground_truth)
     tracr = load_tracr_model("tracr_reverse", device=device)
     rows = [list(map(str, p)) for p in itertools.permutations((1, 2, 3))]
     generator = torch.Generator().manual_seed(seed)
     data = _split(tracr.encode(rows), generator).to(device)
     return Task("tracr_reverse", tracr.model, validation=data, test=data,
                 metrics={"kl": KL, "l2": L2}, default_metric="kl", split_embed=True,
-                canonical_edges=reverse_canonical)
+                canonical_edges=_ground_truth("tracr_reverse", ground_truth, reverse_canonical, tracr.model))
 
 
 PROPORTION_DATA = ("paper", "valid")
@@ -74,7 +95,7 @@ PAPER_ROWS = 4 ** 4  # every length-4 row of token ids 0-3
 
 
 def tracr_proportion(seed: int = 0, n_prompts: int = 50, data: str = "paper", device="cpu",
-                     model: dict | None = None, **_) -> Task:
+                     model: dict | None = None, ground_truth: str = "paper", **_) -> Task:
     """Length-4 prompts for make_frac_prevs(tokens == "x"); corrupted: the rows deranged.  The
     output is a number (the running fraction of "x"), so the metric is the l2 distance at
     positions 1-3.
@@ -87,6 +108,7 @@ def tracr_proportion(seed: int = 0, n_prompts: int = 50, data: str = "paper", de
     matches its own position, so the BOS default read through tok_embed -> a1.h0<q>/<k> never
     changes the output: those two canonical edges have no effect, and no method can find them."""
     _check_model("tracr_proportion", model)
+    _check_ground_truth("tracr_proportion", ground_truth)
     if data not in PROPORTION_DATA:
         raise ValueError(f"unknown tracr_proportion data {data!r}; choose one of {', '.join(PROPORTION_DATA)}")
     if data == "paper" and not 2 <= n_prompts <= PAPER_ROWS // 2:
@@ -106,4 +128,5 @@ def tracr_proportion(seed: int = 0, n_prompts: int = 50, data: str = "paper", de
         validation, test = draw(), draw()
     return Task("tracr_proportion", tracr.model, validation=validation, test=test,
                 metrics={"l2": L2}, default_metric="l2", split_embed=True,
-                canonical_edges=proportion_canonical)
+                canonical_edges=_ground_truth("tracr_proportion", ground_truth, proportion_canonical,
+                                              tracr.model))
