@@ -98,7 +98,7 @@ def test_a_forced_rerun_that_crashes_leaves_no_complete_looking_folder(tmp_path,
     def crash(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(pipeline, "write_edges", crash)
+    monkeypatch.setattr(pipeline, "write_result", crash)
     with pytest.raises(RuntimeError):
         run(config("force=true"), tmp_path)
     assert not (tmp_path / "summary.json").exists()

@@ -254,7 +254,12 @@ class PatchEngine:
         fewer senders, and the second is exact when everything is removed (no cancellation of a
         sender's value against itself, which layer norm would amplify under zero ablation)."""
         n_senders = r.shape[1]
-        changed = r.any(1).nonzero().flatten()
+        if torch.is_grad_enabled() and r.requires_grad:
+            # A gradient needs every input read through its mask row, even where nothing is removed
+            # yet (at the full mask, the point attribution patching differentiates at).
+            changed = torch.arange(len(r), device=r.device)
+        else:
+            changed = r.any(1).nonzero().flatten()
         if len(changed) == 0:
             return changed, None
         r = r[changed]
@@ -318,7 +323,7 @@ class PatchEngine:
             which, head = changed % (3 * H) // H, changed % H
             own = torch.einsum("nbpd,nde->nbpe", block.ln1(x), W[which, head]) + bias[which, :, :, head]
             qkv = _put_heads(qkv, changed, own, c)
-        if (qkv_mask != 1).any():
+        if (qkv_mask != 1).any() or (torch.is_grad_enabled() and qkv_mask.requires_grad):
             w = qkv_mask.transpose(0, 1).reshape(3, c, 1, 1, H, 1)
             mixed = w * _per_candidate(qkv, k, 1) + (1 - w) * self.ablation.qkv[layer].unsqueeze(1)
             qkv = mixed.flatten(1, 2)
@@ -566,11 +571,11 @@ def make_ablation(kind: str, model: HookedTransformer, graph: Graph, clean: torc
     positions.  ``shuffle_positions`` shuffles the corrupted run's positional embedding (it has no
     effect on zero ablation, which has no corrupted run)."""
     check_supported(model)  # an unsupported model is refused by name before any forward runs
+    if kind == "zero":
+        return zero_ablation(model, graph, clean)
     if shuffle_positions and not graph.arch.split_embed:
         raise ValueError("corruption.shuffle_positions needs a model whose positional embedding is its own "
                          "sender (the tracr models)")
-    if kind == "zero":
-        return zero_ablation(model, graph, clean)
     if clean.shape != corrupted.shape:
         raise ValueError(f"clean prompts {tuple(clean.shape)} and corrupted prompts {tuple(corrupted.shape)} differ in shape")
     order = shuffled_positions(corrupted.shape[1]) if shuffle_positions else None

@@ -43,6 +43,7 @@ import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from .evaluation import pareto_front, roc_auc, roc_points, roc_staircase  # noqa: E402
+from .methods.spec import method_labels, method_rank, spec_of_label  # noqa: E402
 from .rundir import NOT_HASHED, NOT_HASHED_METHOD, SUMMARY  # noqa: E402
 
 ROC_COLUMNS = ["task", "method", "corruption", "metric", "parameter", "n_edges", "edge_tpr", "edge_fpr",
@@ -50,14 +51,10 @@ ROC_COLUMNS = ["task", "method", "corruption", "metric", "parameter", "n_edges",
 AUC_COLUMNS = ["task", "method", "corruption", "metric", "level", "auc", "n_points", "graph", "variant"]
 CURVE_KEY = ["task", "method", "corruption", "metric", "graph", "variant"]  # one ROC curve per group
 # Config keys a curve is swept over, per method: runs differing only here share a curve.
-SWEPT_KEYS = {"acdc": ("tau", "task.tau"), "sp": ("method.lambda_reg",), "sp_edges": ("method.lambda_reg",),
-              "hisp": ("method.k",)}
 # Shown by the report's panels and columns already (from each run's summary, which resolves the
 # task's default metric), or not part of what one run computes.
 _NOT_VARIANT = ("metric", "corruption.name", "graph.granularity", "method.name", "task.name", "task.sweeps")
 LEVELS = ("edge", "node")
-METHOD_LABELS = {"acdc": "ACDC", "sp": "SP", "sp_edges": "SP (edge gates)", "hisp": "HISP", "canonical": "canonical"}
-METHOD_ORDER = ["acdc", "sp", "hisp", "sp_edges", "canonical"]
 # Curves often coincide (every method at TPR 1, FPR 0): wide solid under narrower broken lines, and
 # markers that shrink and change shape from curve to curve, so a point under another still shows.
 _LINE_STYLES = [("-", 4.0), ("--", 2.6), ("-.", 1.8), (":", 1.6)]
@@ -106,6 +103,16 @@ def _flatten(tree, prefix: str = "") -> dict:
     return flat
 
 
+def swept_keys(method: str) -> set[str]:
+    """The config keys along which one method's runs make one curve: its spec's parameter, at the top
+    level (ACDC's ``tau``) or under ``method.`` (SP's ``lambda_reg``, HISP's ``k``)."""
+    spec = spec_of_label(method)
+    if spec is None or spec.parameter is None:
+        return set()
+    keys = {spec.parameter if spec.parameter in spec.top_level else f"method.{spec.parameter}"}
+    return keys | ({spec.sweep.key} if spec.sweep is not None else set())
+
+
 def run_settings(folder: Path, summary: dict, method: str) -> dict:
     """What a run computed, as flat ``key: value`` pairs without its swept parameter: the resolved
     ``.hydra/config.yaml`` where the folder has one, else the summary's task, model, seed, ..."""
@@ -117,7 +124,7 @@ def run_settings(folder: Path, summary: dict, method: str) -> dict:
     if tree is None:
         return {k: summary.get(k) for k in ("model", "seed")}
     flat = _flatten({k: v for k, v in tree.items() if k not in NOT_HASHED})
-    skip = set(SWEPT_KEYS.get(method, ())) | {f"method.{k}" for k in NOT_HASHED_METHOD}
+    skip = swept_keys(method) | {f"method.{k}" for k in NOT_HASHED_METHOD}
     return {k: v for k, v in flat.items()
             if k not in skip and not any(k == n or k.startswith(n + ".") for n in _NOT_VARIANT)}
 
@@ -126,7 +133,8 @@ def run_points(folder: Path) -> list[dict]:
     """The ROC points of one complete run folder: its own circuit, or every row of its curve."""
     summary = json.loads((folder / SUMMARY).read_text())
     method = summary.get("method_label") or summary["method"]  # e.g. sp_edges: SP with one gate per edge
-    parameter_name = summary.get("parameter_name", "tau" if method == "acdc" else None)
+    spec = spec_of_label(method)
+    parameter_name = summary.get("parameter_name", spec.parameter if spec is not None else None)
     settings = json.dumps(run_settings(folder, summary, method), sort_keys=True, default=str)
     base = dict(task=summary["task"], method=method, corruption=summary["corruption"],
                 metric=summary["metric"], parameter_name=parameter_name, graph=summary.get("graph", "qkv"),
@@ -148,7 +156,7 @@ def collect_points(folders: list[Path]) -> pd.DataFrame:
     rows = [point for folder in folders for point in run_points(folder)]
     frame = pd.DataFrame(rows, columns=ROC_COLUMNS)
     frame["variant"] = variant_labels(frame)
-    frame["_order"] = frame["method"].map(_method_rank)
+    frame["_order"] = frame["method"].map(method_rank)
     frame = frame.sort_values(["task", "_order", "corruption", "metric", "graph", "variant", "n_edges"],
                               kind="stable")
     return frame.drop(columns="_order").reset_index(drop=True)
@@ -169,10 +177,6 @@ def variant_labels(frame: pd.DataFrame) -> pd.Series:
             labels[group.index[group["variant"] == text]] = label
     return labels
 
-
-def _method_rank(method: str) -> str:
-    """Sort key: the paper's methods in its order, then any other by name."""
-    return f"{METHOD_ORDER.index(method)}" if method in METHOD_ORDER else f"9{method}"
 
 
 # ---- AUC -------------------------------------------------------------------------------------
@@ -204,7 +208,7 @@ def _panel_title(corruption: str, metric: str, graph: str, many_graphs: bool) ->
 def _curves(points: pd.DataFrame) -> list[tuple[str, str]]:
     """The (method, variant) curves of a task, in the paper's method order."""
     keys = set(map(tuple, points[["method", "variant"]].itertuples(index=False)))
-    return sorted(keys, key=lambda mv: (_method_rank(mv[0]), mv[1]))
+    return sorted(keys, key=lambda mv: (method_rank(mv[0]), mv[1]))
 
 
 def _styles(curves: list[tuple[str, str]]) -> dict[tuple[str, str], dict]:
@@ -218,7 +222,7 @@ def _styles(curves: list[tuple[str, str]]) -> dict[tuple[str, str], dict]:
 
 
 def curve_label(method: str, variant: str) -> str:
-    name = METHOD_LABELS.get(method, method)
+    name = method_labels().get(method, method)
     return f"{name} [{variant}]" if variant else name
 
 

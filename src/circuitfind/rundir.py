@@ -2,8 +2,15 @@
 
     edges.csv     every edge of the graph: edge, sender, receiver, score, kept, canonical (score
                   empty where the method never scored the edge)
-    trace.csv     one row per edge test: step, edge, delta, metric, kept, n_edges
+    trace.csv     one row per search step (ACDC's edge tests): step, edge, delta, metric, kept, n_edges
+    curve.csv     one row per circuit of a curve read from one run (HISP's top-k)
+    <table>.csv   the method's own tables (SP's training.csv, gates.csv; HISP's ranking.csv)
+    circuit.png, circuit.dot   the kept graph
+    circuit.json  the kept edges and their scores in the MIB format (``circuit_json``)
     summary.json  the numbers of the run; written last, so its presence means the run completed
+
+``write_result`` writes the data files of a method's result; the pipeline draws the circuit and
+then writes the summary.
 
 Each file is written to a temporary name in the same folder and renamed into place (atomic on POSIX).
 """
@@ -26,6 +33,7 @@ if TYPE_CHECKING:  # not at run time: the CLI hashes configs before torch is imp
 SUMMARY = "summary.json"
 EDGES = "edges.csv"
 TRACE = "trace.csv"
+CURVE = "curve.csv"
 TRACE_COLUMNS = ("step", "edge", "delta", "metric", "kept", "n_edges")
 
 
@@ -86,6 +94,22 @@ def write_table(folder: Path, filename: str, rows: list[dict]) -> None:
     columns = list(rows[0]) if rows else []
     atomic_write_text(folder / filename, _csv(columns, (
         [_number(v) if isinstance(v, float) else v for v in (row[c] for c in columns)] for row in rows)))
+
+
+def write_result(folder: Path, result: EdgeScores, canonical: EdgeMask | None, curve: list[dict] | None) -> None:
+    """Every data file of a method's result: its edges (and circuit.json), its trace, its tables,
+    and ``curve`` (the rows of its one-run curve, evaluated by the pipeline).  The pipeline draws
+    the circuit (circuit.png, circuit.dot) in a phase of its own."""
+    from .circuit_json import write_circuit_json
+
+    write_edges(folder, result, canonical)
+    write_circuit_json(folder, result)
+    if result.trace is not None:
+        write_trace(folder, result.trace)
+    for filename, rows in result.tables.items():
+        write_table(folder, filename, rows)
+    if curve is not None:
+        write_table(folder, CURVE, curve)
 
 
 def write_summary(folder: Path, summary: dict) -> None:
