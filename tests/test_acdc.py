@@ -130,14 +130,14 @@ def test_batched_edge_tests_take_exactly_the_sequential_decisions(seed, granular
                       corruption, KL, progress=False)
     tau = typical_single_edge_effect(problem, quantile)
     sequential = get_method("acdc")(problem, tau=tau, batch_edges=1)
-    assert sequential.extras["n_forwards"] == sequential.extras["n_edge_tests"]
+    assert sequential.details["n_test_forwards"] == len(sequential.trace)
     for batch_edges in (2, 3, 64):
         batched = get_method("acdc")(problem, tau=tau, batch_edges=batch_edges)
         assert batched.kept.kept_names() == sequential.kept.kept_names()
-        assert [(r["edge"], r["kept"]) for r in batched.extras["trace"]] == \
-               [(r["edge"], r["kept"]) for r in sequential.extras["trace"]]
+        assert [(r["edge"], r["kept"]) for r in batched.trace] == \
+               [(r["edge"], r["kept"]) for r in sequential.trace]
         torch.testing.assert_close(batched.scores, sequential.scores, rtol=0, atol=1e-12)
-        assert batched.extras["n_forwards"] < sequential.extras["n_forwards"]
+        assert batched.details["n_test_forwards"] < sequential.details["n_test_forwards"]
 
 
 def test_candidate_masks_are_the_circuits_of_the_next_tests():
@@ -161,7 +161,7 @@ def test_batched_acdc_on_tracr_keeps_the_same_edges(name):
     sequential = get_method("acdc")(problem, tau=0.001, batch_edges=1)
     batched = get_method("acdc")(problem, tau=0.001, batch_edges=16)
     assert batched.kept.kept_names() == sequential.kept.kept_names()
-    assert [r["edge"] for r in batched.extras["trace"]] == [r["edge"] for r in sequential.extras["trace"]]
+    assert [r["edge"] for r in batched.trace] == [r["edge"] for r in sequential.trace]
 
 
 @pytest.mark.parametrize("batch_edges", [0, -2, 1.5, "many", True])
@@ -174,7 +174,7 @@ def test_receivers_that_feed_nothing_lose_their_inputs_untested():
     model = tiny_model(n_layers=2, n_heads=2, d_model=16)
     problem = Problem(random_task(model), Graph(Architecture.from_config(model.cfg)), "corrupted", KL, progress=False)
     result = get_method("acdc")(problem, tau=0.003)
-    tested = {row["edge"] for row in result.extras["trace"]}
+    tested = {row["edge"] for row in result.trace}
     skipped = [e for e in problem.graph.edges if math.isinf(result.scores[e.index]) and result.scores[e.index] < 0]
     assert skipped, "expected some receiver to be cut off"
     for e in skipped:
@@ -191,7 +191,7 @@ def test_each_edge_is_removed_exactly_when_its_delta_is_below_tau(abs_delta):
     model = tiny_model(n_layers=2, n_heads=2, d_model=16)
     problem = Problem(random_task(model), Graph(Architecture.from_config(model.cfg)), "corrupted", KL, progress=False)
     result = get_method("acdc")(problem, tau=0.003, abs_delta=abs_delta)
-    trace = result.extras["trace"]
+    trace = result.trace
     assert any(r["kept"] for r in trace) and any(not r["kept"] for r in trace)
     for r in trace:
         delta = abs(r["delta"]) if abs_delta else r["delta"]
@@ -202,7 +202,7 @@ def test_each_edge_is_removed_exactly_when_its_delta_is_below_tau(abs_delta):
 def test_max_edge_tests_stops_early_and_marks_the_rest_untested():
     problem = tracr_problem("tracr_reverse")
     result = get_method("acdc")(problem, tau=0.001, max_edge_tests=5)
-    assert result.extras["n_edge_tests"] == 5 and len(result.extras["trace"]) == 5
+    assert len(result.trace) == 5 and len(result.trace) == 5
     assert torch.isinf(result.scores).sum() >= problem.graph.n_edges - 5
 
 
@@ -236,4 +236,4 @@ def test_one_engine_serves_acdc_then_sp():
     problem = tracr_problem("tracr_reverse")
     get_method("acdc")(problem, tau=0.001)
     sp = get_method("sp")(problem, lambda_reg=1.0, epochs=3)
-    assert sp.extras["summary"]["epochs"] == 3
+    assert sp.details["epochs"] == 3

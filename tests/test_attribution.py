@@ -156,12 +156,14 @@ def test_eap_refuses_a_divergence_objective(tmp_path):
 
 
 def test_report_lists_eap_and_eap_ig(tmp_path):
-    from circuitfind.report import METHOD_LABELS, report
     import pandas as pd
+
+    from circuitfind.methods.spec import method_labels
+    from circuitfind.report import report
     for method in ("eap", "eap_ig"):
         run(config("task=tracr_proportion", f"method={method}", "corruption=zero"), tmp_path / method)
     report([tmp_path], tmp_path)
     aucs = pd.read_csv(tmp_path / "auc.csv")
     edge = aucs[aucs.level == "edge"].set_index("method").auc
     assert set(edge.index) == {"eap", "eap_ig"} and (edge > 0.5).all()
-    assert METHOD_LABELS["eap_ig"] == "EAP-IG" and (tmp_path / "roc_tracr_proportion.png").exists()
+    assert method_labels()["eap_ig"] == "EAP-IG" and (tmp_path / "roc_tracr_proportion.png").exists()

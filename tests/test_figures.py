@@ -228,3 +228,22 @@ def test_fig3_runs_its_sweeps_through_the_cli_then_reuses_them(tmp_path, monkeyp
     again = build("fig3", ["tracr_proportion"], "zero", config=str(config), out=out, echo=lines.append)
     assert {o.status for o in again["outcomes"]} == {"reused"}
     assert len(json.loads(again["manifest"].read_text())["runs"]) == 4
+
+
+def test_figure_text_stays_inside_and_methods_on_one_point_stay_visible(tmp_path):
+    runs = [fake_run(tmp_path / m, "tracr_reverse", m, parameter=p, tpr=1.0, fpr=0.0)  # the same circuit
+            for m, p in (("acdc", 0.01), ("sp", 1.0))]
+    for fig in (draw_roc(collect_points(runs), ["tracr_reverse"], ["zero", "corrupted"])[0],
+                draw_metric_vs_edges(collect_points(runs), "tracr_reverse", ["zero"])):
+        fig.canvas.draw()
+        renderer, frame = fig.canvas.get_renderer(), fig.bbox
+        # every panel with its title, labels, ticks and legend, and the figure's own texts
+        boxes = [ax.get_tightbbox(renderer) for ax in fig.axes]
+        boxes += [t.get_window_extent(renderer) for t in [fig._suptitle, *fig.texts] if t is not None and t.get_text()]
+        for box in boxes:
+            assert box.x0 >= -1 and box.y0 >= -1 and box.x1 <= frame.x1 + 1 and box.y1 <= frame.y1 + 1, box
+        ax = fig.axes[0]
+        acdc, sp = [c for c in ax.collections if len(c.get_offsets())][:2]
+        assert acdc.get_paths()[0] != sp.get_paths()[0] or acdc.get_sizes()[0] != sp.get_sizes()[0]
+        assert acdc.get_sizes()[0] > sp.get_sizes()[0] and sp.get_zorder() > acdc.get_zorder()
+        plt.close(fig)

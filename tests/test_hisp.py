@@ -65,7 +65,7 @@ def test_importance_is_normalised_within_each_layer():
     problem = random_problem(model, "corrupted", metric=LOGIT)
     result = get_method("hisp")(problem, objective="metric")
     components = Components(problem.graph)
-    importance = {row["component"]: row["importance"] for row in result.extras["tables"]["ranking.csv"]}
+    importance = {row["component"]: row["importance"] for row in result.tables["ranking.csv"]}
     for layer in components.layers():
         norm = torch.tensor([importance[components.names[i]] for i in layer]).norm()
         assert norm.item() == pytest.approx(1.0)
@@ -84,8 +84,8 @@ def test_kl_has_no_gradient_at_the_clean_model_so_auto_scores_the_clean_answer()
     with pytest.raises(ValueError, match="the gradient of metric flat is zero at the unpatched model"):
         get_method("hisp")(flat, objective="metric")
     result = get_method("hisp")(problem)  # auto
-    assert result.extras["summary"]["objective"] == "answer_logit"
-    assert any(row["importance"] > 0 for row in result.extras["tables"]["ranking.csv"])
+    assert result.details["objective"] == "answer_logit"
+    assert any(row["importance"] > 0 for row in result.tables["ranking.csv"])
 
 
 def test_the_curve_keeps_the_top_k_components_for_every_k_from_all_to_none():
@@ -94,17 +94,17 @@ def test_the_curve_keeps_the_top_k_components_for_every_k_from_all_to_none():
     result = get_method("hisp")(problem, k=3)
     components = Components(problem.graph)
     n = len(components)
-    curve = result.extras["curve"]
-    assert [k for k, _, _ in curve] == list(range(n, -1, -1))
-    assert curve[0][1].n_kept == problem.graph.n_edges  # everything kept: the whole graph
+    curve = result.curve
+    assert [point.parameter for point in curve] == list(range(n, -1, -1))
+    assert curve[0].circuit.n_kept == problem.graph.n_edges  # everything kept: the whole graph
     ungated = {e.name for e in problem.graph.edges if e.sender == "embed" and e.receiver == "resid_post"}
-    assert set(curve[-1][1].kept_names()) == ungated  # nothing kept: only edges between ungated nodes
-    for (_, bigger, _), (_, smaller, _) in zip(curve, curve[1:]):
-        assert not (smaller.kept & ~bigger.kept).any()  # nested circuits
-    ranking = [row["component"] for row in result.extras["tables"]["ranking.csv"]]
+    assert set(curve[-1].circuit.kept_names()) == ungated  # nothing kept: only edges between ungated nodes
+    for bigger, smaller in zip(curve, curve[1:]):
+        assert not (smaller.circuit.kept & ~bigger.circuit.kept).any()  # nested circuits
+    ranking = [row["component"] for row in result.tables["ranking.csv"]]
     keep = torch.tensor([name in ranking[:3] for name in components.names])
     assert torch.equal(result.kept.kept, components.circuit(keep).kept)  # the run's own circuit: top 3
-    assert [label for _, _, label in curve[1:]] == ranking[::-1]  # each step drops the next-best component
+    assert [point.removed for point in curve[1:]] == ranking[::-1]  # each step drops the next-best component
 
 
 def test_tracr_reverse_ranks_the_canonical_mlps_and_value_first():
@@ -112,10 +112,10 @@ def test_tracr_reverse_ranks_the_canonical_mlps_and_value_first():
     graph = Graph(Architecture.from_config(task.model.cfg, split_embed=True))
     problem = Problem(task, graph, "zero", task.metric(None), progress=False)
     result = get_method("hisp")(problem)
-    ranking = [row["component"] for row in result.extras["tables"]["ranking.csv"]]
+    ranking = [row["component"] for row in result.tables["ranking.csv"]]
     assert set(ranking[:4]) == {"m0", "m1", "m2", "a3.h0<v>"}
     # components that write nothing (the empty heads of layers 1 and 2, m3) score exactly 0
-    scores = {row["component"]: row["importance"] for row in result.extras["tables"]["ranking.csv"]}
+    scores = {row["component"]: row["importance"] for row in result.tables["ranking.csv"]}
     assert all(scores[name] == 0 for name in ("a1.h0<q>", "a2.h0<v>", "m3"))
     # the run's own circuit (every component with a non-zero score) holds the whole canonical circuit
     assert edge_and_node_rates(result.kept, canonical_mask(task, graph))["edge_tpr"] == 1.0

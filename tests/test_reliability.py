@@ -64,13 +64,14 @@ def test_sigterm_writes_a_checkpoint_and_the_rerun_ends_as_an_uninterrupted_run(
 def test_a_rerun_sweep_fills_only_its_holes(tmp_path):
     """A sweep of 5 taus 'interrupted' after 2 (their folders complete) runs only the other 3."""
     taus = ["0.0001", "0.001", "0.01", "0.1", "0.5"]
-    first = cli("-m", f"tau={','.join(taus[:2])}", "progress=false", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
+    sweep = tmp_path / "sweep"  # beside the store (cwd/outputs/runs), which keeps copies of the same runs
+    first = cli("-m", f"tau={','.join(taus[:2])}", "progress=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert first.wait(timeout=600) == 0, first.stderr.read()
-    done = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("summary.json")}
+    done = {p: p.stat().st_mtime_ns for p in sweep.rglob("summary.json")}
     assert len(done) == 2
-    second = cli("-m", f"tau={','.join(taus)}", "progress=false", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
+    second = cli("-m", f"tau={','.join(taus)}", "progress=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert second.wait(timeout=600) == 0, second.stderr.read()
-    summaries = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("summary.json")}
+    summaries = {p: p.stat().st_mtime_ns for p in sweep.rglob("summary.json")}
     assert len(summaries) == 5
     assert all(summaries[p] == mtime for p, mtime in done.items())  # untouched, not recomputed
     assert sorted(json.loads(p.read_text())["tau"] for p in summaries) == sorted(map(float, taus))
@@ -97,7 +98,7 @@ def test_a_forced_rerun_that_crashes_leaves_no_complete_looking_folder(tmp_path,
     def crash(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(pipeline, "write_edges", crash)
+    monkeypatch.setattr(pipeline, "write_result", crash)
     with pytest.raises(RuntimeError):
         run(config("force=true"), tmp_path)
     assert not (tmp_path / "summary.json").exists()

@@ -116,3 +116,88 @@ def test_real_runs_acdc_and_hisp_on_tracr_reverse(tmp_path, capsys):
     assert acdc["edge"] == 1.0 and acdc["node"] == 1.0  # the paper's Table 3
     hisp = aucs[(aucs.method == "hisp") & (aucs.level == "edge")]
     assert 0.5 < hisp.auc.iloc[0] < 1.0 and hisp.n_points.iloc[0] == 17  # 16 components: k = 16 ... 0
+
+
+# ---- one curve per configuration -------------------------------------------------------------
+def configured_run(folder, *overrides, points):
+    """A run folder with chosen rates and the real resolved config of ``overrides`` in .hydra/."""
+    from omegaconf import OmegaConf
+
+    cfg = config(*overrides)
+    fake_run(folder, cfg.method.name, points, task=cfg.task.name, corruption=cfg.corruption.name)
+    (folder / ".hydra").mkdir()
+    OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
+
+
+def test_runs_that_differ_beyond_the_swept_parameter_make_separate_labelled_curves(tmp_path):
+    runs = tmp_path / "runs"
+    for i, (data, tau) in enumerate([("paper", 0.1), ("paper", 0.01), ("valid", 0.1), ("valid", 0.01)]):
+        configured_run(runs / f"acdc{i}", "task=tracr_proportion", f"task.data={data}", f"tau={tau}",
+                       "corruption=zero", points=[(tau, 5 + i, 1.0 if data == "paper" else 0.5, 0.0, 0.1)])
+    for i, (epochs, lam) in enumerate([(500, 0.1), (500, 1.0), (3000, 0.1)]):
+        configured_run(runs / f"sp{i}", "task=tracr_proportion", "method=sp", f"method.epochs={epochs}",
+                       f"method.lambda_reg={lam}", "corruption=zero", "progress=true",  # progress: not a setting
+                       points=[(lam, 3 + i, 0.5, 0.5, 0.2)])
+    main([str(runs), "--out", str(tmp_path / "out")])
+    aucs = pd.read_csv(tmp_path / "out" / "auc.csv", keep_default_na=False)
+    edge = aucs[aucs.level == "edge"].set_index(["method", "variant"])
+    assert sorted(edge.index) == [("acdc", "task.data=paper"), ("acdc", "task.data=valid"),
+                                  ("sp", "method.epochs=3000"), ("sp", "method.epochs=500")]
+    assert edge.loc[("acdc", "task.data=paper"), "auc"] == 1.0 and edge.loc[("acdc", "task.data=paper"), "n_points"] == 2
+    assert edge.loc[("acdc", "task.data=valid"), "auc"] == 0.5
+    assert edge.loc[("sp", "method.epochs=500"), "n_points"] == 2  # two lambdas, one curve
+    points = pd.read_csv(tmp_path / "out" / "roc_points.csv", keep_default_na=False)
+    assert set(points.variant) == {"task.data=paper", "task.data=valid", "method.epochs=3000", "method.epochs=500"}
+
+
+def test_one_configuration_swept_over_its_parameter_is_one_unlabelled_curve(tmp_path):
+    for i, tau in enumerate((0.1, 0.01, 0.001)):
+        configured_run(tmp_path / "runs" / str(i), "corruption=zero", f"tau={tau}", f"device={'cpu'}",
+                       points=[(tau, 5 + i, 0.5 + 0.2 * i, 0.1, 0.1)])
+    main([str(tmp_path / "runs")])
+    aucs = pd.read_csv(tmp_path / "runs" / "auc.csv", keep_default_na=False)
+    assert list(aucs.variant) == ["", ""] and list(aucs.n_points) == [3, 3]
+
+
+# ---- plots: text inside, coinciding points visible, rounding shown as 0 ----------------------
+def _inside(fig, artist) -> bool:
+    if not artist.get_text():
+        return True
+    box = artist.get_window_extent(fig.canvas.get_renderer())
+    return box.x0 >= -1 and box.y0 >= -1 and box.x1 <= fig.bbox.x1 + 1 and box.y1 <= fig.bbox.y1 + 1
+
+
+def test_plot_text_stays_inside_and_coinciding_curves_stay_visible(tmp_path):
+    from circuitfind.report import auc_table, collect_points, metric_vs_edges_figure, roc_figure
+
+    same = [(0.1, 5, 1.0, 0.0, -4.7e-17), (0.01, 9, 1.0, 0.5, 0.0)]  # two methods on the very same points
+    fake_run(tmp_path / "a" / "0", "acdc", same[:1], task="a_task_with_a_rather_long_name_for_its_title")
+    fake_run(tmp_path / "a" / "1", "acdc", same[1:], task="a_task_with_a_rather_long_name_for_its_title")
+    fake_run(tmp_path / "h" / "0", "hisp", same, task="a_task_with_a_rather_long_name_for_its_title", curve=True)
+    points = collect_points(sorted(p.parent for p in tmp_path.rglob("summary.json")))
+    task = points.task.iloc[0]
+    for fig in (roc_figure(task, points, auc_table(points)), metric_vs_edges_figure(task, points)):
+        fig.canvas.draw()
+        texts = [fig._suptitle] + [t for ax in fig.axes for t in (ax.title, ax.xaxis.label, ax.yaxis.label)]
+        texts += [t for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+        assert all(_inside(fig, t) for t in texts), [t.get_text() for t in texts if not _inside(fig, t)]
+    ax = metric_vs_edges_figure(task, points).axes[0]
+    acdc, hisp = ax.get_lines()[:2]
+    assert acdc.get_marker() != hisp.get_marker() and acdc.get_markersize() > hisp.get_markersize()
+    assert acdc.get_markerfacecolor() == "none"  # hollow: the smaller marker shows inside the larger one
+    assert list(acdc.get_ydata()) == [0.0, 0.0]  # -4.7e-17 is rounding: drawn as 0
+    low, high = ax.get_ylim()
+    assert high - low >= 1.0  # not a 1e-17 axis
+    roc = roc_figure(task, points, auc_table(points)).axes[0]
+    sizes = [c.get_sizes()[0] for c in roc.collections]
+    assert sizes[0] > sizes[1]
+
+
+def test_metric_full_read_off_the_clean_logits_equals_the_full_circuits_forward(tmp_path):
+    from circuitfind.pipeline import build_problem
+
+    cfg = config("task=tracr_proportion", "corruption=zero", "method=canonical")
+    summary = run(cfg, tmp_path)
+    problem = build_problem(cfg)
+    for split, numbers in (("validation", summary), ("test", summary["test"])):
+        assert numbers["metric_full"] == pytest.approx(problem.evaluate(problem.graph.full_mask(), split), abs=1e-12)

@@ -125,7 +125,7 @@ def test_coarser_graphs_gate_head_outputs(granularity):
     assert not any("a0.h1" in name for name in kept)
     assert len(kept) == graph.n_edges - sum("a0.h1" in e.name for e in graph.edges)
     result = get_method("sp")(random_problem(model, granularity=granularity), lambda_reg=1.0, epochs=3)
-    assert result.extras["summary"]["n_gates"] == 6
+    assert result.details["n_gates"] == 6
 
 
 # ---- training -------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ def test_sp_finds_the_tracr_reverse_components_and_a_large_lambda_closes_every_g
     """A higher learning rate than the paper's so that a few hundred steps suffice for a unit test."""
     problem = tracr_problem()
     small = get_method("sp")(problem, lambda_reg=0.01, epochs=500, lr=0.01)
-    gates = {row["gate"]: row["kept"] for row in small.extras["tables"]["gates.csv"]}
+    gates = {row["gate"]: row["kept"] for row in small.tables["gates.csv"]}
     assert {g for g, kept in gates.items() if kept} == {"a0.h0<v>", "m0", "m1", "m2", "a3.h0<q>", "a3.h0<k>", "a3.h0<v>"}
     rates = edge_and_node_rates(small.kept, canonical_mask(problem.task, problem.graph))
     assert rates["edge_tpr"] == 1.0 and rates["node_tpr"] == 1.0 and rates["node_fpr"] == 0.0
@@ -143,9 +143,9 @@ def test_sp_finds_the_tracr_reverse_components_and_a_large_lambda_closes_every_g
     assert torch.equal(small.kept.kept, small.scores > HardConcrete().prob_open(torch.zeros(1)).item())
 
     large = get_method("sp")(problem, lambda_reg=100.0, epochs=300, lr=0.01)
-    assert large.extras["summary"]["n_gates_kept"] == 0
+    assert large.details["n_gates_kept"] == 0
     assert set(large.kept.kept_names()) == {"tok_embed->resid_post", "pos_embed->resid_post"}
-    log = large.extras["tables"]["training.csv"]
+    log = large.tables["training.csv"]
     assert log[0]["step"] == 0 and log[-1]["step"] == 299 and log[-1]["expected_open"] < log[0]["expected_open"]
 
 
@@ -162,10 +162,10 @@ def test_edge_level_gates_train_one_gate_per_edge():
     model = tiny_model(n_layers=2, n_heads=2, d_model=16)
     problem = random_problem(model)
     result = get_method("sp")(problem, lambda_reg=2.0, epochs=200, lr=0.05, gates="edges")
-    assert result.extras["summary"]["n_gates"] == problem.graph.n_edges == len(result.extras["tables"]["gates.csv"])
-    kept = [row["kept"] for row in result.extras["tables"]["gates.csv"]]
+    assert result.details["n_gates"] == problem.graph.n_edges == len(result.tables["gates.csv"])
+    kept = [row["kept"] for row in result.tables["gates.csv"]]
     assert result.kept.kept.tolist() == kept and 0 < sum(kept) < len(kept)
-    assert result.extras["label"] == "sp_edges"  # the report draws it as its own method
+    assert result.label == "sp_edges"  # the report draws it as its own method
 
 
 @pytest.mark.parametrize("params, message", [

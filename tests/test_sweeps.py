@@ -90,3 +90,56 @@ def test_acdc_paper_sweep_on_tracr_reverse_has_edge_auc_one(tmp_path):
     aucs = pd.read_csv(sweep / "auc.csv").set_index("level")
     assert aucs.loc["edge", "auc"] == 1.0 and aucs.loc["edge", "n_points"] == 21
     assert (sweep / "roc_tracr_reverse.png").is_file()
+
+
+# ---- each sweep in its own folder, complete runs shared through the store --------------------
+def test_a_sweep_gets_its_own_folder_by_default():
+    from circuitfind.rundir import config_hash
+
+    cfg = compose_sweep("tau=0.1")
+    hydra = cfg.hydra
+    assert hydra.sweep.dir.startswith("outputs/multirun/") and "outputs/runs" not in hydra.sweep.dir
+    assert hydra.sweep.subdir == f"tracr_reverse/acdc/{config_hash(cfg)}"  # run folders still keyed by config
+    assert hydra.run.dir.startswith("outputs/runs/")  # a single run lives in the store itself
+
+
+def test_store_copies_complete_runs_into_a_sweep_and_takes_new_ones(tmp_path):
+    from circuitfind.rundir import copy_run, publish_run, read_summary, store_folder
+
+    cfg = config("corruption=zero", "tau=0.1")
+    single = tmp_path / "outputs" / "runs" / "tracr_reverse" / "acdc" / "somehash"
+    summary = run(cfg, single)
+    assert store_folder(tmp_path / "outputs" / "runs", cfg, summary["config_hash"]).parent == single.parent
+    job = tmp_path / "multirun" / "a" / "job"
+    assert not copy_run(single, job, "another_config")  # never another config's results
+    assert copy_run(single, job, summary["config_hash"])
+    assert read_summary(job) == read_summary(single)
+    assert (job / "edges.csv").read_bytes() == (single / "edges.csv").read_bytes()
+    assert not copy_run(job, job, summary["config_hash"])  # a folder is not copied onto itself
+
+    store_run = tmp_path / "store" / "tracr_reverse" / "acdc" / summary["config_hash"]
+    assert publish_run(job, store_run, summary["config_hash"])
+    assert read_summary(store_run)["config_hash"] == summary["config_hash"]
+    assert not publish_run(job, store_run, summary["config_hash"])  # the store keeps the first copy
+    assert [p.name for p in store_run.parent.iterdir()] == [summary["config_hash"]]  # no staging left
+
+
+@pytest.mark.slow
+def test_two_sweeps_report_apart_and_share_their_common_run(tmp_path):
+    first = cli("-m", "corruption=zero", "tau=0.1,0.01", "progress=false", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    sweeps = sorted((tmp_path / "outputs" / "multirun").glob("*/*"))
+    assert len(sweeps) == 1 and len(list(sweeps[0].rglob("summary.json"))) == 2
+    assert len(list((tmp_path / "outputs" / "runs").rglob("summary.json"))) == 2  # published to the store
+    second = cli("-m", "corruption=zero", "tau=0.01,0.001", "progress=false",
+                 f"hydra.sweep.dir={tmp_path}/second", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "copied this config's complete run" in second.stdout + second.stderr
+    shared = {json.loads(p.read_text())["config_hash"]: p.parent for p in sweeps[0].rglob("summary.json")}
+    for path in (tmp_path / "second").rglob("summary.json"):
+        if json.loads(path.read_text())["tau"] == 0.01:  # the same config: copied, not recomputed
+            twin = shared[json.loads(path.read_text())["config_hash"]]
+            assert path.read_bytes() == (twin / "summary.json").read_bytes()
+    report_main([str(tmp_path / "second")])
+    points = pd.read_csv(tmp_path / "second" / "roc_points.csv")
+    assert sorted(points.parameter) == [0.001, 0.01]  # exactly that sweep

@@ -17,6 +17,7 @@ own ``write_run_folder``.  The search and the report both use the one set of pro
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from transformer_lens import HookedTransformer
 from .circuit_json import ground_truth as read_ground_truth
 from .engine import check_supported
 from .graph import Architecture, EdgeScores, Graph
-from .methods import Problem, get_method
+from .methods import Problem, get_spec
 from .metrics import Metric
 from .tasks.base import Task, TaskData
 from .tasks.pairs import ANSWER_METRICS, answer_metrics
@@ -177,10 +178,11 @@ def find_circuit(task: Task, method: str = "acdc", *, corruption: str = "corrupt
     the method (``lambda_reg=``, ``epochs=``, ``k=``, ...)."""
     if corruption not in CORRUPTIONS:
         raise ValueError(f"unknown corruption {corruption!r}; choose one of {', '.join(CORRUPTIONS)}")
-    search = get_method(method)
+    spec = get_spec(method)
+    checked = dataclasses.asdict(spec.check(params, dict(tau=tau, seed=seed)))  # the method's typed parameters
     problem = Problem(task, Graph(Architecture.from_config(task.model.cfg, split_embed=task.split_embed), graph),
                       corruption, task.metric(None), progress=progress, shuffle_positions=shuffle_positions)
     seed_everything(seed)
     started = time.time()
-    result = search(problem, tau=tau, seed=seed, **params)
-    return Circuit(problem, result, method, tau if method == "acdc" else None, seed, time.time() - started)
+    result = spec.function()(problem, **checked)
+    return Circuit(problem, result, method, tau if "tau" in spec.top_level else None, seed, time.time() - started)

@@ -571,11 +571,11 @@ def make_ablation(kind: str, model: HookedTransformer, graph: Graph, clean: torc
     positions.  ``shuffle_positions`` shuffles the corrupted run's positional embedding (it has no
     effect on zero ablation, which has no corrupted run)."""
     check_supported(model)  # an unsupported model is refused by name before any forward runs
+    if kind == "zero":
+        return zero_ablation(model, graph, clean)
     if shuffle_positions and not graph.arch.split_embed:
         raise ValueError("corruption.shuffle_positions needs a model whose positional embedding is its own "
                          "sender (the tracr models)")
-    if kind == "zero":
-        return zero_ablation(model, graph, clean)
     if clean.shape != corrupted.shape:
         raise ValueError(f"clean prompts {tuple(clean.shape)} and corrupted prompts {tuple(corrupted.shape)} differ in shape")
     order = shuffled_positions(corrupted.shape[1]) if shuffle_positions else None

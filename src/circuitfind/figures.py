@@ -35,6 +35,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -54,24 +55,17 @@ from omegaconf import DictConfig, ListConfig, OmegaConf  # noqa: E402
 
 from . import __version__  # noqa: E402
 from .evaluation import pareto_front, roc_auc, roc_points, roc_staircase  # noqa: E402
+from .methods.spec import Sweep as MethodSweep, get_spec, method_labels, method_rank, spec_of_label  # noqa: E402
 from .report import auc_table, collect_points  # noqa: E402
 from .rundir import SUMMARY, atomic_write_text  # noqa: E402
 
 EXPERIMENTS = ("fig3", "fig4", "tables", "tracr_suite")
 PRESETS = ("quick", "paper")
-# The override each method's sweep varies, and the short name its job folders carry.
-SWEPT = {"acdc": ("tau", "tau"), "sp": ("method.lambda_reg", "lambda")}
 TASK_LABELS = {"ioi": "IOI", "tracr_reverse": "tracr-reverse", "tracr_proportion": "tracr-proportion",
                "docstring": "Docstring", "greaterthan": "Greater-Than", "induction": "Induction"}
-METHOD_LABELS = {"acdc": "ACDC", "sp": "SP", "hisp": "HISP"}
-PARAMETER_LABELS = {"acdc": "ACDC threshold τ", "sp": "SP regularisation λ", "hisp": "HISP components kept k"}
-# One sequential colour map per method: the method is the hue, its parameter the shade.
-METHOD_CMAPS = {"acdc": "Blues", "sp": "Oranges", "hisp": "Greens"}
 METRIC_KIND_LABELS = {"kl": "KL", "task": "task metric"}
 METRIC_LABELS = {"kl": "KL divergence", "l2": "L2 distance", "logit_diff": "logit difference",
                  "prob_diff": "probability difference", "nll": "NLL", "frac_correct": "fraction correct"}
-# Relative cost of one job, to start the longest sweeps first (SP trains thousands of steps).
-JOB_COST = {"sp": 10, "acdc": 2, "hisp": 1}
 
 
 class FigureError(ValueError):
@@ -80,6 +74,17 @@ class FigureError(ValueError):
 
 def _label(table: dict, key: str) -> str:
     return table.get(key, key)
+
+
+def _swept(method: str) -> MethodSweep | None:
+    """What a sweep of ``method`` varies (its spec's); None for a method whose one run gives its curve."""
+    return get_spec(method).sweep
+
+
+def _method_attribute(method: str, name: str, default):
+    """A spec attribute (cmap, parameter_label) of a run's method label (a method or a variant)."""
+    spec = spec_of_label(method)
+    return default if spec is None or getattr(spec, name) is None else getattr(spec, name)
 
 
 # ---- experiment configs ---------------------------------------------------------------------------
@@ -122,10 +127,11 @@ def _composed(overrides: tuple[str, ...]) -> DictConfig:
 
 def paper_values(task: str, method: str) -> list[float]:
     """The values ``threshold=paper`` sweeps for this task and method (configs/threshold/)."""
-    parameter = SWEPT[method][0]
+    sweep = _swept(method)
+    parameter = sweep.key
     cfg = _composed((f"task={task}", f"method={method}", "threshold=paper"))
-    if method == "acdc" and OmegaConf.select(cfg, "task.sweeps.acdc") is None:
-        raise FigureError(f"task {task} has no paper tau sweep (task.sweeps.acdc); "
+    if sweep.needs_task_values and OmegaConf.select(cfg, f"task.sweeps.{method}") is None:
+        raise FigureError(f"task {task} has no paper {parameter} sweep (task.sweeps.{method}); "
                           "give `values` in the experiment config")
     return [float(v) for v in str(cfg.hydra.sweeper.params[parameter]).split(",")]
 
@@ -167,7 +173,7 @@ class Sweep:
 
     @property
     def parameter(self) -> str | None:
-        return SWEPT[self.method][0] if self.values else None
+        return _swept(self.method).key if self.values else None
 
     def settings(self) -> list[str]:
         """The overrides every job of the sweep shares: what makes its runs the same config."""
@@ -209,7 +215,7 @@ def sweep_command(sweep: Sweep, values: list[float | None]) -> list[str]:
                f"hydra.sweep.dir={sweep.folder}"]
     if sweep.parameter is None:
         return command + ["hydra.sweep.subdir=run"]
-    parameter, short = SWEPT[sweep.method]
+    parameter, short = _swept(sweep.method).key, _swept(sweep.method).short
     return command + [f"{parameter}={','.join(_number(v) for v in values)}",
                       f"hydra.sweep.subdir={short}_${{{parameter}}}"]  # a folder per value: reruns fill gaps
 
@@ -264,7 +270,7 @@ def run_sweeps(sweeps: list[Sweep], jobs: int = 2, echo=print) -> list[SweepOutc
     """Run what each sweep lacks, ``jobs`` sweeps at a time, the costliest first."""
     outcomes = {sweep: SweepOutcome(sweep, "reused") for sweep in sweeps if not missing_values(sweep)}
     todo = [(sweep, missing_values(sweep)) for sweep in sweeps if sweep not in outcomes]
-    todo.sort(key=lambda item: -JOB_COST.get(item[0].method, 1) * len(item[1]))
+    todo.sort(key=lambda item: -get_spec(item[0].method).cost * len(item[1]))
     echo(f"{len(sweeps)} sweeps: {len(outcomes)} complete (reused), {len(todo)} to run "
          f"({sum(len(v) for _, v in todo)} jobs, {jobs} at a time)")
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -302,7 +308,7 @@ def _method_sweep(exp: DictConfig, preset: str, task: str, method: str) -> tuple
     if task_spec is not None:  # a task may need its own values (no paper list, another scale)
         spec = OmegaConf.merge(spec, task_spec)
     overrides = tuple(str(o) for o in spec.get("overrides", []))
-    if method not in SWEPT:
+    if _swept(method) is None:
         return (), overrides
     values = spec.get("values")
     if values == "paper":
@@ -356,7 +362,7 @@ def used_runs(sweeps: list[Sweep]) -> list[Path]:
 # ---- shading by parameter ---------------------------------------------------------------------------
 def _shade_map(method: str) -> mcolors.Colormap:
     """The method's colour map without its palest third (pale points vanish on white)."""
-    base = plt.get_cmap(METHOD_CMAPS.get(method, "Greys"))
+    base = plt.get_cmap(_method_attribute(method, "cmap", "Greys"))
     return mcolors.ListedColormap(base(np.linspace(0.35, 1.0, 256)), name=f"{method}_shade")
 
 
@@ -366,7 +372,7 @@ def _parameter_norm(method: str, values) -> mcolors.Normalize:
     if not values:
         return mcolors.Normalize(0, 1)
     low, high = min(values), max(values)
-    if method in SWEPT and low > 0:
+    if _method_attribute(method, "sweep", None) is not None and low > 0:
         return mcolors.LogNorm(low, high if high > low else low * 10)
     return mcolors.Normalize(low, high if high > low else low + 1)
 
@@ -400,10 +406,10 @@ def _parameter_ticks(norm: mcolors.Normalize) -> matplotlib.ticker.Formatter:
 def _add_parameter_colorbars(fig, axes, norms: dict[str, mcolors.Normalize], values: dict[str, list]) -> None:
     # Constrained layout puts each new colour bar nearest the panels: add them last method first, so
     # they read ACDC, SP, HISP from left to right like the legends.
-    for method in reversed([m for m in METHOD_LABELS if m in norms]):
+    for method in reversed(_ordered_methods(norms)):
         mappable = matplotlib.cm.ScalarMappable(norm=norms[method], cmap=_shade_map(method))
         bar = fig.colorbar(mappable, ax=axes, location="right", shrink=0.85, aspect=28, pad=0.01, fraction=0.03)
-        bar.set_label(PARAMETER_LABELS[method], fontsize=9)
+        bar.set_label(_method_attribute(method, "parameter_label", method), fontsize=9)
         swept = sorted(set(values[method]))
         if isinstance(norms[method], mcolors.LogNorm) and len(swept) <= 8:
             bar.set_ticks(swept)  # a few values: label each (a log bar over less than a decade has no ticks)
@@ -417,18 +423,27 @@ def _add_parameter_colorbars(fig, axes, norms: dict[str, mcolors.Normalize], val
 def _titles(fig, title: str, note: str) -> None:
     """A title and, in smaller grey type below it, how to read the figure.  The title reserves two
     lines in the constrained layout; the note goes into the second once the layout is done."""
-    heading = fig.suptitle(title + "\n", fontsize=11.5)
+    width_pt = fig.get_figwidth() * 72  # both wrapped to the figure's width: one narrow panel must not cut them
+    note = "\n".join(textwrap.wrap(note, max(int(width_pt / (0.6 * 8.5)), 20)))
+    title = "\n".join(textwrap.wrap(title, max(int(width_pt / (0.6 * 11.5)), 20)))
+    heading = fig.suptitle(title + "\n" * (note.count("\n") + 1), fontsize=11.5)
     fig.canvas.draw()
     box = heading.get_window_extent().transformed(fig.transFigure.inverted())
-    fig.text(0.5, box.y0 + 0.2 * box.height, note, ha="center", va="bottom", fontsize=8.5, color="dimgrey")
+    fig.text(0.5, box.y0 + 0.1 * box.height, note, ha="center", va="bottom", fontsize=8.5, color="dimgrey")
 
 
-def _method_rank(method: str) -> int:
-    return list(METHOD_LABELS).index(method) if method in METHOD_LABELS else len(METHOD_LABELS)
+# Methods often find the very same circuit (TPR 1, FPR 0): each draws its own marker shape, smaller
+# and on top the later it comes, so a point under another's still shows.
+_MARKERS = ["o", "s", "D", "^", "v"]
+
+
+def _marker(method: str, size: float) -> dict:
+    rank = method_rank(method)[0]
+    return dict(marker=_MARKERS[rank % len(_MARKERS)], s=size * 0.72 ** rank, zorder=3 + 0.1 * rank)
 
 
 def _ordered_methods(methods) -> list[str]:
-    return sorted(set(methods), key=_method_rank)
+    return sorted(set(methods), key=method_rank)
 
 
 # ---- figure 3: edge-level ROC per task ----------------------------------------------------------------
@@ -456,14 +471,15 @@ def draw_roc(points: pd.DataFrame, tasks: list[str], corruptions: list[str], lev
                                   level=level, auc=auc, n_points=len(pairs)))
                 xs, ys = roc_staircase(pairs)
                 ax.plot(xs, ys, color=_method_color(method), lw=1.8, zorder=2,
-                        label=f"{_label(METHOD_LABELS, method)} (AUC {auc:.2f})")
+                        label=f"{_label(method_labels(), method)} (AUC {auc:.2f})")
                 front = set(pareto_front(roc_points(pairs)))
                 colours = _shade_map(method)(norms[method](group["parameter"].astype(float).to_numpy()))
                 on_front = np.array([p in front for p in pairs])
                 fx, fy = np.array(pairs).T
-                ax.scatter(fx[~on_front], fy[~on_front], s=14, c=colours[~on_front], alpha=0.8, lw=0, zorder=3)
-                ax.scatter(fx[on_front], fy[on_front], s=34, c=colours[on_front], edgecolor="black", lw=0.6,
-                           zorder=4)
+                ax.scatter(fx[~on_front], fy[~on_front], c=colours[~on_front], alpha=0.8, lw=0, **_marker(method, 18))
+                front_marker = _marker(method, 48)
+                ax.scatter(fx[on_front], fy[on_front], c=colours[on_front], edgecolor="black", lw=0.6,
+                           **dict(front_marker, zorder=front_marker["zorder"] + 1))
             ax.plot([0, 1], [0, 1], color="grey", lw=0.7, ls=":", zorder=1)
             ax.set(xlim=(-0.03, 1.03), ylim=(-0.03, 1.03), aspect="equal")
             metric = panel.metric.iloc[0] if len(panel) else ""
@@ -514,8 +530,8 @@ def draw_metric_vs_edges(points: pd.DataFrame, task: str, corruptions: list[str]
             group = panel[(panel.method == method) & (panel.n_edges > 0)].sort_values("n_edges")
             ax.plot(group.n_edges, group.test_metric, color=_method_color(method), lw=1.0, alpha=0.6, zorder=2)
             colours = _shade_map(method)(norms[method](group["parameter"].astype(float).to_numpy()))
-            ax.scatter(group.n_edges, group.test_metric, c=colours, s=30, edgecolor="black", lw=0.4, zorder=3,
-                       label=_label(METHOD_LABELS, method))
+            ax.scatter(group.n_edges, group.test_metric, c=colours, edgecolor="black", lw=0.4,
+                       label=_label(method_labels(), method), **_marker(method, 40))
         empty = _empty_circuit_metric(panel.run.unique()) if len(panel) else None
         if empty is not None:
             ax.axhline(empty, color="grey", ls="--", lw=0.9, label="empty circuit (0 edges)")
@@ -532,7 +548,7 @@ def draw_metric_vs_edges(points: pd.DataFrame, task: str, corruptions: list[str]
         if len(panel):
             legend = ax.legend(fontsize=8, loc="lower left")  # small circuits sit high, large ones low right
             for handle, text in zip(legend.legend_handles, legend.get_texts()):
-                method = next((m for m, lab in METHOD_LABELS.items() if lab == text.get_text()), None)
+                method = next((m for m, lab in method_labels().items() if lab == text.get_text()), None)
                 if method:  # the legend shows the method's hue, not one point's shade
                     handle.set_facecolor(_method_color(method))
         else:
@@ -561,7 +577,7 @@ def auc_long(points: pd.DataFrame, exp: DictConfig, tasks: list[str]) -> pd.Data
                                  metric=metric, corruption=row.corruption, auc=float(row.auc),
                                  n_points=int(row.n_points)))
     frame = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    frame["_task"], frame["_method"] = frame.task.map(tasks.index), frame.method.map(_method_rank)
+    frame["_task"], frame["_method"] = frame.task.map(tasks.index), frame.method.map(method_rank)
     frame = frame.sort_values(["level", "_task", "_method", "metric_kind", "corruption"], kind="stable")
     return frame.drop(columns=["_task", "_method"]).reset_index(drop=True)
 
@@ -584,7 +600,7 @@ def draw_auc_heatmap(long: pd.DataFrame, tasks: list[str], corruptions: list[str
             if not np.isnan(value):
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if value < 0.6 else "black")
-        ax.set_xticks(range(len(columns)), [f"{_label(METHOD_LABELS, m)}\n{c}" for m, c in columns], fontsize=7)
+        ax.set_xticks(range(len(columns)), [f"{_label(method_labels(), m)}\n{c}" for m, c in columns], fontsize=7)
         ax.set_yticks(range(len(tasks)), [_label(TASK_LABELS, t) for t in tasks], fontsize=7)
         ax.set_title(f"{level}-level AUC", fontsize=9)
     fig.colorbar(image, ax=axes, shrink=0.8, label="AUC")
@@ -626,7 +642,7 @@ def auc_markdown(long: pd.DataFrame, exp: DictConfig, corruptions: list[str]) ->
                 cells.append(f"**{text}**" if not pd.isna(value) and value == best else text)
             metrics = task_metrics(exp, task)
             named = ", ".join(f"{_label(METRIC_KIND_LABELS, k)}: {m}" for k, m in metrics.items())
-            lines.append(f"| {_label(TASK_LABELS, task)} ({named}) | {_label(METHOD_LABELS, method)} | "
+            lines.append(f"| {_label(TASK_LABELS, task)} ({named}) | {_label(method_labels(), method)} | "
                          + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -5,7 +5,7 @@ Everything the CLI does besides parsing lives here, so tests and notebooks can c
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import logging
 import random
 import time
@@ -18,14 +18,15 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .evaluation import canonical_mask, edge_and_node_rates
-from .circuit_json import CircuitFileError, ground_truth, read_circuit_file, write_circuit_json
-from .graph import GRANULARITIES, Architecture, EdgeMask, EdgeScores, Graph
-from .methods import METHODS, Problem, get_method
+from .circuit_json import CircuitFileError, ground_truth, read_circuit_file
+from .graph import GRANULARITIES, Architecture, CurvePoint, EdgeMask, EdgeScores, Graph
+from .methods import Problem
+from .methods.spec import get_spec, load_specs
 from .checkpoint import Checkpointer
 from .draw import circuit_dot, draw_circuit
 from .phases import Phases
-from .rundir import (SUMMARY, atomic_write_text, config_hash, folder_state, read_summary, write_edges,
-                     write_summary, write_table, write_trace)
+from .rundir import (CURVE, SUMMARY, atomic_write_text, config_hash, copy_run, folder_state, publish_run,
+                     read_summary, store_folder, write_result, write_summary)
 from .pairs_file import PairsFileError, read_pairs
 from .tasks import TASKS, build_task
 from .threads import torch_threads
@@ -33,9 +34,6 @@ from .validate import GROUND_TRUTH_WORDS, ConfigError, check_config, compose_con
 
 log = logging.getLogger("circuitfind")
 CORRUPTIONS = ("corrupted", "zero", "mean", "mean_all")
-# The parameter each method's curve is swept over (HISP reports its own: the k it kept).
-PARAMETER_NAMES = {"acdc": "tau", "sp": "lambda_reg", "hisp": "k", "eap": "k", "eap_ig": "k"}
-CURVE = "curve.csv"
 __all__ = ["ConfigError", "compose_config", "run", "validate"]
 
 
@@ -49,7 +47,7 @@ def validate(cfg: DictConfig) -> None:
     already (``validate.check_config``), then the registries a config file could name wrongly."""
     check_config(cfg)
     _choice("task", cfg.task.name, TASKS)
-    _choice("method", cfg.method.name, METHODS)
+    _choice("method", cfg.method.name, load_specs())
     _choice("corruption", cfg.corruption.name, CORRUPTIONS)
     _choice("graph", cfg.graph.granularity, GRANULARITIES)
 
@@ -85,14 +83,13 @@ def _rates(found: EdgeMask, canonical: EdgeMask | None) -> dict:
     return edge_and_node_rates(found, canonical)
 
 
-def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, curve) -> list[dict]:
+def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, curve: list[CurvePoint]) -> list[dict]:
     """One row per circuit of a method that yields a whole curve from one run (HISP's top-k):
     the same numbers a run's summary has for its own circuit, the test metric included."""
     rows = []
-    for parameter, mask, label in tqdm(curve, desc="curve", unit="circuit", disable=not problem.progress,
-                                       leave=False):
-        rows.append(dict(parameter=parameter, n_edges=mask.n_kept, **_rates(mask, canonical),
-                         metric_test=problem.evaluate(mask, "test"), removed=label))
+    for point in tqdm(curve, desc="curve", unit="circuit", disable=not problem.progress, leave=False):
+        rows.append(dict(parameter=point.parameter, n_edges=point.circuit.n_kept, **_rates(point.circuit, canonical),
+                         metric_test=problem.evaluate(point.circuit, "test"), removed=point.removed))
     return rows
 
 
@@ -108,6 +105,11 @@ def run(cfg: DictConfig, folder: Path) -> dict:
     state = folder_state(folder, identity)
     if state == "complete" and not cfg.get("force", False):
         log.info("%s already holds this run (config %s); force=true recomputes it", folder, identity)
+        return dict(read_summary(folder), reused=True)
+    store_run = sweep_store_run(cfg, identity)
+    if state == "empty" and store_run is not None and not cfg.get("force", False) \
+            and copy_run(store_run, folder, identity):
+        log.info("copied this config's complete run from %s (force=true recomputes it)", store_run)
         return dict(read_summary(folder), reused=True)
     if state == "complete":  # force: the old summary goes first, so a crash cannot pair it with new files
         (folder / SUMMARY).unlink()
@@ -127,26 +129,42 @@ def run(cfg: DictConfig, folder: Path) -> dict:
         result = _search(cfg, problem, checkpointer, phases)
         summary = write_run_folder(folder, problem, result, method=cfg.method.name, tau=cfg.tau, seed=cfg.seed,
                                    device=cfg.device, identity=identity, started=started, phases=phases,
-                                   threads=threads, data=OmegaConf.select(cfg, "task.data"))
+                                   threads=threads, data=OmegaConf.select(cfg, "task.data"),
+                                   draw=cfg.get("draw", "auto"))
     checkpointer.clear()
+    if store_run is not None:
+        publish_run(folder, store_run, identity)
     return summary
+
+
+def sweep_store_run(cfg: DictConfig, identity: str) -> Path | None:
+    """In a ``-m`` sweep, where the store (``store``, default outputs/runs) keeps this config's run;
+    None for single runs (their folder is the store's) and outside Hydra."""
+    if not cfg.get("store"):
+        return None
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return store_folder(Path(cfg.store), cfg, identity)
 
 
 def _search(cfg: DictConfig, problem: Problem, checkpointer: Checkpointer, phases: Phases) -> EdgeScores:
     """The engine's caches, then the configured method (checkpointed where it can be)."""
     with phases("caches", "running the unpatched and ablated models once (the engine's caches)"):
         problem.clean_logits("validation")  # builds the engine (the ablated run), then the unpatched run
-    method = get_method(cfg.method.name)
-    params = method_params(cfg)
-    if "checkpointer" in inspect.signature(method).parameters:
+    spec = get_spec(cfg.method.name)
+    params = dataclasses.asdict(method_params(cfg, spec))
+    if spec.checkpoints:
         params["checkpointer"] = checkpointer
     with phases("method", f"running {cfg.method.name}"), checkpointer.stop_on_signals():
-        return method(problem, **params)
+        return spec.function()(problem, **params)
 
 
 def write_run_folder(folder: Path, problem: Problem, result: EdgeScores, *, method: str, tau: float | None,
                      seed: int, device, identity: str | None, started: float, phases: Phases | None = None,
-                     threads: dict | None = None, data: str | None = None) -> dict:
+                     threads: dict | None = None, data: str | None = None, draw: bool | str = "auto") -> dict:
     """Evaluate ``result`` (metrics on both splits, rates against the canonical circuit, a method's
     curve) and write every file of the run folder, ``summary.json`` last; returns the summary.
     The CLI and the Python API (``circuitfind.api``) both finish a run here.  ``phases``: the run's
@@ -160,23 +178,18 @@ def write_run_folder(folder: Path, problem: Problem, result: EdgeScores, *, meth
         canonical = canonical_mask(task, graph)
         rates = _rates(result.kept, canonical)
         metrics = _split_metrics(problem, result.kept)
-        curve = _evaluate_curve(problem, canonical, result.extras["curve"]) if "curve" in result.extras else None
+        curve = _evaluate_curve(problem, canonical, result.curve) if result.curve is not None else None
     n_forward = sum(engine.n_forward for engine in problem._engines.values())
-    parameter_name, parameter = result.extras.get(
-        "parameter", (PARAMETER_NAMES.get(method), tau if method == "acdc" else None))
+    spec = get_spec(method)
 
     with phases("writing", "writing the run folder"):
-        write_edges(folder, result, canonical)
-        write_trace(folder, result.extras.get("trace", []))
-        write_circuit_json(folder, result)
-        for filename, rows in result.extras.get("tables", {}).items():
-            write_table(folder, filename, rows)
-        if curve is not None:
-            write_table(folder, CURVE, curve)
+        write_result(folder, result, canonical, curve)
     with phases("drawing", f"drawing the circuit ({result.kept.n_kept} of {graph.n_edges} {graph_unit(graph)})"):
-        draw_circuit(result, folder / "circuit.png", f"{task.name} {method} ({problem.corruption})")
+        if draw is not False:  # auto: the edges while they stay readable, else the block summary
+            draw_circuit(result, folder / "circuit.png", f"{task.name} {method} ({problem.corruption})",
+                         detail=None if draw == "auto" else True)
         atomic_write_text(folder / "circuit.dot", circuit_dot(result))
-    details = result.extras.get("summary")
+    details = result.details or None
     warnings = [details["warning"]] if isinstance(details, dict) and details.get("warning") else []
     for warning in warnings:
         log.warning(warning)
@@ -185,16 +198,16 @@ def write_run_folder(folder: Path, problem: Problem, result: EdgeScores, *, meth
         task=task.name,
         data=data,  # the prompt set, for tasks that have several
         method=method,
-        method_label=result.extras.get("label", method),  # a variant the report plots apart
+        method_label=result.label or method,  # a variant the report plots apart
         corruption=problem.corruption,
         # the corrupted run's positional embedding at position i came from position order[i] (null: unshuffled)
         position_order=problem.engine("validation").ablation.position_order,
         graph=graph.granularity,
         model=task.model.cfg.model_name,
         metric=problem.metric.name,
-        tau=tau if method == "acdc" else None,
-        parameter_name=parameter_name,  # what this method's curve is swept over (tau, lambda_reg, k)
-        parameter=parameter,
+        tau=tau if "tau" in spec.top_level else None,
+        parameter_name=spec.parameter,  # what this method's curve varies (tau, lambda_reg, k)
+        parameter=result.parameter,
         seed=seed,
         n_edges_total=graph.n_edges,
         n_edges_kept=result.kept.n_kept,
@@ -202,7 +215,7 @@ def write_run_folder(folder: Path, problem: Problem, result: EdgeScores, *, meth
         test=metrics["test"],
         **rates,
         n_forward=n_forward,
-        n_edge_tests=result.extras.get("n_edge_tests"),
+        n_edge_tests=len(result.trace) if result.trace is not None else None,
         curve=CURVE if curve is not None else None,  # one row per circuit of a one-run curve (HISP)
         method_details=details,
         warnings=warnings,
@@ -224,12 +237,16 @@ def graph_unit(graph: Graph) -> str:
 
 
 def _split_metrics(problem: Problem, kept: EdgeMask) -> dict:
-    """The metric of the full model, the circuit and the empty circuit on each split (six
-    patched forwards: minutes on GPT-2 with a CPU, so they get a progress bar)."""
+    """The metric of the full model, the circuit and the empty circuit on each split (four
+    patched forwards: minutes on GPT-2 with a CPU, so they get a progress bar).  The full model's
+    is read off the clean logits every metric compares against (the same forward: nothing removed
+    = the model), saving a GPT-2 forward per split."""
     nothing = EdgeMask(problem.graph, torch.zeros(problem.graph.n_edges))
-    circuits = {"metric_full": problem.graph.full_mask(), "metric_circuit": kept, "metric_empty": nothing}
+    circuits = {"metric_circuit": kept, "metric_empty": nothing}
+    metrics: dict = {split: {"metric_full": float(problem.per_prompt(problem.clean_logits(split), split).mean())}
+                     for split in ("validation", "test")}
     jobs = [(split, key) for split in ("validation", "test") for key in circuits]
-    metrics: dict = {"validation": {}, "test": {}}
     for split, key in tqdm(jobs, desc="evaluation", unit="circuit", disable=not problem.progress, leave=False):
         metrics[split][key] = problem.evaluate(circuits[key], split)
-    return metrics
+    return {split: {k: metrics[split][k] for k in ("metric_full", "metric_circuit", "metric_empty")}
+            for split in metrics}

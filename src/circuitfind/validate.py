@@ -7,8 +7,8 @@ made from the composed config alone lives here, with nothing heavier than OmegaC
   ``circuitfind.configs/<group>/``, so a new task or method is valid as soon as its config exists
   (``model=`` options are checked on the command line; ``model.name`` of ``model=hf`` is any
   TransformerLens name, checked when the model loads);
-- numbers: ``seed``, ``threads``, the task's prompt counts and each method's parameters
-  (``METHOD_CHECKS``; the methods call the same functions on their arguments);
+- numbers: ``seed``, ``threads``, the task's prompt counts and each method's parameters (its
+  spec's parameter dataclass, ``methods/spec.py``; the methods call the same checks);
 - ``threshold=paper``: a sweep resolved for this task and method;
 - the output folder: it can be created and written (``check_output_folder``).
 
@@ -18,21 +18,16 @@ Each check raises ``ConfigError`` with a one-line message; the CLI prints it and
 from __future__ import annotations
 
 import errno
-import math
 import os
 import uuid
 from importlib.resources import files
 from pathlib import Path
-from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
 from .circuit_json import CircuitFileError, read_circuit_file
+from .methods.spec import get_spec, load_specs
 from .pairs_file import PairsFileError, read_pairs
-
-GATE_LEVELS = ("components", "edges")  # SP: one gate per component (the paper) or per edge
-HISP_OBJECTIVES = ("auto", "metric", "answer_logit")
-
 
 class ConfigError(ValueError):
     """A config value that is wrong before anything is loaded."""
@@ -55,78 +50,8 @@ def compose_config(*overrides: str, return_hydra_config: bool = False) -> DictCo
 
 # ---- numbers -----------------------------------------------------------------------------------
 
-def _is_number(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-
-
 def _is_int(value, minimum: int) -> bool:
     return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
-
-
-def check_tau(tau) -> None:
-    # tau <= 0 would remove nothing (or keep removing edges that hurt): never what is meant
-    if not _is_number(tau) or tau <= 0:
-        raise ValueError(f"tau must be a positive number, got {tau!r}")
-
-
-def check_acdc_params(tau, max_edge_tests=None, abs_delta=False, batch_edges="auto") -> None:
-    """One-line errors for bad ACDC settings."""
-    check_tau(tau)
-    if batch_edges != "auto" and not _is_int(batch_edges, 1):
-        raise ValueError(f"batch_edges must be a positive integer or auto, got {batch_edges!r}")
-    if max_edge_tests is not None and not _is_int(max_edge_tests, 0):
-        raise ValueError(f"max_edge_tests must be a non-negative integer or null, got {max_edge_tests!r}")
-    if not isinstance(abs_delta, bool):
-        raise ValueError(f"abs_delta must be true or false, got {abs_delta!r}")
-
-
-def check_sp_params(lambda_reg, epochs, lr, gates="components", init_open=0.9, log_every=10) -> None:
-    """One-line errors for bad SP settings."""
-    if not _is_number(lambda_reg) or lambda_reg < 0:
-        raise ValueError(f"lambda_reg must be a non-negative number, got {lambda_reg!r}")
-    if not _is_int(epochs, 0):
-        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-    if not _is_number(lr) or lr <= 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if gates not in GATE_LEVELS:
-        raise ValueError(f"unknown SP gate level {gates!r}; choose one of {', '.join(GATE_LEVELS)}")
-    if not _is_number(init_open) or not 0 < init_open < 1:
-        raise ValueError(f"init_open must lie strictly between 0 and 1, got {init_open!r}")
-    if not _is_int(log_every, 1):
-        raise ValueError(f"log_every must be a positive integer, got {log_every!r}")
-
-
-def check_hisp_params(k=None, objective="auto", max_points=None) -> None:
-    """One-line errors for bad HISP settings."""
-    if k is not None and not _is_int(k, 0):
-        raise ValueError(f"k must be null or a non-negative integer, got {k!r}")
-    if objective not in HISP_OBJECTIVES:
-        raise ValueError(f"unknown HISP objective {objective!r}; choose one of {', '.join(HISP_OBJECTIVES)}")
-    if max_points is not None and not _is_int(max_points, 2):
-        raise ValueError(f"max_points must be null or an integer of at least 2, got {max_points!r}")
-
-
-ATTRIBUTION_IG_PATHS = ("masks", "inputs")
-
-
-def check_attribution_params(k=None, objective="auto", max_points=None, absolute=True, steps=5,
-                             ig="masks") -> None:
-    """One-line errors for bad EAP / EAP-IG settings."""
-    if objective not in HISP_OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(HISP_OBJECTIVES)}")
-    check_hisp_params(k, "auto", max_points)
-    if not isinstance(absolute, bool):
-        raise ValueError(f"absolute must be true or false, got {absolute!r}")
-    if not _is_int(steps, 1):
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if ig not in ATTRIBUTION_IG_PATHS:
-        raise ValueError(f"unknown ig path {ig!r}; choose one of {', '.join(ATTRIBUTION_IG_PATHS)}")
-
-
-# Each method's parameter check (tau is top-level, passed in beside the method's own keys).
-METHOD_CHECKS: dict[str, Callable[..., None]] = {
-    "acdc": check_acdc_params, "sp": check_sp_params, "hisp": check_hisp_params,
-    "eap": check_attribution_params, "eap_ig": check_attribution_params}
 
 
 def check_threads(threads) -> None:
@@ -142,20 +67,14 @@ def _choice(kind: str, value, group: str) -> None:
         raise ConfigError(f"unknown {kind} {value!r}; choose one of {', '.join(options)}")
 
 
-def method_params(cfg: DictConfig) -> dict:
-    """The keyword arguments a method gets: its config group's keys, the top-level tau and seed."""
-    params = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
-    return dict(params, tau=cfg.tau, seed=cfg.seed)
-
-
-def _check_method(cfg: DictConfig) -> None:
-    check = METHOD_CHECKS.get(cfg.method.name)
-    if check is None:
-        return
-    accepted = check.__code__.co_varnames[:check.__code__.co_argcount]
+def method_params(cfg: DictConfig, spec=None):
+    """The method's typed, checked parameters (its spec's dataclass): its config group's keys and
+    the top-level keys the spec reads (ACDC's tau, SP's seed)."""
+    spec = spec or get_spec(cfg.method.name)
     try:
-        check(**{k: v for k, v in method_params(cfg).items() if k in accepted})
-    except ValueError as error:
+        return spec.check(OmegaConf.to_container(cfg.method, resolve=True),
+                          {key: OmegaConf.select(cfg, key) for key in spec.top_level})
+    except (TypeError, ValueError) as error:
         raise ConfigError(str(error)) from None
 
 
@@ -177,19 +96,24 @@ def check_paper_sweep(cfg: DictConfig) -> None:
     if swept_for != here:
         raise ConfigError(f"threshold=paper sweeps one task and one method per command; this job ({here}) got the "
                           f"values of {swept_for}: run it as its own sweep")
-    if cfg.method.name == "acdc" and OmegaConf.select(cfg, "task.sweeps.acdc") is None:
-        raise ConfigError(f"threshold=paper has no ACDC sweep for task {cfg.task.name} (task.sweeps.acdc is not set)")
+    spec = get_spec(cfg.method.name)
+    if spec.sweep.needs_task_values and OmegaConf.select(cfg, f"task.sweeps.{spec.name}") is None:
+        raise ConfigError(f"threshold=paper has no {spec.label} sweep for task {cfg.task.name} "
+                          f"(task.sweeps.{spec.name} is not set)")
 
 
 def check_config(cfg: DictConfig) -> None:
     """Every check a composed config can pass or fail without loading anything."""
     _choice("task", cfg.task.name, "task")
-    _choice("method", cfg.method.name, "method")
+    specs = load_specs()  # a method is one with a spec (and, to be chosen by name, a config file)
+    if cfg.method.name not in specs:
+        raise ConfigError(f"unknown method {cfg.method.name!r}; choose one of {', '.join(sorted(specs))}")
     _choice("corruption", cfg.corruption.name, "corruption")
     _choice("graph", cfg.graph.granularity, "graph")
     _check_task(cfg)
-    _check_method(cfg)
-    if OmegaConf.select(cfg, "threshold.name") == "paper" and cfg.method.name in ("acdc", "sp"):
+    spec = get_spec(cfg.method.name)
+    method_params(cfg, spec)
+    if OmegaConf.select(cfg, "threshold.name") == "paper" and spec.sweep is not None:
         check_paper_sweep(cfg)
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
@@ -198,6 +122,8 @@ def check_config(cfg: DictConfig) -> None:
         check_threads(cfg.get("threads", "auto"))
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    if cfg.get("draw", "auto") not in ("auto", True, False):  # draw.DRAW_OPTIONS (draw.py needs matplotlib)
+        raise ConfigError(f"draw must be auto, true or false, got {cfg.get('draw')!r}")
     _check_files(cfg)
 
 
@@ -205,7 +131,8 @@ def _check_shuffle_positions(cfg: DictConfig) -> None:
     shuffle = OmegaConf.select(cfg, "corruption.shuffle_positions", default=False)
     if not isinstance(shuffle, bool):
         raise ConfigError(f"corruption.shuffle_positions must be true or false, got {shuffle!r}")
-    if shuffle and OmegaConf.select(cfg, "model.kind") != "tracr":
+    # zero ablation has no corrupted run to shuffle: a tracr task's default is moot on another model
+    if shuffle and cfg.corruption.name != "zero" and OmegaConf.select(cfg, "model.kind") != "tracr":
         raise ConfigError(f"corruption.shuffle_positions needs separate token and positional embeddings (the tracr "
                           f"models); model {cfg.model.name} has none")
 

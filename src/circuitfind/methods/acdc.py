@@ -49,8 +49,8 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import Checkpointer
 from ..graph import EdgeMask, EdgeScores, Graph
-from ..validate import check_acdc_params, check_tau  # noqa: F401  (torch-free, so the CLI checks first)
-from .base import Problem, register
+from .base import Problem
+from .specs.acdc import check_acdc_params
 
 
 # Forwards of candidate circuits: (mask values [k, n_edges], the stage at which they first differ
@@ -64,10 +64,9 @@ AUTO_BATCH_BYTES = {"cpu": 256 * 2**20, "cuda": 2**30}
 MAX_AUTO_BATCH = 64
 
 
-@register("acdc")
 @torch.no_grad()
 def acdc(problem: Problem, tau: float, abs_delta: bool = False, max_edge_tests: int | None = None,
-         batch_edges: int | str = "auto", checkpointer: Checkpointer | None = None, **_) -> EdgeScores:
+         batch_edges: int | str = "auto", checkpointer: Checkpointer | None = None) -> EdgeScores:
     """ACDC on the fast engine: each edge test restarts at the stage its edge is read, and the
     circuits of the next tests at that stage run together, up to ``batch_edges`` per forward."""
     check_acdc_params(tau, max_edge_tests, abs_delta, batch_edges)
@@ -296,7 +295,6 @@ def acdc_search(graph: Graph, losses: LossFn, tau: float, abs_delta: bool = Fals
                 checkpointer.step(state)
     bar.close()
 
-    return EdgeScores(graph, scores, EdgeMask(graph, mask.bool()), extras=dict(
-        trace=trace, n_edge_tests=n_tests, n_forwards=tests.n_forwards, batch_edges=tests.n_candidates,
-        # the run's summary.json: how the tests were batched (forwards counted since the last resume)
-        summary=dict(batch_edges=tests.n_candidates, n_test_forwards=tests.n_forwards)))
+    # details: how the tests were batched (forwards counted since the last resume)
+    return EdgeScores(graph, scores, EdgeMask(graph, mask.bool()), parameter=tau, trace=trace,
+                      details=dict(batch_edges=tests.n_candidates, n_test_forwards=tests.n_forwards))

@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import torch
 
-from ..graph import EdgeMask, EdgeScores
-from .base import Problem, register
-from ..validate import check_attribution_params  # noqa: F401  (torch-free, so the CLI checks first)
+from ..graph import CurvePoint, EdgeMask, EdgeScores
+from .base import Problem
 from .hisp import DIVERGENCE_METRICS, curve_ks, objective_per_prompt, resolve_objective
+from .specs.eap import check_attribution_params
+
 
 def objective_loss(problem: Problem, logits: torch.Tensor, objective: str, split: str = "validation") -> torch.Tensor:
     """The mean loss (lower is better) whose mask derivative the scores are: the task's metric, or
@@ -77,7 +78,7 @@ def attribution_scores(problem: Problem, objective: str, steps: int | None = Non
 
 
 def ranked_circuits(problem: Problem, ranking_scores: torch.Tensor, k: int | None,
-                    max_points: int | None) -> tuple[EdgeMask, int, list]:
+                    max_points: int | None) -> tuple[EdgeMask, int, list[CurvePoint]]:
     """The top-k circuit (k None: every edge with a positive score) and the curve of top-k circuits."""
     graph, n = problem.graph, problem.graph.n_edges
     # Ties keep the graph's edge order, so the ranking is deterministic.
@@ -89,7 +90,7 @@ def ranked_circuits(problem: Problem, ranking_scores: torch.Tensor, k: int | Non
         return EdgeMask(graph, rank < n_kept)
 
     k = int((ranking_scores > 0).sum()) if k is None else min(k, n)
-    curve = [(n_kept, top(n_kept), graph.edges[order[n_kept]].name if n_kept < n else "")
+    curve = [CurvePoint(n_kept, top(n_kept), graph.edges[order[n_kept]].name if n_kept < n else "")
              for n_kept in curve_ks(n, max_points)]
     return top(k), k, curve
 
@@ -107,19 +108,16 @@ def _attribution(problem: Problem, steps: int | None, k, objective, max_points, 
                    n_backward=1 if steps is None else steps)
     if steps is not None:
         details.update(steps=steps, ig=ig)
-    return EdgeScores(problem.graph, scores.float(), kept, extras=dict(
-        parameter=("k", k), curve=curve, summary=details))
+    return EdgeScores(problem.graph, scores.float(), kept, parameter=k, curve=curve, details=details)
 
 
-@register("eap")
 def eap(problem: Problem, k: int | None = None, objective: str = "auto", max_points: int | None = 500,
-        absolute: bool = True, **_) -> EdgeScores:
+        absolute: bool = True) -> EdgeScores:
     """Edge attribution patching: one forward and one backward score every edge."""
     return _attribution(problem, None, k, objective, max_points, absolute, "masks")
 
 
-@register("eap_ig")
 def eap_ig(problem: Problem, k: int | None = None, objective: str = "auto", max_points: int | None = 500,
-           absolute: bool = True, steps: int = 5, ig: str = "masks", **_) -> EdgeScores:
+           absolute: bool = True, steps: int = 5, ig: str = "masks") -> EdgeScores:
     """EAP with integrated gradients: ``steps`` forwards and backwards along the path of masks (or inputs)."""
     return _attribution(problem, steps, k, objective, max_points, absolute, ig)

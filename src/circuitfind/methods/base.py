@@ -1,7 +1,8 @@
-"""The one signature every method has: ``method(problem, **params) -> EdgeScores``.
-
-A ``Problem`` bundles what a method may use: the task, the graph, the ablation kind, the metric, and
-patch engines built on demand.  Methods never reach into tasks or evaluation beyond it."""
+"""What a method may use: a ``Problem`` bundles the task's prompts and metric, the graph, the
+ablation kind and the patching engines (built on demand).  It is a method's only interface to the
+model: patched logits of any (fractional, differentiable) mask, losses, and the gradient of a
+per-prompt objective with respect to gates on the mask.  Methods never build hook names or read the
+engine's or the task's internals."""
 
 from __future__ import annotations
 
@@ -11,25 +12,9 @@ from typing import Callable
 import torch
 
 from ..engine import PatchEngine, make_ablation
-from ..graph import EdgeScores, Graph
+from ..graph import EdgeMask, Graph
 from ..metrics import Metric
 from ..tasks.base import Task, TaskData
-
-MethodFn = Callable[..., EdgeScores]
-METHODS: dict[str, MethodFn] = {}
-
-
-def register(name: str):
-    def wrap(fn: MethodFn) -> MethodFn:
-        METHODS[name] = fn
-        return fn
-    return wrap
-
-
-def get_method(name: str) -> MethodFn:
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}")
-    return METHODS[name]
 
 
 @dataclass
@@ -70,6 +55,31 @@ class Problem:
     def loss(self, logits: torch.Tensor, split: str = "validation") -> torch.Tensor:
         """Mean metric signed so that lower is better (differentiable): what methods minimise."""
         return self.metric.loss(logits, self.clean_logits(split), self.data(split))
+
+    def logits(self, mask: EdgeMask | torch.Tensor, split: str = "validation") -> torch.Tensor:
+        """The patched model's logits at the split's metric positions [batch, k, vocab]: every edge
+        kept to its mask value (fractions mix the sender's value with its ablated one; differentiable
+        in a mask that requires grad)."""
+        return self.engine(split).logits(mask, self.data(split).positions)
+
+    def gate_gradients(self, to_mask: Callable[[torch.Tensor], torch.Tensor], n_gates: int,
+                       objective: Callable[[torch.Tensor], torch.Tensor], split: str = "validation") -> torch.Tensor:
+        """d F_p / d g_i at the full model (every gate 1), for each prompt p and gate i: [batch, n_gates].
+
+        ``to_mask`` maps gate values [n_gates] to mask values [n_edges] (differentiably: a gate may
+        set several edges), ``objective`` patched logits to one value per prompt, F_p.  Prompts do
+        not interact in the forward, but a mask shared by all prompts sums their gradients, so each
+        prompt's row is its own backward pass through one shared forward (vectorised over prompts)."""
+        engine = self.engine(split)
+        gates = torch.ones(n_gates, dtype=engine.dtype, device=engine.device, requires_grad=True)
+        with torch.enable_grad():
+            per_prompt = objective(self.logits(to_mask(gates), split))
+            rows = torch.eye(len(per_prompt), dtype=per_prompt.dtype, device=per_prompt.device)
+            (grads,) = torch.autograd.grad(per_prompt, gates, grad_outputs=rows, is_grads_batched=True,
+                                           allow_unused=True)
+        if grads is None:  # no gate reaches the objective
+            return torch.zeros(len(per_prompt), n_gates, dtype=torch.float64, device=engine.device)
+        return grads.double()
 
     @torch.no_grad()
     def evaluate(self, mask, split: str = "validation", metric: Metric | None = None) -> float:

@@ -6,11 +6,10 @@ import torch
 
 from ..evaluation import canonical_mask
 from ..graph import EdgeScores
-from .base import Problem, register
+from .base import Problem
 
 
-@register("canonical")
-def canonical(problem: Problem, **_) -> EdgeScores:
+def canonical(problem: Problem) -> EdgeScores:
     mask = canonical_mask(problem.task, problem.graph)
     if mask is None:
         raise ValueError(f"task {problem.task.name} has no canonical circuit")

@@ -7,9 +7,11 @@ task objective F, averaged over prompts:
     I(C) = mean over prompts x of | sum over positions and dims of (C(x) - C(x')) * dF/dC(x) |
 
 with x' the corrupted prompt (zero ablation: C in the one run with every sender zeroed; the engine's
-ablated values under any corruption).  Prompts do not interact, so the gradient of the summed per-prompt objective gives every
-prompt's own gradient: one forward and one backward for all components.  Scores are then divided by
-their layer's L2 norm.  Keeping the top-k components for every k from all to none gives the whole
+ablated values under any corruption).  The engine mixes z * C(x) + (1 - z) * C(x') through a
+component's gate z (a float mask on its edges), so the sum is dF/dz at z = 1: the engine's gradient
+with respect to the gates (``Problem.gate_gradients``: one forward, one backward per prompt,
+vectorised).  Scores are then divided by their layer's L2 norm.  Keeping the top-k components for
+every k from all to none gives the whole
 ROC curve from one ranking; each k is one circuit (every edge between kept nodes).
 
 Objective.  KL and l2 measure how far the circuit is from the unpatched model itself, so their
@@ -25,13 +27,11 @@ from __future__ import annotations
 
 import torch
 
-from ..engine import gather_positions
-from ..graph import EdgeScores
-from ..validate import HISP_OBJECTIVES, check_hisp_params  # noqa: F401  (torch-free, so the CLI checks first)
-from .base import Problem, register
+from ..graph import CurvePoint, EdgeScores
+from .base import Problem
 from .components import Components
+from .specs.hisp import OBJECTIVES, check_hisp_params  # noqa: F401  (OBJECTIVES: for the attribution methods)
 
-OBJECTIVES = HISP_OBJECTIVES
 # Metrics that are divergences from the unpatched model: zero gradient at it.
 DIVERGENCE_METRICS = ("kl", "l2")
 
@@ -56,57 +56,10 @@ def component_attributions(problem: Problem, components: Components, objective: 
                            split: str = "validation") -> torch.Tensor:
     """Per prompt and component, sum over positions and dims of (C(x) - C(x')) * dF/dC(x): [batch, n].
 
-    Runs the model through TransformerLens hooks: each hooked activation gets a zero "probe" added
-    that requires grad, so the probe's gradient is dF/d(activation) while every path through the
-    activation stays intact (replacing it by a leaf would cut the paths from earlier components)."""
-    model, data = problem.task.model, problem.data(split)
-    ablation, graph = problem.engine(split).ablation, problem.graph
-    per_input = components.per_input
-    acts: dict[str, torch.Tensor] = {}
-    probes: dict[str, torch.Tensor] = {}
-
-    def probe(act: torch.Tensor, hook) -> torch.Tensor:
-        acts[hook.name] = act.detach()
-        probes[hook.name] = torch.zeros_like(act, requires_grad=True)
-        return act + probes[hook.name]
-
-    def record(act: torch.Tensor, hook) -> None:
-        acts[hook.name] = act.detach()
-
-    hooks = []
-    for layer in range(graph.n_layers):
-        if per_input:
-            hooks += [(f"blocks.{layer}.attn.hook_{w}", probe) for w in ("q", "k", "v")]
-        else:  # a head's output enters the residual through attn_out: dF/d(result_h) = dF/d(attn_out)
-            hooks += [(f"blocks.{layer}.attn.hook_z", record), (f"blocks.{layer}.hook_attn_out", probe)]
-        if graph.arch.has_mlps:
-            hooks.append((f"blocks.{layer}.hook_mlp_out", probe))
-
-    with torch.enable_grad():
-        logits = model.run_with_hooks(data.clean, return_type="logits", fwd_hooks=hooks)
-        F = objective_per_prompt(problem, gather_positions(logits, data.positions), split, objective)
-        F.sum().backward()
-
-    batch = data.clean.shape[0]
-    out = torch.zeros(batch, len(components), dtype=torch.float64, device=logits.device)
-    for i, c in enumerate(components.items):
-        l = c.layer
-        if c.kind in ("q", "k", "v"):
-            name = f"blocks.{l}.attn.hook_{c.kind}"
-            clean = acts[name][:, :, c.head]  # [batch, pos, d_head]
-            ablated = ablation.qkv[l, "qkv".index(c.kind), :, :, c.head]
-            grad = probes[name].grad[:, :, c.head]
-        elif c.kind == "head":
-            z = acts[f"blocks.{l}.attn.hook_z"][:, :, c.head]  # [batch, pos, d_head]
-            clean = z @ model.blocks[l].attn.W_O[c.head]  # the head's own write, without b_O
-            ablated = ablation.senders[graph.sender_index[c.name]]
-            grad = probes[f"blocks.{l}.hook_attn_out"].grad
-        else:
-            name = f"blocks.{l}.hook_mlp_out"
-            clean, ablated = acts[name], ablation.senders[graph.sender_index[c.name]]
-            grad = probes[name].grad
-        out[:, i] = ((clean - ablated) * grad).flatten(1).sum(1).double()
-    return out
+    That is the derivative of F along the component's gate z (the engine mixes z * C(x) + (1 - z) *
+    C(x')) at z = 1, so it is read from the engine's gradient with respect to the gates."""
+    return problem.gate_gradients(components.edge_mask_values, len(components),
+                                  lambda logits: objective_per_prompt(problem, logits, split, objective), split)
 
 
 def layer_normalised(scores: torch.Tensor, components: Components) -> torch.Tensor:
@@ -127,11 +80,9 @@ def curve_ks(n: int, max_points: int | None) -> list[int]:
     return sorted({round(n - i * step) for i in range(max_points)}, reverse=True)
 
 
-@register("hisp")
-def hisp(problem: Problem, k: int | None = None, objective: str = "auto", max_points: int | None = None,
-         **_) -> EdgeScores:
+def hisp(problem: Problem, k: int | None = None, objective: str = "auto", max_points: int | None = None) -> EdgeScores:
     """Rank components by importance; the circuit at ``k`` (null: every component with a non-zero
-    score) is the method's own, and ``extras['curve']`` holds the circuits of the whole sweep."""
+    score) is the method's own, and ``curve`` holds the circuits of the whole sweep."""
     check_hisp_params(k, objective, max_points)
     components = Components(problem.graph)
     if len(components) == 0:
@@ -159,13 +110,9 @@ def hisp(problem: Problem, k: int | None = None, objective: str = "auto", max_po
     if k is None:
         k = int((importance > 0).sum())
     k = min(k, n)
-    curve = [(n_kept, top(n_kept), components.names[order[n_kept]] if n_kept < n else "")
+    curve = [CurvePoint(n_kept, top(n_kept), components.names[order[n_kept]] if n_kept < n else "")
              for n_kept in curve_ks(n, max_points)]
     ranking = [dict(rank=r, component=components.names[i], importance=float(importance[i]),
                     raw=float(attributions.abs().mean(0)[i])) for r, i in enumerate(order)]
-    return EdgeScores(problem.graph, components.edge_scores(importance), top(k), extras=dict(
-        parameter=("k", k),
-        curve=curve,
-        tables={"ranking.csv": ranking},
-        summary=dict(objective=objective, n_components=n),
-    ))
+    return EdgeScores(problem.graph, components.edge_scores(importance), top(k), parameter=k, curve=curve,
+                      tables={"ranking.csv": ranking}, details=dict(objective=objective, n_components=n))

@@ -26,10 +26,9 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import Checkpointer
 from ..graph import EdgeMask, EdgeScores
-from ..validate import GATE_LEVELS, check_sp_params  # noqa: F401  (torch-free, so the CLI checks first)
-from .base import Problem, register
+from .base import Problem
 from .components import Components
-
+from .specs.sp import check_sp_params
 
 
 @dataclass(frozen=True)
@@ -83,11 +82,10 @@ def stalled_gates_warning(log_alpha: torch.Tensor, initial: float, epochs: int, 
             f"raise method.epochs or method.lr")
 
 
-@register("sp")
 def subnetwork_probing(problem: Problem, lambda_reg: float = 1.0, epochs: int = 3000, lr: float = 1e-3,
                        gates: str = "components", init_open: float = 0.9, beta: float = 2 / 3,
                        gamma: float = -0.1, zeta: float = 1.1, log_every: int = 10, seed: int = 0,
-                       checkpointer: Checkpointer | None = None, **_) -> EdgeScores:
+                       checkpointer: Checkpointer | None = None) -> EdgeScores:
     check_sp_params(lambda_reg, epochs, lr, gates, init_open, log_every)
     graph = problem.graph
     engine, data = problem.engine("validation"), problem.data("validation")
@@ -163,10 +161,9 @@ def subnetwork_probing(problem: Problem, lambda_reg: float = 1.0, epochs: int = 
                                               concrete.test_gate(log_alpha).tolist(), keep.tolist())]
     final = log[-1] if log else {}
     warning = stalled_gates_warning(log_alpha, concrete.initial_log_alpha(init_open), epochs, lr)
-    return EdgeScores(graph, scores, kept, extras=dict(
-        parameter=("lambda_reg", lambda_reg),
+    return EdgeScores(
+        graph, scores, kept, parameter=lambda_reg,
         label="sp" if gates == "components" else "sp_edges",  # the report keeps the two apart
         tables={"training.csv": log, "gates.csv": gate_table},
-        summary=dict(gates=gates, n_gates=n_gates, n_gates_kept=int(keep.sum()), epochs=epochs, lr=lr,
-                     final_loss=final.get("loss"), final_task_loss=final.get("task_loss"), warning=warning),
-    ))
+        details=dict(gates=gates, n_gates=n_gates, n_gates_kept=int(keep.sum()), epochs=epochs, lr=lr,
+                     final_loss=final.get("loss"), final_task_loss=final.get("task_loss"), warning=warning))

@@ -1,0 +1,40 @@
+"""EAP's spec: one ranking of edges by attribution patching, the whole top-k curve from one run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..spec import MethodSpec, is_int, register
+from .hisp import OBJECTIVES, check_hisp_params
+
+IG_PATHS = ("masks", "inputs")
+
+
+def check_attribution_params(k=None, objective="auto", max_points=None, absolute=True, steps=5,
+                             ig="masks") -> None:
+    """One-line errors for bad EAP / EAP-IG settings."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    check_hisp_params(k, "auto", max_points)
+    if not isinstance(absolute, bool):
+        raise ValueError(f"absolute must be true or false, got {absolute!r}")
+    if not is_int(steps, 1):
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if ig not in IG_PATHS:
+        raise ValueError(f"unknown ig path {ig!r}; choose one of {', '.join(IG_PATHS)}")
+
+
+@dataclass(frozen=True)
+class EAPParams:
+    k: int | None = None
+    objective: str = "auto"
+    max_points: int | None = 500
+    absolute: bool = True
+
+    def __post_init__(self):
+        check_attribution_params(self.k, self.objective, self.max_points, self.absolute)
+
+
+SPEC = register(MethodSpec(
+    name="eap", label="EAP", params=EAPParams, run="circuitfind.methods.attribution:eap",
+    parameter="k", parameter_label="EAP edges kept k", curve="ranking", order=40, cmap="Purples"))

@@ -1,0 +1,26 @@
+"""EAP-IG's spec: EAP with integrated gradients, the whole top-k curve from one run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..spec import MethodSpec, register
+from .eap import check_attribution_params
+
+
+@dataclass(frozen=True)
+class EAPIGParams:
+    k: int | None = None
+    objective: str = "auto"
+    max_points: int | None = 500
+    absolute: bool = True
+    steps: int = 5
+    ig: str = "masks"
+
+    def __post_init__(self):
+        check_attribution_params(self.k, self.objective, self.max_points, self.absolute, self.steps, self.ig)
+
+
+SPEC = register(MethodSpec(
+    name="eap_ig", label="EAP-IG", params=EAPIGParams, run="circuitfind.methods.attribution:eap_ig",
+    parameter="k", parameter_label="EAP-IG edges kept k", curve="ranking", order=45, cmap="RdPu"))
