@@ -208,6 +208,7 @@ def tiny_fig3(tmp_path: Path, sp_values: list[float]) -> Path:
     return path
 
 
+@pytest.mark.slow  # whole sweeps through the CLI; quick twins: the planning tests above and the sweep reuse tests
 def test_fig3_runs_its_sweeps_through_the_cli_then_reuses_them(tmp_path, monkeypatch):
     # lambda -1 is refused by its job (a config error): the figure must still be drawn without it.
     config, out, lines = tiny_fig3(tmp_path, [-1.0, 1.0]), tmp_path / "figures", []
