@@ -115,6 +115,21 @@ def test_only_values_without_a_complete_run_are_run_again(tmp_path):
     assert missing_values(hisp) == []
 
 
+def test_sweeps_run_through_the_chosen_hydra_launcher(tmp_path, monkeypatch):
+    sweep = Sweep("tracr_reverse", "acdc", "zero", "kl", (0.001, 0.1), (), tmp_path)
+    assert sweep_command(sweep, [0.1], "joblib", 3)[-2:] == ["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"]
+    assert sweep_command(sweep, [0.1], "slurm")[-1] == "hydra/launcher=slurm"
+    assert not any("launcher" in arg for arg in sweep_command(sweep, [0.1], "basic"))
+    commands = []
+    monkeypatch.setattr(subprocess, "run", lambda command, **k: commands.append(command) or subprocess.CompletedProcess(command, 0))
+    lines = []
+    (outcome,) = figures.run_sweeps([sweep], jobs=2, echo=lines.append, launcher="joblib")
+    assert commands[0][-2:] == ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    assert "tau=0.001,0.1" in commands[0] and "through hydra/launcher=joblib, 2 at a time" in lines[0]
+    assert outcome.status == "failed"  # the stand-in ran nothing: both values are still missing
+    assert figures.resolve_launcher("auto") == "joblib"  # the launchers extra is installed with the tests
+
+
 def test_complete_sweeps_start_no_process(tmp_path, monkeypatch):
     sweep = Sweep("tracr_reverse", "sp", "zero", "kl", (1.0,), (), tmp_path)
     fake_run(sweep.folder / "lambda_1.0", method="sp", parameter=1.0)
