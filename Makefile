@@ -43,10 +43,10 @@ clean:  ## remove run outputs (not the virtual environment)
 # ---- the paper's figures and tables (src/circuitfind/figures.py, figure_specs/) --------------
 # Each runs the sweeps it lacks under outputs/figures/runs (reusing complete ones) and writes the
 # image or tables with a manifest to outputs/figures.  Variables: TASKS="tracr_reverse ioi ..."
-# (fig3, tables), CORRUPTION=zero|corrupted (fig3), PRESET=quick|paper, JOBS=2 (sweeps at a time),
-# OUT=outputs/figures (sweeps go to OUT/runs).
+# (fig3, tables), CORRUPTION=zero|corrupted (fig3), PRESET=quick|paper, JOBS=2 (joblib's jobs
+# per sweep), LAUNCHER=auto|joblib|basic|submitit_local|slurm, OUT=outputs/figures (sweeps go to OUT/runs).
 FIGURES := $(PY) -m circuitfind.figures
-FIGURE_ARGS = $(if $(PRESET),--preset $(PRESET)) $(if $(JOBS),--jobs $(JOBS)) $(if $(OUT),--out $(OUT))
+FIGURE_ARGS = $(if $(PRESET),--preset $(PRESET)) $(if $(JOBS),--jobs $(JOBS)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(OUT),--out $(OUT))
 .PHONY: fig3 fig4 tables tracr-suite
 
 fig3: setup  ## paper fig. 3: edge-level ROC per task, ACDC/SP/HISP (TASKS=..., CORRUPTION=zero|corrupted)

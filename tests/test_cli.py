@@ -148,9 +148,9 @@ def compose_all(pairs_of_groups) -> int:
 
 def test_every_config_composes_alone_and_beside_the_overlays():
     """What a user can type composes: every option alone, every experiment overlay beside every option of
-    every other group, every task with every model (the quick twin of the all-pairs test below)."""
+    every other group (the quick twin of the all-pairs test below)."""
     from circuitfind.cli import GROUPS
-    assert compose_all([("experiment", g) for g in GROUPS if g != "experiment"] + [("task", "model")]) > 50
+    assert compose_all([("experiment", g) for g in GROUPS if g != "experiment"]) > 50
 
 
 @pytest.mark.slow

@@ -115,6 +115,21 @@ def test_only_values_without_a_complete_run_are_run_again(tmp_path):
     assert missing_values(hisp) == []
 
 
+def test_sweeps_run_through_the_chosen_hydra_launcher(tmp_path, monkeypatch):
+    sweep = Sweep("tracr_reverse", "acdc", "zero", "kl", (0.001, 0.1), (), tmp_path)
+    assert sweep_command(sweep, [0.1], "joblib", 3)[-2:] == ["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"]
+    assert sweep_command(sweep, [0.1], "slurm")[-1] == "hydra/launcher=slurm"
+    assert not any("launcher" in arg for arg in sweep_command(sweep, [0.1], "basic"))
+    commands = []
+    monkeypatch.setattr(subprocess, "run", lambda command, **k: commands.append(command) or subprocess.CompletedProcess(command, 0))
+    lines = []
+    (outcome,) = figures.run_sweeps([sweep], jobs=2, echo=lines.append, launcher="joblib")
+    assert commands[0][-2:] == ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    assert "tau=0.001,0.1" in commands[0] and "through hydra/launcher=joblib, 2 at a time" in lines[0]
+    assert outcome.status == "failed"  # the stand-in ran nothing: both values are still missing
+    assert figures.resolve_launcher("auto") == "joblib"  # the launchers extra is installed with the tests
+
+
 def test_complete_sweeps_start_no_process(tmp_path, monkeypatch):
     sweep = Sweep("tracr_reverse", "sp", "zero", "kl", (1.0,), (), tmp_path)
     fake_run(sweep.folder / "lambda_1.0", method="sp", parameter=1.0)
@@ -208,6 +223,7 @@ def tiny_fig3(tmp_path: Path, sp_values: list[float]) -> Path:
     return path
 
 
+@pytest.mark.slow  # whole sweeps through the CLI; quick twins: the planning tests above and the sweep reuse tests
 def test_fig3_runs_its_sweeps_through_the_cli_then_reuses_them(tmp_path, monkeypatch):
     # lambda -1 is refused by its job (a config error): the figure must still be drawn without it.
     config, out, lines = tiny_fig3(tmp_path, [-1.0, 1.0]), tmp_path / "figures", []

@@ -32,7 +32,10 @@ def cli(*args, cwd):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.parametrize("method, args", [("acdc", INDUCTION), ("sp", SP)])
+# ACDC's case takes minutes (three CLI runs on the induction model): slow.  Its quick twins: the SP case
+# here (the same signal, checkpoint and resume path through the CLI) and test_checkpoint.py's in-process
+# ACDC interruptions at several steps.
+@pytest.mark.parametrize("method, args", [pytest.param("acdc", INDUCTION, marks=pytest.mark.slow), ("sp", SP)])
 def test_sigterm_writes_a_checkpoint_and_the_rerun_ends_as_an_uninterrupted_run(tmp_path, method, args):
     reference = cli(*args, f"hydra.run.dir={tmp_path}/whole", cwd=tmp_path)
     assert reference.wait(timeout=600) == 0, reference.stderr.read()

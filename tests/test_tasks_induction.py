@@ -79,6 +79,16 @@ def test_induction_nll_metric():
     assert got.item() == pytest.approx(-(math.log(0.5) + math.log(0.8)) / 2)
 
 
+def test_acdc_on_induction_runs_a_capped_search_on_the_trained_model(tmp_path):
+    """The quick twin of the whole run below: the same task and model, 30 edge tests on 4 prompts."""
+    summary = run(config("task=induction", "tau=0.01", "task.n_prompts=4", "task.seq_len=24", "task.span_len=6",
+                         "method.max_edge_tests=30"), tmp_path)
+    assert (summary["task"], summary["model"], summary["n_edges_total"]) == ("induction", "induction_2l", 305)
+    assert summary["n_edge_tests"] == 30 and (tmp_path / "trace.csv").is_file()
+    assert summary["metric_full"] < summary["metric_empty"]
+
+
+@pytest.mark.slow  # a whole ACDC run (about a minute on 2 cores)
 def test_acdc_on_induction_runs_offline_on_the_trained_model(tmp_path):
     summary = run(config("task=induction", "tau=0.01", "task.n_prompts=10", "task.seq_len=32", "task.span_len=8"),
                   tmp_path)

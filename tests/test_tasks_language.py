@@ -203,6 +203,7 @@ def test_canonical_circuit_runs_on_a_random_weight_model(task, n_total, n_kept, 
     assert "random weights" in summary["model"]
 
 
+@pytest.mark.slow  # a random GPT-2 and 100 prompts; quick twin: the canonical circuit on random weights above
 def test_acdc_runs_on_ioi_with_a_capped_number_of_edge_tests(tokenizer, tmp_path):
     # Random weights barely use any edge (KL of the empty circuit < 0.1), so at tau 0.1 each tested
     # edge is removed; the cap stops the search after 20, before any receiver loses all its inputs.

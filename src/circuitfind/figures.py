@@ -11,7 +11,8 @@ sized for a laptop CPU) and ``paper`` (the paper's sweeps).  A figure is built i
 1. plan one *sweep* per (task, method, corruption, metric) with a folder under ``--runs``
    (default ``outputs/figures/runs``) named by its settings, so figures with the same settings share
    it: fig. 3 on zero ablation and the tables reuse each other's runs;
-2. run, through the ``circuitfind`` command line (one subprocess per sweep, ``--jobs`` at a time), the
+2. run, through the ``circuitfind -m`` command line and a Hydra launcher (``--launcher``: joblib with
+   ``--jobs`` parallel jobs by default, ``slurm`` for a cluster, ``basic`` for one job at a time), the
    parameter values that folder does not yet hold as a complete run (``summary.json``): a second
    invocation reuses everything, and a failed job costs only its own point;
 3. read the run folders, draw the figure (PNG and PDF) or write the tables (CSV and Markdown) into
@@ -25,7 +26,6 @@ are attempted and their one-line errors shown.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import datetime
 import functools
 import hashlib
@@ -209,15 +209,39 @@ def missing_values(sweep: Sweep) -> list[float | None]:
     return [v for v in (sweep.values or (None,)) if v not in done]
 
 
-def sweep_command(sweep: Sweep, values: list[float | None]) -> list[str]:
-    """The circuitfind multirun that computes ``values``, one job folder per value."""
+def sweep_command(sweep: Sweep, values: list[float | None], launcher: str = "basic", jobs: int = 1) -> list[str]:
+    """The circuitfind multirun that computes ``values``, one job folder per value, through the Hydra
+    ``launcher`` (its settings are not part of the sweep's identity)."""
     command = [sys.executable, "-m", "circuitfind.cli", "-m", *sweep.settings(), "progress=false",
                f"hydra.sweep.dir={sweep.folder}"]
     if sweep.parameter is None:
-        return command + ["hydra.sweep.subdir=run"]
-    parameter, short = _swept(sweep.method).key, _swept(sweep.method).short
-    return command + [f"{parameter}={','.join(_number(v) for v in values)}",
-                      f"hydra.sweep.subdir={short}_${{{parameter}}}"]  # a folder per value: reruns fill gaps
+        command += ["hydra.sweep.subdir=run"]
+    else:
+        parameter, short = _swept(sweep.method).key, _swept(sweep.method).short
+        command += [f"{parameter}={','.join(_number(v) for v in values)}",
+                    f"hydra.sweep.subdir={short}_${{{parameter}}}"]  # a folder per value: reruns fill gaps
+    return command + launcher_overrides(launcher, jobs)
+
+
+LAUNCHERS = ("auto", "joblib", "basic", "submitit_local", "slurm")
+
+
+def resolve_launcher(launcher: str) -> str:
+    """``auto``: Hydra's joblib launcher where the ``launchers`` extra is installed, else Hydra's basic
+    launcher (one job after another)."""
+    if launcher != "auto":
+        return launcher
+    import importlib.util
+    return "joblib" if importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") else "basic"
+
+
+def launcher_overrides(launcher: str, jobs: int) -> list[str]:
+    """The Hydra overrides that pick ``launcher`` (``jobs`` parallel jobs for joblib)."""
+    if launcher == "basic":
+        return []
+    if launcher == "joblib":
+        return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={max(1, jobs)}"]
+    return [f"hydra/launcher={launcher}"]
 
 
 def _cli_arguments(sweep: Sweep) -> list[str]:
@@ -243,9 +267,9 @@ def _subprocess_env() -> dict[str, str]:
     return env
 
 
-def _run_one(sweep: Sweep, values: list) -> SweepOutcome:
+def _run_one(sweep: Sweep, values: list, launcher: str, jobs: int) -> SweepOutcome:
     sweep.folder.mkdir(parents=True, exist_ok=True)
-    command = sweep_command(sweep, values)
+    command = sweep_command(sweep, values, launcher, jobs)
     log_path = sweep.folder / "sweep.log"  # every invocation's output, appended
     started = time.time()
     with open(log_path, "a") as log:
@@ -266,25 +290,25 @@ def _run_one(sweep: Sweep, values: list) -> SweepOutcome:
     return SweepOutcome(sweep, status, ran=values, wall_s=round(wall, 1), errors=errors)
 
 
-def run_sweeps(sweeps: list[Sweep], jobs: int = 2, echo=print) -> list[SweepOutcome]:
-    """Run what each sweep lacks, ``jobs`` sweeps at a time, the costliest first."""
+def run_sweeps(sweeps: list[Sweep], jobs: int = 2, echo=print, launcher: str = "auto") -> list[SweepOutcome]:
+    """Run what each sweep lacks, one sweep after another (the costliest first), each sweep's jobs
+    through the Hydra ``launcher`` (joblib: ``jobs`` at a time)."""
+    launcher = resolve_launcher(launcher)
     outcomes = {sweep: SweepOutcome(sweep, "reused") for sweep in sweeps if not missing_values(sweep)}
     todo = [(sweep, missing_values(sweep)) for sweep in sweeps if sweep not in outcomes]
     todo.sort(key=lambda item: -get_spec(item[0].method).cost * len(item[1]))
+    at_a_time = f"{jobs} at a time" if launcher == "joblib" else "one at a time" if launcher == "basic" else "queued"
     echo(f"{len(sweeps)} sweeps: {len(outcomes)} complete (reused), {len(todo)} to run "
-         f"({sum(len(v) for _, v in todo)} jobs, {jobs} at a time)")
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {pool.submit(_run_one, sweep, values): sweep for sweep, values in todo}
-        for future in concurrent.futures.as_completed(futures):
-            outcome = future.result()
-            outcomes[outcome.sweep] = outcome
-            s = outcome.sweep
-            line = (f"  {s.task} {s.method} {s.corruption}/{s.metric}: {len(outcome.ran)} job(s), "
-                    f"{outcome.wall_s:.0f} s")
-            if outcome.status == "failed":
-                line += f", {len(missing_values(s))} without a complete run (see {_relative(s.folder / 'sweep.log')})"
-                line += "".join(f"\n      {e}" for e in outcome.errors[:2])
-            echo(line)
+         f"({sum(len(v) for _, v in todo)} jobs through hydra/launcher={launcher}, {at_a_time})")
+    for sweep, values in todo:
+        outcome = _run_one(sweep, values, launcher, jobs)
+        outcomes[sweep] = outcome
+        line = (f"  {sweep.task} {sweep.method} {sweep.corruption}/{sweep.metric}: {len(outcome.ran)} job(s), "
+                f"{outcome.wall_s:.0f} s")
+        if outcome.status == "failed":
+            line += f", {len(missing_values(sweep))} without a complete run (see {_relative(sweep.folder / 'sweep.log')})"
+            line += "".join(f"\n      {e}" for e in outcome.errors[:2])
+        echo(line)
     return [outcomes[sweep] for sweep in sweeps]
 
 
@@ -705,7 +729,8 @@ def _save(fig, base: Path) -> list[Path]:
 
 def build(name: str, tasks: list[str] | None = None, corruption: str | None = None, preset: str | None = None,
           jobs: int = 2, out: Path = Path("outputs/figures"), runs: Path | None = None, config: str | None = None,
-          extra: tuple[str, ...] = (), dry_run: bool = False, argv: list[str] | None = None, echo=print) -> dict:
+          extra: tuple[str, ...] = (), dry_run: bool = False, argv: list[str] | None = None, echo=print,
+          launcher: str = "auto") -> dict:
     """Build experiment ``name`` (its config, or ``config``); returns the outputs and the plan."""
     started = time.time()
     exp = load_experiment(config or name)
@@ -723,7 +748,7 @@ def build(name: str, tasks: list[str] | None = None, corruption: str | None = No
             echo(f"  {sweep.task} {sweep.method} {sweep.corruption}/{sweep.metric}: "
                  f"{wanted - len(missing_values(sweep))}/{wanted} complete in {_relative(sweep.folder)}")
         return dict(plan=plan_, outputs=[])
-    outcomes = run_sweeps(plan_.sweeps, jobs, echo)
+    outcomes = run_sweeps(plan_.sweeps, jobs, echo, launcher)
     folders = used_runs(plan_.sweeps)
     if not folders:
         raise FigureError(f"{name}: no sweep produced a complete run (see the sweep.log files under {runs})")
@@ -786,7 +811,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="tasks to draw (default: the experiment's, where their weights are here)")
     parser.add_argument("--corruption", choices=("zero", "corrupted"), help="one ablation instead of the experiment's")
     parser.add_argument("--preset", choices=PRESETS, help="sweep sizes (default: the experiment's, quick)")
-    parser.add_argument("--jobs", type=int, default=2, help="sweeps run at a time (default 2)")
+    parser.add_argument("--jobs", type=int, default=2, help="joblib's parallel jobs per sweep (default 2)")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="auto",
+                        help="the Hydra launcher of every sweep (auto: joblib if installed, else basic)")
     parser.add_argument("--out", type=Path, default=Path("outputs/figures"), help="where figures go")
     parser.add_argument("--runs", type=Path, default=None, help="where sweeps go (default: OUT/runs)")
     parser.add_argument("--config", help="an experiment config file instead of figure_specs/NAME.yaml")
@@ -796,7 +823,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         build(args.experiment, _names(args.tasks), args.corruption, args.preset, args.jobs, args.out, args.runs,
-              args.config, tuple(args.extra), args.dry_run, ["python", "-m", "circuitfind.figures", *argv])
+              args.config, tuple(args.extra), args.dry_run, ["python", "-m", "circuitfind.figures", *argv],
+              launcher=args.launcher)
     except (FigureError, OSError) as error:
         print(f"circuitfind.figures: error: {error}", file=sys.stderr)
         sys.exit(2)
