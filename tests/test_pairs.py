@@ -138,7 +138,7 @@ def test_config_errors_before_loading(tmp_path, overrides, message):
 @pytest.mark.parametrize("overrides, message", [
     (("model.name=no-such-model", "model.pretrained=false"), "model.name='no-such-model' is not a TransformerLens model name"),
     (("model.n_layers=2",), "model.n_layers changes the architecture, which only random weights can do"),
-    (("model.name=pythia-70m", "model.pretrained=false"), "the config of EleutherAI/pythia-70m is not in the Hugging Face cache"),
+    (("model.name=pythia-410m", "model.pretrained=false"), "the config of EleutherAI/pythia-410m is not in the Hugging Face cache"),
 ])
 def test_hf_model_errors_are_one_line(tmp_path, overrides, message):
     with pytest.raises((ValueError, loading.ModelUnavailableError), match=message) as error:
