@@ -38,6 +38,29 @@ def make_tiny_model():
     return tiny_model
 
 
+def answer_gap(logits, clean_logits, data=None):
+    """A task metric with a non-zero gradient at the unpatched model (like IOI's logit difference):
+    the logit of token 3 minus that of token 5, per prompt."""
+    return (logits[..., 3] - logits[..., 5]).mean(-1)
+
+
+def random_problem(model, corruption, granularity="qkv", metric=None, batch=4, seq=6, seed=0):
+    """A Problem on random clean and corrupted tokens, its metric read at the last two positions."""
+    from circuitfind.graph import Architecture, Graph
+    from circuitfind.methods import Problem
+    from circuitfind.metrics import KL
+    from circuitfind.tasks import TaskData
+    from circuitfind.tasks.base import Task
+
+    metric = metric or KL
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(0, model.cfg.d_vocab, (batch, seq), generator=g)
+    corrupted = torch.randint(0, model.cfg.d_vocab, (batch, seq), generator=g)
+    data = TaskData(clean, corrupted, torch.tensor([[seq - 2, seq - 1]] * batch))
+    task = Task("random", model, data, data, {metric.name: metric}, metric.name)
+    return Problem(task, Graph(Architecture.from_config(model.cfg), granularity), corruption, metric, progress=False)
+
+
 def config(*overrides):
     """The config ``circuitfind <overrides>`` runs, without progress bars."""
     from circuitfind.pipeline import compose_config

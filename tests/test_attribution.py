@@ -7,33 +7,21 @@ import json
 import pytest
 import torch
 
-from circuitfind.graph import Architecture, Graph
 from circuitfind.methods import Problem, get_method
 from circuitfind.methods.attribution import attribution_scores, objective_loss
 from circuitfind.metrics import KL, Metric
 from circuitfind.pipeline import ConfigError, run
 from circuitfind.reference_attribution import eap_reference
-from circuitfind.tasks import TaskData
-from circuitfind.tasks.base import Task
 
-from conftest import config, tiny_model
-
-
-def logit_gap(logits, clean_logits, data=None):
-    """A metric with a non-zero gradient at the unpatched model (like IOI's logit difference)."""
-    return (logits[..., 3] - logits[..., 5]).mean(-1)
+import conftest
+from conftest import answer_gap, config, tiny_model
 
 
-GAP = Metric("gap", logit_gap, lower_is_better=False)
+GAP = Metric("gap", answer_gap, lower_is_better=False)
 
 
 def random_problem(model, corruption, granularity="qkv", metric=GAP, batch=3, seq=5, seed=0) -> Problem:
-    g = torch.Generator().manual_seed(seed)
-    clean = torch.randint(0, model.cfg.d_vocab, (batch, seq), generator=g)
-    corrupted = torch.randint(0, model.cfg.d_vocab, (batch, seq), generator=g)
-    data = TaskData(clean, corrupted, torch.tensor([[seq - 2, seq - 1]] * batch))
-    task = Task("random", model, data, data, {metric.name: metric}, metric.name)
-    return Problem(task, Graph(Architecture.from_config(model.cfg), granularity), corruption, metric, progress=False)
+    return conftest.random_problem(model, corruption, granularity, metric, batch, seq, seed)
 
 
 def engine_loss(problem: Problem, metric_name: str):

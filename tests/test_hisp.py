@@ -12,27 +12,12 @@ from circuitfind.methods.components import Components
 from circuitfind.methods.hisp import component_attributions, curve_ks, layer_normalised, objective_per_prompt
 from circuitfind.metrics import KL, Metric
 from circuitfind.pipeline import ConfigError, run
-from circuitfind.tasks import TaskData, build_task
-from circuitfind.tasks.base import Task
+from circuitfind.tasks import build_task
 
-from conftest import config, tiny_model
-
-
-def answer_logit_metric(logits, clean_logits, data=None):
-    """A task metric with a non-zero gradient at the clean model (like IOI's logit difference)."""
-    return (logits[..., 3] - logits[..., 5]).mean(-1)
+from conftest import answer_gap, config, random_problem, tiny_model
 
 
-LOGIT = Metric("logit3", answer_logit_metric, lower_is_better=False)
-
-
-def random_problem(model, corruption, granularity="qkv", metric=KL, batch=4, seq=6, seed=0) -> Problem:
-    g = torch.Generator().manual_seed(seed)
-    clean = torch.randint(0, model.cfg.d_vocab, (batch, seq), generator=g)
-    corrupted = torch.randint(0, model.cfg.d_vocab, (batch, seq), generator=g)
-    data = TaskData(clean, corrupted, torch.tensor([[seq - 2, seq - 1]] * batch))
-    task = Task("random", model, data, data, {metric.name: metric}, metric.name)
-    return Problem(task, Graph(Architecture.from_config(model.cfg), granularity), corruption, metric, progress=False)
+LOGIT = Metric("logit3", answer_gap, lower_is_better=False)
 
 
 @pytest.mark.parametrize("granularity, corruption, attn_only", [

@@ -21,9 +21,8 @@ import torch
 from transformer_lens import HookedTransformer
 
 from .graph import Graph
-from .reference import hooked_receivers
+from .reference import hooked_receivers, sender_value
 
-_HEAD = re.compile(r"^a(\d+)\.h(\d+)$")
 _HEAD_INPUT = re.compile(r"^a(\d+)\.h(\d+)<([qkv])>$")
 _MLP = re.compile(r"^m(\d+)$")
 
@@ -46,17 +45,9 @@ def _value(name: str, acts: dict[str, torch.Tensor]) -> torch.Tensor:
     """A sender's [batch, pos, d_model] output, or a head input's [batch, pos, d_head] q/k/v."""
     if name == "embed":
         return acts["hook_embed"] + acts["hook_pos_embed"]
-    if name == "tok_embed":
-        return acts["hook_embed"]
-    if name == "pos_embed":
-        return acts["hook_pos_embed"]
-    if m := _HEAD.match(name):
-        return acts[f"blocks.{m[1]}.attn.hook_result"][:, :, int(m[2])]
-    if m := _MLP.match(name):
-        return acts[f"blocks.{m[1]}.hook_mlp_out"]
     if m := _HEAD_INPUT.match(name):
         return acts[f"blocks.{m[1]}.attn.hook_{m[3]}"][:, :, int(m[2])]
-    raise KeyError(name)
+    return sender_value(name, acts)  # the other senders as the hook reference reads them
 
 
 def _ablated(name: str, kind: str, clean: dict, corrupted: dict | None) -> torch.Tensor:
