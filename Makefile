@@ -23,11 +23,15 @@ setup: $(VENV)/.installed  ## create .venv and install circuitfind with its pinn
 run: setup  ## the main job on the offline default: ACDC on tracr-reverse
 	$(VENV)/bin/circuitfind $(ARGS)
 
+# Tests build tiny models, which run fastest on one thread (more threads only add contention on a
+# shared machine); set OMP_NUM_THREADS yourself to override.
+TEST_ENV = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
+
 test: setup  ## the test suite CI runs (everything but tests marked slow)
-	$(PY) -m pytest -m "not slow" -q
+	$(TEST_ENV) $(PY) -m pytest -m "not slow" -q
 
 test-all: setup  ## every test, slow ones included
-	$(PY) -m pytest -q
+	$(TEST_ENV) $(PY) -m pytest -q
 
 tracr-weights:  ## recompile the shipped tracr weights (needs jax: installs .[tracr] into .venv-tracr)
 	$(PYTHON) -m venv .venv-tracr
