@@ -5,15 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..spec import MethodSpec, register
-from .eap import check_attribution_params
+from .eap import EAPParams, check_attribution_params
 
 
 @dataclass(frozen=True)
-class EAPIGParams:
-    k: int | None = None
-    objective: str = "auto"
-    max_points: int | None = 500
-    absolute: bool = True
+class EAPIGParams(EAPParams):
+    """EAP's parameters, and the integration's: ``steps`` points on the path, which path ``ig``."""
+
     steps: int = 5
     ig: str = "masks"
 
