@@ -55,8 +55,9 @@ def validate(cfg: DictConfig) -> None:
 def build_problem(cfg: DictConfig) -> Problem:
     """The task, model, graph and metric a config names, bundled for a method."""
     task = build_task(cfg.task.name, **_task_params(cfg))
-    if ground_truth_path(cfg) is not None:  # a circuit file replaces the task's own canonical circuit
-        task.canonical_edges = ground_truth(ground_truth_path(cfg))
+    circuit_file = ground_truth_path(cfg)
+    if circuit_file is not None:  # a circuit file replaces the task's own canonical circuit
+        task.canonical_edges = ground_truth(circuit_file)
     graph = Graph(Architecture.from_config(task.model.cfg, split_embed=task.split_embed), cfg.graph.granularity)
     return Problem(task, graph, cfg.corruption.name, task.metric(cfg.metric), progress=cfg.progress,
                    shuffle_positions=OmegaConf.select(cfg, "corruption.shuffle_positions", default=False))
