@@ -48,7 +48,7 @@ clean:  ## remove run outputs (not the virtual environment)
 # Each runs the sweeps it lacks under outputs/figures/runs (reusing complete ones) and writes the
 # image or tables with a manifest to outputs/figures.  Variables: TASKS="tracr_reverse ioi ..."
 # (fig3, tables), CORRUPTION=zero|corrupted (fig3), PRESET=quick|paper, JOBS=2 (joblib's jobs
-# per sweep), LAUNCHER=auto|joblib|basic|submitit_local|slurm, OUT=outputs/figures (sweeps go to OUT/runs).
+# per sweep), LAUNCHER=auto|joblib|basic|in_process|submitit_local|slurm, OUT=outputs/figures (sweeps go to OUT/runs).
 FIGURES := $(PY) -m circuitfind.figures
 FIGURE_ARGS = $(if $(PRESET),--preset $(PRESET)) $(if $(JOBS),--jobs $(JOBS)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(OUT),--out $(OUT))
 .PHONY: fig3 fig4 tables tracr-suite

@@ -46,9 +46,12 @@ def test_every_experiment_plans_its_sweeps_in_both_presets(name, tmp_path):
     tasks = ["induction"] if name == "fig4" else TRACR
     for preset in PRESETS:
         sweeps = plan(exp, preset, tasks, runs=tmp_path).sweeps
-        assert {s.method for s in sweeps} == {"acdc", "sp", "hisp"}
+        assert {s.method for s in sweeps} == set(exp.methods) and {"acdc", "sp", "hisp"} <= set(exp.methods)
         assert {s.corruption for s in sweeps} == set(exp.corruptions)
-        assert all(bool(s.values) == (s.method != "hisp") for s in sweeps)  # HISP: one run, its curve
+        ranking = ("hisp", "eap", "eap_ig")  # one run each gives the whole curve
+        assert all(bool(s.values) == (s.method not in ranking) for s in sweeps)
+    if name == "tracr_suite":
+        assert set(exp.methods) == {"acdc", "sp", "hisp", "eap", "eap_ig"}  # every method
 
 
 def test_the_paper_preset_sweeps_the_papers_values_and_quick_trains_sp_shorter(tmp_path):
@@ -127,7 +130,27 @@ def test_sweeps_run_through_the_chosen_hydra_launcher(tmp_path, monkeypatch):
     assert commands[0][-2:] == ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
     assert "tau=0.001,0.1" in commands[0] and "through hydra/launcher=joblib, 2 at a time" in lines[0]
     assert outcome.status == "failed"  # the stand-in ran nothing: both values are still missing
-    assert figures.resolve_launcher("auto") == "joblib"  # the launchers extra is installed with the tests
+    # auto, per sweep: joblib (installed with the tests) only for several jobs on more than two cores
+    assert figures.resolve_launcher("auto", n_jobs=2, cores=8) == "joblib"
+    assert figures.resolve_launcher("auto", n_jobs=1, cores=8) == "in_process"
+    assert figures.resolve_launcher("auto", n_jobs=21, cores=2) == "in_process"
+    assert figures.resolve_launcher("basic", n_jobs=21, cores=8) == "basic"
+
+
+def test_an_in_process_sweep_runs_its_jobs_here_and_leaves_hydra_ready_for_the_next(tmp_path, monkeypatch):
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("started a process"))
+    monkeypatch.chdir(tmp_path)  # the runs' shared store (outputs/runs) is relative to the working folder
+    acdc = Sweep("tracr_proportion", "acdc", "zero", "l2", (0.001, 0.1), (), tmp_path)
+    eap = Sweep("tracr_proportion", "eap", "zero", "l2", (), (), tmp_path)
+    lines = []
+    outcomes = figures.run_sweeps([acdc, eap], echo=lines.append, launcher="in_process")
+    assert [o.status for o in outcomes] == ["ran", "ran"] and "basic, in this process" in lines[0]
+    assert set(complete_runs(acdc)) == {0.001, 0.1} and set(complete_runs(eap)) == {None}
+    assert not list(acdc.folder.rglob("circuit.png"))  # figures read summaries: no drawing per run
+    assert "kept" in (acdc.folder / "sweep.log").read_text()  # the jobs' output went to the sweep's log
+    bad = Sweep("tracr_proportion", "acdc", "zero", "l2", (0.1,), ("method.max_edge_tests=-3",), tmp_path)
+    (outcome,) = figures.run_sweeps([bad], echo=lines.append, launcher="in_process")
+    assert outcome.status == "failed" and outcome.errors and outcome.errors[0].startswith("circuitfind: error:")
 
 
 def test_complete_sweeps_start_no_process(tmp_path, monkeypatch):

@@ -12,9 +12,12 @@ sized for a laptop CPU) and ``paper`` (the paper's sweeps).  A figure is built i
    (default ``outputs/figures/runs``) named by its settings, so figures with the same settings share
    it: fig. 3 on zero ablation and the tables reuse each other's runs;
 2. run, through the ``circuitfind -m`` command line and a Hydra launcher (``--launcher``: joblib with
-   ``--jobs`` parallel jobs by default, ``slurm`` for a cluster, ``basic`` for one job at a time), the
-   parameter values that folder does not yet hold as a complete run (``summary.json``): a second
-   invocation reuses everything, and a failed job costs only its own point;
+   ``--jobs`` parallel jobs, ``slurm`` for a cluster, ``basic`` for one job at a time in a child
+   process, ``in_process`` for Hydra's basic launcher inside this process; ``auto``, the default,
+   picks joblib for a sweep of several jobs on a machine with more than two cores and ``in_process``
+   otherwise, since importing torch and TransformerLens costs a child process 5-10 CPU-seconds, more
+   than a tracr run), the parameter values that folder does not yet hold as a complete run
+   (``summary.json``): a second invocation reuses everything, and a failed job costs only its own point;
 3. read the run folders, draw the figure (PNG and PDF) or write the tables (CSV and Markdown) into
    ``--out`` (default ``outputs/figures``), with a manifest: the runs and configs behind them.
 
@@ -212,7 +215,8 @@ def missing_values(sweep: Sweep) -> list[float | None]:
 def sweep_command(sweep: Sweep, values: list[float | None], launcher: str = "basic", jobs: int = 1) -> list[str]:
     """The circuitfind multirun that computes ``values``, one job folder per value, through the Hydra
     ``launcher`` (its settings are not part of the sweep's identity)."""
-    command = [sys.executable, "-m", "circuitfind.cli", "-m", *sweep.settings(), "progress=false",
+    # draw=false: a figure reads summaries, not hundreds of circuit.png (circuit.dot is still written)
+    command = [sys.executable, "-m", "circuitfind.cli", "-m", *sweep.settings(), "progress=false", "draw=false",
                f"hydra.sweep.dir={sweep.folder}"]
     if sweep.parameter is None:
         command += ["hydra.sweep.subdir=run"]
@@ -223,21 +227,25 @@ def sweep_command(sweep: Sweep, values: list[float | None], launcher: str = "bas
     return command + launcher_overrides(launcher, jobs)
 
 
-LAUNCHERS = ("auto", "joblib", "basic", "submitit_local", "slurm")
+LAUNCHERS = ("auto", "joblib", "basic", "in_process", "submitit_local", "slurm")
 
 
-def resolve_launcher(launcher: str) -> str:
-    """``auto``: Hydra's joblib launcher where the ``launchers`` extra is installed, else Hydra's basic
-    launcher (one job after another)."""
+def resolve_launcher(launcher: str, n_jobs: int = 2, cores: int | None = None) -> str:
+    """``auto``: Hydra's joblib launcher for a sweep of several jobs where the ``launchers`` extra is
+    installed and there are more than two cores; otherwise Hydra's basic launcher in this process
+    (parallel jobs on two cores save less than the torch imports of their worker processes cost)."""
     if launcher != "auto":
         return launcher
     import importlib.util
-    return "joblib" if importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") else "basic"
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    if n_jobs > 1 and cores > 2 and importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher"):
+        return "joblib"
+    return "in_process"
 
 
 def launcher_overrides(launcher: str, jobs: int) -> list[str]:
     """The Hydra overrides that pick ``launcher`` (``jobs`` parallel jobs for joblib)."""
-    if launcher == "basic":
+    if launcher in ("basic", "in_process"):
         return []
     if launcher == "joblib":
         return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={max(1, jobs)}"]
@@ -267,6 +275,39 @@ def _subprocess_env() -> dict[str, str]:
     return env
 
 
+def _run_in_process(arguments: list[str], log) -> int:
+    """``circuitfind <arguments>`` inside this process (Hydra's basic launcher runs the jobs here),
+    its output into ``log``; the exit code it would have had."""
+    import contextlib
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from . import cli
+
+    saved_argv = sys.argv
+    sys.argv = ["circuitfind", *arguments]
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            cli.main()
+        return 0
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 1
+    finally:
+        sys.argv = saved_argv
+        GlobalHydra.instance().clear()  # the next sweep composes its own config
+        _detach_job_log_handlers(log)
+
+
+def _detach_job_log_handlers(log) -> None:
+    """Hydra pointed the jobs' log handlers at ``log``, which is about to close: drop them."""
+    import logging
+
+    for logger in [logging.getLogger(), *(logging.getLogger(name) for name in logging.root.manager.loggerDict)]:
+        for handler in list(getattr(logger, "handlers", [])):
+            if getattr(handler, "stream", None) is log:
+                logger.removeHandler(handler)
+
+
 def _run_one(sweep: Sweep, values: list, launcher: str, jobs: int) -> SweepOutcome:
     sweep.folder.mkdir(parents=True, exist_ok=True)
     command = sweep_command(sweep, values, launcher, jobs)
@@ -276,7 +317,12 @@ def _run_one(sweep: Sweep, values: list, launcher: str, jobs: int) -> SweepOutco
         log.write(f"\n# {datetime.datetime.now().isoformat(timespec='seconds')}: {' '.join(command)}\n")
         log.flush()
         offset = log.tell()
-        finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=_subprocess_env(), check=False)
+        if launcher == "in_process":
+            with _one_thread_unless_set():
+                returncode = _run_in_process(command[3:], log)
+        else:
+            returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=_subprocess_env(),
+                                        check=False).returncode
     wall = time.time() - started
     with open(log_path) as log:
         log.seek(offset)
@@ -284,24 +330,44 @@ def _run_one(sweep: Sweep, values: list, launcher: str, jobs: int) -> SweepOutco
     # A failing job prints one "circuitfind: error:" line; anything else that stops the whole command
     # (a Hydra override it cannot parse, a crash) shows in its last lines.
     errors = list(dict.fromkeys(line for line in lines if line.startswith("circuitfind: error:")))
-    if finished.returncode != 0 and not errors:
+    if returncode != 0 and not errors:
         errors = lines[-3:]
     status = "failed" if missing_values(sweep) else "ran"
     return SweepOutcome(sweep, status, ran=values, wall_s=round(wall, 1), errors=errors)
 
 
+class _one_thread_unless_set:
+    """What ``_subprocess_env`` gives a child process, for jobs run here: torch's threads at one
+    unless OMP_NUM_THREADS says otherwise (a run's ``threads: auto`` may still raise it for a big model)."""
+
+    def __enter__(self):
+        import torch
+
+        self.saved = torch.get_num_threads()
+        if "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.saved)
+
+
 def run_sweeps(sweeps: list[Sweep], jobs: int = 2, echo=print, launcher: str = "auto") -> list[SweepOutcome]:
     """Run what each sweep lacks, one sweep after another (the costliest first), each sweep's jobs
-    through the Hydra ``launcher`` (joblib: ``jobs`` at a time)."""
-    launcher = resolve_launcher(launcher)
+    through the Hydra ``launcher`` (joblib: ``jobs`` at a time; ``auto``: chosen per sweep)."""
     outcomes = {sweep: SweepOutcome(sweep, "reused") for sweep in sweeps if not missing_values(sweep)}
     todo = [(sweep, missing_values(sweep)) for sweep in sweeps if sweep not in outcomes]
     todo.sort(key=lambda item: -get_spec(item[0].method).cost * len(item[1]))
-    at_a_time = f"{jobs} at a time" if launcher == "joblib" else "one at a time" if launcher == "basic" else "queued"
+    chosen = {sweep: resolve_launcher(launcher, len(values)) for sweep, values in todo}
+    names = sorted(set(chosen.values())) or [resolve_launcher(launcher)]
+    how = {"joblib": f"joblib, {jobs} at a time", "basic": "basic, one at a time",
+           "in_process": "basic, in this process"}
     echo(f"{len(sweeps)} sweeps: {len(outcomes)} complete (reused), {len(todo)} to run "
-         f"({sum(len(v) for _, v in todo)} jobs through hydra/launcher={launcher}, {at_a_time})")
+         f"({sum(len(v) for _, v in todo)} jobs through hydra/launcher="
+         f"{', '.join(how.get(name, name + ' queued') for name in names)})")
     for sweep, values in todo:
-        outcome = _run_one(sweep, values, launcher, jobs)
+        outcome = _run_one(sweep, values, chosen[sweep], jobs)
         outcomes[sweep] = outcome
         line = (f"  {sweep.task} {sweep.method} {sweep.corruption}/{sweep.metric}: {len(outcome.ran)} job(s), "
                 f"{outcome.wall_s:.0f} s")
@@ -813,7 +879,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", choices=PRESETS, help="sweep sizes (default: the experiment's, quick)")
     parser.add_argument("--jobs", type=int, default=2, help="joblib's parallel jobs per sweep (default 2)")
     parser.add_argument("--launcher", choices=LAUNCHERS, default="auto",
-                        help="the Hydra launcher of every sweep (auto: joblib if installed, else basic)")
+                        help="the Hydra launcher of the sweeps (auto, per sweep: joblib for several jobs on more than two cores, "
+                             "else the basic launcher in this process)")
     parser.add_argument("--out", type=Path, default=Path("outputs/figures"), help="where figures go")
     parser.add_argument("--runs", type=Path, default=None, help="where sweeps go (default: OUT/runs)")
     parser.add_argument("--config", help="an experiment config file instead of figure_specs/NAME.yaml")
