@@ -69,6 +69,7 @@ def test_version_names_circuitfind_and_its_dependencies_without_importing_torch(
     (["task=induction", "task.n_prompts=0"], "task.n_prompts must be a positive integer, got 0"),
     (["method=sp", "method.epochs=-1"], "epochs must be a non-negative integer, got -1"),
     (["no_such_key=1"], "Could not override 'no_such_key'"),
+    (["method=eap", "tau=0.1"], "tau is ACDC's setting; method eap does not read it"),  # not silently ignored
 ])
 def test_bad_input_is_refused_before_torch_is_imported(tmp_path, args, message):
     result, errors, imported = circuitfind(*args, cwd=tmp_path)

@@ -125,11 +125,30 @@ def precheck(argv: list[str]) -> None:
         cfg = compose_config(*overrides, return_hydra_config=True)
     except Exception as error:  # Hydra's override and composition errors: their first line says it
         raise ConfigError(str(error).strip().splitlines()[0] if str(error).strip() else repr(error)) from None
+    check_shorthands(argv, cfg.method.name)
     if sweeping:
         check_output_folder(OmegaConf.select(cfg, "hydra.sweep.dir"), create=False)
         return
     check_config(cfg)
     check_output_folder(OmegaConf.select(cfg, "hydra.run.dir"))
+
+
+def check_shorthands(argv: list[str], method: str) -> None:
+    """A method's top-level shorthand (ACDC's ``tau=``) given to another method would be silently
+    ignored: refuse it (unless ``method=`` is itself swept, where each job reads what it needs)."""
+    from .methods.spec import load_specs
+
+    if any(arg.startswith("method=") and _is_sweep(arg) for arg in argv):
+        return
+    specs = load_specs()
+    owners = {spec.sweep.key: spec for spec in specs.values()
+              if spec.sweep is not None and spec.sweep.key in spec.top_level}
+    for arg in argv:
+        key = arg.lstrip("+~").partition("=")[0]
+        owner = owners.get(key)
+        if owner is not None and key not in specs[method].top_level:
+            raise ConfigError(f"{key} is {owner.label}'s setting; method {method} does not read it "
+                              f"(method={owner.name} {key}=..., or drop {key}=)")
 
 
 def main() -> None:
