@@ -391,6 +391,10 @@ def check_layout(spec: ProgramSpec, model: HookedTransformer) -> None:
 
 def compile_program(spec: ProgramSpec, out_dir: pathlib.Path) -> pathlib.Path:
     print(f"{spec.name}:")
+    # tracr numbers every RASP expression from a global counter, and labels (hence the residual
+    # layout) sort by those numbers: start each program from 1, as a fresh process does, so a program
+    # compiles to the same weights whether alone or after others.
+    rasp.RASPExpr._ids = itertools.count(1)
     program = spec.build()
     assembled = compiling.compile_rasp_to_model(
         program, vocab=set(spec.vocab), max_seq_len=MAX_SEQ_LEN, compiler_bos=BOS
