@@ -134,6 +134,8 @@ def test_sweeps_run_through_the_chosen_hydra_launcher(tmp_path, monkeypatch):
     assert figures.resolve_launcher("auto", n_jobs=2, cores=8) == "joblib"
     assert figures.resolve_launcher("auto", n_jobs=1, cores=8) == "in_process"
     assert figures.resolve_launcher("auto", n_jobs=21, cores=2) == "in_process"
+    assert figures.resolve_launcher("auto", n_jobs=12, cores=2, cost=figures.COSTLY_JOB) == "joblib"  # SP
+    assert figures.resolve_launcher("auto", n_jobs=12, cores=1, cost=figures.COSTLY_JOB) == "in_process"
     assert figures.resolve_launcher("basic", n_jobs=21, cores=8) == "basic"
 
 

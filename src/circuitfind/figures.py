@@ -14,7 +14,8 @@ sized for a laptop CPU) and ``paper`` (the paper's sweeps).  A figure is built i
 2. run, through the ``circuitfind -m`` command line and a Hydra launcher (``--launcher``: joblib with
    ``--jobs`` parallel jobs, ``slurm`` for a cluster, ``basic`` for one job at a time in a child
    process, ``in_process`` for Hydra's basic launcher inside this process; ``auto``, the default,
-   picks joblib for a sweep of several jobs on a machine with more than two cores and ``in_process``
+   picks joblib for a sweep of several jobs on a machine with more than two cores (on two, for
+   several SP-like costly jobs) and ``in_process``
    otherwise, since importing torch and TransformerLens costs a child process 5-10 CPU-seconds, more
    than a tracr run), the parameter values that folder does not yet hold as a complete run
    (``summary.json``): a second invocation reuses everything, and a failed job costs only its own point;
@@ -230,15 +231,22 @@ def sweep_command(sweep: Sweep, values: list[float | None], launcher: str = "bas
 LAUNCHERS = ("auto", "joblib", "basic", "in_process", "submitit_local", "slurm")
 
 
-def resolve_launcher(launcher: str, n_jobs: int = 2, cores: int | None = None) -> str:
+# A sweep of SP-like jobs (spec cost 10: thousands of training steps each) outweighs the imports of
+# joblib's worker processes even on two cores.
+COSTLY_JOB = 10
+
+
+def resolve_launcher(launcher: str, n_jobs: int = 2, cores: int | None = None, cost: int = 1) -> str:
     """``auto``: Hydra's joblib launcher for a sweep of several jobs where the ``launchers`` extra is
-    installed and there are more than two cores; otherwise Hydra's basic launcher in this process
-    (parallel jobs on two cores save less than the torch imports of their worker processes cost)."""
+    installed and there are more than two cores, or on two cores for a sweep of several costly jobs;
+    otherwise Hydra's basic launcher in this process (parallel cheap jobs on two cores save less than
+    the torch imports of the worker processes cost)."""
     if launcher != "auto":
         return launcher
     import importlib.util
     cores = (os.cpu_count() or 1) if cores is None else cores
-    if n_jobs > 1 and cores > 2 and importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher"):
+    parallel = n_jobs > 1 and (cores > 2 or (cores == 2 and cost >= COSTLY_JOB and n_jobs >= 4))
+    if parallel and importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher"):
         return "joblib"
     return "in_process"
 
@@ -359,7 +367,7 @@ def run_sweeps(sweeps: list[Sweep], jobs: int = 2, echo=print, launcher: str = "
     outcomes = {sweep: SweepOutcome(sweep, "reused") for sweep in sweeps if not missing_values(sweep)}
     todo = [(sweep, missing_values(sweep)) for sweep in sweeps if sweep not in outcomes]
     todo.sort(key=lambda item: -get_spec(item[0].method).cost * len(item[1]))
-    chosen = {sweep: resolve_launcher(launcher, len(values)) for sweep, values in todo}
+    chosen = {sweep: resolve_launcher(launcher, len(values), cost=get_spec(sweep.method).cost) for sweep, values in todo}
     names = sorted(set(chosen.values())) or [resolve_launcher(launcher)]
     how = {"joblib": f"joblib, {jobs} at a time", "basic": "basic, one at a time",
            "in_process": "basic, in this process"}
