@@ -230,3 +230,64 @@ def test_unsupported_architectures_are_refused_by_name():
     graph = Graph(Architecture.from_config(model.cfg))
     with pytest.raises(UnsupportedModelError, match="positional_embedding_type='alibi'"):
         PatchEngine(model, graph, torch.zeros(1, 3, dtype=torch.long), make_ablation("zero", model, graph, torch.zeros(1, 3, dtype=torch.long), None))
+
+
+def sparse_circuit(graph, n_kept, seed=0, final_row_removed=False):
+    """A circuit like the canonical ones: a few edges kept, so that most receivers lose every edge
+    (identical mask rows, read once) and most heads their q/k/v edges (inputs never read)."""
+    g = torch.Generator().manual_seed(seed)
+    values = torch.zeros(graph.n_edges, dtype=torch.float64)
+    values[torch.randperm(graph.n_edges, generator=g)[:n_kept]] = 1
+    if graph.granularity == "nodes":  # a node's edge is all of its outgoing slots, the output's included
+        return EdgeMask(graph, values * (not final_row_removed))
+    if final_row_removed:
+        values[graph.incoming["resid_post"]] = 0
+    else:  # one way to the output at least
+        values[graph.incoming["resid_post"][0]] = 1
+    return EdgeMask(graph, values)
+
+
+@pytest.mark.parametrize("model_kind", MODELS)
+@pytest.mark.parametrize("granularity", ["qkv", "heads", "nodes"])
+@pytest.mark.parametrize("corruption", ["corrupted", "zero", "mean"])
+def test_sparse_circuits_agree_with_the_hook_reference(model_kind, granularity, corruption):
+    """The shortcuts a sparse circuit takes (shared inputs computed once, inputs of removed q/k/v
+    edges skipped, no forward when the output reads no sender) against the slow reference."""
+    model = tiny_model(**MODELS[model_kind])
+    graph, engine, clean, corrupted = setup(model, granularity=granularity, split_embed=can_split_embed(model),
+                                            corruption=corruption)
+    ablated = reference_ablation(model, corrupted, corruption)
+    for seed, n_kept in enumerate((1, 3, graph.n_edges // 5, graph.n_edges // 2)):
+        for final_row_removed in (False, True):
+            mask = sparse_circuit(graph, n_kept, seed, final_row_removed)
+            expected = reference_logits(model, graph, clean, ablated, mask)
+            torch.testing.assert_close(engine.logits(mask), expected, rtol=0, atol=1e-9)
+
+
+def test_an_output_that_reads_no_sender_needs_no_forward():
+    """Every edge into the final residual removed: the logits are the ablated residual's, computed
+    without a forward, equal to the corrupted run's however much of the rest is kept."""
+    model = tiny_model()
+    graph, engine, clean, corrupted = setup(model)
+    mask = graph.full_mask().values.double()
+    mask[graph.incoming["resid_post"]] = 0
+    positions = torch.tensor([[5], [3], [0], [4]])
+    forwards = engine.n_forward
+    logits = engine.logits(mask, positions)
+    assert engine.n_forward == forwards
+    torch.testing.assert_close(logits, model(corrupted).gather(1, positions[..., None].expand(-1, -1, 40)),
+                               rtol=0, atol=1e-10)
+    mask[graph.incoming["resid_post"][-1]] = 1e-3  # one edge barely kept: a forward again
+    engine.logits(mask, positions)
+    assert engine.n_forward == forwards + 1
+
+
+def test_the_same_circuit_gives_the_same_logits_each_run():
+    """Full runs reuse one scratch buffer for their senders: a run leaves nothing behind that
+    changes the next."""
+    model = tiny_model()
+    graph, engine, _, _ = setup(model)
+    first, second = sparse_circuit(graph, 30, 1), sparse_circuit(graph, 60, 2)
+    before = engine.logits(first)
+    engine.logits(second)
+    assert torch.equal(engine.logits(first), before)

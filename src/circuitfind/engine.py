@@ -48,6 +48,7 @@ and the tests hold the two together.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -202,6 +203,9 @@ class SenderCache:
     qkv: list[torch.Tensor]  # per recomputed layer: [3, batch, pos, n_heads, d_head]
 
 
+_SCRATCH = threading.local()  # see PatchEngine.body_buffer
+
+
 class PatchEngine:
     """Runs ``model`` on ``tokens`` with a mask over ``graph``'s edges, ablating from ``ablation``."""
 
@@ -227,7 +231,6 @@ class PatchEngine:
         if position_order is not None and not graph.arch.split_embed:
             raise ValueError("shuffle_positions needs the positional embedding as its own sender (split embeddings)")
         self.position_order = position_order
-        self._body: torch.Tensor | None = None  # see body_buffer
         self._unembed_weight: torch.Tensor | None = None  # see unembed
 
     # ---- building blocks -------------------------------------------------------------------
@@ -243,50 +246,67 @@ class PatchEngine:
         return [tok, pos] if self.graph.arch.split_embed else [tok + pos]
 
     def changed_inputs(self, r: torch.Tensor, row: int, resid: torch.Tensor,
-                       diff: SenderDiffs) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       diff: SenderDiffs) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Of the receivers whose removed-mask rows are ``r`` [n, n_senders] (one layer's heads or
         one MLP, or several candidates' copies of them; ``row`` is the first one's row), those
         whose input is not simply ``resid`` (something was removed), as (offsets into ``r``,
-        their inputs [n_changed, batch, pos, d_model]).
+        the distinct inputs among them [n_distinct, batch, pos, d_model], and which of those each
+        offset reads [n_changed]).
 
-        A receiver that keeps most of its edges is read as ``resid - removed @ diff``; one that
-        removes most as ``ablated_resid + kept @ diff``.  The two are equal, but each sums over the
-        fewer senders, and the second is exact when everything is removed (no cancellation of a
-        sender's value against itself, which layer norm would amplify under zero ablation)."""
-        n_senders = r.shape[1]
-        if torch.is_grad_enabled() and r.requires_grad:
+        Receivers with the same mask row read the same input, so each distinct row is summed (and
+        later normalised) once: a sparse circuit leaves most of a layer's head inputs with every
+        edge removed, and on the node graph all receivers of a layer share one row.  (With
+        gradients every row stays its own, so that each receiver's mask gets its own gradient.)"""
+        differentiable = torch.is_grad_enabled() and r.requires_grad
+        if differentiable:
             # A gradient needs every input read through its mask row, even where nothing is removed
             # yet (at the full mask, the point attribution patching differentiates at).
             changed = torch.arange(len(r), device=r.device)
         else:
             changed = r.any(1).nonzero().flatten()
         if len(changed) == 0:
-            return changed, None
+            return changed, None, None
         r = r[changed]
-        mostly_removed = r.sum(1) > n_senders / 2
-        shape = (len(changed), *resid.shape)
+        if differentiable:
+            return changed, self.inputs_of_rows(r, row, resid, diff), torch.arange(len(r), device=r.device)
+        distinct, source = torch.unique(r, dim=0, return_inverse=True)
+        return changed, self.inputs_of_rows(distinct, row, resid, diff), source
 
-        def from_ablated(weights):  # kept @ diff + ablated_resid [1, prompts or 1, pos, d_model]
-            return _with_prompts(torch.add, diff.weighted(weights, n_senders).view(shape),
+    def inputs_of_rows(self, r: torch.Tensor, row: int, resid: torch.Tensor, diff: SenderDiffs) -> torch.Tensor:
+        """The inputs [n, batch, pos, d_model] of receivers with removed-mask rows ``r`` [n, n_senders].
+
+        A receiver that keeps most of its edges is read as ``resid - removed @ diff``; one that
+        removes most as ``ablated_resid + kept @ diff``.  The two are equal, but each sums over the
+        fewer senders, and the second is exact when everything is removed (no cancellation of a
+        sender's value against itself, which layer norm would amplify under zero ablation)."""
+        n_senders = r.shape[1]
+        mostly_removed = r.sum(1) > n_senders / 2
+
+        def keeping(rows):  # resid - removed @ diff
+            return resid - diff.weighted(rows, n_senders).view(len(rows), *resid.shape)
+
+        def from_ablated(rows):  # kept @ diff + ablated_resid [1, prompts or 1, pos, d_model]
+            return _with_prompts(torch.add, diff.weighted(1 - rows, n_senders).view(len(rows), *resid.shape),
                                  self.ablated_resid(n_senders, row), diff.n_candidates, 1)
 
         if not mostly_removed.any():
-            return changed, resid - diff.weighted(r, n_senders).view(shape)
+            return keeping(r)
         if mostly_removed.all():
-            return changed, from_ablated(1 - r)
-        keeping = resid - diff.weighted(torch.where(mostly_removed[:, None], 0, r), n_senders).view(shape)
-        ablated = from_ablated(torch.where(mostly_removed[:, None], 1 - r, 0))
-        return changed, torch.where(mostly_removed.view(-1, 1, 1, 1), ablated, keeping)
+            return from_ablated(r)
+        # each group through its own sum, then back in the order of ``r``
+        order = torch.cat([(~mostly_removed).nonzero().flatten(), mostly_removed.nonzero().flatten()])
+        x = torch.cat([keeping(r[~mostly_removed]), from_ablated(r[mostly_removed])])
+        return x[torch.argsort(order)]
 
     def receiver_input(self, r: torch.Tensor, row: int, resid: torch.Tensor, diff: SenderDiffs) -> torch.Tensor:
         """The input of one receiver, given its removed-mask row for each of ``len(r)`` candidates
         [candidates, n_senders]: [candidates * batch, pos, d_model] (candidate-major)."""
-        changed, x = self.changed_inputs(r, row, resid, diff)
+        changed, x, source = self.changed_inputs(r, row, resid, diff)
         if len(r) == 1:
             return resid if x is None else x[0]
         inputs = resid.unsqueeze(0).repeat(len(r), *([1] * resid.dim()))
         if x is not None:
-            inputs[changed] = x
+            inputs[changed] = x[source]
         return inputs.flatten(0, 1)
 
     def ablated_resid(self, n_senders: int, row: int) -> torch.Tensor:
@@ -315,13 +335,21 @@ class PatchEngine:
         # Every head reads the unpatched residual unless an edge into it was removed: project that
         # once for all heads (as the model does), then redo only the heads whose input changed.
         bias = b[:, None] if b.dim() == 4 else b[:, None, None]  # [3, 1, (pos | 1), H, d_head]
-        qkv = torch.einsum("bpd,whde->wbphe", block.ln1(resid), W) + bias
-        if c > 1:
-            qkv = qkv.repeat(1, c, 1, 1, 1)  # one copy per candidate
-        changed, x = self.changed_inputs(r.flatten(0, 1), layer * g.rows_per_layer, resid, diff)
+        rows = r.flatten(0, 1)
+        if not (torch.is_grad_enabled() and (r.requires_grad or qkv_mask.requires_grad)):
+            # a head input whose q/k/v edge is removed is replaced by its ablated value below: its
+            # own input is never read (0 * its projection), so it need not be computed
+            rows = torch.where(qkv_mask.flatten()[:, None] == 0, 0, rows)
+        changed, x, source = self.changed_inputs(rows, layer * g.rows_per_layer, resid, diff)
+        if len(changed) < len(rows):
+            qkv = torch.einsum("bpd,whde->wbphe", block.ln1(resid), W) + bias
+            if c > 1:
+                qkv = qkv.repeat(1, c, 1, 1, 1)  # one copy per candidate
+        else:  # every head input changed: nothing reads the unpatched projection
+            qkv = resid.new_zeros(3, c * resid.shape[0], resid.shape[1], H, W.shape[-1])
         if x is not None:
             which, head = changed % (3 * H) // H, changed % H
-            own = torch.einsum("nbpd,nde->nbpe", block.ln1(x), W[which, head]) + bias[which, :, :, head]
+            own = torch.einsum("nbpd,nde->nbpe", block.ln1(x)[source], W[which, head]) + bias[which, :, :, head]
             qkv = _put_heads(qkv, changed, own, c)
         if (qkv_mask != 1).any() or (torch.is_grad_enabled() and qkv_mask.requires_grad):
             w = qkv_mask.transpose(0, 1).reshape(3, c, 1, 1, H, 1)
@@ -383,12 +411,16 @@ class PatchEngine:
         return _with_prompts(torch.add, out, resid, k, 0)
 
     def body_buffer(self, n: int, batch: int, like: torch.Tensor) -> torch.Tensor:
-        """Scratch space for the senders a restarted run recomputes, reused between runs (a fresh
-        allocation per edge test would cost page faults on every slab)."""
+        """Scratch space for the senders a run recomputes and does not keep, reused between runs
+        (a fresh allocation per edge test would cost page faults on every slab) and shared by the
+        engines of one thread (the validation and test engines: GPT-2's is 0.7 GB on IOI).  A run
+        finishes before the next one starts, so they never hold it at the same time."""
         shape = (n, batch, *like.shape[1:])
-        if self._body is None or self._body.numel() < math.prod(shape):
-            self._body = torch.empty(math.prod(shape), device=self.device, dtype=self.dtype)
-        return self._body[:math.prod(shape)].view(shape)
+        buffers = _SCRATCH.__dict__.setdefault("buffers", {})
+        held = buffers.get((self.device, self.dtype))
+        if held is None or held.numel() < math.prod(shape):
+            held = buffers[self.device, self.dtype] = torch.empty(math.prod(shape), device=self.device, dtype=self.dtype)
+        return held[:math.prod(shape)].view(shape)
 
     def unembed(self, x: torch.Tensor) -> torch.Tensor:
         """The model's unembedding, computed as TransformerLens does (``F.linear`` on W_U's
@@ -413,29 +445,37 @@ class PatchEngine:
 
     def run(self, mask: EdgeMask | torch.Tensor, positions: torch.Tensor | None = None, *,
             start_stage: int = 0, cache: SenderCache | None = None,
-            record: bool = False) -> tuple[torch.Tensor, SenderCache | None]:
-        """Logits [batch, pos, vocab] (or [batch, k, vocab] at ``positions`` [batch, k]).
+            record: bool = False, want_logits: bool = True) -> tuple[torch.Tensor | None, SenderCache | None]:
+        """Logits [batch, pos, vocab] (or [batch, k, vocab] at ``positions`` [batch, k]; None
+        when not ``want_logits``: a run recorded for its senders only skips the unembedding).
 
         With a ``cache`` the run restarts from it at ``start_stage``: valid when the mask differs
         from the cached run only in edges read at or after that stage.  A restarted run may take
         several masks at once, [candidates, n_edges], that differ from each other only in edges
         read at ``start_stage`` (the circuits of ACDC's next tests at that stage): it returns
         [candidates, batch, ...] logits from one batched forward.  ``record`` returns this run's
-        cache (full, gradient-free runs only)."""
+        cache).
+
+        A gradient-free full run whose final residual has every edge removed reads only the
+        ablated senders: its logits are computed from those directly, without a forward."""
         g = self.graph
         removed, qkv_mask = self.split_mask(mask)
         batched = removed.dim() == 3
         removed, qkv_mask = (removed, qkv_mask) if batched else (removed[None], qkv_mask[None])
         n_candidates = removed.shape[0]
         differentiable = torch.is_grad_enabled() and removed.requires_grad
+        if cache is None and not (batched or record or differentiable) and bool((removed[0, g.resid_post_row] == 1).all()):
+            return (self.output_of_ablated(positions) if want_logits else None), None
         self.n_forward += 1
         if cache is None:
             assert start_stage == 0 and not batched, "restarting a run or batching masks needs the cache of a full run"
             embeds = self.embed(self.tokens)
             n_embed = len(embeds)
             batch, pos, d_model = embeds[0].shape
+            # a recorded run's senders are kept (its cache); any other run's are scratch, reused
             buffer = None if differentiable else torch.empty(
-                g.n_senders, batch, pos, d_model, device=self.device, dtype=self.dtype)
+                g.n_senders, batch, pos, d_model, device=self.device, dtype=self.dtype) if record \
+                else self.body_buffer(g.n_senders, batch, embeds[0])
             diff = SenderDiffs(buffer, differentiable)
             diff.write(0, torch.stack(embeds) - self.ablation.senders[:n_embed])
             resid = sum(embeds[1:], embeds[0])
@@ -479,12 +519,22 @@ class PatchEngine:
 
         final = self.receiver_input(rows(2 * g.n_layers, g.resid_post_row, 1, g.n_senders)[:, 0],
                                     g.resid_post_row, resid, diff)
+        if not want_logits:
+            return None, (SenderCache(diff=diff.buffer, resid=stages, qkv=qkv) if record else None)
         if positions is not None:
             final = gather_positions(final, positions.repeat(n_candidates, 1) if batched else positions)
         logits = self.unembed(final)
         if batched:
             logits = _per_candidate(logits, n_candidates, 0)
         return logits, (SenderCache(diff=diff.buffer, resid=stages, qkv=qkv) if record else None)
+
+    def output_of_ablated(self, positions: torch.Tensor | None) -> torch.Tensor:
+        """The logits of a run in which the final residual reads no sender's own value (every
+        edge into it removed): the unembedded ablated residual, which is what the full forward
+        computes for that receiver (``ablated_resid`` plus a sum over no senders)."""
+        final = self.ablated_resid(self.graph.n_senders, self.graph.resid_post_row)[0]
+        final = final.expand(self.tokens.shape[0], self.tokens.shape[1], -1)
+        return self.unembed(final if positions is None else gather_positions(final, positions))
 
     def check_candidates(self, removed: torch.Tensor, qkv_mask: torch.Tensor, start_stage: int) -> None:
         """Batched masks must agree everywhere but in the receivers read at ``start_stage``."""
@@ -542,7 +592,7 @@ def record_activations(model: HookedTransformer, graph: Graph, tokens: torch.Ten
     kw = dict(dtype=model.cfg.dtype, device=tokens.device)
     nothing = Ablation("zero", senders=torch.zeros(graph.n_senders, 1, 1, 1, **kw), qkv=torch.zeros(1, **kw))
     engine = PatchEngine(model, graph, tokens, nothing, position_order=position_order)
-    _, cache = engine.run(graph.full_mask(), record=True)
+    _, cache = engine.run(graph.full_mask(), record=True, want_logits=False)
     assert cache is not None
     return Ablation("recorded", senders=cache.diff, qkv=torch.stack(cache.qkv))
 
@@ -559,7 +609,8 @@ def zero_ablation(model: HookedTransformer, graph: Graph, tokens: torch.Tensor) 
                        qkv=torch.zeros(graph.n_layers, 3, 1, 1, graph.n_heads, cfg.d_head, **kw))
     fine = graph if graph.granularity == "qkv" else Graph(graph.arch, "qkv")
     only_qkv = torch.tensor([fine.component(e.sender) == e.receiver for e in fine.edges], dtype=cfg.dtype)
-    _, cache = PatchEngine(model, fine, tokens[:1].to(kw["device"]), literal).run(only_qkv, record=True)
+    _, cache = PatchEngine(model, fine, tokens[:1].to(kw["device"]), literal).run(only_qkv, record=True,
+                                                                                  want_logits=False)
     assert cache is not None
     return Ablation("zero", senders=literal.senders, qkv=torch.stack(cache.qkv))
 

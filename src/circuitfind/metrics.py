@@ -6,6 +6,7 @@ which way a change hurts: it always works with a loss (the metric, or minus it).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -38,10 +39,31 @@ class Metric:
 
 def kl_divergence(logits: torch.Tensor, clean_logits: torch.Tensor, data: TaskData | None = None) -> torch.Tensor:
     """KL(clean full model || patched), summed over the vocabulary, averaged over the positions."""
-    clean_logp = F.log_softmax(clean_logits.double(), dim=-1)
+    clean_logp, clean_p = _clean_terms(clean_logits)
     logp = F.log_softmax(logits.double(), dim=-1)
-    kl = (clean_logp.exp() * (clean_logp - logp)).sum(-1)
+    kl = (clean_p * (clean_logp - logp)).sum(-1)
     return kl.mean(-1).to(logits.dtype)
+
+
+# A curve evaluates hundreds of circuits against the same clean logits; on a 50k vocabulary their
+# log_softmax and exp in float64 took over half of KL's time.  Held per clean-logits tensor (by id,
+# checked through a weak reference, so a new tensor at a reused address is not mistaken for it).
+_CLEAN_TERMS: dict[int, tuple[weakref.ref, int, torch.Tensor, torch.Tensor]] = {}
+
+
+def _clean_terms(clean_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p, p) of ``clean_logits`` in float64, computed once per tensor (again if it is changed
+    in place; every time when gradients flow through it)."""
+    if clean_logits.requires_grad:
+        logp = F.log_softmax(clean_logits.double(), dim=-1)
+        return logp, logp.exp()
+    held = _CLEAN_TERMS.get(id(clean_logits))
+    if held is None or held[0]() is not clean_logits or held[1] != clean_logits._version:
+        for key in [k for k, v in _CLEAN_TERMS.items() if v[0]() is None]:  # tensors since freed
+            del _CLEAN_TERMS[key]
+        logp = F.log_softmax(clean_logits.double(), dim=-1)
+        held = _CLEAN_TERMS[id(clean_logits)] = (weakref.ref(clean_logits), clean_logits._version, logp, logp.exp())
+    return held[2], held[3]
 
 
 def l2_distance(logits: torch.Tensor, clean_logits: torch.Tensor, data: TaskData | None = None) -> torch.Tensor:

@@ -1,0 +1,43 @@
+"""KL against torch's own KL divergence, and its cache of the clean terms."""
+
+import torch
+import torch.nn.functional as F
+
+from circuitfind.metrics import kl_divergence
+
+
+def reference_kl(logits, clean_logits):
+    """KL(clean || patched) per prompt: torch's kl_div summed over the vocabulary, mean over positions."""
+    per_position = F.kl_div(F.log_softmax(logits.double(), -1), F.log_softmax(clean_logits.double(), -1),
+                            reduction="none", log_target=True).sum(-1)
+    return per_position.mean(-1)
+
+
+def test_kl_matches_torch_for_every_circuit_against_the_same_clean_logits():
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randn(5, 3, 50, generator=g)
+    for _ in range(3):  # the second and third calls read the clean terms computed by the first
+        patched = torch.randn(5, 3, 50, generator=g)
+        torch.testing.assert_close(kl_divergence(patched, clean).double(), reference_kl(patched, clean),
+                                   rtol=1e-6, atol=1e-6)
+    assert float(kl_divergence(clean, clean).abs().max()) < 1e-6
+
+
+def test_kl_follows_clean_logits_changed_in_place_or_replaced():
+    g = torch.Generator().manual_seed(1)
+    clean, patched = torch.randn(4, 2, 30, generator=g), torch.randn(4, 2, 30, generator=g)
+    kl_divergence(patched, clean)
+    clean.mul_(3)  # same tensor, new values
+    torch.testing.assert_close(kl_divergence(patched, clean).double(), reference_kl(patched, clean), rtol=1e-6, atol=1e-6)
+    other = torch.randn(4, 2, 30, generator=g)
+    torch.testing.assert_close(kl_divergence(patched, other).double(), reference_kl(patched, other), rtol=1e-6, atol=1e-6)
+
+
+def test_kl_gradient_flows_to_the_patched_logits_with_cached_clean_terms():
+    g = torch.Generator().manual_seed(2)
+    clean = torch.randn(3, 1, 20, dtype=torch.float64, generator=g)
+    kl_divergence(clean + 1, clean)  # fills the cache
+    patched = torch.randn(3, 1, 20, dtype=torch.float64, generator=g, requires_grad=True)
+    (grad,) = torch.autograd.grad(kl_divergence(patched, clean).sum(), patched)
+    (expected,) = torch.autograd.grad(reference_kl(patched, clean).sum(), patched)
+    torch.testing.assert_close(grad, expected)
