@@ -40,6 +40,13 @@ A shortformer (Redwood's 2-layer model) adds its positional embedding to every q
 normalised input rather than to the residual stream: there the embedding sender is the token
 embedding alone, and the positions are a fixed, never patched part of each query and key.
 
+A gradient through the mask (SP, HISP, EAP) needs every receiver read through its mask row, even
+where nothing is removed.  Where a layer's q/k/v rows all agree (the masks 1 and alpha * 1 and the
+inputs path of attribution patching), its heads share one input x: the forward is the model's own
+(ln1(x) once, one projection), and the backward gives each row its own gradient
+``-diff_s . dL/dx_r``, with ``dL/dx_r`` layer norm's VJP of head r's cotangent (``_OneInputHeads``).
+Rows that differ take the generic read, which stays the tested oracle (``shared_head_reads=False``).
+
 The maths is re-implemented here from the model's weights, so ``check_supported`` refuses
 architectures it does not cover; ``reference.py`` computes the same thing with TransformerLens hooks
 and the tests hold the two together.
@@ -570,14 +577,15 @@ class _OneInputHeads(torch.autograd.Function):
     def forward(ctx, x, rows, ln, W, bias, *sender_diffs):
         # The sender diffs (upstream of this node) go through save_for_backward: kept on ctx
         # directly, the run's later blocks would form a reference cycle with this node.
-        ctx.save_for_backward(x, W, *sender_diffs)
+        projected = torch.einsum("bpd,whde->wbphe", ln(x), W)
+        ctx.save_for_backward(x, W, projected, *sender_diffs)
         ctx.ln = ln
-        return torch.einsum("bpd,whde->wbphe", ln(x), W) + bias
+        return projected + bias
 
     @staticmethod
     def backward(ctx, grad_qkv):
-        x, W, *sender_diffs = ctx.saved_tensors
-        grad_inputs = _norm_input_grads(ctx.ln, x, W, grad_qkv)  # G_r [3H, batch, pos, d_model]
+        x, W, projected, *sender_diffs = ctx.saved_tensors
+        grad_inputs = _norm_input_grads(ctx.ln, x, W, projected, grad_qkv)  # G_r [3H, batch, pos, d_model]
         grad_rows = -_dot_senders(grad_inputs, sender_diffs) if ctx.needs_input_grad[1] else None
         return grad_inputs.sum(0), grad_rows, None, None, None, *([None] * len(sender_diffs))
 
@@ -606,9 +614,11 @@ def _dot_senders(grads: torch.Tensor, sender_diffs) -> torch.Tensor:
     return torch.cat([flat @ diffs.reshape(len(diffs), -1).T for diffs in sender_diffs], 1)
 
 
-def _norm_input_grads(ln, x: torch.Tensor, W: torch.Tensor, grad_qkv: torch.Tensor) -> torch.Tensor:
-    """G_r = dL/dx for each head input r when head r computes ln(x) @ W_r: [3H, batch, pos, d_model],
-    from the heads' cotangents grad_qkv [3, batch, pos, H, d_head].
+def _norm_input_grads(ln, x: torch.Tensor, W: torch.Tensor, projected: torch.Tensor,
+                      grad_qkv: torch.Tensor) -> torch.Tensor:
+    """G_r = dL/dx for each head input r when head r computes ln(x) @ W_r (``projected``, [3, batch,
+    pos, H, d_head]): [3H, batch, pos, d_model], from the heads' cotangents grad_qkv (shaped as
+    ``projected``).
 
     TransformerLens' four norms (ln(x) = w * yhat (+ b), yhat = xc / s, s = sqrt(mean(xc^2) + eps),
     xc = x minus its mean for LN, x itself for RMS, w = 1 for the Pre variants) have the VJP
@@ -625,6 +635,9 @@ def _norm_input_grads(ln, x: torch.Tensor, W: torch.Tensor, grad_qkv: torch.Tens
         return torch.func.vmap(ln_vjp)(_head_cotangents(grad_qkv, W, x.shape))[0]
     if isinstance(ln, torch.nn.Identity):
         return _head_cotangents(grad_qkv, W, x.shape)
+    # yhat @ (w W)_r: the forward's projection less layer norm's bias term b @ W_r
+    normed_projected = projected - torch.einsum("d,whde->whe", ln.b, W)[:, None, None] \
+        if isinstance(ln, LayerNorm) else projected
     if isinstance(ln, (LayerNorm, RMSNorm)):
         W = W * ln.w[:, None]  # [3, H, d_model, d_head]
     if centred:
@@ -634,9 +647,9 @@ def _norm_input_grads(ln, x: torch.Tensor, W: torch.Tensor, grad_qkv: torch.Tens
     normed = x / scale
     grad_scaled = grad_qkv / scale.unsqueeze(-1)  # g / s, [3, batch, pos, H, d_head]
     grads = _head_cotangents(grad_scaled, W, x.shape)  # g' / s
-    # <g', yhat> / (d s) per head and token, through the heads' small projections of yhat
-    dots = (grad_scaled * torch.einsum("bpd,whde->wbphe", normed, W)).sum(-1) / x.shape[-1]  # [3, b, p, H]
-    return grads - normed * dots.permute(0, 3, 1, 2).reshape(-1, *x.shape[:-1], 1)
+    # <g', yhat> / (d s) per head and token: yhat is centred, so <g' centred, yhat> = <g', yhat>
+    dots = (grad_scaled * normed_projected).sum(-1) / x.shape[-1]  # [3, b, p, H]
+    return grads.addcmul_(normed, dots.permute(0, 3, 1, 2).reshape(-1, *x.shape[:-1], 1), value=-1)
 
 
 def _head_cotangents(grad_qkv: torch.Tensor, W: torch.Tensor, shape) -> torch.Tensor:
