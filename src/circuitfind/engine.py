@@ -299,12 +299,34 @@ class PatchEngine:
         ablated = from_ablated(torch.where(mostly_removed[:, None], 1 - r, 0))
         return changed, torch.where(mostly_removed.view(-1, 1, 1, 1), ablated, keeping)
 
+    def input_value(self, r: torch.Tensor, row: int, resid: torch.Tensor, diff: SenderDiffs) -> torch.Tensor:
+        """``resid - r @ diffs`` for one gradient-free row ``r`` [n_senders] (the fast reads attach the
+        row's gradient themselves), computed so that its own backward stays small: autograd
+        through ``r @ diffs`` would give every diff an [n_senders, batch, pos, d_model] gradient.
+        A constant row c (EAP-IG's alpha * 1) is ``lerp(resid, ablated_resid, c)`` (the diffs sum
+        to ``resid - ablated_resid``; exact at c = 1); a sparse one (the inputs path) reads only
+        its nonzero senders; a mostly removed one the generic way (from the ablated side)."""
+        if bool((r == r[0]).all()):
+            if r[0] == 0:
+                return resid
+            return torch.lerp(resid, self.ablated_resid(len(r), row)[0], r[0])
+        if r.sum() > len(r) / 2:
+            return self.changed_inputs(r[None], row, resid, diff)[1][0]
+        x, start = resid, 0
+        for block in diff.first_blocks(len(r)):
+            used = r[start:start + len(block)].nonzero().flatten()
+            if len(used):
+                weighted = r[start + used] @ block.index_select(0, used).flatten(1)
+                x = x - weighted.view(resid.shape)
+            start += len(block)
+        return x
+
     def receiver_input(self, r: torch.Tensor, row: int, resid: torch.Tensor, diff: SenderDiffs) -> torch.Tensor:
         """The input of one receiver, given its removed-mask row for each of ``len(r)`` candidates
         [candidates, n_senders]: [candidates * batch, pos, d_model] (candidate-major)."""
         if len(r) == 1 and self.shared_head_reads and torch.is_grad_enabled() and r.requires_grad:
-            _, x = self.changed_inputs(r.detach(), row, resid, diff)  # the value; the row's gradient:
-            return _OneReceiverRow.apply(resid if x is None else x[0], r, *diff.first_blocks(r.shape[1]))
+            x = self.input_value(r[0].detach(), row, resid, diff)  # the value; the row's gradient:
+            return _OneReceiverRow.apply(x, r, *diff.first_blocks(r.shape[1]))
         changed, x = self.changed_inputs(r, row, resid, diff)
         if len(r) == 1:
             return resid if x is None else x[0]
@@ -390,8 +412,7 @@ class PatchEngine:
         self.n_one_input_reads += 1
         # The input's value, without the rows' gradient (the Function gives each row its own):
         # the gradient reaching x is the sum over its receivers, as it reaches resid and the diffs.
-        _, x = self.changed_inputs(rows[:1].detach(), layer * self.graph.rows_per_layer, resid, diff)
-        x = resid if x is None else x[0]
+        x = self.input_value(rows[0].detach(), layer * self.graph.rows_per_layer, resid, diff)
         return _OneInputHeads.apply(x, rows, self.model.blocks[layer].ln1, W, bias, *diff.first_blocks(rows.shape[1]))
 
     def attend(self, attn, qkv: torch.Tensor) -> torch.Tensor:
