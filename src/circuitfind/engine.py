@@ -305,12 +305,12 @@ class PatchEngine:
         through ``r @ diffs`` would give every diff an [n_senders, batch, pos, d_model] gradient.
         A constant row c (EAP-IG's alpha * 1) is ``lerp(resid, ablated_resid, c)`` (the diffs sum
         to ``resid - ablated_resid``; exact at c = 1); a sparse one (the inputs path) reads only
-        its nonzero senders; a mostly removed one the generic way (from the ablated side)."""
+        its nonzero senders; any other (SP's gates) the generic way."""
         if bool((r == r[0]).all()):
             if r[0] == 0:
                 return resid
             return torch.lerp(resid, self.ablated_resid(len(r), row)[0], r[0])
-        if r.sum() > len(r) / 2:
+        if (r != 0).sum() > len(r) // 4:  # dense (SP's gates) or mostly removed: the generic read
             return self.changed_inputs(r[None], row, resid, diff)[1][0]
         x, start = resid, 0
         for block in diff.first_blocks(len(r)):
