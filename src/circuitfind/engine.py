@@ -590,9 +590,9 @@ class _OneInputHeads(torch.autograd.Function):
     A receiver r reads x_r = resid - sum_s removed_rs diff_s, so dL/d removed_rs = -diff_s . G_r
     with G_r = dL/dx_r.  The receivers' inputs are equal here but their gradients are not: G_r is
     layer norm's vector-Jacobian product at x applied to head r's own cotangent (dL/dq_r) W_r^T.
-    The backward computes those 3H products (one batched VJP of the model's own ln1), the rows'
-    gradient from them, and x's gradient as their sum (every receiver read x).  The forward saves
-    only x: the generic path would keep 3H inputs, normalised inputs and projections."""
+    The backward computes those 3H products (``_norm_input_grads``), the rows' gradient from them,
+    and x's gradient as their sum (every receiver read x).  The forward saves x and its one
+    projection: the generic path would keep 3H inputs, normalised inputs and projections."""
 
     @staticmethod
     def forward(ctx, x, rows, ln, W, bias, *sender_diffs):
