@@ -40,6 +40,13 @@ A shortformer (Redwood's 2-layer model) adds its positional embedding to every q
 normalised input rather than to the residual stream: there the embedding sender is the token
 embedding alone, and the positions are a fixed, never patched part of each query and key.
 
+A gradient through the mask (SP, HISP, EAP) needs every receiver read through its mask row, even
+where nothing is removed.  Where a layer's q/k/v rows all agree (the masks 1 and alpha * 1 and the
+inputs path of attribution patching), its heads share one input x: the forward is the model's own
+(ln1(x) once, one projection), and the backward gives each row its own gradient
+``-diff_s . dL/dx_r``, with ``dL/dx_r`` layer norm's VJP of head r's cotangent (``_OneInputHeads``).
+Rows that differ take the generic read, which stays the tested oracle (``shared_head_reads=False``).
+
 The maths is re-implemented here from the model's weights, so ``check_supported`` refuses
 architectures it does not cover; ``reference.py`` computes the same thing with TransformerLens hooks
 and the tests hold the two together.
@@ -54,6 +61,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
+from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
 from transformer_lens.utilities import apply_softcap
 
 from .graph import Architecture, EdgeMask, Graph
@@ -165,6 +173,15 @@ class SenderDiffs:
         return (own.view(rows, self.n_candidates, -1) + shared.unsqueeze(1)).view(rows, -1)
 
 
+    def first_blocks(self, n_senders: int) -> list[torch.Tensor]:
+        """The first ``n_senders`` senders' diffs as the blocks that hold them, in slot order (a
+        differentiable full run: there the blocks are every sender)."""
+        assert self.differentiable and self.prefix is None, "blocks are a differentiable full run's"
+        blocks = [block[:n_senders - start] for start, block in self.blocks if start < n_senders]
+        assert sum(len(b) for b in blocks) == n_senders, "the sender blocks do not cover the senders read"
+        return blocks
+
+
 def _weighted_sum(weights: torch.Tensor, slabs: torch.Tensor) -> torch.Tensor:
     """weights [rows, n] @ slabs [n, ...] -> [rows, prod(...)].  ACDC's masks are sparse on one side:
     gather the few slabs with a nonzero weight rather than multiply zeros (a slab is
@@ -232,6 +249,10 @@ class PatchEngine:
             raise ValueError("shuffle_positions needs the positional embedding as its own sender (split embeddings)")
         self.position_order = position_order
         self._unembed_weight: torch.Tensor | None = None  # see unembed
+        # A differentiable run reads a layer's heads through one input where their mask rows agree
+        # (reads_one_input); False forces the generic read, the oracle it is tested against.
+        self.shared_head_reads = True
+        self.n_one_input_reads = 0  # layers read so (a test checks the fast path is taken)
 
     # ---- building blocks -------------------------------------------------------------------
     def embed(self, tokens: torch.Tensor) -> list[torch.Tensor]:
@@ -298,9 +319,34 @@ class PatchEngine:
         x = torch.cat([keeping(r[~mostly_removed]), from_ablated(r[mostly_removed])])
         return x[torch.argsort(order)]
 
+    def input_value(self, r: torch.Tensor, row: int, resid: torch.Tensor, diff: SenderDiffs) -> torch.Tensor:
+        """``resid - r @ diffs`` for one gradient-free row ``r`` [n_senders] (the fast reads attach the
+        row's gradient themselves), computed so that its own backward stays small: autograd
+        through ``r @ diffs`` would give every diff an [n_senders, batch, pos, d_model] gradient.
+        A constant row c (EAP-IG's alpha * 1) is ``lerp(resid, ablated_resid, c)`` (the diffs sum
+        to ``resid - ablated_resid``; exact at c = 1); a sparse one (the inputs path) reads only
+        its nonzero senders; any other (SP's gates) the generic way."""
+        if bool((r == r[0]).all()):
+            if r[0] == 0:
+                return resid
+            return torch.lerp(resid, self.ablated_resid(len(r), row)[0], r[0])
+        if (r != 0).sum() > len(r) // 4:  # dense (SP's gates) or mostly removed: the generic read
+            return self.changed_inputs(r[None], row, resid, diff)[1][0]
+        x, start = resid, 0
+        for block in diff.first_blocks(len(r)):
+            used = r[start:start + len(block)].nonzero().flatten()
+            if len(used):
+                weighted = r[start + used] @ block.index_select(0, used).flatten(1)
+                x = x - weighted.view(resid.shape)
+            start += len(block)
+        return x
+
     def receiver_input(self, r: torch.Tensor, row: int, resid: torch.Tensor, diff: SenderDiffs) -> torch.Tensor:
         """The input of one receiver, given its removed-mask row for each of ``len(r)`` candidates
         [candidates, n_senders]: [candidates * batch, pos, d_model] (candidate-major)."""
+        if len(r) == 1 and self.shared_head_reads and torch.is_grad_enabled() and r.requires_grad:
+            x = self.input_value(r[0].detach(), row, resid, diff)  # the value; the row's gradient:
+            return _OneReceiverRow.apply(x, r, *diff.first_blocks(r.shape[1]))
         changed, x, source = self.changed_inputs(r, row, resid, diff)
         if len(r) == 1:
             return resid if x is None else x[0]
@@ -335,10 +381,29 @@ class PatchEngine:
         # Every head reads the unpatched residual unless an edge into it was removed: project that
         # once for all heads (as the model does), then redo only the heads whose input changed.
         bias = b[:, None] if b.dim() == 4 else b[:, None, None]  # [3, 1, (pos | 1), H, d_head]
+        if self.reads_one_input(r, block, W, b):
+            qkv = self.heads_reading_one_input(layer, resid, diff, r[0], W, bias)
+        else:
+            qkv = self.heads_reading_own_inputs(layer, resid, diff, r, qkv_mask, W, bias)
+        if (qkv_mask != 1).any() or (torch.is_grad_enabled() and qkv_mask.requires_grad):
+            w = qkv_mask.transpose(0, 1).reshape(3, c, 1, 1, H, 1)
+            mixed = w * _per_candidate(qkv, k, 1) + (1 - w) * self.ablation.qkv[layer].unsqueeze(1)
+            qkv = mixed.flatten(1, 2)
+        z = self.attend(attn, qkv)
+        result = torch.einsum("bqhe,hed->hbqd", z, attn.W_O)  # one [batch, pos, d] slab per head
+        heads = g.head_slots(layer)
+        diff.write(heads.start, _with_prompts(torch.sub, result, self.ablation.senders[heads], k, 1))
+        return _with_prompts(torch.add, result.sum(0), resid, k, 0) + attn.b_O, qkv
+
+    def heads_reading_own_inputs(self, layer: int, resid: torch.Tensor, diff: SenderDiffs, r: torch.Tensor,
+                                 qkv_mask: torch.Tensor, W: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The generic read: q/k/v [3, c*batch, pos, H, d_head], each distinct changed head input built,
+        normalised and projected on its own (any mask; autograd differentiates it as it is)."""
+        g, block, H, c = self.graph, self.model.blocks[layer], self.graph.n_heads, r.shape[0]
         rows = r.flatten(0, 1)
         if not (torch.is_grad_enabled() and (r.requires_grad or qkv_mask.requires_grad)):
-            # a head input whose q/k/v edge is removed is replaced by its ablated value below: its
-            # own input is never read (0 * its projection), so it need not be computed
+            # a head input whose q/k/v edge is removed is replaced by its ablated value: its own
+            # input is never read (0 * its projection), so it need not be computed
             rows = torch.where(qkv_mask.flatten()[:, None] == 0, 0, rows)
         changed, x, source = self.changed_inputs(rows, layer * g.rows_per_layer, resid, diff)
         if len(changed) < len(rows):
@@ -351,15 +416,32 @@ class PatchEngine:
             which, head = changed % (3 * H) // H, changed % H
             own = torch.einsum("nbpd,nde->nbpe", block.ln1(x)[source], W[which, head]) + bias[which, :, :, head]
             qkv = _put_heads(qkv, changed, own, c)
-        if (qkv_mask != 1).any() or (torch.is_grad_enabled() and qkv_mask.requires_grad):
-            w = qkv_mask.transpose(0, 1).reshape(3, c, 1, 1, H, 1)
-            mixed = w * _per_candidate(qkv, k, 1) + (1 - w) * self.ablation.qkv[layer].unsqueeze(1)
-            qkv = mixed.flatten(1, 2)
-        z = self.attend(attn, qkv)
-        result = torch.einsum("bqhe,hed->hbqd", z, attn.W_O)  # one [batch, pos, d] slab per head
-        heads = g.head_slots(layer)
-        diff.write(heads.start, _with_prompts(torch.sub, result, self.ablation.senders[heads], k, 1))
-        return _with_prompts(torch.add, result.sum(0), resid, k, 0) + attn.b_O, qkv
+        return qkv
+
+    def reads_one_input(self, r: torch.Tensor, block, W: torch.Tensor, b: torch.Tensor) -> bool:
+        """Whether a differentiable run may read layer ``block``'s heads through one shared input:
+        one candidate whose 3H removed-mask rows ``r`` [1, 3H, n_senders] are all equal (attribution's
+        masks 1, alpha * 1, and the inputs path), and only the mask asks for a gradient."""
+        if not (self.shared_head_reads and torch.is_grad_enabled() and r.requires_grad and r.shape[0] == 1):
+            return False
+        if W.requires_grad or b.requires_grad or any(p.requires_grad for p in block.ln1.parameters()):
+            return False
+        # grouped-query attention: the k/v places from n_kv_heads on own no edge (their rows stay
+        # at 1; their zero weights make them read nothing), so only the used places must agree
+        H, n_kv = self.graph.n_heads, self.graph.n_kv_heads
+        used = torch.cat([r[0, :H + n_kv], r[0, 2 * H:2 * H + n_kv]])
+        return bool((used == used[:1]).all())
+
+    def heads_reading_one_input(self, layer: int, resid: torch.Tensor, diff: SenderDiffs, rows: torch.Tensor,
+                                W: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """q/k/v [3, batch, pos, H, d_head] when every head of ``layer`` reads the same input x
+        (``rows`` [3H, n_senders], all equal).  The forward is the model's: ln1(x) once, projected.
+        Each row's gradient is still its own: see ``_OneInputHeads``."""
+        self.n_one_input_reads += 1
+        # The input's value, without the rows' gradient (the Function gives each row its own):
+        # the gradient reaching x is the sum over its receivers, as it reaches resid and the diffs.
+        x = self.input_value(rows[0].detach(), layer * self.graph.rows_per_layer, resid, diff)
+        return _OneInputHeads.apply(x, rows, self.model.blocks[layer].ln1, W, bias, *diff.first_blocks(rows.shape[1]))
 
     def attend(self, attn, qkv: torch.Tensor) -> torch.Tensor:
         """z [batch, pos, H, d_head] from the (patched) queries, keys and values [3, batch, pos, H,
@@ -549,6 +631,103 @@ class PatchEngine:
 
     def logits(self, mask: EdgeMask | torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         return self.run(mask, positions)[0]
+
+
+class _OneInputHeads(torch.autograd.Function):
+    """q/k/v = ln1(x) @ W + bias from one input x that 3H receivers share, with each receiver's
+    mask row given its own gradient.
+
+    A receiver r reads x_r = resid - sum_s removed_rs diff_s, so dL/d removed_rs = -diff_s . G_r
+    with G_r = dL/dx_r.  The receivers' inputs are equal here but their gradients are not: G_r is
+    layer norm's vector-Jacobian product at x applied to head r's own cotangent (dL/dq_r) W_r^T.
+    The backward computes those 3H products (``_norm_input_grads``), the rows' gradient from them,
+    and x's gradient as their sum (every receiver read x).  The forward saves x and its one
+    projection: the generic path would keep 3H inputs, normalised inputs and projections."""
+
+    @staticmethod
+    def forward(ctx, x, rows, ln, W, bias, *sender_diffs):
+        # The sender diffs (upstream of this node) go through save_for_backward: kept on ctx
+        # directly, the run's later blocks would form a reference cycle with this node.
+        projected = torch.einsum("bpd,whde->wbphe", ln(x), W)
+        ctx.save_for_backward(x, W, projected, *sender_diffs)
+        ctx.ln = ln
+        return projected + bias
+
+    @staticmethod
+    def backward(ctx, grad_qkv):
+        x, W, projected, *sender_diffs = ctx.saved_tensors
+        grad_inputs = _norm_input_grads(ctx.ln, x, W, projected, grad_qkv)  # G_r [3H, batch, pos, d_model]
+        grad_rows = -_dot_senders(grad_inputs, sender_diffs) if ctx.needs_input_grad[1] else None
+        return grad_inputs.sum(0), grad_rows, None, None, None, *([None] * len(sender_diffs))
+
+
+class _OneReceiverRow(torch.autograd.Function):
+    """x itself (one receiver's input: an MLP's or the final residual, [batch, pos, d_model], computed
+    from its row without the row's gradient), with the row [1, n_senders] given its gradient
+    -diff_s . dL/dx.  Autograd on resid - row @ diffs would also build each diff's gradient
+    -row_s * dL/dx, a [n_senders, batch, pos, d_model] outer product, zero at the full mask."""
+
+    @staticmethod
+    def forward(ctx, x, row, *sender_diffs):
+        ctx.save_for_backward(*sender_diffs)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad_x):
+        grad_row = -_dot_senders(grad_x.unsqueeze(0), ctx.saved_tensors) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_row, *([None] * len(ctx.saved_tensors))
+
+
+def _dot_senders(grads: torch.Tensor, sender_diffs) -> torch.Tensor:
+    """grads [n, batch, pos, d_model] . each sender's diff (blocks [k, batch, pos, d_model]) -> [n, n_senders]."""
+    # reshape, not flatten: HISP's per-prompt backward runs this under autograd's vmap, which has no rule for flatten
+    flat = grads.reshape(grads.shape[0], -1)
+    return torch.cat([flat @ diffs.reshape(len(diffs), -1).T for diffs in sender_diffs], 1)
+
+
+def _norm_input_grads(ln, x: torch.Tensor, W: torch.Tensor, projected: torch.Tensor,
+                      grad_qkv: torch.Tensor) -> torch.Tensor:
+    """G_r = dL/dx for each head input r when head r computes ln(x) @ W_r (``projected``, [3, batch,
+    pos, H, d_head]): [3H, batch, pos, d_model], from the heads' cotangents grad_qkv (shaped as
+    ``projected``).
+
+    TransformerLens' four norms (ln(x) = w * yhat (+ b), yhat = xc / s, s = sqrt(mean(xc^2) + eps),
+    xc = x minus its mean for LN, x itself for RMS, w = 1 for the Pre variants) have the VJP
+    G = (g' - yhat <g', yhat> / d) / s with g' = (w * g) centred (LN) or not (RMS).  Folding w, the
+    centring and 1/s into the weights and the small cotangents leaves one [3H, batch, pos, d_model]
+    product and one correction, where autograd would make a dozen passes over it.  Any other
+    module: torch.func's VJP of the module itself, batched over the heads.  (Only matmul, permute
+    and reshape touch the cotangents: HISP's per-prompt backward runs this under autograd's vmap,
+    which has no rule for einsum or flatten.)"""
+    centred = isinstance(ln, (LayerNorm, LayerNormPre))
+    known = centred or isinstance(ln, (RMSNorm, RMSNormPre, torch.nn.Identity))
+    if not known or x.dtype not in (torch.float32, torch.float64):
+        _, ln_vjp = torch.func.vjp(ln, x.detach())
+        return torch.func.vmap(ln_vjp)(_head_cotangents(grad_qkv, W, x.shape))[0]
+    if isinstance(ln, torch.nn.Identity):
+        return _head_cotangents(grad_qkv, W, x.shape)
+    # yhat @ (w W)_r: the forward's projection less layer norm's bias term b @ W_r
+    normed_projected = projected - torch.einsum("d,whde->whe", ln.b, W)[:, None, None] \
+        if isinstance(ln, LayerNorm) else projected
+    if isinstance(ln, (LayerNorm, RMSNorm)):
+        W = W * ln.w[:, None]  # [3, H, d_model, d_head]
+    if centred:
+        x = x - x.mean(-1, keepdim=True)
+        W = W - W.mean(2, keepdim=True)  # g' centred = grad_q @ (centred W)^T
+    scale = (x.pow(2).mean(-1, keepdim=True) + ln.eps).sqrt()  # [batch, pos, 1]
+    normed = x / scale
+    grad_scaled = grad_qkv / scale.unsqueeze(-1)  # g / s, [3, batch, pos, H, d_head]
+    grads = _head_cotangents(grad_scaled, W, x.shape)  # g' / s
+    # <g', yhat> / (d s) per head and token: yhat is centred, so <g' centred, yhat> = <g', yhat>
+    dots = (grad_scaled * normed_projected).sum(-1) / x.shape[-1]  # [3, b, p, H]
+    return grads.addcmul_(normed, dots.permute(0, 3, 1, 2).reshape(-1, *x.shape[:-1], 1), value=-1)
+
+
+def _head_cotangents(grad_qkv: torch.Tensor, W: torch.Tensor, shape) -> torch.Tensor:
+    """(dL/dq_r) W_r^T for every head place r: [3, batch, pos, H, d_head] -> [3H, batch, pos, d_model]."""
+    three, heads, d_model, d_head = W.shape
+    per_head = grad_qkv.permute(0, 3, 1, 2, 4).reshape(three * heads, -1, d_head)  # [3H, batch*pos, d_head]
+    return per_head.matmul(W.reshape(three * heads, d_model, d_head).transpose(1, 2)).reshape(-1, *shape)
 
 
 def _put_heads(qkv: torch.Tensor, index: torch.Tensor, values: torch.Tensor, n_candidates: int) -> torch.Tensor:

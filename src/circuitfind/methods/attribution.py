@@ -53,6 +53,8 @@ def mask_gradient(problem: Problem, values: torch.Tensor, objective: str, split:
     mask = values.detach().to(device=engine.device, dtype=engine.dtype).requires_grad_(True)
     with torch.enable_grad():
         logits, _ = engine.run(mask, problem.data(split).positions)
+        if bool((values == 1).all()):
+            problem.know_clean_logits(logits, split)
         (grad,) = torch.autograd.grad(objective_loss(problem, logits, objective, split), mask)
     return grad.detach().double().cpu()
 

@@ -48,6 +48,12 @@ class Problem:
             self._clean_logits[split] = self.engine(split).logits(self.graph.full_mask(), self.data(split).positions)
         return self._clean_logits[split]
 
+    def know_clean_logits(self, logits: torch.Tensor, split: str = "validation") -> None:
+        """``logits``: a run at the full mask (every edge kept) at the split's positions.  They are
+        the clean logits, so a gradient method that runs the full mask anyway (EAP) saves the
+        separate clean run."""
+        self._clean_logits.setdefault(split, logits.detach())
+
     def per_prompt(self, logits: torch.Tensor, split: str = "validation", metric: Metric | None = None) -> torch.Tensor:
         """The metric of patched ``logits`` (at the split's positions) for each prompt, in its own sign."""
         return (metric or self.metric).per_prompt(logits, self.clean_logits(split), self.data(split))
