@@ -62,10 +62,9 @@ class UnsupportedModelError(ValueError):
     """The model uses a feature the patching engine does not implement."""
 
 
-# Config flags whose maths the engine does not re-implement.  use_normalization_before_and_after
-# (Gemma-2's post-norms) would normalise the sum of a layer's heads, so a head's output would no
-# longer be a sender that adds into the residual stream.
-UNSUPPORTED_FLAGS = ("use_normalization_before_and_after", "use_qk_norm", "use_attention_sinks", "use_logn_attn",
+# Config flags whose maths the engine does not re-implement.  (Gemma-2's
+# use_normalization_before_and_after is supported: see ``post_norm_inputs``.)
+UNSUPPORTED_FLAGS = ("use_qk_norm", "use_attention_sinks", "use_logn_attn",
                      "ungroup_grouped_query_attention", "load_in_4bit", "use_split_qkv_normalized_input")
 POSITIONAL_EMBEDDINGS = ("standard", "shortformer", "rotary")
 
@@ -81,6 +80,9 @@ def check_supported(model: HookedTransformer) -> None:
             problems.append(f"{flag}=True")
     if getattr(cfg, "original_architecture", None) in _post_norm_architectures():
         problems.append(f"post-norm blocks ({cfg.original_architecture})")
+    if getattr(cfg, "use_normalization_before_and_after", False) and cfg.normalization_type not in ("RMS", "RMSPre"):
+        # TransformerLens builds the post-norms for RMS models only (Gemma-2)
+        problems.append(f"use_normalization_before_and_after with normalization_type={cfg.normalization_type!r}")
     if getattr(cfg, "clip_qkv", None) is not None:
         problems.append("clip_qkv")
     if cfg.attention_dir not in ("causal", "bidirectional"):
@@ -130,6 +132,8 @@ class SenderDiffs:
         self.prefix = prefix
         self.n_prefix = 0 if prefix is None else prefix.shape[0]
         self.n_candidates = n_candidates
+        # post-norm models: layer -> (sum of its heads + b_O, its post-normed attention output)
+        self.attn_sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def write(self, start: int, values: torch.Tensor) -> None:
         start -= self.n_prefix
@@ -139,25 +143,28 @@ class SenderDiffs:
         else:
             self.buffer[start:start + values.shape[0]] = values
 
-    def weighted(self, weights: torch.Tensor, n_senders: int) -> torch.Tensor:
-        """sum_s weights[r, s] * diff_s over the first ``n_senders`` senders -> [rows, batch*pos*d]
-        (batch: the prompts once when only the shared prefix is read, else every candidate's)."""
+    def weighted(self, weights: torch.Tensor, n_senders: int, first: int = 0) -> torch.Tensor:
+        """sum_s weights[r, s] * diff_s over senders ``first`` to ``n_senders`` (``weights`` is
+        indexed by sender slot) -> [rows, batch*pos*d] (batch: the prompts once when only the
+        shared prefix is read, else every candidate's)."""
         rows = weights.shape[0]
         shared = None
-        if self.prefix is not None:
+        if self.prefix is not None and first < self.n_prefix:
             n = min(n_senders, self.n_prefix)
-            shared = _weighted_sum(weights[:, :n], self.prefix[:n])
+            shared = _weighted_sum(weights[:, first:n], self.prefix[first:n])
             if n_senders <= self.n_prefix:
                 return shared
-        own_weights = weights[:, self.n_prefix:n_senders]
+        own_first, own_end = max(first - self.n_prefix, 0), n_senders - self.n_prefix
+        own_weights = weights[:, self.n_prefix:n_senders]  # column i: body slot i
         if not self.differentiable:
-            own = _weighted_sum(own_weights, self.buffer[:n_senders - self.n_prefix])
+            own = _weighted_sum(own_weights[:, own_first:], self.buffer[own_first:own_end])
         else:
             own = None
             for start, block in self.blocks:
-                if start >= own_weights.shape[1]:
+                lo, hi = max(start, own_first), min(start + block.shape[0], own_end)
+                if lo >= hi:
                     continue
-                part = own_weights[:, start:start + block.shape[0]] @ block.flatten(1)
+                part = own_weights[:, lo:hi] @ block[lo - start:hi - start].flatten(1)
                 own = part if own is None else own + part
         if shared is None:
             return own
@@ -200,6 +207,7 @@ class SenderCache:
     diff: torch.Tensor
     resid: list[torch.Tensor]
     qkv: list[torch.Tensor]  # per recomputed layer: [3, batch, pos, n_heads, d_head]
+    attn_sums: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None  # post-norm models (SenderDiffs)
 
 
 class PatchEngine:
@@ -227,6 +235,14 @@ class PatchEngine:
         if position_order is not None and not graph.arch.split_embed:
             raise ValueError("shuffle_positions needs the positional embedding as its own sender (split embeddings)")
         self.position_order = position_order
+        # Gemma-2: each layer's attention output (and MLP output) is normalised again before it
+        # enters the residual stream; see post_norm_inputs
+        self.post_norm = bool(getattr(cfg, "use_normalization_before_and_after", False))
+        if self.post_norm:
+            self._head_slot = torch.zeros(graph.n_senders, dtype=torch.bool, device=self.device)
+            for layer in range(graph.n_layers):
+                self._head_slot[graph.head_slots(layer)] = True
+            self._ablated_attn: dict[int, torch.Tensor] = {}
         self._body: torch.Tensor | None = None  # see body_buffer
         self._unembed_weight: torch.Tensor | None = None  # see unembed
 
@@ -253,6 +269,8 @@ class PatchEngine:
         removes most as ``ablated_resid + kept @ diff``.  The two are equal, but each sums over the
         fewer senders, and the second is exact when everything is removed (no cancellation of a
         sender's value against itself, which layer norm would amplify under zero ablation)."""
+        if self.post_norm:
+            return self.post_norm_inputs(r, row, resid, diff)
         n_senders = r.shape[1]
         if torch.is_grad_enabled() and r.requires_grad:
             # A gradient needs every input read through its mask row, even where nothing is removed
@@ -278,6 +296,73 @@ class PatchEngine:
         ablated = from_ablated(torch.where(mostly_removed[:, None], 1 - r, 0))
         return changed, torch.where(mostly_removed.view(-1, 1, 1, 1), ablated, keeping)
 
+    def post_norm_inputs(self, r: torch.Tensor, row: int, resid: torch.Tensor,
+                         diff: SenderDiffs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``changed_inputs`` for post-norm blocks (Gemma-2), where layer l adds
+        ``ln1_post(sum_h head_h + b_O)`` to the residual stream: not a sum over its heads.
+
+        Heads stay senders, and receiver r reads each earlier layer's attention output as that
+        layer's post-norm of r's own mix of the layer's heads,
+
+            ln1_post_l( sum_h [m_rh * value_h + (1 - m_rh) * ablated_h] + b_O_l ),
+
+        plus every other sender (embeddings, MLPs, whose values ln2_post already normalised) as in
+        ``changed_inputs``.  Nothing removed is the model's residual stream; everything removed is
+        the ablated run's (each layer's ablated output is the post-norm of its ablated heads); the
+        input stays differentiable in the mask.  A receiver that keeps most of its edges starts
+        from ``resid`` and replaces the attention output of each layer it removes a head of; one
+        that removes most starts from the ablated values and rebuilds every layer's output from
+        the heads it keeps (exact when everything is removed, as in ``changed_inputs``)."""
+        n_senders, g, k = r.shape[1], self.graph, diff.n_candidates
+        if torch.is_grad_enabled() and r.requires_grad:
+            changed = torch.arange(len(r), device=r.device)
+        else:
+            changed = r.any(1).nonzero().flatten()
+        if len(changed) == 0:
+            return changed, None
+        r = r[changed]
+        shape = (len(changed), -1, *resid.shape[1:])
+        heads = self._head_slot[:n_senders]
+        layers = [l for l in range(g.n_layers) if g.head_slots(l).stop <= n_senders]
+
+        def plus(x, y):  # x [rows, candidates*prompts | prompts, ...] + y [rows | 1, prompts | 1, ...]
+            return _with_prompts(torch.add, x, y, k, 1)
+
+        def keeping(removed):
+            x = resid.unsqueeze(0) - diff.weighted(removed * ~heads, n_senders).view(shape)
+            for l in layers:
+                span, (S, A) = g.head_slots(l), diff.attn_sums[l]
+                if not removed[:, span].any() and not removed.requires_grad:
+                    continue  # this layer's output is the model's
+                mixed = plus(-diff.weighted(removed, span.stop, span.start).view(shape), S.unsqueeze(0))
+                x = plus(x, self.model.blocks[l].ln1_post(mixed) - A.unsqueeze(0))
+            return x
+
+        def from_ablated(kept):
+            x = plus(diff.weighted(kept * ~heads, n_senders).view(shape),
+                     self.ablated_resid(n_senders, row))
+            for l in layers:
+                span = g.head_slots(l)
+                mixed = plus(diff.weighted(kept, span.stop, span.start).view(shape), self.ablated_attn(l).unsqueeze(0))
+                x = plus(x, self.model.blocks[l].ln1_post(mixed))
+            return x
+
+        mostly_removed = r.sum(1) > n_senders / 2
+        if not mostly_removed.any():
+            return changed, keeping(r)
+        if mostly_removed.all():
+            return changed, from_ablated(1 - r)
+        kept_rows = keeping(torch.where(mostly_removed[:, None], 0, r))
+        ablated_rows = from_ablated(torch.where(mostly_removed[:, None], 1 - r, 0))
+        return changed, torch.where(mostly_removed.view(-1, 1, 1, 1), ablated_rows, kept_rows)
+
+    def ablated_attn(self, layer: int) -> torch.Tensor:
+        """Post-norm models: the sum of layer ``layer``'s ablated heads and b_O, before ln1_post."""
+        if layer not in self._ablated_attn:
+            heads = self.ablation.senders[self.graph.head_slots(layer)].sum(0)
+            self._ablated_attn[layer] = heads + self.model.blocks[layer].attn.b_O
+        return self._ablated_attn[layer]
+
     def receiver_input(self, r: torch.Tensor, row: int, resid: torch.Tensor, diff: SenderDiffs) -> torch.Tensor:
         """The input of one receiver, given its removed-mask row for each of ``len(r)`` candidates
         [candidates, n_senders]: [candidates * batch, pos, d_model] (candidate-major)."""
@@ -295,6 +380,9 @@ class PatchEngine:
         key = (n_senders, row)
         if key not in self._ablated_resid:
             g, blocks = self.graph, self.model.blocks
+            if self.post_norm:  # the heads and b_O: see ablated_attn
+                self._ablated_resid[key] = self.ablation.senders[:n_senders][~self._head_slot[:n_senders]].sum(0)[None]
+                return self._ablated_resid[key]
             layer = g.n_layers if row == g.resid_post_row else row // g.rows_per_layer
             own_layer_bias = (g.arch.has_mlps and not g.arch.parallel
                               and row == g.mlp_row(min(layer, g.n_layers - 1)))
@@ -331,6 +419,10 @@ class PatchEngine:
         result = torch.einsum("bqhe,hed->hbqd", z, attn.W_O)  # one [batch, pos, d] slab per head
         heads = g.head_slots(layer)
         diff.write(heads.start, _with_prompts(torch.sub, result, self.ablation.senders[heads], k, 1))
+        if self.post_norm:
+            summed = result.sum(0) + attn.b_O
+            diff.attn_sums[layer] = (summed, block.ln1_post(summed))
+            return _with_prompts(torch.add, diff.attn_sums[layer][1], resid, k, 0), qkv
         return _with_prompts(torch.add, result.sum(0), resid, k, 0) + attn.b_O, qkv
 
     def attend(self, attn, qkv: torch.Tensor) -> torch.Tensor:
@@ -375,6 +467,8 @@ class PatchEngine:
         g, block = self.graph, self.model.blocks[layer]
         reads = block_input if g.arch.parallel else resid
         out = block.mlp(block.ln2(self.receiver_input(r, g.mlp_row(layer), reads, diff)))
+        if self.post_norm:
+            out = block.ln2_post(out)
         if out.shape[0] < resid.shape[0]:  # a parallel MLP read the prompts once; the heads, per candidate
             out = out.repeat(resid.shape[0] // out.shape[0], *([1] * (out.dim() - 1)))
         slot = g.mlp_slot(layer)
@@ -448,6 +542,8 @@ class PatchEngine:
             resid = cache.resid[start_stage]
             body = self.body_buffer(g.n_senders - n_cached, n_candidates * resid.shape[0], resid)
             diff = SenderDiffs(body, False, prefix=cache.diff[:n_cached], n_candidates=n_candidates)
+            if self.post_norm:  # the layers below the restart, from the cache
+                diff.attn_sums = {l: sums for l, sums in cache.attn_sums.items() if 2 * l < start_stage}
         stages: list[torch.Tensor] = []
         qkv: list[torch.Tensor] = []
 
@@ -484,7 +580,8 @@ class PatchEngine:
         logits = self.unembed(final)
         if batched:
             logits = _per_candidate(logits, n_candidates, 0)
-        return logits, (SenderCache(diff=diff.buffer, resid=stages, qkv=qkv) if record else None)
+        cached = SenderCache(diff=diff.buffer, resid=stages, qkv=qkv, attn_sums=diff.attn_sums) if record else None
+        return logits, cached
 
     def check_candidates(self, removed: torch.Tensor, qkv_mask: torch.Tensor, start_stage: int) -> None:
         """Batched masks must agree everywhere but in the receivers read at ``start_stage``."""
