@@ -40,6 +40,15 @@ A shortformer (Redwood's 2-layer model) adds its positional embedding to every q
 normalised input rather than to the residual stream: there the embedding sender is the token
 embedding alone, and the positions are a fixed, never patched part of each query and key.
 
+Gemma-2's post-norms (``use_normalization_before_and_after``) put a layer's heads inside one
+norm, ``ln1_post(sum_h head_h + b_O)``: there a receiver reads each earlier layer's attention output
+as that norm of its own mix of the layer's heads (``post_norm_inputs``); MLP outputs, already
+normalised by ``ln2_post``, stay ordinary senders.
+
+``activation_device="cpu"`` keeps the stored tensors (the ablation, a recorded run, each run's
+sender buffer) in host memory and moves each slab to the model's device as it is read
+(``choose_activation_device`` picks it when they would not fit on the GPU).
+
 The maths is re-implemented here from the model's weights, so ``check_supported`` refuses
 architectures it does not cover; ``reference.py`` computes the same thing with TransformerLens hooks
 and the tests hold the two together.
@@ -125,8 +134,11 @@ class SenderDiffs:
     tensor and reads sum one matmul per block."""
 
     def __init__(self, body: torch.Tensor, differentiable: bool, prefix: torch.Tensor | None = None,
-                 n_candidates: int = 1):
+                 n_candidates: int = 1, fetch: bool = False):
+        """``fetch``: the stored slabs (body buffer, prefix) live on the CPU and are moved to the
+        mask's device slab group by slab group as they are read (see ``activation_device``)."""
         self.differentiable = differentiable
+        self.fetch = fetch
         self.buffer = None if differentiable else body
         self.blocks: list[tuple[int, torch.Tensor]] = []  # (first body slot, [n, batch, pos, d])
         self.prefix = prefix
@@ -151,13 +163,13 @@ class SenderDiffs:
         shared = None
         if self.prefix is not None and first < self.n_prefix:
             n = min(n_senders, self.n_prefix)
-            shared = _weighted_sum(weights[:, first:n], self.prefix[first:n])
+            shared = _weighted_sum(weights[:, first:n], self.prefix[first:n], self.fetch)
             if n_senders <= self.n_prefix:
                 return shared
         own_first, own_end = max(first - self.n_prefix, 0), n_senders - self.n_prefix
         own_weights = weights[:, self.n_prefix:n_senders]  # column i: body slot i
         if not self.differentiable:
-            own = _weighted_sum(own_weights[:, own_first:], self.buffer[own_first:own_end])
+            own = _weighted_sum(own_weights[:, own_first:], self.buffer[own_first:own_end], self.fetch)
         else:
             own = None
             for start, block in self.blocks:
@@ -171,14 +183,43 @@ class SenderDiffs:
         return (own.view(rows, self.n_candidates, -1) + shared.unsqueeze(1)).view(rows, -1)
 
 
-def _weighted_sum(weights: torch.Tensor, slabs: torch.Tensor) -> torch.Tensor:
+def _weighted_sum(weights: torch.Tensor, slabs: torch.Tensor, fetch: bool = False) -> torch.Tensor:
     """weights [rows, n] @ slabs [n, ...] -> [rows, prod(...)].  ACDC's masks are sparse on one side:
     gather the few slabs with a nonzero weight rather than multiply zeros (a slab is
-    batch*pos*d_model numbers)."""
+    batch*pos*d_model numbers).  ``fetch``: the slabs are stored on the CPU (see
+    ``_fetched_weighted_sum``)."""
     used = weights.any(0).nonzero().flatten()
     if len(used) <= weights.shape[1] // 4:
-        return weights[:, used] @ slabs.index_select(0, used).flatten(1)
+        weights, slabs = weights[:, used], slabs.index_select(0, used.to(slabs.device))
+    if fetch:
+        return _fetched_weighted_sum(weights, slabs)
     return weights @ slabs.flatten(1)
+
+
+# Slabs moved to the model's device at once when the stored activations live on the CPU: bounds
+# the extra device memory a read takes to this much, whatever the number of senders.
+FETCH_BYTES = 256 * 2**20
+
+
+def _fetched_weighted_sum(weights: torch.Tensor, slabs: torch.Tensor) -> torch.Tensor:
+    """``weights @ slabs`` for slabs stored off the weights' device, moving at most FETCH_BYTES of
+    them there at a time (on a CPU-only machine the moves are no-ops and the sum is the same)."""
+    step = max(1, FETCH_BYTES // max(slabs[0].numel() * slabs.element_size(), 1)) if len(slabs) else 1
+    total = None
+    for first in range(0, max(len(slabs), 1), step):
+        part = weights[:, first:first + step] @ slabs[first:first + step].to(weights.device).flatten(1)
+        total = part if total is None else total + part
+    return total
+
+
+def _fetched_sum(slabs: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``slabs.sum(0)`` on ``device`` for slabs stored elsewhere, FETCH_BYTES at a time."""
+    step = max(1, FETCH_BYTES // max(slabs[0].numel() * slabs.element_size(), 1)) if len(slabs) else 1
+    total = None
+    for first in range(0, max(len(slabs), 1), step):
+        part = slabs[first:first + step].to(device).sum(0)
+        total = part if total is None else total + part
+    return total
 
 
 def _per_candidate(x: torch.Tensor, n_candidates: int, dim: int) -> torch.Tensor:
@@ -214,9 +255,11 @@ class PatchEngine:
     """Runs ``model`` on ``tokens`` with a mask over ``graph``'s edges, ablating from ``ablation``."""
 
     def __init__(self, model: HookedTransformer, graph: Graph, tokens: torch.Tensor, ablation: Ablation,
-                 position_order: torch.Tensor | None = None):
+                 position_order: torch.Tensor | None = None, activation_device: str = "model"):
         """``position_order``: position i reads the positional embedding of position
-        ``position_order[i]`` (the corrupted run of ``shuffle_positions``)."""
+        ``position_order[i]`` (the corrupted run of ``shuffle_positions``).  ``activation_device``:
+        where the big stored tensors live, ``model`` (its device) or ``cpu`` (see
+        ``choose_activation_device``; ``ablation`` should live there too)."""
         check_supported(model)
         cfg = model.cfg
         if graph.arch != Architecture.from_config(cfg, split_embed=graph.arch.split_embed):
@@ -224,6 +267,14 @@ class PatchEngine:
         self.model, self.graph, self.tokens, self.ablation = model, graph, tokens, ablation
         self.device = next(model.parameters()).device
         self.dtype = cfg.dtype
+        if activation_device not in ("model", "cpu"):
+            raise ValueError(f"activation_device must be model or cpu, got {activation_device!r}")
+        # cpu: every run's sender buffer, the recorded cache (ACDC's prefix, the residual at each
+        # stage, each layer's q/k/v) and the ablation stay in host memory; each slab moves to the
+        # model's device when read.  Gradients (SP, attribution) keep their own blocks on the device.
+        self.activation_device = activation_device
+        self.offload = activation_device == "cpu"
+        self.storage = torch.device("cpu") if self.offload else self.device
         self.n_forward = 0  # model forwards run (a restarted run counts as one)
         self._ablated_resid: dict[tuple[int, int], torch.Tensor] = {}
         self._qkv_weights: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -247,6 +298,18 @@ class PatchEngine:
         self._unembed_weight: torch.Tensor | None = None  # see unembed
 
     # ---- building blocks -------------------------------------------------------------------
+    def fetch(self, stored: torch.Tensor) -> torch.Tensor:
+        """A stored tensor on the model's device (a no-op unless activations live on the CPU)."""
+        return stored.to(self.device) if self.offload else stored
+
+    def store(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` where stored tensors live."""
+        return x.to(self.storage) if self.offload else x
+
+    def summed(self, stored: torch.Tensor) -> torch.Tensor:
+        """``stored.sum(0)`` on the model's device."""
+        return _fetched_sum(stored, self.device) if self.offload else stored.sum(0)
+
     def embed(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """The embedding senders' values: [token, positional] when split, else their sum (a
         shortformer: the token embedding alone)."""
@@ -359,7 +422,7 @@ class PatchEngine:
     def ablated_attn(self, layer: int) -> torch.Tensor:
         """Post-norm models: the sum of layer ``layer``'s ablated heads and b_O, before ln1_post."""
         if layer not in self._ablated_attn:
-            heads = self.ablation.senders[self.graph.head_slots(layer)].sum(0)
+            heads = self.summed(self.ablation.senders[self.graph.head_slots(layer)])
             self._ablated_attn[layer] = heads + self.model.blocks[layer].attn.b_O
         return self._ablated_attn[layer]
 
@@ -381,14 +444,15 @@ class PatchEngine:
         if key not in self._ablated_resid:
             g, blocks = self.graph, self.model.blocks
             if self.post_norm:  # the heads and b_O: see ablated_attn
-                self._ablated_resid[key] = self.ablation.senders[:n_senders][~self._head_slot[:n_senders]].sum(0)[None]
+                others = ~self._head_slot[:n_senders].to(self.storage)
+                self._ablated_resid[key] = self.summed(self.ablation.senders[:n_senders][others])[None]
                 return self._ablated_resid[key]
             layer = g.n_layers if row == g.resid_post_row else row // g.rows_per_layer
             own_layer_bias = (g.arch.has_mlps and not g.arch.parallel
                               and row == g.mlp_row(min(layer, g.n_layers - 1)))
             biases = sum((blocks[l].attn.b_O for l in range(layer + (1 if own_layer_bias else 0))),
                          torch.zeros((), dtype=self.dtype, device=self.device))
-            self._ablated_resid[key] = (self.ablation.senders[:n_senders].sum(0) + biases).unsqueeze(0)
+            self._ablated_resid[key] = (self.summed(self.ablation.senders[:n_senders]) + biases).unsqueeze(0)
         return self._ablated_resid[key]
 
     def attention(self, layer: int, resid: torch.Tensor, diff: SenderDiffs, r: torch.Tensor,
@@ -413,12 +477,12 @@ class PatchEngine:
             qkv = _put_heads(qkv, changed, own, c)
         if (qkv_mask != 1).any() or (torch.is_grad_enabled() and qkv_mask.requires_grad):
             w = qkv_mask.transpose(0, 1).reshape(3, c, 1, 1, H, 1)
-            mixed = w * _per_candidate(qkv, k, 1) + (1 - w) * self.ablation.qkv[layer].unsqueeze(1)
+            mixed = w * _per_candidate(qkv, k, 1) + (1 - w) * self.fetch(self.ablation.qkv[layer]).unsqueeze(1)
             qkv = mixed.flatten(1, 2)
         z = self.attend(attn, qkv)
         result = torch.einsum("bqhe,hed->hbqd", z, attn.W_O)  # one [batch, pos, d] slab per head
         heads = g.head_slots(layer)
-        diff.write(heads.start, _with_prompts(torch.sub, result, self.ablation.senders[heads], k, 1))
+        diff.write(heads.start, _with_prompts(torch.sub, result, self.fetch(self.ablation.senders[heads]), k, 1))
         if self.post_norm:
             summed = result.sum(0) + attn.b_O
             diff.attn_sums[layer] = (summed, block.ln1_post(summed))
@@ -473,7 +537,7 @@ class PatchEngine:
             out = out.repeat(resid.shape[0] // out.shape[0], *([1] * (out.dim() - 1)))
         slot = g.mlp_slot(layer)
         k = diff.n_candidates
-        diff.write(slot, _with_prompts(torch.sub, out.unsqueeze(0), self.ablation.senders[slot:slot + 1], k, 1))
+        diff.write(slot, _with_prompts(torch.sub, out.unsqueeze(0), self.fetch(self.ablation.senders[slot:slot + 1]), k, 1))
         return _with_prompts(torch.add, out, resid, k, 0)
 
     def body_buffer(self, n: int, batch: int, like: torch.Tensor) -> torch.Tensor:
@@ -481,7 +545,7 @@ class PatchEngine:
         allocation per edge test would cost page faults on every slab)."""
         shape = (n, batch, *like.shape[1:])
         if self._body is None or self._body.numel() < math.prod(shape):
-            self._body = torch.empty(math.prod(shape), device=self.device, dtype=self.dtype)
+            self._body = torch.empty(math.prod(shape), device=self.storage, dtype=self.dtype)
         return self._body[:math.prod(shape)].view(shape)
 
     def unembed(self, x: torch.Tensor) -> torch.Tensor:
@@ -529,9 +593,9 @@ class PatchEngine:
             n_embed = len(embeds)
             batch, pos, d_model = embeds[0].shape
             buffer = None if differentiable else torch.empty(
-                g.n_senders, batch, pos, d_model, device=self.device, dtype=self.dtype)
-            diff = SenderDiffs(buffer, differentiable)
-            diff.write(0, torch.stack(embeds) - self.ablation.senders[:n_embed])
+                g.n_senders, batch, pos, d_model, device=self.storage, dtype=self.dtype)
+            diff = SenderDiffs(buffer, differentiable, fetch=self.offload)
+            diff.write(0, torch.stack(embeds) - self.fetch(self.ablation.senders[:n_embed]))
             resid = sum(embeds[1:], embeds[0])
         else:
             assert not differentiable, "restarting from a cache is for gradient-free search"
@@ -539,11 +603,13 @@ class PatchEngine:
             if batched:
                 self.check_candidates(removed, qkv_mask, start_stage)
             n_cached = g.n_senders_before_stage(start_stage)
-            resid = cache.resid[start_stage]
+            resid = self.fetch(cache.resid[start_stage])
             body = self.body_buffer(g.n_senders - n_cached, n_candidates * resid.shape[0], resid)
-            diff = SenderDiffs(body, False, prefix=cache.diff[:n_cached], n_candidates=n_candidates)
+            diff = SenderDiffs(body, False, prefix=cache.diff[:n_cached], n_candidates=n_candidates,
+                               fetch=self.offload)
             if self.post_norm:  # the layers below the restart, from the cache
-                diff.attn_sums = {l: sums for l, sums in cache.attn_sums.items() if 2 * l < start_stage}
+                diff.attn_sums = {l: (self.fetch(S), self.fetch(A)) for l, (S, A) in cache.attn_sums.items()
+                                  if 2 * l < start_stage}
         stages: list[torch.Tensor] = []
         qkv: list[torch.Tensor] = []
 
@@ -556,22 +622,22 @@ class PatchEngine:
         for layer in range(start_stage // 2, g.n_layers):
             stage = 2 * layer
             # a parallel block's MLP reads the block's input (a run restarted at the MLP: the cache's)
-            block_input = resid if stage >= start_stage else cache.resid[stage]
+            block_input = resid if stage >= start_stage else self.fetch(cache.resid[stage])
             if stage >= start_stage:
                 if record:
-                    stages.append(resid)
+                    stages.append(self.store(resid))
                 r = rows(stage, layer * g.rows_per_layer, 3 * g.n_heads, g.n_senders_before_heads(layer))
                 layer_qkv_mask = (qkv_mask if stage == start_stage else qkv_mask[:1])[:, layer]
                 resid, layer_qkv = self.attention(layer, resid, diff, r, layer_qkv_mask)
                 if record:
-                    qkv.append(layer_qkv)
+                    qkv.append(self.store(layer_qkv))
             if record:
-                stages.append(resid)  # before the MLP (attention-only models: a stage that does nothing)
+                stages.append(self.store(resid))  # before the MLP (attention-only models: a stage that does nothing)
             if g.arch.has_mlps:
                 r = rows(stage + 1, g.mlp_row(layer), 1, g.n_senders_before_mlp(layer))[:, 0]
                 resid = self.mlp(layer, resid, diff, r, block_input)
         if record:
-            stages.append(resid)
+            stages.append(self.store(resid))
 
         final = self.receiver_input(rows(2 * g.n_layers, g.resid_post_row, 1, g.n_senders)[:, 0],
                                     g.resid_post_row, resid, diff)
@@ -580,7 +646,8 @@ class PatchEngine:
         logits = self.unembed(final)
         if batched:
             logits = _per_candidate(logits, n_candidates, 0)
-        cached = SenderCache(diff=diff.buffer, resid=stages, qkv=qkv, attn_sums=diff.attn_sums) if record else None
+        attn_sums = {l: (self.store(S), self.store(A)) for l, (S, A) in diff.attn_sums.items()}
+        cached = SenderCache(diff=diff.buffer, resid=stages, qkv=qkv, attn_sums=attn_sums) if record else None
         return logits, cached
 
     def check_candidates(self, removed: torch.Tensor, qkv_mask: torch.Tensor, start_stage: int) -> None:
@@ -621,6 +688,40 @@ def gather_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index)
 
 
+# ---- where the stored activations live --------------------------------------------------------
+ACTIVATION_DEVICES = ("auto", "model", "cpu")
+# auto leaves this much of the GPU free for the forwards themselves (their transient tensors, the
+# batched candidates' recomputed layers) beyond the stored activations.
+GPU_HEADROOM_BYTES = 2 * 2**30
+
+
+def stored_activation_bytes(graph: Graph, cfg, n_prompts: int, n_pos: int) -> int:
+    """What one engine keeps between runs, in bytes: the ablation's sender values and q/k/v, a
+    recorded run (ACDC's cache: the same again, plus the residual at every stage) and one run's
+    sender buffer."""
+    itemsize = torch.empty((), dtype=cfg.dtype).element_size()
+    slab = n_prompts * n_pos * cfg.d_model
+    qkv = graph.n_layers * 3 * n_prompts * n_pos * graph.n_heads * cfg.d_head
+    return itemsize * (3 * graph.n_senders * slab + 2 * qkv + (2 * graph.n_layers + 1) * slab)
+
+
+def choose_activation_device(setting: str, model_device: torch.device | str, needed_bytes: int,
+                             free_bytes: int | None = None) -> str:
+    """``model`` or ``cpu``: where an engine keeps its stored activations.  ``auto`` keeps them on
+    the model's device unless that is a GPU whose free memory (``torch.cuda.mem_get_info``, or
+    ``free_bytes``) less GPU_HEADROOM_BYTES cannot hold ``needed_bytes``."""
+    if setting not in ACTIVATION_DEVICES:
+        raise ValueError(f"model.activation_device must be one of {', '.join(ACTIVATION_DEVICES)}, got {setting!r}")
+    device = torch.device(model_device)
+    if setting != "auto":
+        return setting
+    if device.type != "cuda":
+        return "model"  # host memory: keeping a copy on the CPU would save nothing
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    return "cpu" if needed_bytes > free_bytes - GPU_HEADROOM_BYTES else "model"
+
+
 # ---- where ablated values come from ---------------------------------------------------------
 POSITION_SHUFFLE_SEED = 49  # the reference implementation's
 
@@ -633,19 +734,21 @@ def shuffled_positions(n_pos: int) -> torch.Tensor:
 
 @torch.no_grad()
 def record_activations(model: HookedTransformer, graph: Graph, tokens: torch.Tensor,
-                       position_order: torch.Tensor | None = None) -> Ablation:
+                       position_order: torch.Tensor | None = None, activation_device: str = "model") -> Ablation:
     """Every sender's value and every head's q/k/v on ``tokens`` (the unpatched model): an
     unpatched run against an all-zero ablation stores exactly the values themselves."""
     kw = dict(dtype=model.cfg.dtype, device=tokens.device)
     nothing = Ablation("zero", senders=torch.zeros(graph.n_senders, 1, 1, 1, **kw), qkv=torch.zeros(1, **kw))
-    engine = PatchEngine(model, graph, tokens, nothing, position_order=position_order)
+    engine = PatchEngine(model, graph, tokens, nothing, position_order=position_order,
+                         activation_device=activation_device)
     _, cache = engine.run(graph.full_mask(), record=True)
     assert cache is not None
     return Ablation("recorded", senders=cache.diff, qkv=torch.stack(cache.qkv))
 
 
 @torch.no_grad()
-def zero_ablation(model: HookedTransformer, graph: Graph, tokens: torch.Tensor) -> Ablation:
+def zero_ablation(model: HookedTransformer, graph: Graph, tokens: torch.Tensor,
+                  activation_device: str = "model") -> Ablation:
     """Every sender's ablated value is zero; each head's q/k/v is the one computed in a forward with
     every sender zeroed (on one prompt of ``tokens``: nothing there depends on the tokens).  That
     forward is this engine's with every residual edge removed and every q/k/v edge kept, against
@@ -656,27 +759,29 @@ def zero_ablation(model: HookedTransformer, graph: Graph, tokens: torch.Tensor) 
                        qkv=torch.zeros(graph.n_layers, 3, 1, 1, graph.n_heads, cfg.d_head, **kw))
     fine = graph if graph.granularity == "qkv" else Graph(graph.arch, "qkv")
     only_qkv = torch.tensor([fine.component(e.sender) == e.receiver for e in fine.edges], dtype=cfg.dtype)
-    _, cache = PatchEngine(model, fine, tokens[:1].to(kw["device"]), literal).run(only_qkv, record=True)
+    engine = PatchEngine(model, fine, tokens[:1].to(kw["device"]), literal, activation_device=activation_device)
+    _, cache = engine.run(only_qkv, record=True)
     assert cache is not None
-    return Ablation("zero", senders=literal.senders, qkv=torch.stack(cache.qkv))
+    return Ablation("zero", senders=engine.store(literal.senders), qkv=torch.stack(cache.qkv))
 
 
 def make_ablation(kind: str, model: HookedTransformer, graph: Graph, clean: torch.Tensor,
-                  corrupted: torch.Tensor, shuffle_positions: bool = False) -> Ablation:
+                  corrupted: torch.Tensor, shuffle_positions: bool = False, activation_device: str = "model") -> Ablation:
     """``corrupted``: interchange with the corrupted prompts; ``zero``: every sender zeroed;
     ``mean``: the corrupted prompts' mean per position; ``mean_all``: their mean over prompts and
     positions.  ``shuffle_positions`` shuffles the corrupted run's positional embedding (it has no
-    effect on zero ablation, which has no corrupted run)."""
+    effect on zero ablation, which has no corrupted run).  ``activation_device``: where the
+    ablated values are kept (``model`` or ``cpu``, as the engine that reads them)."""
     check_supported(model)  # an unsupported model is refused by name before any forward runs
     if kind == "zero":
-        return zero_ablation(model, graph, clean)
+        return zero_ablation(model, graph, clean, activation_device)
     if shuffle_positions and not graph.arch.split_embed:
         raise ValueError("corruption.shuffle_positions needs a model whose positional embedding is its own "
                          "sender (the tracr models)")
     if clean.shape != corrupted.shape:
         raise ValueError(f"clean prompts {tuple(clean.shape)} and corrupted prompts {tuple(corrupted.shape)} differ in shape")
     order = shuffled_positions(corrupted.shape[1]) if shuffle_positions else None
-    recorded = record_activations(model, graph, corrupted, order)
+    recorded = record_activations(model, graph, corrupted, order, activation_device)
     recorded_order = None if order is None else tuple(order.tolist())
     if kind == "corrupted":
         return Ablation("corrupted", senders=recorded.senders, qkv=recorded.qkv, position_order=recorded_order)
