@@ -25,6 +25,13 @@ FAMILIES: dict[str, dict] = {
                   normalization_type="RMS", gated_mlp=True, act_fn="gelu_pytorch_tanh", final_rms=True,
                   attn_scores_soft_cap=2.0, output_logits_soft_cap=3.0, attn_scale=3.0,
                   use_local_attn=True, attn_types=["local", "global"], window_size=3, rotary_adjacent_pairs=True, biases=False),
+    # Gemma-2: the Gemma-style blocks plus a second RMSNorm on each attention and MLP output
+    # (ln1_post, ln2_post) before the residual stream, with GQA down to two key/value heads.  Unlike
+    # Gemma-2 it has biases, so that b_O, which sits inside the post-norm, is tested too.
+    "gemma2": dict(positional_embedding_type="rotary", rotary_dim=8, n_key_value_heads=2,
+                   normalization_type="RMS", gated_mlp=True, act_fn="gelu_pytorch_tanh", final_rms=True,
+                   attn_scores_soft_cap=2.0, output_logits_soft_cap=3.0, use_local_attn=True,
+                   attn_types=["local", "global"], window_size=3, use_normalization_before_and_after=True),
     # RMSPre (folded RMSNorm) in parallel blocks without MLP biases
     "rmspre-parallel": dict(positional_embedding_type="rotary", rotary_dim=4, normalization_type="RMSPre",
                             parallel_attn_mlp=True, n_key_value_heads=3),

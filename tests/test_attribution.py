@@ -67,6 +67,22 @@ def test_eap_matches_the_hook_reference(granularity, corruption, attn_only):
     assert slow.abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("granularity, corruption", [("qkv", "corrupted"), ("heads", "zero"), ("nodes", "mean")])
+def test_eap_matches_the_hook_reference_through_gemma_2_post_norms(granularity, corruption):
+    """A head's edge reaches its receiver through its layer's ln1_post: the reference multiplies by
+    that norm's Jacobian (the family without grouped-query attention, which the reference lacks)."""
+    from families import family_model
+
+    model = family_model("gemma2", n_key_value_heads=None)
+    problem = random_problem(model, corruption, granularity)
+    data = problem.data("validation")
+    fast = attribution_scores(problem, "metric")
+    slow = eap_reference(model, problem.graph, data.clean, data.corrupted, data.positions, corruption,
+                         lambda logits: problem.loss(logits))
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-6)
+    assert slow.abs().max() > 1e-3
+
+
 def test_eap_matches_the_hook_reference_on_tracr_with_split_embeddings():
     # zero ablation: main's tracr corruption now shuffles the corrupted run's positions, which the
     # reference does not model yet

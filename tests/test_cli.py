@@ -32,6 +32,7 @@ def test_default_run_writes_a_complete_run_folder(tmp_path):
     assert required <= summary.keys()
     assert (summary["task"], summary["method"], summary["corruption"]) == ("tracr_reverse", "acdc", "zero")
     assert summary["position_order"] is None  # zero ablation has no corrupted run to shuffle
+    assert summary["activation_device"] == {"setting": "auto", "validation": "model", "test": "model"}
     assert (summary["n_edges_total"], summary["n_edges_kept"]) == (106, 15)
     assert (summary["edge_tpr"], summary["edge_fpr"]) == (1.0, 0.0)
     edges = list(csv.DictReader(open(folder / "edges.csv")))
@@ -55,6 +56,7 @@ def test_default_run_writes_a_complete_run_folder(tmp_path):
     (["tau=abc"], "tau must be a positive number, got 'abc'"),
     (["method=sp", "method.lambda_reg=-1"], "lambda_reg must be a non-negative number, got -1"),
     (["method=hisp", "method.k=-3"], "k must be null or a non-negative integer, got -3"),
+    (["model.activation_device=gpu"], "model.activation_device must be auto, model or cpu, got 'gpu'"),
 ])
 def test_bad_input_gets_one_line_and_a_nonzero_exit(tmp_path, args, message):
     result = cli(*args, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)

@@ -45,7 +45,7 @@ def test_engine_agrees_with_the_hook_reference_on_random_and_fractional_masks(fa
                                    rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("family", ["pythia", "llama", "gemma"])
+@pytest.mark.parametrize("family", ["pythia", "llama", "gemma", "gemma2"])
 def test_restarted_and_batched_runs_equal_full_runs(family):
     """Parallel blocks restart an MLP test from the cached block input; GQA and soft-caps batch."""
     model = family_model(family, n_layers=3)
@@ -83,6 +83,7 @@ def test_gradient_through_the_mask_equals_finite_differences(family):
 @pytest.mark.parametrize("family, granularity, corruption", [
     ("pythia", "qkv", "corrupted"), ("llama", "qkv", "corrupted"), ("gemma", "heads", "zero"),
     ("qwen", "nodes", "corrupted"), ("rmspre-parallel", "qkv", "zero"), ("rotary", "heads", "corrupted"),
+    ("gemma2", "qkv", "corrupted"), ("gemma2", "heads", "zero"),
 ])
 def test_acdc_on_the_engine_keeps_the_same_edges_as_acdc_on_the_reference(family, granularity, corruption):
     model = family_model(family)
@@ -125,7 +126,6 @@ def test_a_parallel_mlp_does_not_read_its_own_layers_heads():
 
 
 @pytest.mark.parametrize("flag, value, named", [
-    ("use_normalization_before_and_after", True, "use_normalization_before_and_after=True"),
     ("positional_embedding_type", "alibi", "positional_embedding_type='alibi'"),
     ("use_qk_norm", True, "use_qk_norm=True"),
 ])

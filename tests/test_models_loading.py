@@ -226,7 +226,21 @@ def test_billion_parameter_configs_use_half_precision_on_a_gpu(device, expected)
         loading.weights_dtype(dict(name="x", dtype="float13"), "cpu")
 
 
-def test_gemma_2_is_refused_by_name_before_any_weights_are_built(no_network, monkeypatch):
-    monkeypatch.setattr(loading, "_random_model", lambda *a: pytest.fail("built a model the engine refuses"))
-    with pytest.raises(UnsupportedModelError, match="use_normalization_before_and_after=True"):
-        load_model(dict(name="gemma-2-2b", kind="hub", repo="google/gemma-2-2b", pretrained=False))
+def test_gemma_2_random_weights_build_offline_with_post_norms_and_the_engine_runs_them(no_network):
+    """Gemma-2's architecture (post-norms, GQA 8:4, soft-caps, local/global layers), shrunk to two
+    thin layers through model=hf (its 256,000-token vocabulary stays)."""
+    from circuitfind.engine import PatchEngine, make_ablation
+    from circuitfind.pipeline import compose_config
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(compose_config("model=hf", "model.name=google/gemma-2-2b", "model.pretrained=false",
+                                                "model.n_layers=2", "model.d_model=64").model)
+    model = load_model(cfg, seed=0)
+    assert model.cfg.use_normalization_before_and_after and model.cfg.n_key_value_heads == 4
+    assert hasattr(model.blocks[1], "ln1_post") and model.cfg.attn_types[:2] == ["local", "global"]
+    graph = Graph(Architecture.from_config(model.cfg))
+    tokens = torch.randint(0, 1000, (2, 5))
+    engine = PatchEngine(model, graph, tokens[:1], make_ablation("corrupted", model, graph, tokens[:1], tokens[1:]))
+    torch.testing.assert_close(engine.logits(graph.full_mask()), model(tokens[:1]), rtol=0, atol=1e-4)
+    nothing = torch.zeros(graph.n_edges)
+    torch.testing.assert_close(engine.logits(nothing), model(tokens[1:]), rtol=0, atol=1e-4)

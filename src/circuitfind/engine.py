@@ -47,6 +47,15 @@ inputs path of attribution patching), its heads share one input x: the forward i
 ``-diff_s . dL/dx_r``, with ``dL/dx_r`` layer norm's VJP of head r's cotangent (``_OneInputHeads``).
 Rows that differ take the generic read, which stays the tested oracle (``shared_head_reads=False``).
 
+Gemma-2's post-norms (``use_normalization_before_and_after``) put a layer's heads inside one
+norm, ``ln1_post(sum_h head_h + b_O)``: there a receiver reads each earlier layer's attention output
+as that norm of its own mix of the layer's heads (``post_norm_inputs``); MLP outputs, already
+normalised by ``ln2_post``, stay ordinary senders.
+
+``activation_device="cpu"`` keeps the stored tensors (the ablation, a recorded run, each run's
+sender buffer) in host memory and moves each slab to the model's device as it is read
+(``choose_activation_device`` picks it when they would not fit on the GPU).
+
 The maths is re-implemented here from the model's weights, so ``check_supported`` refuses
 architectures it does not cover; ``reference.py`` computes the same thing with TransformerLens hooks
 and the tests hold the two together.
@@ -71,10 +80,9 @@ class UnsupportedModelError(ValueError):
     """The model uses a feature the patching engine does not implement."""
 
 
-# Config flags whose maths the engine does not re-implement.  use_normalization_before_and_after
-# (Gemma-2's post-norms) would normalise the sum of a layer's heads, so a head's output would no
-# longer be a sender that adds into the residual stream.
-UNSUPPORTED_FLAGS = ("use_normalization_before_and_after", "use_qk_norm", "use_attention_sinks", "use_logn_attn",
+# Config flags whose maths the engine does not re-implement.  (Gemma-2's
+# use_normalization_before_and_after is supported: see ``post_norm_inputs``.)
+UNSUPPORTED_FLAGS = ("use_qk_norm", "use_attention_sinks", "use_logn_attn",
                      "ungroup_grouped_query_attention", "load_in_4bit", "use_split_qkv_normalized_input")
 POSITIONAL_EMBEDDINGS = ("standard", "shortformer", "rotary")
 
@@ -90,6 +98,9 @@ def check_supported(model: HookedTransformer) -> None:
             problems.append(f"{flag}=True")
     if getattr(cfg, "original_architecture", None) in _post_norm_architectures():
         problems.append(f"post-norm blocks ({cfg.original_architecture})")
+    if getattr(cfg, "use_normalization_before_and_after", False) and cfg.normalization_type not in ("RMS", "RMSPre"):
+        # TransformerLens builds the post-norms for RMS models only (Gemma-2)
+        problems.append(f"use_normalization_before_and_after with normalization_type={cfg.normalization_type!r}")
     if getattr(cfg, "clip_qkv", None) is not None:
         problems.append("clip_qkv")
     if cfg.attention_dir not in ("causal", "bidirectional"):
@@ -132,13 +143,18 @@ class SenderDiffs:
     tensor and reads sum one matmul per block."""
 
     def __init__(self, body: torch.Tensor, differentiable: bool, prefix: torch.Tensor | None = None,
-                 n_candidates: int = 1):
+                 n_candidates: int = 1, fetch: bool = False):
+        """``fetch``: the stored slabs (body buffer, prefix) live on the CPU and are moved to the
+        mask's device slab group by slab group as they are read (see ``activation_device``)."""
         self.differentiable = differentiable
+        self.fetch = fetch
         self.buffer = None if differentiable else body
         self.blocks: list[tuple[int, torch.Tensor]] = []  # (first body slot, [n, batch, pos, d])
         self.prefix = prefix
         self.n_prefix = 0 if prefix is None else prefix.shape[0]
         self.n_candidates = n_candidates
+        # post-norm models: layer -> (sum of its heads + b_O, its post-normed attention output)
+        self.attn_sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def write(self, start: int, values: torch.Tensor) -> None:
         start -= self.n_prefix
@@ -148,25 +164,28 @@ class SenderDiffs:
         else:
             self.buffer[start:start + values.shape[0]] = values
 
-    def weighted(self, weights: torch.Tensor, n_senders: int) -> torch.Tensor:
-        """sum_s weights[r, s] * diff_s over the first ``n_senders`` senders -> [rows, batch*pos*d]
-        (batch: the prompts once when only the shared prefix is read, else every candidate's)."""
+    def weighted(self, weights: torch.Tensor, n_senders: int, first: int = 0) -> torch.Tensor:
+        """sum_s weights[r, s] * diff_s over senders ``first`` to ``n_senders`` (``weights`` is
+        indexed by sender slot) -> [rows, batch*pos*d] (batch: the prompts once when only the
+        shared prefix is read, else every candidate's)."""
         rows = weights.shape[0]
         shared = None
-        if self.prefix is not None:
+        if self.prefix is not None and first < self.n_prefix:
             n = min(n_senders, self.n_prefix)
-            shared = _weighted_sum(weights[:, :n], self.prefix[:n])
+            shared = _weighted_sum(weights[:, first:n], self.prefix[first:n], self.fetch)
             if n_senders <= self.n_prefix:
                 return shared
-        own_weights = weights[:, self.n_prefix:n_senders]
+        own_first, own_end = max(first - self.n_prefix, 0), n_senders - self.n_prefix
+        own_weights = weights[:, self.n_prefix:n_senders]  # column i: body slot i
         if not self.differentiable:
-            own = _weighted_sum(own_weights, self.buffer[:n_senders - self.n_prefix])
+            own = _weighted_sum(own_weights[:, own_first:], self.buffer[own_first:own_end], self.fetch)
         else:
             own = None
             for start, block in self.blocks:
-                if start >= own_weights.shape[1]:
+                lo, hi = max(start, own_first), min(start + block.shape[0], own_end)
+                if lo >= hi:
                     continue
-                part = own_weights[:, start:start + block.shape[0]] @ block.flatten(1)
+                part = own_weights[:, lo:hi] @ block[lo - start:hi - start].flatten(1)
                 own = part if own is None else own + part
         if shared is None:
             return own
@@ -182,14 +201,43 @@ class SenderDiffs:
         return blocks
 
 
-def _weighted_sum(weights: torch.Tensor, slabs: torch.Tensor) -> torch.Tensor:
+def _weighted_sum(weights: torch.Tensor, slabs: torch.Tensor, fetch: bool = False) -> torch.Tensor:
     """weights [rows, n] @ slabs [n, ...] -> [rows, prod(...)].  ACDC's masks are sparse on one side:
     gather the few slabs with a nonzero weight rather than multiply zeros (a slab is
-    batch*pos*d_model numbers)."""
+    batch*pos*d_model numbers).  ``fetch``: the slabs are stored on the CPU (see
+    ``_fetched_weighted_sum``)."""
     used = weights.any(0).nonzero().flatten()
     if len(used) <= weights.shape[1] // 4:
-        return weights[:, used] @ slabs.index_select(0, used).flatten(1)
+        weights, slabs = weights[:, used], slabs.index_select(0, used.to(slabs.device))
+    if fetch:
+        return _fetched_weighted_sum(weights, slabs)
     return weights @ slabs.flatten(1)
+
+
+# Slabs moved to the model's device at once when the stored activations live on the CPU: bounds
+# the extra device memory a read takes to this much, whatever the number of senders.
+FETCH_BYTES = 256 * 2**20
+
+
+def _fetched_weighted_sum(weights: torch.Tensor, slabs: torch.Tensor) -> torch.Tensor:
+    """``weights @ slabs`` for slabs stored off the weights' device, moving at most FETCH_BYTES of
+    them there at a time (on a CPU-only machine the moves are no-ops and the sum is the same)."""
+    step = max(1, FETCH_BYTES // max(slabs[0].numel() * slabs.element_size(), 1)) if len(slabs) else 1
+    total = None
+    for first in range(0, max(len(slabs), 1), step):
+        part = weights[:, first:first + step] @ slabs[first:first + step].to(weights.device).flatten(1)
+        total = part if total is None else total + part
+    return total
+
+
+def _fetched_sum(slabs: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``slabs.sum(0)`` on ``device`` for slabs stored elsewhere, FETCH_BYTES at a time."""
+    step = max(1, FETCH_BYTES // max(slabs[0].numel() * slabs.element_size(), 1)) if len(slabs) else 1
+    total = None
+    for first in range(0, max(len(slabs), 1), step):
+        part = slabs[first:first + step].to(device).sum(0)
+        total = part if total is None else total + part
+    return total
 
 
 def _per_candidate(x: torch.Tensor, n_candidates: int, dim: int) -> torch.Tensor:
@@ -218,6 +266,7 @@ class SenderCache:
     diff: torch.Tensor
     resid: list[torch.Tensor]
     qkv: list[torch.Tensor]  # per recomputed layer: [3, batch, pos, n_heads, d_head]
+    attn_sums: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None  # post-norm models (SenderDiffs)
 
 
 _SCRATCH = threading.local()  # see PatchEngine.body_buffer
@@ -227,9 +276,11 @@ class PatchEngine:
     """Runs ``model`` on ``tokens`` with a mask over ``graph``'s edges, ablating from ``ablation``."""
 
     def __init__(self, model: HookedTransformer, graph: Graph, tokens: torch.Tensor, ablation: Ablation,
-                 position_order: torch.Tensor | None = None):
+                 position_order: torch.Tensor | None = None, activation_device: str = "model"):
         """``position_order``: position i reads the positional embedding of position
-        ``position_order[i]`` (the corrupted run of ``shuffle_positions``)."""
+        ``position_order[i]`` (the corrupted run of ``shuffle_positions``).  ``activation_device``:
+        where the big stored tensors live, ``model`` (its device) or ``cpu`` (see
+        ``choose_activation_device``; ``ablation`` should live there too)."""
         check_supported(model)
         cfg = model.cfg
         if graph.arch != Architecture.from_config(cfg, split_embed=graph.arch.split_embed):
@@ -237,6 +288,14 @@ class PatchEngine:
         self.model, self.graph, self.tokens, self.ablation = model, graph, tokens, ablation
         self.device = next(model.parameters()).device
         self.dtype = cfg.dtype
+        if activation_device not in ("model", "cpu"):
+            raise ValueError(f"activation_device must be model or cpu, got {activation_device!r}")
+        # cpu: every run's sender buffer, the recorded cache (ACDC's prefix, the residual at each
+        # stage, each layer's q/k/v) and the ablation stay in host memory; each slab moves to the
+        # model's device when read.  Gradients (SP, attribution) keep their own blocks on the device.
+        self.activation_device = activation_device
+        self.offload = activation_device == "cpu"
+        self.storage = torch.device("cpu") if self.offload else self.device
         self.n_forward = 0  # model forwards run (a restarted run counts as one)
         self._ablated_resid: dict[tuple[int, int], torch.Tensor] = {}
         self._qkv_weights: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -248,6 +307,14 @@ class PatchEngine:
         if position_order is not None and not graph.arch.split_embed:
             raise ValueError("shuffle_positions needs the positional embedding as its own sender (split embeddings)")
         self.position_order = position_order
+        # Gemma-2: each layer's attention output (and MLP output) is normalised again before it
+        # enters the residual stream; see post_norm_inputs
+        self.post_norm = bool(getattr(cfg, "use_normalization_before_and_after", False))
+        if self.post_norm:
+            self._head_slot = torch.zeros(graph.n_senders, dtype=torch.bool, device=self.device)
+            for layer in range(graph.n_layers):
+                self._head_slot[graph.head_slots(layer)] = True
+            self._ablated_attn: dict[int, torch.Tensor] = {}
         self._unembed_weight: torch.Tensor | None = None  # see unembed
         # A differentiable run reads a layer's heads through one input where their mask rows agree
         # (reads_one_input); False forces the generic read, the oracle it is tested against.
@@ -255,6 +322,18 @@ class PatchEngine:
         self.n_one_input_reads = 0  # layers read so (a test checks the fast path is taken)
 
     # ---- building blocks -------------------------------------------------------------------
+    def fetch(self, stored: torch.Tensor) -> torch.Tensor:
+        """A stored tensor on the model's device (a no-op unless activations live on the CPU)."""
+        return stored.to(self.device) if self.offload else stored
+
+    def store(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` where stored tensors live."""
+        return x.to(self.storage) if self.offload else x
+
+    def summed(self, stored: torch.Tensor) -> torch.Tensor:
+        """``stored.sum(0)`` on the model's device."""
+        return _fetched_sum(stored, self.device) if self.offload else stored.sum(0)
+
     def embed(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """The embedding senders' values: [token, positional] when split, else their sum (a
         shortformer: the token embedding alone)."""
@@ -278,6 +357,8 @@ class PatchEngine:
         later normalised) once: a sparse circuit leaves most of a layer's head inputs with every
         edge removed, and on the node graph all receivers of a layer share one row.  (With
         gradients every row stays its own, so that each receiver's mask gets its own gradient.)"""
+        if self.post_norm:
+            return self.post_norm_inputs(r, row, resid, diff)
         differentiable = torch.is_grad_enabled() and r.requires_grad
         if differentiable:
             # A gradient needs every input read through its mask row, even where nothing is removed
@@ -341,10 +422,78 @@ class PatchEngine:
             start += len(block)
         return x
 
+    def post_norm_inputs(self, r: torch.Tensor, row: int, resid: torch.Tensor,
+                         diff: SenderDiffs) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``changed_inputs`` for post-norm blocks (Gemma-2), where layer l adds
+        ``ln1_post(sum_h head_h + b_O)`` to the residual stream: not a sum over its heads.
+
+        Heads stay senders, and receiver r reads each earlier layer's attention output as that
+        layer's post-norm of r's own mix of the layer's heads,
+
+            ln1_post_l( sum_h [m_rh * value_h + (1 - m_rh) * ablated_h] + b_O_l ),
+
+        plus every other sender (embeddings, MLPs, whose values ln2_post already normalised) as in
+        ``changed_inputs``.  Nothing removed is the model's residual stream; everything removed is
+        the ablated run's (each layer's ablated output is the post-norm of its ablated heads); the
+        input stays differentiable in the mask.  A receiver that keeps most of its edges starts
+        from ``resid`` and replaces the attention output of each layer it removes a head of; one
+        that removes most starts from the ablated values and rebuilds every layer's output from
+        the heads it keeps (exact when everything is removed, as in ``changed_inputs``)."""
+        n_senders, g, k = r.shape[1], self.graph, diff.n_candidates
+        if torch.is_grad_enabled() and r.requires_grad:
+            changed = torch.arange(len(r), device=r.device)
+        else:
+            changed = r.any(1).nonzero().flatten()
+        if len(changed) == 0:
+            return changed, None, None
+        r = r[changed]
+        shape = (len(changed), -1, *resid.shape[1:])
+        heads = self._head_slot[:n_senders]
+        layers = [l for l in range(g.n_layers) if g.head_slots(l).stop <= n_senders]
+
+        def plus(x, y):  # x [rows, candidates*prompts | prompts, ...] + y [rows | 1, prompts | 1, ...]
+            return _with_prompts(torch.add, x, y, k, 1)
+
+        def keeping(removed):
+            x = resid.unsqueeze(0) - diff.weighted(removed * ~heads, n_senders).view(shape)
+            for l in layers:
+                span, (S, A) = g.head_slots(l), diff.attn_sums[l]
+                if not removed[:, span].any() and not removed.requires_grad:
+                    continue  # this layer's output is the model's
+                mixed = plus(-diff.weighted(removed, span.stop, span.start).view(shape), S.unsqueeze(0))
+                x = plus(x, self.model.blocks[l].ln1_post(mixed) - A.unsqueeze(0))
+            return x
+
+        def from_ablated(kept):
+            x = plus(diff.weighted(kept * ~heads, n_senders).view(shape),
+                     self.ablated_resid(n_senders, row))
+            for l in layers:
+                span = g.head_slots(l)
+                mixed = plus(diff.weighted(kept, span.stop, span.start).view(shape), self.ablated_attn(l).unsqueeze(0))
+                x = plus(x, self.model.blocks[l].ln1_post(mixed))
+            return x
+
+        mostly_removed = r.sum(1) > n_senders / 2
+        own = torch.arange(len(changed), device=r.device)  # every changed row reads its own input
+        if not mostly_removed.any():
+            return changed, keeping(r), own
+        if mostly_removed.all():
+            return changed, from_ablated(1 - r), own
+        kept_rows = keeping(torch.where(mostly_removed[:, None], 0, r))
+        ablated_rows = from_ablated(torch.where(mostly_removed[:, None], 1 - r, 0))
+        return changed, torch.where(mostly_removed.view(-1, 1, 1, 1), ablated_rows, kept_rows), own
+
+    def ablated_attn(self, layer: int) -> torch.Tensor:
+        """Post-norm models: the sum of layer ``layer``'s ablated heads and b_O, before ln1_post."""
+        if layer not in self._ablated_attn:
+            heads = self.summed(self.ablation.senders[self.graph.head_slots(layer)])
+            self._ablated_attn[layer] = heads + self.model.blocks[layer].attn.b_O
+        return self._ablated_attn[layer]
+
     def receiver_input(self, r: torch.Tensor, row: int, resid: torch.Tensor, diff: SenderDiffs) -> torch.Tensor:
         """The input of one receiver, given its removed-mask row for each of ``len(r)`` candidates
         [candidates, n_senders]: [candidates * batch, pos, d_model] (candidate-major)."""
-        if len(r) == 1 and self.shared_head_reads and torch.is_grad_enabled() and r.requires_grad:
+        if len(r) == 1 and self.shared_head_reads and not self.post_norm and torch.is_grad_enabled() and r.requires_grad:
             x = self.input_value(r[0].detach(), row, resid, diff)  # the value; the row's gradient:
             return _OneReceiverRow.apply(x, r, *diff.first_blocks(r.shape[1]))
         changed, x, source = self.changed_inputs(r, row, resid, diff)
@@ -361,12 +510,16 @@ class PatchEngine:
         key = (n_senders, row)
         if key not in self._ablated_resid:
             g, blocks = self.graph, self.model.blocks
+            if self.post_norm:  # the heads and b_O: see ablated_attn
+                others = ~self._head_slot[:n_senders].to(self.storage)
+                self._ablated_resid[key] = self.summed(self.ablation.senders[:n_senders][others])[None]
+                return self._ablated_resid[key]
             layer = g.n_layers if row == g.resid_post_row else row // g.rows_per_layer
             own_layer_bias = (g.arch.has_mlps and not g.arch.parallel
                               and row == g.mlp_row(min(layer, g.n_layers - 1)))
             biases = sum((blocks[l].attn.b_O for l in range(layer + (1 if own_layer_bias else 0))),
                          torch.zeros((), dtype=self.dtype, device=self.device))
-            self._ablated_resid[key] = (self.ablation.senders[:n_senders].sum(0) + biases).unsqueeze(0)
+            self._ablated_resid[key] = (self.summed(self.ablation.senders[:n_senders]) + biases).unsqueeze(0)
         return self._ablated_resid[key]
 
     def attention(self, layer: int, resid: torch.Tensor, diff: SenderDiffs, r: torch.Tensor,
@@ -387,12 +540,16 @@ class PatchEngine:
             qkv = self.heads_reading_own_inputs(layer, resid, diff, r, qkv_mask, W, bias)
         if (qkv_mask != 1).any() or (torch.is_grad_enabled() and qkv_mask.requires_grad):
             w = qkv_mask.transpose(0, 1).reshape(3, c, 1, 1, H, 1)
-            mixed = w * _per_candidate(qkv, k, 1) + (1 - w) * self.ablation.qkv[layer].unsqueeze(1)
+            mixed = w * _per_candidate(qkv, k, 1) + (1 - w) * self.fetch(self.ablation.qkv[layer]).unsqueeze(1)
             qkv = mixed.flatten(1, 2)
         z = self.attend(attn, qkv)
         result = torch.einsum("bqhe,hed->hbqd", z, attn.W_O)  # one [batch, pos, d] slab per head
         heads = g.head_slots(layer)
-        diff.write(heads.start, _with_prompts(torch.sub, result, self.ablation.senders[heads], k, 1))
+        diff.write(heads.start, _with_prompts(torch.sub, result, self.fetch(self.ablation.senders[heads]), k, 1))
+        if self.post_norm:
+            summed = result.sum(0) + attn.b_O
+            diff.attn_sums[layer] = (summed, block.ln1_post(summed))
+            return _with_prompts(torch.add, diff.attn_sums[layer][1], resid, k, 0), qkv
         return _with_prompts(torch.add, result.sum(0), resid, k, 0) + attn.b_O, qkv
 
     def heads_reading_own_inputs(self, layer: int, resid: torch.Tensor, diff: SenderDiffs, r: torch.Tensor,
@@ -423,6 +580,8 @@ class PatchEngine:
         one candidate whose 3H removed-mask rows ``r`` [1, 3H, n_senders] are all equal (attribution's
         masks 1, alpha * 1, and the inputs path), and only the mask asks for a gradient."""
         if not (self.shared_head_reads and torch.is_grad_enabled() and r.requires_grad and r.shape[0] == 1):
+            return False
+        if self.post_norm:  # a receiver's input is not linear in its row there (post_norm_inputs)
             return False
         if W.requires_grad or b.requires_grad or any(p.requires_grad for p in block.ln1.parameters()):
             return False
@@ -485,11 +644,13 @@ class PatchEngine:
         g, block = self.graph, self.model.blocks[layer]
         reads = block_input if g.arch.parallel else resid
         out = block.mlp(block.ln2(self.receiver_input(r, g.mlp_row(layer), reads, diff)))
+        if self.post_norm:
+            out = block.ln2_post(out)
         if out.shape[0] < resid.shape[0]:  # a parallel MLP read the prompts once; the heads, per candidate
             out = out.repeat(resid.shape[0] // out.shape[0], *([1] * (out.dim() - 1)))
         slot = g.mlp_slot(layer)
         k = diff.n_candidates
-        diff.write(slot, _with_prompts(torch.sub, out.unsqueeze(0), self.ablation.senders[slot:slot + 1], k, 1))
+        diff.write(slot, _with_prompts(torch.sub, out.unsqueeze(0), self.fetch(self.ablation.senders[slot:slot + 1]), k, 1))
         return _with_prompts(torch.add, out, resid, k, 0)
 
     def body_buffer(self, n: int, batch: int, like: torch.Tensor) -> torch.Tensor:
@@ -499,9 +660,10 @@ class PatchEngine:
         finishes before the next one starts, so they never hold it at the same time."""
         shape = (n, batch, *like.shape[1:])
         buffers = _SCRATCH.__dict__.setdefault("buffers", {})
-        held = buffers.get((self.device, self.dtype))
+        held = buffers.get((self.storage, self.dtype))
         if held is None or held.numel() < math.prod(shape):
-            held = buffers[self.device, self.dtype] = torch.empty(math.prod(shape), device=self.device, dtype=self.dtype)
+            held = buffers[self.storage, self.dtype] = torch.empty(math.prod(shape), device=self.storage,
+                                                                  dtype=self.dtype)
         return held[:math.prod(shape)].view(shape)
 
     def unembed(self, x: torch.Tensor) -> torch.Tensor:
@@ -546,7 +708,8 @@ class PatchEngine:
         removed, qkv_mask = (removed, qkv_mask) if batched else (removed[None], qkv_mask[None])
         n_candidates = removed.shape[0]
         differentiable = torch.is_grad_enabled() and removed.requires_grad
-        if cache is None and not (batched or record or differentiable) and bool((removed[0, g.resid_post_row] == 1).all()):
+        if cache is None and not (batched or record or differentiable or self.post_norm) \
+                and bool((removed[0, g.resid_post_row] == 1).all()):
             return (self.output_of_ablated(positions) if want_logits else None), None
         self.n_forward += 1
         if cache is None:
@@ -556,10 +719,10 @@ class PatchEngine:
             batch, pos, d_model = embeds[0].shape
             # a recorded run's senders are kept (its cache); any other run's are scratch, reused
             buffer = None if differentiable else torch.empty(
-                g.n_senders, batch, pos, d_model, device=self.device, dtype=self.dtype) if record \
+                g.n_senders, batch, pos, d_model, device=self.storage, dtype=self.dtype) if record \
                 else self.body_buffer(g.n_senders, batch, embeds[0])
-            diff = SenderDiffs(buffer, differentiable)
-            diff.write(0, torch.stack(embeds) - self.ablation.senders[:n_embed])
+            diff = SenderDiffs(buffer, differentiable, fetch=self.offload)
+            diff.write(0, torch.stack(embeds) - self.fetch(self.ablation.senders[:n_embed]))
             resid = sum(embeds[1:], embeds[0])
         else:
             assert not differentiable, "restarting from a cache is for gradient-free search"
@@ -567,9 +730,13 @@ class PatchEngine:
             if batched:
                 self.check_candidates(removed, qkv_mask, start_stage)
             n_cached = g.n_senders_before_stage(start_stage)
-            resid = cache.resid[start_stage]
+            resid = self.fetch(cache.resid[start_stage])
             body = self.body_buffer(g.n_senders - n_cached, n_candidates * resid.shape[0], resid)
-            diff = SenderDiffs(body, False, prefix=cache.diff[:n_cached], n_candidates=n_candidates)
+            diff = SenderDiffs(body, False, prefix=cache.diff[:n_cached], n_candidates=n_candidates,
+                               fetch=self.offload)
+            if self.post_norm:  # the layers below the restart, from the cache
+                diff.attn_sums = {l: (self.fetch(S), self.fetch(A)) for l, (S, A) in cache.attn_sums.items()
+                                  if 2 * l < start_stage}
         stages: list[torch.Tensor] = []
         qkv: list[torch.Tensor] = []
 
@@ -582,22 +749,22 @@ class PatchEngine:
         for layer in range(start_stage // 2, g.n_layers):
             stage = 2 * layer
             # a parallel block's MLP reads the block's input (a run restarted at the MLP: the cache's)
-            block_input = resid if stage >= start_stage else cache.resid[stage]
+            block_input = resid if stage >= start_stage else self.fetch(cache.resid[stage])
             if stage >= start_stage:
                 if record:
-                    stages.append(resid)
+                    stages.append(self.store(resid))
                 r = rows(stage, layer * g.rows_per_layer, 3 * g.n_heads, g.n_senders_before_heads(layer))
                 layer_qkv_mask = (qkv_mask if stage == start_stage else qkv_mask[:1])[:, layer]
                 resid, layer_qkv = self.attention(layer, resid, diff, r, layer_qkv_mask)
                 if record:
-                    qkv.append(layer_qkv)
+                    qkv.append(self.store(layer_qkv))
             if record:
-                stages.append(resid)  # before the MLP (attention-only models: a stage that does nothing)
+                stages.append(self.store(resid))  # before the MLP (attention-only models: a stage that does nothing)
             if g.arch.has_mlps:
                 r = rows(stage + 1, g.mlp_row(layer), 1, g.n_senders_before_mlp(layer))[:, 0]
                 resid = self.mlp(layer, resid, diff, r, block_input)
         if record:
-            stages.append(resid)
+            stages.append(self.store(resid))
 
         final = self.receiver_input(rows(2 * g.n_layers, g.resid_post_row, 1, g.n_senders)[:, 0],
                                     g.resid_post_row, resid, diff)
@@ -608,7 +775,9 @@ class PatchEngine:
         logits = self.unembed(final)
         if batched:
             logits = _per_candidate(logits, n_candidates, 0)
-        return logits, (SenderCache(diff=diff.buffer, resid=stages, qkv=qkv) if record else None)
+        attn_sums = {l: (self.store(S), self.store(A)) for l, (S, A) in diff.attn_sums.items()}
+        cached = SenderCache(diff=diff.buffer, resid=stages, qkv=qkv, attn_sums=attn_sums) if record else None
+        return logits, cached
 
     def output_of_ablated(self, positions: torch.Tensor | None) -> torch.Tensor:
         """The logits of a run in which the final residual reads no sender's own value (every
@@ -753,6 +922,40 @@ def gather_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index)
 
 
+# ---- where the stored activations live --------------------------------------------------------
+ACTIVATION_DEVICES = ("auto", "model", "cpu")
+# auto leaves this much of the GPU free for the forwards themselves (their transient tensors, the
+# batched candidates' recomputed layers) beyond the stored activations.
+GPU_HEADROOM_BYTES = 2 * 2**30
+
+
+def stored_activation_bytes(graph: Graph, cfg, n_prompts: int, n_pos: int) -> int:
+    """What one engine keeps between runs, in bytes: the ablation's sender values and q/k/v, a
+    recorded run (ACDC's cache: the same again, plus the residual at every stage) and one run's
+    sender buffer."""
+    itemsize = torch.empty((), dtype=cfg.dtype).element_size()
+    slab = n_prompts * n_pos * cfg.d_model
+    qkv = graph.n_layers * 3 * n_prompts * n_pos * graph.n_heads * cfg.d_head
+    return itemsize * (3 * graph.n_senders * slab + 2 * qkv + (2 * graph.n_layers + 1) * slab)
+
+
+def choose_activation_device(setting: str, model_device: torch.device | str, needed_bytes: int,
+                             free_bytes: int | None = None) -> str:
+    """``model`` or ``cpu``: where an engine keeps its stored activations.  ``auto`` keeps them on
+    the model's device unless that is a GPU whose free memory (``torch.cuda.mem_get_info``, or
+    ``free_bytes``) less GPU_HEADROOM_BYTES cannot hold ``needed_bytes``."""
+    if setting not in ACTIVATION_DEVICES:
+        raise ValueError(f"model.activation_device must be one of {', '.join(ACTIVATION_DEVICES)}, got {setting!r}")
+    device = torch.device(model_device)
+    if setting != "auto":
+        return setting
+    if device.type != "cuda":
+        return "model"  # host memory: keeping a copy on the CPU would save nothing
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    return "cpu" if needed_bytes > free_bytes - GPU_HEADROOM_BYTES else "model"
+
+
 # ---- where ablated values come from ---------------------------------------------------------
 POSITION_SHUFFLE_SEED = 49  # the reference implementation's
 
@@ -765,19 +968,21 @@ def shuffled_positions(n_pos: int) -> torch.Tensor:
 
 @torch.no_grad()
 def record_activations(model: HookedTransformer, graph: Graph, tokens: torch.Tensor,
-                       position_order: torch.Tensor | None = None) -> Ablation:
+                       position_order: torch.Tensor | None = None, activation_device: str = "model") -> Ablation:
     """Every sender's value and every head's q/k/v on ``tokens`` (the unpatched model): an
     unpatched run against an all-zero ablation stores exactly the values themselves."""
     kw = dict(dtype=model.cfg.dtype, device=tokens.device)
     nothing = Ablation("zero", senders=torch.zeros(graph.n_senders, 1, 1, 1, **kw), qkv=torch.zeros(1, **kw))
-    engine = PatchEngine(model, graph, tokens, nothing, position_order=position_order)
+    engine = PatchEngine(model, graph, tokens, nothing, position_order=position_order,
+                         activation_device=activation_device)
     _, cache = engine.run(graph.full_mask(), record=True, want_logits=False)
     assert cache is not None
     return Ablation("recorded", senders=cache.diff, qkv=torch.stack(cache.qkv))
 
 
 @torch.no_grad()
-def zero_ablation(model: HookedTransformer, graph: Graph, tokens: torch.Tensor) -> Ablation:
+def zero_ablation(model: HookedTransformer, graph: Graph, tokens: torch.Tensor,
+                  activation_device: str = "model") -> Ablation:
     """Every sender's ablated value is zero; each head's q/k/v is the one computed in a forward with
     every sender zeroed (on one prompt of ``tokens``: nothing there depends on the tokens).  That
     forward is this engine's with every residual edge removed and every q/k/v edge kept, against
@@ -788,28 +993,29 @@ def zero_ablation(model: HookedTransformer, graph: Graph, tokens: torch.Tensor) 
                        qkv=torch.zeros(graph.n_layers, 3, 1, 1, graph.n_heads, cfg.d_head, **kw))
     fine = graph if graph.granularity == "qkv" else Graph(graph.arch, "qkv")
     only_qkv = torch.tensor([fine.component(e.sender) == e.receiver for e in fine.edges], dtype=cfg.dtype)
-    _, cache = PatchEngine(model, fine, tokens[:1].to(kw["device"]), literal).run(only_qkv, record=True,
-                                                                                  want_logits=False)
+    engine = PatchEngine(model, fine, tokens[:1].to(kw["device"]), literal, activation_device=activation_device)
+    _, cache = engine.run(only_qkv, record=True, want_logits=False)
     assert cache is not None
-    return Ablation("zero", senders=literal.senders, qkv=torch.stack(cache.qkv))
+    return Ablation("zero", senders=engine.store(literal.senders), qkv=torch.stack(cache.qkv))
 
 
 def make_ablation(kind: str, model: HookedTransformer, graph: Graph, clean: torch.Tensor,
-                  corrupted: torch.Tensor, shuffle_positions: bool = False) -> Ablation:
+                  corrupted: torch.Tensor, shuffle_positions: bool = False, activation_device: str = "model") -> Ablation:
     """``corrupted``: interchange with the corrupted prompts; ``zero``: every sender zeroed;
     ``mean``: the corrupted prompts' mean per position; ``mean_all``: their mean over prompts and
     positions.  ``shuffle_positions`` shuffles the corrupted run's positional embedding (it has no
-    effect on zero ablation, which has no corrupted run)."""
+    effect on zero ablation, which has no corrupted run).  ``activation_device``: where the
+    ablated values are kept (``model`` or ``cpu``, as the engine that reads them)."""
     check_supported(model)  # an unsupported model is refused by name before any forward runs
     if kind == "zero":
-        return zero_ablation(model, graph, clean)
+        return zero_ablation(model, graph, clean, activation_device)
     if shuffle_positions and not graph.arch.split_embed:
         raise ValueError("corruption.shuffle_positions needs a model whose positional embedding is its own "
                          "sender (the tracr models)")
     if clean.shape != corrupted.shape:
         raise ValueError(f"clean prompts {tuple(clean.shape)} and corrupted prompts {tuple(corrupted.shape)} differ in shape")
     order = shuffled_positions(corrupted.shape[1]) if shuffle_positions else None
-    recorded = record_activations(model, graph, corrupted, order)
+    recorded = record_activations(model, graph, corrupted, order, activation_device)
     recorded_order = None if order is None else tuple(order.tolist())
     if kind == "corrupted":
         return Ablation("corrupted", senders=recorded.senders, qkv=recorded.qkv, position_order=recorded_order)

@@ -60,7 +60,8 @@ def build_problem(cfg: DictConfig) -> Problem:
         task.canonical_edges = ground_truth(circuit_file)
     graph = Graph(Architecture.from_config(task.model.cfg, split_embed=task.split_embed), cfg.graph.granularity)
     return Problem(task, graph, cfg.corruption.name, task.metric(cfg.metric), progress=cfg.progress,
-                   shuffle_positions=OmegaConf.select(cfg, "corruption.shuffle_positions", default=False))
+                   shuffle_positions=OmegaConf.select(cfg, "corruption.shuffle_positions", default=False),
+                   activation_device=OmegaConf.select(cfg, "model.activation_device", default="auto"))
 
 
 def seed_everything(seed: int) -> None:
@@ -203,6 +204,9 @@ def write_run_folder(folder: Path, problem: Problem, result: EdgeScores, *, meth
         corruption=problem.corruption,
         # the corrupted run's positional embedding at position i came from position order[i] (null: unshuffled)
         position_order=problem.engine("validation").ablation.position_order,
+        # where each split's engine kept its stored activations: model (its device) or cpu
+        activation_device=dict(setting=problem.activation_device,
+                               **{split: engine.activation_device for split, engine in problem._engines.items()}),
         graph=graph.granularity,
         model=task.model.cfg.model_name,
         metric=problem.metric.name,

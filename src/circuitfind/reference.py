@@ -5,8 +5,13 @@ from its name, records sender values with hooks as the forward passes them, and 
 receiver's hook, ``(1 - m) * (value - ablated)`` for every edge into it.  It exists so the tests can
 hold the fast engine to it, and as the baseline of the speed benchmark.
 
-Today's blocks need nothing of their own here: TransformerLens applies rotary positions, soft-caps,
-norms and gated MLPs after the hooks patched below.  Under grouped-query attention its
+Today's blocks need little of their own here: TransformerLens applies rotary positions, soft-caps,
+norms and gated MLPs after the hooks patched below.  Gemma-2's post-norms
+(``use_normalization_before_and_after``) normalise the sum of a layer's heads before it enters the
+residual stream, so there a receiver that removes head edges of layer l reads, in place of the
+layer's ``hook_attn_out``, ``ln1_post`` applied to its own mix of the layer's ``hook_result``
+values (kept: this run's, removed: the ablated ones) plus ``b_O``; an MLP's ``hook_mlp_out`` is
+already post-normed and stays an ordinary sender.  Under grouped-query attention its
 ``hook_k_input``/``hook_v_input``/``hook_k``/``hook_v`` carry one slot per key/value head, which is
 where the ``a3.kv0<k>`` receivers and q/k/v edges land; in a parallel block ``hook_mlp_in`` is the
 block's input, and an MLP does not read its own layer's heads.
@@ -192,10 +197,31 @@ def reference_logits(model: HookedTransformer, graph: Graph, clean: torch.Tensor
         current[hook.name] = value
         return value
 
+    post_norm = model.cfg.use_normalization_before_and_after
+
+    def attention_output_change(layer: int, amounts: dict[int, float]) -> torch.Tensor:
+        """Post-norms: layer ``layer``'s attention output in this run minus the one this receiver
+        reads, ln1_post(its own mix of the layer's heads, plus b_O)."""
+        heads = current[f"blocks.{layer}.attn.hook_result"]  # [batch, pos, head, d_model]
+        ablated_heads = ablated[f"blocks.{layer}.attn.hook_result"]
+        mixed = sum(heads[:, :, h] - amounts.get(h, 0.0) * (heads[:, :, h] - ablated_heads[:, :, h])
+                    for h in range(heads.shape[2])) + model.blocks[layer].attn.b_O
+        return current[f"blocks.{layer}.hook_attn_out"] - model.blocks[layer].ln1_post(mixed)
+
     def patch_receiver(value, hook):
         value = value.clone()
-        for sender, head, amount in removed[hook.name]:
-            delta = amount * (sender_value(sender, current) - sender_value(sender, ablated))
+        for head in {head for _, head, _ in removed[hook.name]}:
+            delta, post_normed = 0.0, {}
+            for sender, at, amount in removed[hook.name]:
+                if at != head:
+                    continue
+                if post_norm and (m := _HEAD.match(sender)):  # the heads of a layer are normalised together
+                    amounts = post_normed.setdefault(int(m[1]), {})
+                    amounts[int(m[2])] = amounts.get(int(m[2]), 0.0) + amount
+                    continue
+                delta = delta + amount * (sender_value(sender, current) - sender_value(sender, ablated))
+            for layer, amounts in post_normed.items():
+                delta = delta + attention_output_change(layer, amounts)
             if head is None:
                 value = value - delta
             else:
@@ -209,6 +235,8 @@ def reference_logits(model: HookedTransformer, graph: Graph, clean: torch.Tensor
         return value
 
     hooks = [(name, record) for name in _sender_hooks(model)]
+    if post_norm:
+        hooks += [(f"blocks.{l}.hook_attn_out", record) for l in range(model.cfg.n_layers)]
     hooks += [(name, patch_receiver) for name in removed]
     hooks += [(name, patch_qkv) for name in qkv_patches]
     with hooked_receivers(model):

@@ -10,6 +10,12 @@ final residual) and at every q/k/v makes its gradient ``dL/d input``.  An edge `
 and a q/k/v edge ``a1.h0<q> -> a1.h0`` scores ``(ablated q - q) . dL/dq``.  On the coarser graphs an
 edge is a set of these (a head's edge: its q, k and v inputs; a node: every edge leaving it), so its
 first-order score is their sum.  The tests hold ``methods.attribution`` to this.
+
+Gemma-2's post-norms: a receiver reads head h of layer l through ``ln1_post(sum of the layer's
+heads + b_O)`` (see ``reference.py``), so there the head's first-order score is
+``(ablated_h - value_h) . J^T dL/d input_r``, J the Jacobian of ``ln1_post`` at the layer's sum on the
+clean prompts (a vector-Jacobian product per receiver and layer).  Grouped-query attention's shared
+key/value inputs are not covered here.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from .reference import hooked_receivers, sender_value
 
 _HEAD_INPUT = re.compile(r"^a(\d+)\.h(\d+)<([qkv])>$")
 _MLP = re.compile(r"^m(\d+)$")
+_HEAD = re.compile(r"^a(\d+)\.h(\d+)$")
 
 
 def _activations(model: HookedTransformer, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -37,14 +44,13 @@ def _zeroed_senders_activations(model: HookedTransformer, tokens: torch.Tensor) 
     zero = lambda act, hook: torch.zeros_like(act)  # noqa: E731
     names = ["hook_embed", "hook_pos_embed"] + [f"blocks.{l}.attn.hook_result" for l in range(model.cfg.n_layers)]
     names += [] if model.cfg.attn_only else [f"blocks.{l}.hook_mlp_out" for l in range(model.cfg.n_layers)]
+    names = [n for n in names if n in model.hook_dict]  # rotary models have no hook_pos_embed
     with model.hooks(fwd_hooks=[(n, zero) for n in names]):
         return _activations(model, tokens)
 
 
 def _value(name: str, acts: dict[str, torch.Tensor]) -> torch.Tensor:
     """A sender's [batch, pos, d_model] output, or a head input's [batch, pos, d_head] q/k/v."""
-    if name == "embed":
-        return acts["hook_embed"] + acts["hook_pos_embed"]
     if m := _HEAD_INPUT.match(name):
         return acts[f"blocks.{m[1]}.attn.hook_{m[3]}"][:, :, int(m[2])]
     return sender_value(name, acts)  # the other senders as the hook reference reads them
@@ -110,8 +116,17 @@ def eap_reference(model: HookedTransformer, graph: Graph, clean: torch.Tensor, c
         else:
             hook, head = _receiver_hook(edge.receiver, graph.n_layers)
             grad = probes[hook].grad if head is None else probes[hook].grad[:, :, head]
+            if model.cfg.use_normalization_before_and_after and (h := _HEAD.match(edge.sender)):
+                grad = _through_post_norm(model, int(h[1]), acts, grad)
         fine_scores[edge.name] = float((difference.double() * grad.double()).sum())
     return _coarsen(fine, fine_scores, graph)
+
+
+def _through_post_norm(model: HookedTransformer, layer: int, acts: dict, grad: torch.Tensor) -> torch.Tensor:
+    """J^T grad, J the Jacobian of layer ``layer``'s ln1_post at the sum of its heads and b_O."""
+    summed = acts[f"blocks.{layer}.attn.hook_result"].sum(2) + model.blocks[layer].attn.b_O
+    with torch.enable_grad():
+        return torch.autograd.functional.vjp(model.blocks[layer].ln1_post, summed, grad)[1]
 
 
 def _coarsen(fine: Graph, scores: dict[str, float], graph: Graph) -> torch.Tensor:

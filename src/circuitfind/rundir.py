@@ -151,6 +151,8 @@ def config_hash(cfg) -> str:
         # ground_truth: null is every task's default; left out so that adding the key kept old hashes
         plain["task"] = {k: v for k, v in plain["task"].items()
                          if k != "sweeps" and not (k == "ground_truth" and v is None)}
+    if isinstance(plain.get("model"), dict):  # where activations are kept changes no result
+        plain["model"] = {k: v for k, v in plain["model"].items() if k != "activation_device"}
     if isinstance(plain.get("method"), dict):
         plain["method"] = {k: v for k, v in plain["method"].items() if k not in NOT_HASHED_METHOD}
     return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]

@@ -107,7 +107,7 @@ def auto_batch_edges(sender_diffs: torch.Tensor, logits: torch.Tensor) -> int:
     batching pays only where those are small (tracr, toy models); on a GPU, candidates fill it up to
     a memory budget.  (``acdc_search`` never batches the nodes graph, whatever this says.)"""
     per_candidate = max(sender_diffs.numel() * sender_diffs.element_size() + logits.numel() * logits.element_size(), 1)
-    device = sender_diffs.device.type
+    device = logits.device.type  # where the forwards run (the sender diffs may be kept on the CPU)
     if device == "cpu" and per_candidate > AUTO_CPU_MAX_CANDIDATE_BYTES:
         return 1
     return max(1, min(MAX_AUTO_BATCH, AUTO_BATCH_BYTES.get(device, AUTO_BATCH_BYTES["cuda"]) // per_candidate))

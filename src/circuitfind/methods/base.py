@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from ..engine import PatchEngine, make_ablation
+from ..engine import PatchEngine, choose_activation_device, make_ablation, stored_activation_bytes
 from ..graph import EdgeMask, Graph
 from ..metrics import Metric
 from ..tasks.base import Task, TaskData
@@ -25,6 +25,7 @@ class Problem:
     metric: Metric
     progress: bool = True
     shuffle_positions: bool = False  # corruption.shuffle_positions: the corrupted run's positions permuted
+    activation_device: str = "auto"  # model.activation_device: where the engines keep their stored activations
     _engines: dict[str, PatchEngine] = field(default_factory=dict, repr=False)
     _clean_logits: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
@@ -35,10 +36,12 @@ class Problem:
 
     def engine(self, split: str = "validation") -> PatchEngine:
         if split not in self._engines:
-            data = self.data(split)
-            ablation = make_ablation(self.corruption, self.task.model, self.graph, data.clean, data.corrupted,
-                                     shuffle_positions=self.shuffle_positions)
-            self._engines[split] = PatchEngine(self.task.model, self.graph, data.clean, ablation)
+            data, model = self.data(split), self.task.model
+            needed = stored_activation_bytes(self.graph, model.cfg, *data.clean.shape)
+            where = choose_activation_device(self.activation_device, next(model.parameters()).device, needed)
+            ablation = make_ablation(self.corruption, model, self.graph, data.clean, data.corrupted,
+                                     shuffle_positions=self.shuffle_positions, activation_device=where)
+            self._engines[split] = PatchEngine(model, self.graph, data.clean, ablation, activation_device=where)
         return self._engines[split]
 
     @torch.no_grad()

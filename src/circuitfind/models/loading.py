@@ -89,7 +89,7 @@ HUB_ARCHITECTURES: dict[str, dict] = {
         NTK_by_parts_factor=32.0, NTK_original_ctx_len=8192, original_architecture="LlamaForCausalLM",
     ),
     # Gemma-2 normalises each attention and MLP output again before the residual stream
-    # (use_normalization_before_and_after): the engine refuses it by name (see engine.py).
+    # (use_normalization_before_and_after; see the engine's post_norm_inputs).
     "google/gemma-2-2b": dict(
         d_model=2304, d_head=256, n_heads=8, d_mlp=9216, n_layers=26, n_ctx=8192, eps=1e-6, d_vocab=256000,
         act_fn="gelu_pytorch_tanh", initializer_range=0.02, normalization_type="RMS", rotary_base=10000.0,
