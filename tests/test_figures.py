@@ -72,7 +72,7 @@ def test_tables_have_a_kl_and_a_task_metric_column_and_proportion_no_kl(tmp_path
     sweeps = plan(load_experiment("tables"), "quick", TRACR, runs=tmp_path).sweeps
     metrics = {(s.task, s.metric) for s in sweeps}
     assert metrics == {("tracr_reverse", "kl"), ("tracr_reverse", "l2"), ("tracr_proportion", "l2")}
-    assert len(sweeps) == 3 * 3 * 2  # (task, metric) x method x corruption
+    assert len(sweeps) == 3 * 5 * 2  # (task, metric) x method x corruption
 
 
 def test_tasks_without_weights_are_left_out_unless_named(tmp_path, monkeypatch):
