@@ -48,9 +48,19 @@ def test_help_describes_circuitfind_without_importing_torch(tmp_path):
     result, _, imported = circuitfind("--help", cwd=tmp_path)
     assert result.returncode == 0 and imported == []
     for text in ("config groups", "tracr_reverse", "method=sp settings", "epochs=3000", "threads=auto",
-                 "data=paper", "examples:", "CIRCUITFIND_GPT2_TOKENIZER"):
+                 "data=paper", "examples:", "CIRCUITFIND_GPT2_TOKENIZER", "method=eap_ig settings", "steps=5",
+                 "EAP-IG", "model.activation_device", "tracr_token_plus_index  ground_truth=program"):
         assert text in result.stdout, text
     assert not (tmp_path / "outputs").exists()
+
+
+def test_help_read_by_a_reader_that_stops_early_prints_no_traceback(tmp_path):
+    """``circuitfind --help | head``: a pipe whose reader has gone is not an error (the reader here
+    closes its end at once, so every write meets a closed pipe)."""
+    command = f"{sys.executable} -m circuitfind.cli --help | (exec 0<&-; sleep 1)"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
 
 
 def test_version_names_circuitfind_and_its_dependencies_without_importing_torch(tmp_path):

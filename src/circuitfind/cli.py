@@ -151,14 +151,20 @@ def check_shorthands(argv: list[str], method: str) -> None:
                               f"(method={owner.name} {key}=..., or drop {key}=)")
 
 
+def _print_quietly(text: str) -> None:
+    """Print ``text``; a reader that stops early (``circuitfind --help | head``) is not an error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+
+
 def main() -> None:
     argv = sys.argv[1:]
     if any(arg in ("-h", "--help") for arg in argv):
-        print(help_text())
-        return
+        return _print_quietly(help_text())
     if any(arg in ("-V", "--version") for arg in argv):
-        print(version_text())
-        return
+        return _print_quietly(version_text())
     try:
         problem = unknown_choice(argv)
         if problem:

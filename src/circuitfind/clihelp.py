@@ -35,6 +35,8 @@ EXAMPLES = """\
   circuitfind task=ioi model.pretrained=false method.max_edge_tests=50   IOI on random GPT-2 weights
   circuitfind method=sp method.lambda_reg=1 method.epochs=3000           Subnetwork Probing
   circuitfind method=hisp graph=nodes                      HISP, whole components
+  circuitfind method=eap task=induction                    edge attribution patching: every edge scored at once
+  circuitfind method=eap_ig method.steps=5                 EAP with integrated gradients
   circuitfind experiment=sp_quick task=tracr_proportion    SP at the quick setting (500 steps, lr 0.01)
   circuitfind -m tau=0.0001,0.001,0.01                     a sweep, one run folder per job
   circuitfind -m method=sp threshold=paper                 the paper's sweep for this task and method
@@ -66,7 +68,10 @@ def _table(rows: list[tuple[str, str, str]], indent: str = "  ") -> list[str]:
 
 def help_text() -> str:
     configs = files("circuitfind.configs")
-    lines = [f"circuitfind {__version__}: automated circuit discovery (ACDC, Subnetwork Probing, HISP) "
+    from .methods.spec import load_specs, method_rank  # torch-free: the specs name every method
+
+    specs = sorted((s for s in load_specs().values() if s.name != "canonical"), key=lambda s: method_rank(s.name))
+    lines = [f"circuitfind {__version__}: automated circuit discovery ({', '.join(s.label for s in specs)}) "
              "in TransformerLens models",
              "",
              "usage: circuitfind [GROUP=OPTION ...] [KEY=VALUE ...]      one run, in outputs/runs/<task>/<method>/<hash>",
@@ -82,14 +87,21 @@ def help_text() -> str:
         lines += [f"  {group:<11}{', '.join(ordered)}", f"  {'':<11}  {about}"]
     lines += ["", "settings (KEY=VALUE):", "  tau=<task's>  ACDC threshold (each task sets its default)"]
     lines += _table(_settings(configs / "config.yaml"))
-    for method in ("acdc", "sp", "hisp"):
-        lines += ["", f"method={method} settings (method.KEY=VALUE):"]
-        lines += _table(_settings(configs / "method" / f"{method}.yaml"))
+    for spec in specs:
+        rows = _settings(configs / "method" / f"{spec.name}.yaml")
+        if rows:
+            lines += ["", f"method={spec.name} settings (method.KEY=VALUE):"]
+            lines += _table(rows)
     lines += ["", "task settings (task.KEY=VALUE; each task's default):"]
-    for option in group_options("task"):
+    tasks = group_options("task")
+    width = max(map(len, tasks)) + 2
+    for option in tasks:
         rows = _settings(configs / "task" / f"{option}.yaml", block="task")
-        lines.append(f"  {option:<17}{'  '.join(f'{k}={v}' for k, v, _ in rows) or '(none)'}")
-    lines += ["  model.pretrained=false  the task's model architecture with seeded random weights (offline)",
+        lines.append(f"  {option:<{width}}{'  '.join(f'{k}={v}' for k, v, _ in rows) or '(none)'}")
+    lines += ["", "model settings (model.KEY=VALUE):",
+              "  model.pretrained=false  the task's model architecture with seeded random weights (offline)",
+              "  model.activation_device=auto|model|cpu  where the engine keeps stored activations (auto: on the",
+              "                          model's GPU unless they do not fit there, then in host memory)",
               "", "examples:", EXAMPLES, "",
               "Bad input ends with one line on stderr and exit code 2 (debug=true shows the traceback).",
               "Environment: CIRCUITFIND_GPT2_TOKENIZER=<folder with vocab.json and merges.txt> for GPT-2's BPE offline.",
