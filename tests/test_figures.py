@@ -239,10 +239,10 @@ def test_make_help_lists_the_figure_targets():
 
 
 def tiny_fig3(tmp_path: Path, sp_values: list[float]) -> Path:
-    """fig3's config with sweeps small enough for a test: two taus, SP at 20 steps, HISP."""
+    """fig3's config with sweeps small enough for a test: two taus, SP at 20 steps, HISP, EAP, EAP-IG."""
     exp = load_experiment("fig3")
     exp.presets.quick = dict(acdc=dict(values=[0.001, 0.5]), sp=dict(values=sp_values, overrides=["method.epochs=20"]),
-                             hisp={})
+                             hisp={}, eap={}, eap_ig={})
     path = tmp_path / "fig3.yaml"
     path.write_text(OmegaConf.to_yaml(exp))
     return path
@@ -257,18 +257,19 @@ def test_fig3_runs_its_sweeps_through_the_cli_then_reuses_them(tmp_path, monkeyp
     assert all(p.stat().st_size > 1000 for p in result["outputs"])
     manifest = json.loads(result["manifest"].read_text())
     assert manifest["experiment_config"]["presets"]["quick"]["acdc"]["values"] == [0.001, 0.5]
-    assert sorted((r["method"], r["parameter"]) for r in manifest["runs"] if r["method"] != "hisp") == [
+    ranking = ("hisp", "eap", "eap_ig")  # one run each, its parameter the run's own k
+    assert sorted((r["method"], r["parameter"]) for r in manifest["runs"] if r["method"] not in ranking) == [
         ("acdc", 0.001), ("acdc", 0.5), ("sp", 1.0)]
     assert all(r["config_hash"] and (Path(r["path"]) / "summary.json").is_file() for r in manifest["runs"])
     sp = next(s for s in manifest["sweeps"] if s["method"] == "sp")
     assert sp["status"] == "failed" and any("lambda_reg must be a non-negative number" in e for e in sp["errors"])
-    assert {d["method"] for d in manifest["auc"]} == {"acdc", "sp", "hisp"}  # the failed job cost one point
+    assert {d["method"] for d in manifest["auc"]} == {"acdc", "sp", "hisp", "eap", "eap_ig"}  # the failed job cost one point
 
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("reran a complete sweep"))
     config = tiny_fig3(tmp_path, [1.0])  # without the failing value every sweep is complete
     again = build("fig3", ["tracr_proportion"], "zero", config=str(config), out=out, echo=lines.append)
     assert {o.status for o in again["outcomes"]} == {"reused"}
-    assert len(json.loads(again["manifest"].read_text())["runs"]) == 4
+    assert len(json.loads(again["manifest"].read_text())["runs"]) == 6
 
 
 def test_figure_text_stays_inside_and_methods_on_one_point_stay_visible(tmp_path):
