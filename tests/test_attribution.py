@@ -57,7 +57,11 @@ def test_engine_gradient_matches_central_finite_differences(granularity, corrupt
     ("heads", "corrupted", False), ("heads", "zero", False), ("nodes", "corrupted", False), ("nodes", "mean", True),
 ])
 def test_eap_matches_the_hook_reference(granularity, corruption, attn_only):
-    model = tiny_model(n_layers=2, n_heads=3, d_model=12, attn_only=attn_only)
+    assert_eap_matches_reference(tiny_model(n_layers=2, n_heads=3, d_model=12, attn_only=attn_only),
+                                 corruption, granularity)
+
+
+def assert_eap_matches_reference(model, corruption: str, granularity: str) -> None:
     problem = random_problem(model, corruption, granularity)
     data = problem.data("validation")
     fast = attribution_scores(problem, "metric")
@@ -73,14 +77,7 @@ def test_eap_matches_the_hook_reference_through_gemma_2_post_norms(granularity, 
     that norm's Jacobian (the family without grouped-query attention, which the reference lacks)."""
     from families import family_model
 
-    model = family_model("gemma2", n_key_value_heads=None)
-    problem = random_problem(model, corruption, granularity)
-    data = problem.data("validation")
-    fast = attribution_scores(problem, "metric")
-    slow = eap_reference(model, problem.graph, data.clean, data.corrupted, data.positions, corruption,
-                         lambda logits: problem.loss(logits))
-    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-6)
-    assert slow.abs().max() > 1e-3
+    assert_eap_matches_reference(family_model("gemma2", n_key_value_heads=None), corruption, granularity)
 
 
 def test_eap_matches_the_hook_reference_on_tracr_with_split_embeddings():

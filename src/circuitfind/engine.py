@@ -357,8 +357,6 @@ class PatchEngine:
         later normalised) once: a sparse circuit leaves most of a layer's head inputs with every
         edge removed, and on the node graph all receivers of a layer share one row.  (With
         gradients every row stays its own, so that each receiver's mask gets its own gradient.)"""
-        if self.post_norm:
-            return self.post_norm_inputs(r, row, resid, diff)
         differentiable = torch.is_grad_enabled() and r.requires_grad
         if differentiable:
             # A gradient needs every input read through its mask row, even where nothing is removed
@@ -370,9 +368,11 @@ class PatchEngine:
             return changed, None, None
         r = r[changed]
         if differentiable:
-            return changed, self.inputs_of_rows(r, row, resid, diff), torch.arange(len(r), device=r.device)
-        distinct, source = torch.unique(r, dim=0, return_inverse=True)
-        return changed, self.inputs_of_rows(distinct, row, resid, diff), source
+            rows, source = r, torch.arange(len(r), device=r.device)
+        else:
+            rows, source = torch.unique(r, dim=0, return_inverse=True)
+        read = self.post_norm_inputs if self.post_norm else self.inputs_of_rows
+        return changed, read(rows, row, resid, diff), source
 
     def inputs_of_rows(self, r: torch.Tensor, row: int, resid: torch.Tensor, diff: SenderDiffs) -> torch.Tensor:
         """The inputs [n, batch, pos, d_model] of receivers with removed-mask rows ``r`` [n, n_senders].
@@ -422,9 +422,8 @@ class PatchEngine:
             start += len(block)
         return x
 
-    def post_norm_inputs(self, r: torch.Tensor, row: int, resid: torch.Tensor,
-                         diff: SenderDiffs) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """``changed_inputs`` for post-norm blocks (Gemma-2), where layer l adds
+    def post_norm_inputs(self, r: torch.Tensor, row: int, resid: torch.Tensor, diff: SenderDiffs) -> torch.Tensor:
+        """``inputs_of_rows`` for post-norm blocks (Gemma-2), where layer l adds
         ``ln1_post(sum_h head_h + b_O)`` to the residual stream: not a sum over its heads.
 
         Heads stay senders, and receiver r reads each earlier layer's attention output as that
@@ -440,14 +439,7 @@ class PatchEngine:
         that removes most starts from the ablated values and rebuilds every layer's output from
         the heads it keeps (exact when everything is removed, as in ``changed_inputs``)."""
         n_senders, g, k = r.shape[1], self.graph, diff.n_candidates
-        if torch.is_grad_enabled() and r.requires_grad:
-            changed = torch.arange(len(r), device=r.device)
-        else:
-            changed = r.any(1).nonzero().flatten()
-        if len(changed) == 0:
-            return changed, None, None
-        r = r[changed]
-        shape = (len(changed), -1, *resid.shape[1:])
+        shape = (len(r), -1, *resid.shape[1:])
         heads = self._head_slot[:n_senders]
         layers = [l for l in range(g.n_layers) if g.head_slots(l).stop <= n_senders]
 
@@ -474,14 +466,13 @@ class PatchEngine:
             return x
 
         mostly_removed = r.sum(1) > n_senders / 2
-        own = torch.arange(len(changed), device=r.device)  # every changed row reads its own input
         if not mostly_removed.any():
-            return changed, keeping(r), own
+            return keeping(r)
         if mostly_removed.all():
-            return changed, from_ablated(1 - r), own
+            return from_ablated(1 - r)
         kept_rows = keeping(torch.where(mostly_removed[:, None], 0, r))
         ablated_rows = from_ablated(torch.where(mostly_removed[:, None], 1 - r, 0))
-        return changed, torch.where(mostly_removed.view(-1, 1, 1, 1), ablated_rows, kept_rows), own
+        return torch.where(mostly_removed.view(-1, 1, 1, 1), ablated_rows, kept_rows)
 
     def ablated_attn(self, layer: int) -> torch.Tensor:
         """Post-norm models: the sum of layer ``layer``'s ablated heads and b_O, before ln1_post."""
