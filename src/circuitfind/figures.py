@@ -30,6 +30,7 @@ are attempted and their one-line errors shown.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import hashlib
@@ -286,8 +287,6 @@ def _subprocess_env() -> dict[str, str]:
 def _run_in_process(arguments: list[str], log) -> int:
     """``circuitfind <arguments>`` inside this process (Hydra's basic launcher runs the jobs here),
     its output into ``log``; the exit code it would have had."""
-    import contextlib
-
     from hydra.core.global_hydra import GlobalHydra
 
     from . import cli
@@ -344,21 +343,19 @@ def _run_one(sweep: Sweep, values: list, launcher: str, jobs: int) -> SweepOutco
     return SweepOutcome(sweep, status, ran=values, wall_s=round(wall, 1), errors=errors)
 
 
-class _one_thread_unless_set:
+@contextlib.contextmanager
+def _one_thread_unless_set():
     """What ``_subprocess_env`` gives a child process, for jobs run here: torch's threads at one
     unless OMP_NUM_THREADS says otherwise (a run's ``threads: auto`` may still raise it for a big model)."""
+    import torch
 
-    def __enter__(self):
-        import torch
-
-        self.saved = torch.get_num_threads()
-        if "OMP_NUM_THREADS" not in os.environ:
-            torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        import torch
-
-        torch.set_num_threads(self.saved)
+    saved = torch.get_num_threads()
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def run_sweeps(sweeps: list[Sweep], jobs: int = 2, echo=print, launcher: str = "auto") -> list[SweepOutcome]:
