@@ -55,8 +55,8 @@ def single_edge_tau(problem: Problem, quantile: float) -> float:
     return float(torch.tensor(effects).quantile(quantile))
 
 
-@pytest.mark.parametrize("granularity, corruption, order", [("qkv", "corrupted", "eap"), ("heads", "zero", "eap_ig"),
-                                                             ("nodes", "mean", "random")])
+@pytest.mark.parametrize("granularity, corruption, order", [
+    ("qkv", "corrupted", "eap"), pytest.param("heads", "zero", "eap_ig", marks=pytest.mark.slow), ("nodes", "mean", "random")])
 def test_a_group_goes_exactly_when_the_hook_reference_says_the_loss_rose_by_less_than_tau(granularity, corruption, order):
     problem = tiny_problem(granularity=granularity, corruption=corruption)
     tau = single_edge_tau(problem, 0.5)
@@ -72,7 +72,7 @@ def test_a_group_goes_exactly_when_the_hook_reference_says_the_loss_rose_by_less
     assert 0 < result.kept.n_kept < problem.graph.n_edges
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)])
 def test_with_a_random_order_the_circuit_stays_within_its_tau_steps_of_the_full_model(seed):
     problem = tiny_problem(seed=seed)
     tau = single_edge_tau(problem, 0.3)
@@ -131,7 +131,7 @@ def test_blocks_cut_acdcs_visits_where_the_stage_changes_or_a_receiver_feeds_the
     assert all(len(b) == 1 for b in blocks(graph, "receiver"))
 
 
-@pytest.mark.parametrize("batch_edges", [2, 16])
+@pytest.mark.parametrize("batch_edges", [pytest.param(2, marks=pytest.mark.slow), 16])
 def test_batched_candidates_take_exactly_the_sequential_decisions(batch_edges):
     problem = tiny_problem(seed=1)
     tau = single_edge_tau(problem, 0.5)
