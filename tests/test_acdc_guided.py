@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from circuitfind.checkpoint import Checkpointer, RunInterrupted
-from circuitfind.graph import Architecture, EdgeMask, Graph
+from circuitfind.core.checkpoint import Checkpointer, RunInterrupted
+from circuitfind.core.graph import Architecture, EdgeMask, Graph
 from circuitfind.methods import Problem, get_method
 from circuitfind.methods.acdc import acdc_search
 from circuitfind.methods.acdc_guided import blocks, guided_on_engine, guided_search
-from circuitfind.metrics import KL
-from circuitfind.reference import reference_ablation, reference_logits
+from circuitfind.core.metrics import KL
+from circuitfind.engine.reference import reference_ablation, reference_logits
 from circuitfind.tasks import TaskData
 from circuitfind.tasks.base import Task
 

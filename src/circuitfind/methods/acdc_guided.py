@@ -51,12 +51,13 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import Checkpointer
-from ..graph import EdgeMask, EdgeScores, Graph
+from ..core.checkpoint import Checkpointer
+from ..core.graph import EdgeMask, Graph
 from .acdc import auto_batch_edges
 from .attribution import mask_gradient
 from .base import Problem
 from .hisp import resolve_objective
+from .result import MethodResult
 from .specs.acdc_guided import check_guided_params
 
 # (candidate masks [k, n_edges], the stage at which they first differ from the unpatched run) -> losses
@@ -68,7 +69,7 @@ ScoreFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
 @torch.no_grad()
 def acdc_guided(problem: Problem, tau: float, order: str = "eap", group: str = "stage", rescore: bool = True,
                 ig_steps: int = 3, seed: int = 0, abs_delta: bool = False, max_edge_tests: int | None = None,
-                batch_edges: int | str = "auto", checkpointer: Checkpointer | None = None) -> EdgeScores:
+                batch_edges: int | str = "auto", checkpointer: Checkpointer | None = None) -> MethodResult:
     """Guided ACDC on the fast engine (see the module docstring)."""
     return guided_on_engine(problem, tau, order, group, rescore, ig_steps, seed, abs_delta, max_edge_tests,
                             batch_edges, checkpointer)
@@ -77,7 +78,7 @@ def acdc_guided(problem: Problem, tau: float, order: str = "eap", group: str = "
 def guided_on_engine(problem: Problem, tau: float, order: str = "eap", group: str = "stage", rescore: bool = True,
                      ig_steps: int = 3, seed: int = 0, abs_delta: bool = False, max_edge_tests: int | None = None,
                      batch_edges: int | str = "auto", checkpointer: Checkpointer | None = None,
-                     on_test: Callable | None = None) -> EdgeScores:
+                     on_test: Callable | None = None) -> MethodResult:
     """``acdc_guided``, telling ``on_test`` every decision (see ``guided_search``)."""
     check_guided_params(tau, order, group, rescore, ig_steps, seed, abs_delta, max_edge_tests, batch_edges)
     engine, data, graph = problem.engine("validation"), problem.data("validation"), problem.graph
@@ -230,7 +231,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
                   rescore: bool = True, abs_delta: bool = False, max_edge_tests: int | None = None,
                   progress: bool = True, dtype: torch.dtype = torch.float32,
                   checkpointer: Checkpointer | None = None, batch_edges: int = 1, full_loss: float | None = None,
-                  on_test: Callable[[torch.Tensor, torch.Tensor, float, float, bool], None] | None = None) -> EdgeScores:
+                  on_test: Callable[[torch.Tensor, torch.Tensor, float, float, bool], None] | None = None) -> MethodResult:
     """The search over ``graph`` given any way of computing candidate circuits' losses and any
     ordering (see the module docstring).  ``on_test(before, after, loss_before, loss_after, accepted)``
     is called for every group decision (tests use it to check decisions independently)."""
@@ -343,4 +344,4 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
     bound = k + k * math.log2(n / k) if k else 0.0
     details = dict(batch_edges=exact.n_candidates, n_test_forwards=exact.n_forwards, n_accepted_groups=n_accepted,
                    tests_lower_bound=round(bound, 1), final_loss_search=current, **stats)
-    return EdgeScores(graph, scores, kept, parameter=tau, trace=trace, details=details)
+    return MethodResult(graph, scores, kept, parameter=tau, trace=trace, details=details)
