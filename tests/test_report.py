@@ -115,7 +115,11 @@ def test_real_runs_acdc_and_hisp_on_tracr_reverse(tmp_path, capsys):
     acdc = aucs[(aucs.method == "acdc")].set_index("level").auc
     assert acdc["edge"] == 1.0 and acdc["node"] == 1.0  # the paper's Table 3
     hisp = aucs[(aucs.method == "hisp") & (aucs.level == "edge")]
-    assert 0.5 < hisp.auc.iloc[0] < 1.0 and hisp.n_points.iloc[0] == 17  # 16 components: k = 16 ... 0
+    # 16 components in 3 tie groups (4 above the rest, 2 more, 10 at rounding level): 4 cuts, and
+    # the curve's distinct circuits at MIB's fractions
+    curve = pd.read_csv(tmp_path / "runs" / "hisp" / "0" / "curve.csv")
+    assert curve.fraction.isna().sum() == 4
+    assert 0.5 < hisp.auc.iloc[0] < 1.0 and hisp.n_points.iloc[0] == len(curve)
 
 
 # ---- one curve per configuration -------------------------------------------------------------

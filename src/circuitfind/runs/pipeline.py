@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..core.faithfulness import areas, describe as describe_faithfulness, faithfulness, full_model_metric
 from ..evaluation.rates import edge_and_node_rates
 from ..tasks.ground_truth import canonical_mask
 from .circuit_json import CircuitFileError, ground_truth, read_circuit_file
@@ -88,14 +89,56 @@ def _rates(found: EdgeMask, canonical: EdgeMask | None) -> dict:
     return edge_and_node_rates(found, canonical)
 
 
-def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, curve: list[CurvePoint]) -> list[dict]:
-    """One row per circuit of a method that yields a whole curve from one run (HISP's top-k):
-    the same numbers a run's summary has for its own circuit, the test metric included."""
-    rows = []
-    for point in tqdm(curve, desc="curve", unit="circuit", disable=not problem.progress, leave=False):
-        rows.append(dict(parameter=point.parameter, n_edges=point.circuit.n_kept, **_rates(point.circuit, canonical),
-                         metric_test=problem.evaluate(point.circuit, "test"), removed=point.removed))
+ROC_CUTS = 500  # a ranking's ROC: at most this many of its cuts (every cut up to that many)
+
+
+def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, result: MethodResult) -> list[dict]:
+    """One row per circuit of a method that yields a whole curve from one run.
+
+    A ranking (EAP, EAP-IG, HISP): its points at MIB's fractions with the validation metric and
+    faithfulness the method measured (one forward each, counted there) and their rates; where the
+    task has a ground truth, also one row per cut between tie groups (rates only, no forward: the
+    ROC), at most ``ROC_CUTS`` evenly spaced cuts.  Any other curve: every point with its rates and
+    its test metric."""
+    ranking = result.ranking
+    if ranking is None:
+        rows = []
+        for point in tqdm(result.curve, desc="curve", unit="circuit", disable=not problem.progress, leave=False):
+            rows.append(dict(parameter=point.parameter, n_edges=point.circuit.n_kept,
+                             **_rates(point.circuit, canonical),
+                             metric_test=problem.evaluate(point.circuit, "test"), removed=point.removed))
+        return rows
+    pruned = bool((result.details or {}).get("pruned", True))
+    rows = [dict(parameter=p.parameter, n_edges=p.circuit.n_kept, n_edges_unpruned=p.n_unpruned,
+                 fraction=p.fraction, **_rates(p.circuit, canonical), metric_validation=p.metric,
+                 faithfulness_validation=p.faithfulness, metric_test=None, removed=p.removed)
+            for p in result.curve]
+    if canonical is not None:
+        last = ranking.n_cuts - 1
+        cuts = range(ranking.n_cuts) if ranking.n_cuts <= ROC_CUTS else \
+            sorted({round(last * i / (ROC_CUTS - 1)) for i in range(ROC_CUTS)})
+        for cut in tqdm(cuts, desc="roc", unit="cut", disable=not problem.progress, leave=False):
+            circuit = EdgeMask(problem.graph, ranking.circuit(cut, pruned))
+            rows.append(dict(parameter=circuit.n_kept, n_edges=circuit.n_kept, n_edges_unpruned=ranking.sizes[cut],
+                             fraction=None, **_rates(circuit, canonical), metric_validation=None,
+                             faithfulness_validation=None, metric_test=None, removed=ranking.added[cut]))
     return rows
+
+
+def _faithfulness_summary(problem: Problem, result: MethodResult, metrics: dict) -> dict:
+    """The circuit's faithfulness on each split and, for a ranking, its curve's CPR and CMD."""
+    out = dict(metric=problem.metric.name, formula=describe_faithfulness(problem.metric.name))
+    for split, values in metrics.items():
+        m_full = full_model_metric(problem.metric.name, values["metric_full"])
+        out[split] = faithfulness(values["metric_circuit"], values["metric_empty"], m_full)
+    if result.ranking is not None and result.curve:
+        points = [p for p in result.curve if p.fraction is not None]
+        area = areas([p.fraction for p in points], [p.faithfulness for p in points])
+        out["curve"] = dict(split="validation", fractions=[p.fraction for p in points],
+                            n_edges=[p.circuit.n_kept for p in points],
+                            faithfulness=[p.faithfulness for p in points], cpr=area.cpr, cmd=area.cmd,
+                            forwards=(result.details or {}).get("curve_forwards"))
+    return out
 
 
 def run(cfg: DictConfig, folder: Path) -> dict:
@@ -183,7 +226,7 @@ def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, me
         canonical = canonical_mask(task, graph)
         rates = _rates(result.kept, canonical)
         metrics = _split_metrics(problem, result.kept)
-        curve = _evaluate_curve(problem, canonical, result.curve) if result.curve is not None else None
+        curve = _evaluate_curve(problem, canonical, result) if result.curve is not None else None
     n_forward = sum(engine.n_forward for engine in problem._engines.values())
     spec = get_spec(method)
 
@@ -221,6 +264,8 @@ def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, me
         n_edges_kept=result.kept.n_kept,
         **metrics["validation"],
         test=metrics["test"],
+        # f = (m(C) - m(empty)) / (m(full) - m(empty)) per split; a ranking's CPR and CMD (MIB)
+        faithfulness=_faithfulness_summary(problem, result, metrics),
         **rates,
         n_forward=n_forward,
         n_edge_tests=len(result.trace) if result.trace is not None else None,
