@@ -129,14 +129,20 @@ def test_hisp_through_the_pipeline_writes_the_curve(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "curve.csv")))
     assert list(rows[0]) == ["parameter", "n_edges", "n_edges_unpruned", "fraction", "edge_tpr", "edge_fpr",
                              "node_tpr", "node_fpr", "metric_validation", "faithfulness_validation", "metric_test",
-                             "removed"]
+                             "faithfulness_test", "removed"]
     assert (float(rows[0]["edge_tpr"]), float(rows[0]["edge_fpr"])) == (1.0, 1.0)
-    # the run's own circuit is a point of the curve, the smallest reaching the target
-    own = [r for r in rows if r["fraction"] and int(r["n_edges"]) == summary["n_edges_kept"]]
+    # the run's own circuit: measured on the validation split, the smallest measured reaching the target
+    measured = [r for r in rows if r["metric_validation"]]
+    own = [r for r in measured if int(r["n_edges"]) == summary["n_edges_kept"]]
     assert own and float(own[0]["faithfulness_validation"]) >= 0.8
     assert float(own[0]["metric_validation"]) == pytest.approx(summary["metric_circuit"])
-    smaller = [r for r in rows if r["fraction"] and int(r["n_edges"]) < summary["n_edges_kept"]]
-    assert all(float(r["faithfulness_validation"]) < 0.8 for r in smaller)
+    assert all(float(r["faithfulness_validation"]) < 0.8 for r in measured
+               if int(r["n_edges"]) < summary["n_edges_kept"])
+    # every point at MIB's fractions measured on the test split; CPR and CMD from them
+    at_fractions = [r for r in rows if r["fraction"]]
+    assert all(r["faithfulness_test"] for r in at_fractions)
+    curve = summary["faithfulness"]["curve"]
+    assert curve["split"] == "test" and len(curve["fractions"]) == len(at_fractions)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -32,6 +32,8 @@ metric otherwise.
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from .result import MethodResult
@@ -88,12 +90,14 @@ def _attribution(problem: Problem, steps: int | None, k, objective, max_points, 
     if objective == "metric" and problem.metric.name in DIVERGENCE_METRICS and steps is None:
         raise ValueError(f"metric {problem.metric.name} is a divergence from the unpatched model: its gradient there "
                          "is zero, so EAP would rank rounding noise; use method.objective=answer_logit (or auto)")
+    started = time.perf_counter()
     signed = attribution_scores(problem, objective, steps, ig)
+    scores_s = round(time.perf_counter() - started, 3)
     scores = signed.abs() if absolute else signed
     ranking = edge_ranking(problem.graph, scores, tie_tolerance(scores, problem.engine().dtype))
     kept, n_kept, curve, chosen = ranked_result(problem, ranking, k, target, max_points, pruned)
     details = dict(objective=objective, absolute=absolute, sum_signed_scores=float(signed.sum()),
-                   n_backward=1 if steps is None else steps, **chosen)
+                   n_backward=1 if steps is None else steps, scores_s=scores_s, **chosen)
     if steps is not None:
         details.update(steps=steps, ig=ig)
     return MethodResult(problem.graph, scores.float(), kept, parameter=n_kept, curve=curve, details=details,

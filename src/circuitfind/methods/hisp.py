@@ -25,6 +25,8 @@ component moves: the model's evidence for its own clean answer.
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from .result import MethodResult
@@ -86,12 +88,14 @@ def hisp(problem: Problem, k: int | str = "auto", objective: str = "auto", max_p
         # Its gradient is zero up to rounding, which the per-layer normalisation would blow up to 1.
         raise ValueError(f"metric {problem.metric.name} is a divergence from the unpatched model: its gradient there "
                          "is zero, so HISP would rank rounding noise; use method.objective=answer_logit (or auto)")
+    started = time.perf_counter()
     attributions = component_attributions(problem, components, objective)
     raw = attributions.abs().mean(0).cpu()
     importance = layer_normalised(raw, components)
     if objective == "metric" and not importance.any():
         raise ValueError(f"the gradient of metric {problem.metric.name} is zero at the unpatched model, so HISP "
                          "ranks nothing; use method.objective=answer_logit")
+    scores_s = round(time.perf_counter() - started, 3)
     # ties: judged on the raw scores' rounding, carried through the per-layer normalisation
     tolerance = tie_tolerance(importance, problem.engine().dtype)
     ranking = component_ranking(problem.graph, importance, tolerance, list(components.names),
@@ -102,4 +106,5 @@ def hisp(problem: Problem, k: int | str = "auto", objective: str = "auto", max_p
              for r, i in enumerate(order)]
     return MethodResult(problem.graph, components.edge_scores(importance), kept, parameter=n_kept, curve=curve,
                         tables={"ranking.csv": table}, ranking=ranking,
-                        details=dict(objective=objective, n_components=len(components), **chosen))
+                        details=dict(objective=objective, n_components=len(components), scores_s=scores_s,
+                                     **chosen))

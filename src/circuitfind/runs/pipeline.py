@@ -95,11 +95,12 @@ ROC_CUTS = 500  # a ranking's ROC: at most this many of its cuts (every cut up t
 def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, result: MethodResult) -> list[dict]:
     """One row per circuit of a method that yields a whole curve from one run.
 
-    A ranking (EAP, EAP-IG, HISP): its points at MIB's fractions with the validation metric and
-    faithfulness the method measured (one forward each, counted there) and their rates; where the
-    task has a ground truth, also one row per cut between tie groups (rates only, no forward: the
-    ROC), at most ``ROC_CUTS`` evenly spaced cuts.  Any other curve: every point with its rates and
-    its test metric."""
+    A ranking (EAP, EAP-IG, HISP): its circuits at MIB's fractions with their metric and
+    faithfulness on the test split (one forward per distinct circuit; the empty and the full one
+    are known) and on the validation split where k=auto measured them, the circuits k=auto bisected
+    with, and their rates; where the task has a ground truth, also one row per cut between tie
+    groups (rates only, no forward: the ROC), at most ``ROC_CUTS`` evenly spaced cuts.  Any other
+    curve: every point with its rates and its test metric."""
     ranking = result.ranking
     if ranking is None:
         rows = []
@@ -108,11 +109,17 @@ def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, result: Method
                              **_rates(point.circuit, canonical),
                              metric_test=problem.evaluate(point.circuit, "test"), removed=point.removed))
         return rows
+    from ..methods.ranking import CircuitEvaluator
+
+    test = CircuitEvaluator(problem, "test")
     pruned = bool((result.details or {}).get("pruned", True))
-    rows = [dict(parameter=p.parameter, n_edges=p.circuit.n_kept, n_edges_unpruned=p.n_unpruned,
-                 fraction=p.fraction, **_rates(p.circuit, canonical), metric_validation=p.metric,
-                 faithfulness_validation=p.faithfulness, metric_test=None, removed=p.removed)
-            for p in result.curve]
+    rows = []
+    for p in tqdm(result.curve, desc="curve", unit="circuit", disable=not problem.progress, leave=False):
+        metric_test, f_test = test.faithfulness(p.circuit.kept) if p.fraction is not None else (None, None)
+        rows.append(dict(parameter=p.parameter, n_edges=p.circuit.n_kept, n_edges_unpruned=p.n_unpruned,
+                         fraction=p.fraction, **_rates(p.circuit, canonical), metric_validation=p.metric,
+                         faithfulness_validation=p.faithfulness, metric_test=metric_test, faithfulness_test=f_test,
+                         removed=p.removed))
     if canonical is not None:
         last = ranking.n_cuts - 1
         cuts = range(ranking.n_cuts) if ranking.n_cuts <= ROC_CUTS else \
@@ -121,23 +128,26 @@ def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, result: Method
             circuit = EdgeMask(problem.graph, ranking.circuit(cut, pruned))
             rows.append(dict(parameter=circuit.n_kept, n_edges=circuit.n_kept, n_edges_unpruned=ranking.sizes[cut],
                              fraction=None, **_rates(circuit, canonical), metric_validation=None,
-                             faithfulness_validation=None, metric_test=None, removed=ranking.added[cut]))
+                             faithfulness_validation=None, metric_test=None, faithfulness_test=None,
+                             removed=ranking.added[cut]))
+    if result.details is not None:
+        result.details["curve_test_forwards"] = test.n_forwards
     return rows
 
 
-def _faithfulness_summary(problem: Problem, result: MethodResult, metrics: dict) -> dict:
-    """The circuit's faithfulness on each split and, for a ranking, its curve's CPR and CMD."""
+def _faithfulness_summary(problem: Problem, result: MethodResult, metrics: dict, curve: list[dict] | None) -> dict:
+    """The circuit's faithfulness on each split and, for a ranking, its curve's CPR and CMD (test split)."""
     out = dict(metric=problem.metric.name, formula=describe_faithfulness(problem.metric.name))
     for split, values in metrics.items():
         m_full = full_model_metric(problem.metric.name, values["metric_full"])
         out[split] = faithfulness(values["metric_circuit"], values["metric_empty"], m_full)
-    if result.ranking is not None and result.curve:
-        points = [p for p in result.curve if p.fraction is not None]
-        area = areas([p.fraction for p in points], [p.faithfulness for p in points])
-        out["curve"] = dict(split="validation", fractions=[p.fraction for p in points],
-                            n_edges=[p.circuit.n_kept for p in points],
-                            faithfulness=[p.faithfulness for p in points], cpr=area.cpr, cmd=area.cmd,
-                            forwards=(result.details or {}).get("curve_forwards"))
+    if result.ranking is not None and curve:
+        points = [row for row in curve if row.get("fraction") is not None]
+        area = areas([row["fraction"] for row in points], [row["faithfulness_test"] for row in points])
+        out["curve"] = dict(split="test", fractions=[row["fraction"] for row in points],
+                            n_edges=[row["n_edges"] for row in points],
+                            faithfulness=[row["faithfulness_test"] for row in points], cpr=area.cpr, cmd=area.cmd,
+                            pruned=bool((result.details or {}).get("pruned", True)))
     return out
 
 
@@ -231,7 +241,7 @@ def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, me
     spec = get_spec(method)
 
     with phases("writing", "writing the run folder"):
-        write_result(folder, result, canonical, curve)
+        write_result(folder, result, canonical, curve, d_model=task.model.cfg.d_model)
     with phases("drawing", f"drawing the circuit ({result.kept.n_kept} of {graph.n_edges} {graph_unit(graph)})"):
         if draw is not False:  # auto: the edges while they stay readable, else the block summary
             draw_circuit(result, folder / "circuit.png", f"{task.name} {method} ({problem.corruption})",
@@ -265,7 +275,7 @@ def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, me
         **metrics["validation"],
         test=metrics["test"],
         # f = (m(C) - m(empty)) / (m(full) - m(empty)) per split; a ranking's CPR and CMD (MIB)
-        faithfulness=_faithfulness_summary(problem, result, metrics),
+        faithfulness=_faithfulness_summary(problem, result, metrics, curve),
         **rates,
         n_forward=n_forward,
         n_edge_tests=len(result.trace) if result.trace is not None else None,
