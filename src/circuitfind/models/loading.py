@@ -64,7 +64,7 @@ HUB_ARCHITECTURES: dict[str, dict] = {
         normalization_type="LN", positional_embedding_type="standard", original_architecture="neel",
     ),
     # Redwood's 2-layer model is a shortformer: positional embeddings enter the queries and keys
-    # only, never the residual stream (the engine adds them there; see engine.py).
+    # only, never the residual stream (the engine adds them there; see engine/model_reads.py).
     "ArthurConmy/redwood_attn_2l": dict(
         n_layers=2, n_heads=8, d_model=256, d_head=32, n_ctx=2048, d_vocab=50259, attn_only=True,
         normalization_type="LN", positional_embedding_type="shortformer", original_architecture="neel",
