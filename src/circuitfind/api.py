@@ -28,7 +28,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from .runs.circuit_json import ground_truth as read_ground_truth
-from .engine import check_supported
+from .core.architecture import check_supported
 from .core.graph import Architecture, Graph
 from .methods.result import MethodResult
 from .methods import Problem, get_spec

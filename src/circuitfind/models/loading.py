@@ -33,13 +33,12 @@ import pathlib
 import socket
 import threading
 from importlib.resources import files
-from types import SimpleNamespace
 from urllib.parse import urlparse
 
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from ..engine import check_supported
+from ..core.architecture import check_supported
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ HUB_ARCHITECTURES: dict[str, dict] = {
         normalization_type="LN", positional_embedding_type="standard", original_architecture="neel",
     ),
     # Redwood's 2-layer model is a shortformer: positional embeddings enter the queries and keys
-    # only, never the residual stream (the engine adds them there; see engine.py).
+    # only, never the residual stream (the engine adds them there; see engine/model_reads.py).
     "ArthurConmy/redwood_attn_2l": dict(
         n_layers=2, n_heads=8, d_model=256, d_head=32, n_ctx=2048, d_vocab=50259, attn_only=True,
         normalization_type="LN", positional_embedding_type="shortformer", original_architecture="neel",
@@ -293,8 +292,8 @@ def _load_hub_model(model_cfg: dict, device, seed: int, tokenizer) -> HookedTran
     if repo not in HUB_ARCHITECTURES:
         raise ValueError(f"model {name}: unknown hub repo {repo!r}; known: {', '.join(HUB_ARCHITECTURES)}")
     fold_ln = bool(model_cfg.get("fold_ln", False))
-    # Refuse what the patching engine cannot run before building or fetching anything (it reads only .cfg).
-    check_supported(SimpleNamespace(cfg=HookedTransformerConfig(**HUB_ARCHITECTURES[repo], model_name=name)))
+    # Refuse what the patching engine cannot run before building or fetching anything (from the config alone).
+    check_supported(HookedTransformerConfig(**HUB_ARCHITECTURES[repo], model_name=name))
     if not model_cfg.get("pretrained", True):
         arch = dict(HUB_ARCHITECTURES[repo])
         # Random weights are drawn for the processed architecture (LNPre where layer norm is folded),
@@ -445,7 +444,7 @@ def _load_hf_model(model_cfg: dict, device, seed: int, tokenizer) -> HookedTrans
     arch.update(model_name=f"{name} (random weights)", device=str(device))
     fields = HookedTransformerConfig.__dataclass_fields__
     cfg = HookedTransformerConfig(**{k: v for k, v in arch.items() if k in fields and fields[k].init})
-    check_supported(SimpleNamespace(cfg=cfg))
+    check_supported(cfg)
     return _random_model(cfg, seed)
 
 
@@ -468,7 +467,7 @@ def _load_with_transformer_lens(spec: dict, device) -> HookedTransformer:
     hub or a cache holding the weights)."""
     repo = spec["repo"]
     cfg = _transformer_lens_config(spec, device)
-    check_supported(SimpleNamespace(cfg=cfg))  # before fetching any weights
+    check_supported(cfg)  # before fetching any weights
     if cached_weights_any(repo) is None and not hub_reachable():
         raise _unavailable(spec["name"], f"the weights of {repo}", plural=True)
     model = HookedTransformer.from_pretrained(
