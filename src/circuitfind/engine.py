@@ -69,11 +69,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformer_lens import HookedTransformer
-from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
-from transformer_lens.utilities import apply_softcap
 
 from .graph import Architecture, EdgeMask, Graph
+
+# The engine reads a model through its model view (``models/view``): a TransformerLens 3
+# HookedTransformer, or a TransformerLens 4 bridge wrapped as one; it imports neither.
+ModelView = object
 
 
 class UnsupportedModelError(ValueError):
@@ -87,7 +88,7 @@ UNSUPPORTED_FLAGS = ("use_qk_norm", "use_attention_sinks", "use_logn_attn",
 POSITIONAL_EMBEDDINGS = ("standard", "shortformer", "rotary")
 
 
-def check_supported(model: HookedTransformer) -> None:
+def check_supported(model: ModelView) -> None:
     cfg = model.cfg
     problems = []
     if cfg.positional_embedding_type not in POSITIONAL_EMBEDDINGS:
@@ -112,9 +113,12 @@ def check_supported(model: HookedTransformer) -> None:
 
 
 def _post_norm_architectures() -> tuple[str, ...]:
-    from transformer_lens.components import transformer_block
+    """Architectures that normalise after each sublayer instead of before it (TransformerLens 3's
+    ``POST_NORM_ARCHITECTURES``; a test holds the two together)."""
+    return POST_NORM_ARCHITECTURES
 
-    return tuple(getattr(transformer_block, "POST_NORM_ARCHITECTURES", ()))
+
+POST_NORM_ARCHITECTURES = ("Olmo2ForCausalLM", "Olmo3ForCausalLM")
 
 
 @dataclass
@@ -275,7 +279,7 @@ _SCRATCH = threading.local()  # see PatchEngine.body_buffer
 class PatchEngine:
     """Runs ``model`` on ``tokens`` with a mask over ``graph``'s edges, ablating from ``ablation``."""
 
-    def __init__(self, model: HookedTransformer, graph: Graph, tokens: torch.Tensor, ablation: Ablation,
+    def __init__(self, model: ModelView, graph: Graph, tokens: torch.Tensor, ablation: Ablation,
                  position_order: torch.Tensor | None = None, activation_device: str = "model"):
         """``position_order``: position i reads the positional embedding of position
         ``position_order[i]`` (the corrupted run of ``shuffle_positions``).  ``activation_device``:
@@ -604,7 +608,8 @@ class PatchEngine:
         scores = attn.calculate_attention_scores(queries, keys)
         if self.model.cfg.attention_dir == "causal":
             scores = attn.apply_causal_mask(scores)
-        pattern = F.softmax(scores, dim=-1)
+        # a view may take the softmax in another dtype, as its model does (Hugging Face: float32)
+        pattern = attn.softmax(scores) if hasattr(attn, "softmax") else F.softmax(scores, dim=-1)
         pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
         return attn.calculate_z_scores(values, pattern)
 
@@ -665,7 +670,8 @@ class PatchEngine:
         if self._unembed_weight is None:
             self._unembed_weight = self.model.unembed.W_U.T.contiguous()
         logits = F.linear(ln_final(x) if ln_final is not None else x, self._unembed_weight, self.model.unembed.b_U)
-        return apply_softcap(logits, getattr(self.model.cfg, "output_logits_soft_cap", -1.0))
+        cap = getattr(self.model.cfg, "output_logits_soft_cap", -1.0)
+        return cap * torch.tanh(logits / cap) if cap is not None and cap > 0 else logits  # Gemma's soft-cap
 
     # ---- the patched forward -----------------------------------------------------------------
     def split_mask(self, mask: EdgeMask | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -859,8 +865,9 @@ def _norm_input_grads(ln, x: torch.Tensor, W: torch.Tensor, projected: torch.Ten
     module: torch.func's VJP of the module itself, batched over the heads.  (Only matmul, permute
     and reshape touch the cotangents: HISP's per-prompt backward runs this under autograd's vmap,
     which has no rule for einsum or flatten.)"""
-    centred = isinstance(ln, (LayerNorm, LayerNormPre))
-    known = centred or isinstance(ln, (RMSNorm, RMSNormPre, torch.nn.Identity))
+    kind = norm_kind(ln)
+    centred = kind in ("LayerNorm", "LayerNormPre")
+    known = centred or kind in ("RMSNorm", "RMSNormPre") or isinstance(ln, torch.nn.Identity)
     if not known or x.dtype not in (torch.float32, torch.float64):
         _, ln_vjp = torch.func.vjp(ln, x.detach())
         return torch.func.vmap(ln_vjp)(_head_cotangents(grad_qkv, W, x.shape))[0]
@@ -868,8 +875,8 @@ def _norm_input_grads(ln, x: torch.Tensor, W: torch.Tensor, projected: torch.Ten
         return _head_cotangents(grad_qkv, W, x.shape)
     # yhat @ (w W)_r: the forward's projection less layer norm's bias term b @ W_r
     normed_projected = projected - torch.einsum("d,whde->whe", ln.b, W)[:, None, None] \
-        if isinstance(ln, LayerNorm) else projected
-    if isinstance(ln, (LayerNorm, RMSNorm)):
+        if kind == "LayerNorm" else projected
+    if kind in ("LayerNorm", "RMSNorm"):
         W = W * ln.w[:, None]  # [3, H, d_model, d_head]
     if centred:
         x = x - x.mean(-1, keepdim=True)
@@ -881,6 +888,22 @@ def _norm_input_grads(ln, x: torch.Tensor, W: torch.Tensor, projected: torch.Ten
     # <g', yhat> / (d s) per head and token: yhat is centred, so <g' centred, yhat> = <g', yhat>
     dots = (grad_scaled * normed_projected).sum(-1) / x.shape[-1]  # [3, b, p, H]
     return grads.addcmul_(normed, dots.permute(0, 3, 1, 2).reshape(-1, *x.shape[:-1], 1), value=-1)
+
+
+NORM_KINDS = ("LayerNorm", "LayerNormPre", "RMSNorm", "RMSNormPre")
+
+
+def norm_kind(ln) -> str | None:
+    """Which of TransformerLens' four norms ``ln`` computes (its maths, as ``_norm_input_grads``
+    reads it), or None: a view's norm says so in ``norm_kind``; TransformerLens 3's own classes
+    are known by name (the engine does not import TransformerLens)."""
+    kind = getattr(ln, "norm_kind", None)
+    if kind is not None:
+        return kind
+    for cls in type(ln).__mro__:
+        if cls.__module__.startswith("transformer_lens.") and cls.__name__ in NORM_KINDS:
+            return cls.__name__
+    return None
 
 
 def _head_cotangents(grad_qkv: torch.Tensor, W: torch.Tensor, shape) -> torch.Tensor:
@@ -958,7 +981,7 @@ def shuffled_positions(n_pos: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def record_activations(model: HookedTransformer, graph: Graph, tokens: torch.Tensor,
+def record_activations(model: ModelView, graph: Graph, tokens: torch.Tensor,
                        position_order: torch.Tensor | None = None, activation_device: str = "model") -> Ablation:
     """Every sender's value and every head's q/k/v on ``tokens`` (the unpatched model): an
     unpatched run against an all-zero ablation stores exactly the values themselves."""
@@ -972,7 +995,7 @@ def record_activations(model: HookedTransformer, graph: Graph, tokens: torch.Ten
 
 
 @torch.no_grad()
-def zero_ablation(model: HookedTransformer, graph: Graph, tokens: torch.Tensor,
+def zero_ablation(model: ModelView, graph: Graph, tokens: torch.Tensor,
                   activation_device: str = "model") -> Ablation:
     """Every sender's ablated value is zero; each head's q/k/v is the one computed in a forward with
     every sender zeroed (on one prompt of ``tokens``: nothing there depends on the tokens).  That
@@ -990,7 +1013,7 @@ def zero_ablation(model: HookedTransformer, graph: Graph, tokens: torch.Tensor,
     return Ablation("zero", senders=engine.store(literal.senders), qkv=torch.stack(cache.qkv))
 
 
-def make_ablation(kind: str, model: HookedTransformer, graph: Graph, clean: torch.Tensor,
+def make_ablation(kind: str, model: ModelView, graph: Graph, clean: torch.Tensor,
                   corrupted: torch.Tensor, shuffle_positions: bool = False, activation_device: str = "model") -> Ablation:
     """``corrupted``: interchange with the corrupted prompts; ``zero``: every sender zeroed;
     ``mean``: the corrupted prompts' mean per position; ``mean_all``: their mean over prompts and
