@@ -14,10 +14,10 @@ if backend() != "tl4":
     pytest.skip("TransformerLens 4 is not installed (make test-tl4)", allow_module_level=True)
 
 from circuitfind.engine import PatchEngine, make_ablation  # noqa: E402
-from circuitfind.graph import Architecture, EdgeMask, Graph  # noqa: E402
+from circuitfind.core.graph import Architecture, EdgeMask, Graph  # noqa: E402
 from circuitfind.methods import Problem, get_method  # noqa: E402
-from circuitfind.metrics import KL  # noqa: E402
-from circuitfind.reference import reference_ablation, reference_logits  # noqa: E402
+from circuitfind.core.metrics import KL  # noqa: E402
+from circuitfind.engine.reference import reference_ablation, reference_logits  # noqa: E402
 
 from bridge_families import FAMILIES, FLOAT32_SOFTMAX, FLOAT32_SOFTMAX_ATOL, bridge_model  # noqa: E402
 from test_acdc import random_task, reference_acdc, typical_single_edge_effect  # noqa: E402

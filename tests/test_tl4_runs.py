@@ -17,7 +17,7 @@ from circuitfind.models.view import backend
 if backend() != "tl4":
     pytest.skip("TransformerLens 4 is not installed (make test-tl4)", allow_module_level=True)
 
-from circuitfind.pipeline import run  # noqa: E402
+from circuitfind.runs.pipeline import run  # noqa: E402
 
 from conftest import config  # noqa: E402
 

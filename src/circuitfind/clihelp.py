@@ -13,7 +13,7 @@ from importlib.resources import files
 
 from . import __version__
 from .models.view import describe as describe_backend
-from .validate import group_options
+from .runs.validate import group_options
 
 # What a version report names besides circuitfind: what decides a run's numbers and its command line.
 DEPENDENCIES = ("torch", "transformer-lens", "transformers", "hydra-core", "omegaconf", "numpy", "matplotlib")

@@ -37,6 +37,7 @@ from types import SimpleNamespace
 from urllib.parse import urlparse
 
 import torch
+
 from ..engine import check_supported
 from .view import backend, tl3
 
@@ -533,10 +534,12 @@ def hub_repo(name: str) -> str:
 
 
 # What TransformerLens 4 cannot load: (kind or repo) -> why.
+# (TransformerLens 4.3 would hold HookedTransformer weights in a native bridge, but its attention has no
+# q/k/v input hooks, set_use_split_qkv_input, which the hook reference patches.)
 NO_BRIDGE = {
     "shipped": "circuitfind's shipped models (tracr programs, induction_2l) are TransformerLens 3 "
-               "HookedTransformer weights with no Hugging Face architecture: run them under TransformerLens "
-               "3.9 (pip install 'circuitfind[tl3]')",
+               "HookedTransformer weights with no Hugging Face architecture, and TransformerLens 4's native "
+               "bridge has no q/k/v input hooks: run them under TransformerLens 3.9 (pip install 'circuitfind[tl3]')",
 }
 
 

@@ -8,8 +8,8 @@ from typing import Callable
 
 import torch
 
-from ..graph import Graph
-from ..metrics import Metric
+from ..core.graph import Graph
+from ..core.metrics import Metric
 
 # A model view (models/view): a TransformerLens 3 HookedTransformer, or a TransformerLens 4
 # TransformerBridge wrapped as one.

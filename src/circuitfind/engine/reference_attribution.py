@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from .graph import Graph
+from ..core.graph import Graph
 from .reference import hooked_receivers, sender_value
 
 # A model view (models/view): a TransformerLens 3 HookedTransformer, or a TransformerLens 4

@@ -70,7 +70,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .graph import Architecture, EdgeMask, Graph
+from ..core.graph import Architecture, EdgeMask, Graph
 
 # The engine reads a model through its model view (``models/view``): a TransformerLens 3
 # HookedTransformer, or a TransformerLens 4 bridge wrapped as one; it imports neither.

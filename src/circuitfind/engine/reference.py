@@ -24,7 +24,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .graph import EdgeMask, Graph
+from ..core.graph import EdgeMask, Graph
 
 # A model view (models/view): a TransformerLens 3 HookedTransformer, or a TransformerLens 4
 # TransformerBridge wrapped as one.

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from .graph import Graph
+from ..core.graph import Graph
 
 # A model view (models/view): a TransformerLens 3 HookedTransformer, or a TransformerLens 4
 # TransformerBridge wrapped as one.
