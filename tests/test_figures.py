@@ -51,7 +51,7 @@ def test_every_experiment_plans_its_sweeps_in_both_presets(name, tmp_path):
         ranking = ("hisp", "eap", "eap_ig")  # one run each gives the whole curve
         assert all(bool(s.values) == (s.method not in ranking) for s in sweeps)
     if name == "tracr_suite":
-        assert set(exp.methods) == {"acdc", "sp", "hisp", "eap", "eap_ig"}  # every method
+        assert set(exp.methods) == {"acdc", "acdc_guided", "sp", "hisp", "eap", "eap_ig"}  # every method
 
 
 def test_the_paper_preset_sweeps_the_papers_values_and_quick_trains_sp_shorter(tmp_path):
@@ -72,7 +72,7 @@ def test_tables_have_a_kl_and_a_task_metric_column_and_proportion_no_kl(tmp_path
     sweeps = plan(load_experiment("tables"), "quick", TRACR, runs=tmp_path).sweeps
     metrics = {(s.task, s.metric) for s in sweeps}
     assert metrics == {("tracr_reverse", "kl"), ("tracr_reverse", "l2"), ("tracr_proportion", "l2")}
-    assert len(sweeps) == 3 * 5 * 2  # (task, metric) x method x corruption
+    assert len(sweeps) == 3 * 6 * 2  # (task, metric) x method x corruption
 
 
 def test_tasks_without_weights_are_left_out_unless_named(tmp_path, monkeypatch):
@@ -241,7 +241,7 @@ def test_make_help_lists_the_figure_targets():
 def tiny_fig3(tmp_path: Path, sp_values: list[float]) -> Path:
     """fig3's config with sweeps small enough for a test: two taus, SP at 20 steps, HISP, EAP, EAP-IG."""
     exp = load_experiment("fig3")
-    exp.presets.quick = dict(acdc=dict(values=[0.001, 0.5]), sp=dict(values=sp_values, overrides=["method.epochs=20"]),
+    exp.presets.quick = dict(acdc=dict(values=[0.001, 0.5]), acdc_guided=dict(values=[0.001]), sp=dict(values=sp_values, overrides=["method.epochs=20"]),
                              hisp={}, eap={}, eap_ig={})
     path = tmp_path / "fig3.yaml"
     path.write_text(OmegaConf.to_yaml(exp))
@@ -259,11 +259,11 @@ def test_fig3_runs_its_sweeps_through_the_cli_then_reuses_them(tmp_path, monkeyp
     assert manifest["experiment_config"]["presets"]["quick"]["acdc"]["values"] == [0.001, 0.5]
     ranking = ("hisp", "eap", "eap_ig")  # one run each, its parameter the run's own k
     assert sorted((r["method"], r["parameter"]) for r in manifest["runs"] if r["method"] not in ranking) == [
-        ("acdc", 0.001), ("acdc", 0.5), ("sp", 1.0)]
+        ("acdc", 0.001), ("acdc", 0.5), ("acdc_guided", 0.001), ("sp", 1.0)]
     assert all(r["config_hash"] and (Path(r["path"]) / "summary.json").is_file() for r in manifest["runs"])
     sp = next(s for s in manifest["sweeps"] if s["method"] == "sp")
     assert sp["status"] == "failed" and any("lambda_reg must be a non-negative number" in e for e in sp["errors"])
-    assert {d["method"] for d in manifest["auc"]} == {"acdc", "sp", "hisp", "eap", "eap_ig"}  # the failed job cost one point
+    assert {d["method"] for d in manifest["auc"]} == {"acdc", "acdc_guided", "sp", "hisp", "eap", "eap_ig"}  # the failed job cost one point
 
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("reran a complete sweep"))
     config = tiny_fig3(tmp_path, [1.0])  # without the failing value every sweep is complete

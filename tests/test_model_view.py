@@ -8,7 +8,8 @@ import re
 import pytest
 
 from circuitfind.clihelp import version_text
-from circuitfind.engine import POST_NORM_ARCHITECTURES, norm_kind
+from circuitfind.core.architecture import POST_NORM_ARCHITECTURES
+from circuitfind.engine.model_reads import norm_kind
 from circuitfind.models.view import backend, model_view, tl3
 
 from conftest import tiny_model

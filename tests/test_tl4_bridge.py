@@ -2,7 +2,8 @@
 tiny random Hugging Face models of each family (``bridge_families.py``): nothing removed is the
 bridge's logits, everything removed is the ablated run, the engine equals the hook reference (run
 through the bridge's hooks) on random and fractional masks, the mask gradient equals finite
-differences, and ACDC on the engine keeps what ACDC on the reference keeps.  Runs only where
+differences, the plain forward (the engine's oracle) agrees with both, and ACDC on the engine keeps
+what ACDC on the reference keeps.  Runs only where
 TransformerLens 4 is installed (``make test-tl4``)."""
 
 import pytest
@@ -13,7 +14,7 @@ from circuitfind.models.view import backend
 if backend() != "tl4":
     pytest.skip("TransformerLens 4 is not installed (make test-tl4)", allow_module_level=True)
 
-from circuitfind.engine import PatchEngine, make_ablation  # noqa: E402
+from circuitfind.engine import plain_forward  # noqa: E402
 from circuitfind.core.graph import Architecture, EdgeMask, Graph  # noqa: E402
 from circuitfind.methods import Problem, get_method  # noqa: E402
 from circuitfind.core.metrics import KL  # noqa: E402
@@ -68,6 +69,18 @@ def test_engine_agrees_with_the_hook_reference_on_random_and_fractional_masks(mo
     for mask in random_masks(graph, 3):
         torch.testing.assert_close(engine.logits(mask), reference_logits(model, graph, clean, ablated, mask),
                                    rtol=0, atol=atol(family, 1e-9))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_plain_forward_agrees_with_the_engine_and_the_hook_reference(models, family):
+    model = model_of(models, family)
+    graph, engine, clean, corrupted = setup(model, granularity="heads")
+    ablated = reference_ablation(model, corrupted, "corrupted")
+    for mask in random_masks(graph, 1):
+        plain = plain_forward(engine.model, graph, engine.tokens, engine.ablation, mask)
+        torch.testing.assert_close(engine.logits(mask), plain, rtol=0, atol=atol(family, 1e-9))
+        torch.testing.assert_close(plain, reference_logits(model, graph, clean, ablated, mask), rtol=0,
+                                   atol=atol(family, 1e-9))
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -219,7 +219,7 @@ def test_suite_experiment_plans_every_program_with_program_truth(tmp_path):
     exp = load_experiment("tracr_suite")
     assert set(exp.tasks) == set(PROGRAMS)
     sweeps = plan(exp, "quick", ["tracr_reverse", "tracr_hist"], runs=tmp_path).sweeps
-    assert len(sweeps) == 2 * 5 * 2  # task x method (all five) x corruption
+    assert len(sweeps) == 2 * 6 * 2  # task x method (all six) x corruption
     reverse = [s for s in sweeps if s.task == "tracr_reverse"]
     assert all("task.ground_truth=program" in s.overrides for s in reverse)
     assert not any("task.ground_truth=program" in s.overrides for s in sweeps if s.task == "tracr_hist")

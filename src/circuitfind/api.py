@@ -27,7 +27,7 @@ from typing import Callable, Iterable
 import torch
 
 from .runs.circuit_json import ground_truth as read_ground_truth
-from .engine import check_supported
+from .core.architecture import check_supported
 from .models.view import model_view
 from .core.graph import Architecture, Graph
 from .methods.result import MethodResult

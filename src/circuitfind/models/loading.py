@@ -38,7 +38,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from ..engine import check_supported
+from ..core.architecture import check_supported
 from .view import backend, tl3
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ HUB_ARCHITECTURES: dict[str, dict] = {
         normalization_type="LN", positional_embedding_type="standard", original_architecture="neel",
     ),
     # Redwood's 2-layer model is a shortformer: positional embeddings enter the queries and keys
-    # only, never the residual stream (the engine adds them there; see engine.py).
+    # only, never the residual stream (the engine adds them there; see engine/model_reads.py).
     "ArthurConmy/redwood_attn_2l": dict(
         n_layers=2, n_heads=8, d_model=256, d_head=32, n_ctx=2048, d_vocab=50259, attn_only=True,
         normalization_type="LN", positional_embedding_type="shortformer", original_architecture="neel",
@@ -299,8 +299,8 @@ def _load_hub_model(model_cfg: dict, device, seed: int, tokenizer) -> ModelView:
     if repo not in HUB_ARCHITECTURES:
         raise ValueError(f"model {name}: unknown hub repo {repo!r}; known: {', '.join(HUB_ARCHITECTURES)}")
     fold_ln = bool(model_cfg.get("fold_ln", False))
-    # Refuse what the patching engine cannot run before building or fetching anything (it reads only .cfg).
-    check_supported(SimpleNamespace(cfg=tl3.config(**HUB_ARCHITECTURES[repo], model_name=name)))
+    # Refuse what the patching engine cannot run before building or fetching anything (from the config alone).
+    check_supported(tl3.config(**HUB_ARCHITECTURES[repo], model_name=name))
     if not model_cfg.get("pretrained", True):
         arch = dict(HUB_ARCHITECTURES[repo])
         # Random weights are drawn for the processed architecture (LNPre where layer norm is folded),
@@ -451,7 +451,7 @@ def _load_hf_model(model_cfg: dict, device, seed: int, tokenizer) -> ModelView:
     arch.update(model_name=f"{name} (random weights)", device=str(device))
     fields = tl3.config_fields()
     cfg = tl3.config(**{k: v for k, v in arch.items() if k in fields and fields[k].init})
-    check_supported(SimpleNamespace(cfg=cfg))
+    check_supported(cfg)
     return _random_model(cfg, seed)
 
 
@@ -474,7 +474,7 @@ def _load_with_transformer_lens(spec: dict, device) -> ModelView:
     hub or a cache holding the weights)."""
     repo = spec["repo"]
     cfg = _transformer_lens_config(spec, device)
-    check_supported(SimpleNamespace(cfg=cfg))  # before fetching any weights
+    check_supported(cfg)  # before fetching any weights
     if cached_weights_any(repo) is None and not hub_reachable():
         raise _unavailable(spec["name"], f"the weights of {repo}", plural=True)
     model = tl3.from_pretrained(
@@ -568,8 +568,7 @@ def _load_through_bridge(model_cfg: dict, device, seed: int, tokenizer) -> Model
                              "architecture; under TransformerLens 4 it does not load (use TransformerLens 3.9)")
         if tokenizer is not None and len(tokenizer) > arch["d_vocab"]:
             arch["d_vocab"] = len(tokenizer)
-        check_supported(SimpleNamespace(cfg=SimpleNamespace(
-            **{"model_name": name, "attention_dir": "causal", **arch})))
+        check_supported(SimpleNamespace(**{"model_name": name, "attention_dir": "causal", **arch}))
         view = tl4.random_bridge(arch, seed, dtype=dtype, tokenizer=tokenizer, device=device)
         view.cfg.model_name = f"{name} (random weights)"
         return view
