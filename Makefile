@@ -59,7 +59,7 @@ gpu-check: setup  ## on a GPU machine: engine = reference on CUDA, ACDC cpu = gp
 clean:  ## remove run outputs (not the virtual environment)
 	rm -rf outputs multirun
 
-# ---- the paper's figures and tables (src/circuitfind/figures.py, figure_specs/) --------------
+# ---- the paper's figures and tables (src/circuitfind/figures/, figure_specs/) ---------------
 # Each runs the sweeps it lacks under outputs/figures/runs (reusing complete ones) and writes the
 # image or tables with a manifest to outputs/figures.  Variables: TASKS="tracr_reverse ioi ..."
 # (fig3, tables), CORRUPTION=zero|corrupted (fig3), PRESET=quick|paper, JOBS=2 (joblib's jobs

@@ -37,4 +37,4 @@ class EAPParams:
 
 SPEC = register(MethodSpec(
     name="eap", label="EAP", params=EAPParams, run="circuitfind.methods.attribution:eap",
-    parameter="k", parameter_label="EAP edges kept k", curve="ranking", order=40, cmap="Purples"))
+    parameter="k", parameter_label="EAP edges kept k", curve="ranking", order=40, cmap="Purples", marker="^"))

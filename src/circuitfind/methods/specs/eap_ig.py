@@ -21,4 +21,4 @@ class EAPIGParams(EAPParams):
 
 SPEC = register(MethodSpec(
     name="eap_ig", label="EAP-IG", params=EAPIGParams, run="circuitfind.methods.attribution:eap_ig",
-    parameter="k", parameter_label="EAP-IG edges kept k", curve="ranking", order=45, cmap="RdPu"))
+    parameter="k", parameter_label="EAP-IG edges kept k", curve="ranking", order=45, cmap="Reds", marker="v"))

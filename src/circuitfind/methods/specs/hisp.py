@@ -30,4 +30,4 @@ class HISPParams:
 
 SPEC = register(MethodSpec(
     name="hisp", label="HISP", params=HISPParams, run="circuitfind.methods.hisp:hisp",
-    parameter="k", parameter_label="HISP components kept k", curve="ranking", order=30, cmap="Greens"))
+    parameter="k", parameter_label="HISP components kept k", curve="ranking", order=30, cmap="Greens", marker="D"))
