@@ -52,7 +52,7 @@ def loadavg() -> str:
 
 def fresh(base: Problem) -> Problem:
     """A Problem on the same task and graph with its own engines (no cached forwards shared)."""
-    return Problem(base.task, base.graph, base.corruption, base.metric, progress=False,
+    return Problem(base.task, base.graph, base.corruption, base.metric, progress=base.progress,
                    shuffle_positions=base.shuffle_positions, activation_device=base.activation_device)
 
 
@@ -89,7 +89,7 @@ def cmd_kl(args) -> dict:
     rows = []
     for tau in args.taus:
         plain = run_method(base, "acdc", tau)
-        guided = run_method(base, "acdc_guided", tau, order=args.order)
+        guided = run_method(base, "acdc_guided", tau, order=args.order, rescore=not args.no_rescore)
         for r in (plain, guided):
             r["jaccard"] = len(plain["names"] & r["names"]) / max(1, len(plain["names"] | r["names"]))
             rows.append(r)
@@ -161,8 +161,9 @@ def cmd_gpt2(args) -> dict:
     print(f"GPT-2 shape (random weights), {args.prompts} prompts, {graph.n_edges} edges, load {loadavg()}", flush=True)
     out = {}
     for tau in args.taus:
-        params = dict(order=args.order) if args.max_edge_tests is None else \
-            dict(order=args.order, max_edge_tests=args.max_edge_tests)
+        params = dict(order=args.order, rescore=not args.no_rescore)
+        if args.max_edge_tests is not None:
+            params["max_edge_tests"] = args.max_edge_tests
         guided = run_method(base, "acdc_guided", tau, **params)
         del guided["names"]
         print(f"tau {tau:g} guided: kept {guided['kept']}, exact tests {guided['tests']}, bound {guided['bound']}, "
@@ -192,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     gpt2.add_argument("--max-edge-tests", type=int, default=None, help="cap (default: a whole run)")
     for p in (kl, gpt2):
         p.add_argument("--order", default="eap", help="acdc_guided's order")
+        p.add_argument("--no-rescore", action="store_true", help="acdc_guided's order from the full model only")
         p.add_argument("--set", action="append", default=[], help="a circuitfind override (repeatable)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
