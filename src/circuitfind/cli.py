@@ -71,8 +71,14 @@ def format_summary(summary: dict) -> str:
     parts = [f"{task} {summary['method']} ({summary['corruption']}, {summary['graph']} graph)",
              f"kept {summary['n_edges_kept']}/{summary['n_edges_total']} {unit}",
              _metric_value(summary["metric"], summary["metric_circuit"])]
+    faithful = (summary.get("faithfulness") or {}).get("validation")
+    if faithful is not None and faithful == faithful:
+        parts.append(f"faithfulness {faithful:.3f}")
     if summary.get("edge_tpr") is not None:
         parts.append(f"edge TPR {summary['edge_tpr']:.3f} FPR {summary['edge_fpr']:.3f}")
+    chosen = (summary.get("method_details") or {}).get("chosen_by")
+    if chosen:
+        parts.append(chosen)
     parts.append(f"{summary['wall_s']:.2f} s")
     return ", ".join(parts)
 

@@ -46,9 +46,11 @@ def check_supported(model_or_cfg) -> None:
         )
 
 
-def _post_norm_architectures() -> tuple[str, ...]:
-    """TransformerLens' architectures whose blocks normalise after the residual add (none of which
-    the engine runs)."""
-    from transformer_lens.components import transformer_block
+# Architectures whose blocks normalise after the residual add (none of which the engine runs):
+# TransformerLens 3's POST_NORM_ARCHITECTURES, written here so that nothing below the model view
+# imports TransformerLens (a test holds the two together).
+POST_NORM_ARCHITECTURES = ("Olmo2ForCausalLM", "Olmo3ForCausalLM")
 
-    return tuple(getattr(transformer_block, "POST_NORM_ARCHITECTURES", ()))
+
+def _post_norm_architectures() -> tuple[str, ...]:
+    return POST_NORM_ARCHITECTURES

@@ -16,11 +16,11 @@ ablation, whose clean and corrupted prompts share every position, can see positi
 from __future__ import annotations
 
 import torch
-from transformer_lens import HookedTransformer
 
 from ..core.architecture import check_supported
 from ..core.graph import Graph
 from .patch import PatchEngine
+from .model_reads import ModelView
 from .senders import Ablation
 
 POSITION_SHUFFLE_SEED = 49  # the reference implementation's
@@ -33,7 +33,7 @@ def shuffled_positions(n_pos: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def record_activations(model: HookedTransformer, graph: Graph, tokens: torch.Tensor,
+def record_activations(model: ModelView, graph: Graph, tokens: torch.Tensor,
                        position_order: torch.Tensor | None = None, activation_device: str = "model") -> Ablation:
     """Every sender's value and every head's q/k/v on ``tokens`` (the unpatched model): an
     unpatched run against an all-zero ablation stores exactly the values themselves."""
@@ -47,7 +47,7 @@ def record_activations(model: HookedTransformer, graph: Graph, tokens: torch.Ten
 
 
 @torch.no_grad()
-def zero_ablation(model: HookedTransformer, graph: Graph, tokens: torch.Tensor,
+def zero_ablation(model: ModelView, graph: Graph, tokens: torch.Tensor,
                   activation_device: str = "model") -> Ablation:
     """Every sender's ablated value is zero; each head's q/k/v is the one computed in a forward with
     every sender zeroed (on one prompt of ``tokens``: nothing there depends on the tokens).  That
@@ -65,7 +65,7 @@ def zero_ablation(model: HookedTransformer, graph: Graph, tokens: torch.Tensor,
     return Ablation("zero", senders=engine.place.store(literal.senders), qkv=torch.stack(cache.qkv))
 
 
-def make_ablation(kind: str, model: HookedTransformer, graph: Graph, clean: torch.Tensor,
+def make_ablation(kind: str, model: ModelView, graph: Graph, clean: torch.Tensor,
                   corrupted: torch.Tensor, shuffle_positions: bool = False, activation_device: str = "model") -> Ablation:
     """``corrupted``: interchange with the corrupted prompts; ``zero``: every sender zeroed;
     ``mean``: the corrupted prompts' mean per position; ``mean_all``: their mean over prompts and

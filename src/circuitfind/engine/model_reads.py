@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformer_lens import HookedTransformer
-from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
-from transformer_lens.utilities import apply_softcap
 
 from ..core.graph import Graph
+
+# The engine reads a model through its model view (``models/view``): a TransformerLens 3
+# HookedTransformer, or a TransformerLens 4 bridge wrapped as one; it imports neither.
+ModelView = object
 
 
 def has_post_norms(cfg) -> bool:
@@ -41,15 +42,32 @@ class NormParts:
     eps: float = 0.0
 
 
+NORM_KINDS = ("LayerNorm", "LayerNormPre", "RMSNorm", "RMSNormPre")
+
+
+def norm_kind(ln) -> str | None:
+    """Which of TransformerLens' four norms ``ln`` computes, or None: a view's norm says so in
+    ``norm_kind``; TransformerLens 3's own classes are known by name (the engine does not import
+    TransformerLens)."""
+    kind = getattr(ln, "norm_kind", None)
+    if kind is not None:
+        return kind
+    for cls in type(ln).__mro__:
+        if cls.__module__.startswith("transformer_lens.") and cls.__name__ in NORM_KINDS:
+            return cls.__name__
+    return None
+
+
 def norm_parts(ln) -> NormParts | None:
     """``ln`` as ``NormParts``, or None for a module that is none of TransformerLens' four norms."""
     if isinstance(ln, torch.nn.Identity):
         return NormParts(identity=True)
-    if not isinstance(ln, (LayerNorm, LayerNormPre, RMSNorm, RMSNormPre)):
+    kind = norm_kind(ln)
+    if kind is None:
         return None
-    return NormParts(identity=False, centred=isinstance(ln, (LayerNorm, LayerNormPre)),
-                     w=ln.w if isinstance(ln, (LayerNorm, RMSNorm)) else None,
-                     b=ln.b if isinstance(ln, LayerNorm) else None, eps=ln.eps)
+    return NormParts(identity=False, centred=kind in ("LayerNorm", "LayerNormPre"),
+                     w=ln.w if kind in ("LayerNorm", "RMSNorm") else None,
+                     b=ln.b if kind == "LayerNorm" else None, eps=ln.eps)
 
 
 def pad_heads(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -60,7 +78,7 @@ def pad_heads(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
 class ModelReads:
     """The model's own modules and weights, as the patched forward uses them on ``tokens``."""
 
-    def __init__(self, model: HookedTransformer, graph: Graph, tokens: torch.Tensor):
+    def __init__(self, model: ModelView, graph: Graph, tokens: torch.Tensor):
         cfg = model.cfg
         self.model, self.graph, self.tokens = model, graph, tokens
         # each block's ln1, ln2, mlp, attn (and ln1_post, ln2_post); plain lists, as nn.Module's
@@ -122,7 +140,8 @@ class ModelReads:
         scores = attn.calculate_attention_scores(queries, keys)
         if self.causal:
             scores = attn.apply_causal_mask(scores)
-        pattern = F.softmax(scores, dim=-1)
+        # a view may take the softmax in another dtype, as its model does (a bridge's Llama: float32)
+        pattern = attn.softmax(scores) if hasattr(attn, "softmax") else F.softmax(scores, dim=-1)
         pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
         return attn.calculate_z_scores(values, pattern)
 
@@ -138,4 +157,5 @@ class ModelReads:
         if self._unembed_weight is None:
             self._unembed_weight = self.model.unembed.W_U.T.contiguous()
         logits = F.linear(ln_final(x) if ln_final is not None else x, self._unembed_weight, self.model.unembed.b_U)
-        return apply_softcap(logits, self.soft_cap)
+        cap = self.soft_cap  # Gemma's soft-cap, as TransformerLens applies it
+        return cap * torch.tanh(logits / cap) if cap is not None and cap > 0 else logits

@@ -21,14 +21,13 @@ What the engine reads of the model is read in ``model_reads.py``; the ablation i
 from __future__ import annotations
 
 import torch
-from transformer_lens import HookedTransformer
 
 from ..core.architecture import check_supported
 from ..core.graph import Architecture, EdgeMask, Graph
 from .batching import check_candidates, restarted_diffs
 from .gradients import heads_reading_one_input, one_receiver_input, reads_one_input
 from .layout import gather_positions, per_candidate, put_heads, split_mask, with_prompts
-from .model_reads import ModelReads
+from .model_reads import ModelView, ModelReads
 from .placement import Storage
 from .postnorm import PostNormReads
 from .reads import ReceiverReads
@@ -38,7 +37,7 @@ from .senders import Ablation, SenderCache, SenderDiffs
 class PatchEngine:
     """Runs ``model`` on ``tokens`` with a mask over ``graph``'s edges, ablating from ``ablation``."""
 
-    def __init__(self, model: HookedTransformer, graph: Graph, tokens: torch.Tensor, ablation: Ablation,
+    def __init__(self, model: ModelView, graph: Graph, tokens: torch.Tensor, ablation: Ablation,
                  position_order: torch.Tensor | None = None, activation_device: str = "model"):
         """``position_order``: position i reads the positional embedding of position
         ``position_order[i]`` (the corrupted run of ``shuffle_positions``).  ``activation_device``:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..spec import MethodSpec, Sweep, is_int, register
+from ..spec import MethodSpec, SweptParameter, is_int, register
 from .acdc import check_acdc_params
 
 ORDERS = ("eap", "eap_ig", "random", "graph")
@@ -47,6 +47,6 @@ class GuidedACDCParams:
 
 SPEC = register(MethodSpec(
     name="acdc_guided", label="ACDC (guided)", params=GuidedACDCParams,
-    run="circuitfind.methods.acdc_guided:acdc_guided", parameter="tau", parameter_label="ACDC threshold τ",
-    curve="per_run", sweep=Sweep(key="tau", short="tau"), checkpoints=True,
-    top_level=("tau", "seed"), order=15, cmap="Oranges", cost=2))
+    run="circuitfind.methods.acdc_guided:acdc_guided", parameter="tau", parameter_label="guided ACDC threshold τ",
+    curve="per_run", sweep=SweptParameter(key="tau", short="tau"), checkpoints=True,
+    top_level=("tau", "seed"), order=15, cmap="Greys", marker="P", cost=2))
