@@ -158,7 +158,7 @@ def test_signed_scores_and_k():
     ("method.steps=0", "steps must be a positive integer, got 0"),
     ("method.absolute=maybe", "absolute must be true or false, got 'maybe'"),
     ("method.ig=outputs", "unknown ig path 'outputs'; choose one of masks, inputs"),
-    ("method.k=-1", "k must be null or a non-negative integer, got -1"),
+    ("method.k=-1", "k must be auto, all or a non-negative integer, got -1"),
     ("method.objective=loss", "unknown objective 'loss'; choose one of auto, metric, answer_logit"),
     ("method.max_points=1", "max_points must be null or an integer of at least 2, got 1")])
 def test_bad_parameters_are_refused_before_loading(tmp_path, override, message, monkeypatch):
