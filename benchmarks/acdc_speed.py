@@ -40,12 +40,12 @@ import torch  # noqa: E402
 from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
 
 from circuitfind.engine import PatchEngine, gather_positions, make_ablation  # noqa: E402
-from circuitfind.graph import Architecture, EdgeMask, Graph  # noqa: E402
+from circuitfind.core.graph import Architecture, EdgeMask, Graph  # noqa: E402
 from circuitfind.methods import Problem, get_method  # noqa: E402
 from circuitfind.methods.acdc import Step, acdc_search, auto_batch_edges, candidate_masks  # noqa: E402
-from circuitfind.metrics import KL  # noqa: E402
-from circuitfind.pipeline import build_problem, compose_config  # noqa: E402
-from circuitfind.reference import reference_ablation, reference_logits  # noqa: E402
+from circuitfind.core.metrics import KL  # noqa: E402
+from circuitfind.runs.pipeline import build_problem, compose_config  # noqa: E402
+from circuitfind.engine.reference import reference_ablation, reference_logits  # noqa: E402
 from circuitfind.tasks import TaskData  # noqa: E402
 from circuitfind.tasks.base import Task  # noqa: E402
 

@@ -36,10 +36,10 @@ warnings.filterwarnings("ignore", message="HookedTransformer is deprecated")
 import torch  # noqa: E402
 from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
 
-from circuitfind.graph import Architecture, Graph  # noqa: E402
+from circuitfind.core.graph import Architecture, Graph  # noqa: E402
 from circuitfind.methods import Problem  # noqa: E402
 from circuitfind.methods.attribution import attribution_scores, objective_loss  # noqa: E402
-from circuitfind.metrics import KL  # noqa: E402
+from circuitfind.core.metrics import KL  # noqa: E402
 from circuitfind.tasks import TaskData  # noqa: E402
 from circuitfind.tasks.base import Task  # noqa: E402
 

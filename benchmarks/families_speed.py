@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from families import FAMILIES, family_model  # noqa: E402
 from test_acdc import random_task  # noqa: E402
 
-from circuitfind.graph import Architecture, EdgeMask, Graph  # noqa: E402
+from circuitfind.core.graph import Architecture, EdgeMask, Graph  # noqa: E402
 from circuitfind.methods import Problem, get_method  # noqa: E402
-from circuitfind.metrics import KL  # noqa: E402
-from circuitfind.reference import reference_ablation, reference_logits  # noqa: E402
+from circuitfind.core.metrics import KL  # noqa: E402
+from circuitfind.engine.reference import reference_ablation, reference_logits  # noqa: E402
 
 # the "rotary" family (LayerNorm, plain MLP, biases) with learned positions instead: GPT-2's blocks
 GPT2_SHAPED = dict(positional_embedding_type="standard", rotary_dim=None)

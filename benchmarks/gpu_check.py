@@ -46,8 +46,8 @@ import torch  # noqa: E402
 from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
 
 from circuitfind.engine import PatchEngine, make_ablation  # noqa: E402
-from circuitfind.graph import Architecture, EdgeMask, Graph  # noqa: E402
-from circuitfind.reference import reference_ablation, reference_logits  # noqa: E402
+from circuitfind.core.graph import Architecture, EdgeMask, Graph  # noqa: E402
+from circuitfind.engine.reference import reference_ablation, reference_logits  # noqa: E402
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
 
@@ -109,7 +109,7 @@ def engine_vs_reference(device: str, dtype: torch.dtype, n_masks: int) -> float:
 # ---- 2. ACDC on the CPU and on the device ----------------------------------------------------
 def kept_edges(overrides: list[str], device: str, folder: Path) -> list[str]:
     """ACDC's kept edges from a full pipeline run (the run folder's edges.csv)."""
-    from circuitfind.pipeline import compose_config, run
+    from circuitfind.runs.pipeline import compose_config, run
 
     run(compose_config(*overrides, f"device={device}", "progress=false"), folder)
     edges = pd.read_csv(folder / "edges.csv")

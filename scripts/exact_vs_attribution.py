@@ -1,4 +1,4 @@
-"""Exact single-edge effects against EAP and EAP-IG on any task (see ``circuitfind.exact_effects``).
+"""Exact single-edge effects against EAP and EAP-IG on any task (see ``circuitfind.evaluation.exact_effects``).
 
     python scripts/exact_vs_attribution.py task=tracr_reverse corruption=zero
     python scripts/exact_vs_attribution.py task=induction --steps 5 --k 10 30 --csv out.csv
@@ -15,9 +15,9 @@ import argparse
 import csv
 import sys
 
-from circuitfind.exact_effects import compare_attributions
+from circuitfind.evaluation.exact_effects import compare_attributions
 from circuitfind.methods.hisp import resolve_objective
-from circuitfind.pipeline import build_problem, compose_config
+from circuitfind.runs.pipeline import build_problem, compose_config
 
 
 def main(argv=None) -> None:

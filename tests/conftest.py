@@ -46,9 +46,9 @@ def answer_gap(logits, clean_logits, data=None):
 
 def random_problem(model, corruption, granularity="qkv", metric=None, batch=4, seq=6, seed=0):
     """A Problem on random clean and corrupted tokens, its metric read at the last two positions."""
-    from circuitfind.graph import Architecture, Graph
+    from circuitfind.core.graph import Architecture, Graph
     from circuitfind.methods import Problem
-    from circuitfind.metrics import KL
+    from circuitfind.core.metrics import KL
     from circuitfind.tasks import TaskData
     from circuitfind.tasks.base import Task
 
@@ -63,7 +63,7 @@ def random_problem(model, corruption, granularity="qkv", metric=None, batch=4, s
 
 def config(*overrides):
     """The config ``circuitfind <overrides>`` runs, without progress bars."""
-    from circuitfind.pipeline import compose_config
+    from circuitfind.runs.pipeline import compose_config
 
     return compose_config("progress=false", *overrides)
 

@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from circuitfind.engine import make_ablation
-from circuitfind.evaluation import canonical_mask, edge_and_node_rates
-from circuitfind.graph import Architecture, Graph
+from circuitfind.evaluation.rates import edge_and_node_rates
+from circuitfind.tasks.ground_truth import canonical_mask
+from circuitfind.core.graph import Architecture, Graph
 from circuitfind.methods import Problem, get_method
 from circuitfind.methods.acdc import Step, acdc_search, candidate_masks
-from circuitfind.metrics import KL
-from circuitfind.reference import reference_ablation, reference_logits
+from circuitfind.core.metrics import KL
+from circuitfind.engine.reference import reference_ablation, reference_logits
 from circuitfind.tasks import TaskData, build_task
 from circuitfind.tasks.base import Task
 
@@ -89,7 +90,7 @@ def reference_acdc(problem: Problem, tau: float):
 
 
 def mask_of(graph, values):
-    from circuitfind.graph import EdgeMask
+    from circuitfind.core.graph import EdgeMask
     return EdgeMask(graph, values)
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitfind.graph import Architecture, EdgeMask, Graph
+from circuitfind.core.graph import Architecture, EdgeMask, Graph
 from circuitfind.methods import Problem, get_method
-from circuitfind.metrics import KL
-from circuitfind.reference import reference_ablation, reference_logits
+from circuitfind.core.metrics import KL
+from circuitfind.engine.reference import reference_ablation, reference_logits
 from circuitfind.tasks import TaskData
 from circuitfind.tasks.base import Task
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import circuitfind
-from circuitfind.rundir import EDGES, SUMMARY
+from circuitfind.runs.rundir import EDGES, SUMMARY
 
 from conftest import tiny_model
 

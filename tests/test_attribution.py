@@ -9,9 +9,9 @@ import torch
 
 from circuitfind.methods import Problem, get_method
 from circuitfind.methods.attribution import attribution_scores, objective_loss
-from circuitfind.metrics import KL, Metric
-from circuitfind.pipeline import ConfigError, run
-from circuitfind.reference_attribution import eap_reference
+from circuitfind.core.metrics import KL, Metric
+from circuitfind.runs.pipeline import ConfigError, run
+from circuitfind.engine.reference_attribution import eap_reference
 
 import conftest
 from conftest import answer_gap, config, tiny_model
@@ -92,7 +92,7 @@ def test_eap_matches_the_hook_reference_on_tracr_with_split_embeddings():
 
 
 def _tracr_problem(task, corruption, granularity="qkv"):
-    from circuitfind.pipeline import build_problem
+    from circuitfind.runs.pipeline import build_problem
     return build_problem(config(f"task={task}", f"corruption={corruption}", f"graph={granularity}"))
 
 

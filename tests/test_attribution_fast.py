@@ -5,7 +5,7 @@ stays the oracle: on every model family, granularity and ablation, at the masks 
 import pytest
 import torch
 
-from circuitfind.graph import Architecture, Graph
+from circuitfind.core.graph import Architecture, Graph
 from circuitfind.engine import PatchEngine, make_ablation
 
 from conftest import tiny_model
@@ -96,7 +96,7 @@ def test_the_full_mask_differentiable_run_gives_the_clean_logits_bit_for_bit():
 def test_per_prompt_gate_gradients_match_the_generic_path():
     """HISP's batched (vmapped) backward runs through the fast path too."""
     from test_attribution import random_problem
-    from circuitfind.metrics import KL
+    from circuitfind.core.metrics import KL
     problem = random_problem(tiny_model(d_model=12), "corrupted", "qkv", metric=KL)
     engine, n = problem.engine(), problem.graph.n_edges
 

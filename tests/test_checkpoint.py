@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from circuitfind.checkpoint import Checkpointer, RunInterrupted
-from circuitfind.graph import Architecture, Graph
+from circuitfind.core.checkpoint import Checkpointer, RunInterrupted
+from circuitfind.core.graph import Architecture, Graph
 from circuitfind.methods import Problem, get_method
 from circuitfind.tasks import build_task
 

@@ -6,20 +6,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuitfind.circuit_json import (CircuitFileError, mib_circuit, mib_edges, qkv_view, read_circuit_file)
-from circuitfind.evaluation import canonical_mask
-from circuitfind.graph import Architecture, EdgeMask, EdgeScores, Graph
-from circuitfind.pipeline import ConfigError, run
+from circuitfind.runs.circuit_json import (CircuitFileError, mib_circuit, mib_edges, qkv_view, read_circuit_file)
+from circuitfind.core.graph import Architecture, EdgeMask, Graph
+from circuitfind.methods.result import MethodResult
+from circuitfind.tasks.ground_truth import canonical_mask
+from circuitfind.runs.pipeline import ConfigError, run
 
 from conftest import config
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ioi_pairs.csv"
 
 
-def random_result(graph: Graph, seed=0) -> EdgeScores:
+def random_result(graph: Graph, seed=0) -> MethodResult:
     generator = torch.Generator().manual_seed(seed)
     scores = torch.randn(graph.n_edges, generator=generator, dtype=torch.float64)
-    return EdgeScores(graph, scores, EdgeMask(graph, scores > 0.3))
+    return MethodResult(graph, scores, EdgeMask(graph, scores > 0.3))
 
 
 def test_eap_graph_of_gpt2_small_has_its_published_edge_count():
@@ -36,7 +37,7 @@ def test_eap_graph_of_gpt2_small_has_its_published_edge_count():
 
 def test_attention_only_models_write_mlp_edges_out_of_the_graph():
     graph = Graph(Architecture(2, 3, False, False), "qkv")
-    circuit = mib_circuit(EdgeScores(graph, torch.ones(graph.n_edges), graph.full_mask()))
+    circuit = mib_circuit(MethodResult(graph, torch.ones(graph.n_edges), graph.full_mask()))
     mlp = {name: info for name, info in circuit["edges"].items() if "m0" in name or "m1" in name}
     assert mlp and all(info == dict(score=0.0, in_graph=False) for info in mlp.values())
     assert all(info["in_graph"] for name, info in circuit["edges"].items() if name not in mlp)

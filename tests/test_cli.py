@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from circuitfind.pipeline import ConfigError, run
+from circuitfind.runs.pipeline import ConfigError, run
 from circuitfind.tasks import TaskData
 
 from conftest import config
@@ -89,7 +89,7 @@ def test_canonical_method_reports_the_ground_truth(tmp_path):
 
 
 def test_an_interrupted_run_leaves_no_summary(tmp_path, monkeypatch):
-    import circuitfind.pipeline as pipeline
+    import circuitfind.runs.pipeline as pipeline
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
@@ -113,7 +113,7 @@ def test_an_interrupted_run_leaves_no_summary(tmp_path, monkeypatch):
     (["corruption.shuffle_positions=sometimes"], "shuffle_positions must be true or false, got 'sometimes'"),
 ])
 def test_config_errors_come_before_any_model_is_loaded(tmp_path, monkeypatch, overrides, message):
-    import circuitfind.pipeline as pipeline
+    import circuitfind.runs.pipeline as pipeline
     monkeypatch.setattr(pipeline, "build_task", lambda *a, **k: pytest.fail("loaded a task"))
     with pytest.raises(ConfigError, match=message):
         run(config(*overrides), tmp_path)

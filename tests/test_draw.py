@@ -1,5 +1,6 @@
-from circuitfind.draw import circuit_dot, draw_circuit, node_position
-from circuitfind.graph import Architecture, EdgeScores, Graph
+from circuitfind.plots.circuit import circuit_dot, draw_circuit, node_position
+from circuitfind.core.graph import Architecture, Graph
+from circuitfind.methods.result import MethodResult
 from circuitfind.methods import Problem, get_method
 from circuitfind.tasks import build_task
 
@@ -29,8 +30,8 @@ def test_an_empty_circuit_still_draws(tmp_path):
     graph = Graph(Architecture(n_layers=1, n_heads=1, has_mlps=False, split_embed=False))
     empty = graph.full_mask()
     empty.values[:] = False
-    draw_circuit(EdgeScores(graph, empty.values.double(), empty), tmp_path / "c.png")
-    assert "->" not in circuit_dot(EdgeScores(graph, empty.values.double(), empty))
+    draw_circuit(MethodResult(graph, empty.values.double(), empty), tmp_path / "c.png")
+    assert "->" not in circuit_dot(MethodResult(graph, empty.values.double(), empty))
 
 
 # ---- layout numbers (what the picture shows, checked on the drawn figure) -------------------
@@ -40,15 +41,15 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
-from circuitfind.draw import DETAIL_MAX_EDGES, circuit_figure, kept_edges, summary_counts, x_extent  # noqa: E402
-from circuitfind.graph import EdgeMask  # noqa: E402
+from circuitfind.plots.circuit import DETAIL_MAX_EDGES, circuit_figure, kept_edges, summary_counts, x_extent  # noqa: E402
+from circuitfind.core.graph import EdgeMask  # noqa: E402
 
 
 def scored(graph, keep, scores):
-    """EdgeScores keeping the edges where ``keep(edge)``, scored ``scores(edge)``."""
+    """MethodResult keeping the edges where ``keep(edge)``, scored ``scores(edge)``."""
     kept = torch.tensor([bool(keep(e)) for e in graph.edges])
     values = torch.tensor([float(scores(e)) for e in graph.edges], dtype=torch.float64)
-    return EdgeScores(graph, values, EdgeMask(graph, kept))
+    return MethodResult(graph, values, EdgeMask(graph, kept))
 
 
 def inside_figure(fig, artist) -> bool:
@@ -136,7 +137,7 @@ def test_large_circuits_are_drawn_as_block_counts_unless_forced(tmp_path):
 def test_untested_edges_have_an_empty_score_in_edges_csv(tmp_path):
     import csv
 
-    from circuitfind.pipeline import run
+    from circuitfind.runs.pipeline import run
     from conftest import config
 
     summary = run(config("corruption=zero", "method.max_edge_tests=5"), tmp_path)
@@ -149,7 +150,7 @@ def test_untested_edges_have_an_empty_score_in_edges_csv(tmp_path):
 
 
 def test_draw_option_is_checked_before_anything_loads():
-    from circuitfind.pipeline import ConfigError, validate
+    from circuitfind.runs.pipeline import ConfigError, validate
     from conftest import config
 
     with pytest.raises(ConfigError, match="draw must be auto, true or false, got 'maybe'"):

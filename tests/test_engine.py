@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from circuitfind.engine import PatchEngine, UnsupportedModelError, make_ablation
-from circuitfind.graph import Architecture, EdgeMask, Graph
-from circuitfind.reference import reference_ablation, reference_logits
+from circuitfind.core.graph import Architecture, EdgeMask, Graph
+from circuitfind.engine.reference import reference_ablation, reference_logits
 
 from conftest import tiny_model
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from circuitfind.engine import PatchEngine, UnsupportedModelError, make_ablation
-from circuitfind.graph import Architecture, EdgeMask, Graph
+from circuitfind.core.graph import Architecture, EdgeMask, Graph
 from circuitfind.methods import Problem, get_method
-from circuitfind.metrics import KL
-from circuitfind.reference import reference_ablation, reference_logits
+from circuitfind.core.metrics import KL
+from circuitfind.engine.reference import reference_ablation, reference_logits
 
 from families import FAMILIES, family_model
 from test_acdc import random_task, reference_acdc, typical_single_edge_effect
@@ -138,7 +138,7 @@ def test_what_is_still_unsupported_is_refused_by_name(flag, value, named):
 
 
 def test_circuit_pictures_place_every_node_of_a_grouped_query_graph():
-    from circuitfind.draw import node_position
+    from circuitfind.plots.circuit import node_position
 
     graph = Graph(Architecture(n_layers=2, n_heads=4, has_mlps=True, split_embed=False, n_kv_heads=2))
     for e in graph.edges:
@@ -150,15 +150,15 @@ def test_circuit_pictures_place_every_node_of_a_grouped_query_graph():
 def test_mib_circuit_files_spell_grouped_and_parallel_graphs_in_eap_names(n_kv, parallel):
     """Each ``eap`` edge carries the circuitfind edge it stands for: a query head's key input is its
     key/value head's, and a parallel block's MLP has no edge from its own layer's heads."""
-    from circuitfind.circuit_json import mib_circuit
-    from circuitfind.graph import EdgeScores
+    from circuitfind.runs.circuit_json import mib_circuit
+    from circuitfind.methods.result import MethodResult
 
     graph = Graph(Architecture(n_layers=2, n_heads=4, has_mlps=True, split_embed=False, n_kv_heads=n_kv,
                                parallel=parallel))
     scores = torch.arange(graph.n_edges, dtype=torch.float64)
     kept = torch.zeros(graph.n_edges, dtype=torch.bool)
     kept[graph.edge_index["a0.h3->a1.kv1<k>" if n_kv == 2 else "a0.h3->a1.h3<k>"]] = True
-    data = mib_circuit(EdgeScores(graph, scores, EdgeMask(graph, kept)))
+    data = mib_circuit(MethodResult(graph, scores, EdgeMask(graph, kept)))
     in_graph = {name for name, info in data["edges"].items() if info["in_graph"]}
     assert in_graph == ({"a0.h3->a1.h2<k>", "a0.h3->a1.h3<k>"} if n_kv == 2 else {"a0.h3->a1.h3<k>"})
     assert data["cfg"]["parallel_attn_mlp"] == parallel

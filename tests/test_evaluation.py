@@ -1,7 +1,8 @@
 import torch
 
-from circuitfind.evaluation import edge_and_node_rates, project_edges, tpr_fpr
-from circuitfind.graph import Architecture, EdgeMask, Graph
+from circuitfind.evaluation.rates import edge_and_node_rates, tpr_fpr
+from circuitfind.tasks.ground_truth import project_edges
+from circuitfind.core.graph import Architecture, EdgeMask, Graph
 from circuitfind.tasks.tracr import reverse_canonical
 
 

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from circuitfind.exact_effects import average_ranks, compare_attributions, single_edge_effects, spearman, top_k_overlap
+from circuitfind.evaluation.exact_effects import average_ranks, compare_attributions, single_edge_effects, spearman, top_k_overlap
 from circuitfind.methods.attribution import objective_loss
 
 from conftest import config, tiny_model
@@ -47,7 +47,7 @@ def test_top_k_overlap_reads_absolute_values():
 
 
 def test_compare_attributions_on_tracr():
-    from circuitfind.pipeline import build_problem
+    from circuitfind.runs.pipeline import build_problem
     problem = build_problem(config("task=tracr_proportion", "corruption=zero"))
     rows = compare_attributions(problem, "answer_logit", steps=5, ks=(5,))
     assert [r["method"] for r in rows] == ["eap", "eap_ig_5"]

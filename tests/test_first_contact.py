@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from circuitfind.cli import format_summary
-from circuitfind.pipeline import run
-from circuitfind.threads import SMALL_MODEL_PARAMETERS, choose_threads
-from circuitfind.validate import ConfigError, check_config, check_output_folder, compose_config
+from circuitfind.runs.pipeline import run
+from circuitfind.runs.threads import SMALL_MODEL_PARAMETERS, choose_threads
+from circuitfind.runs.validate import ConfigError, check_config, check_output_folder, compose_config
 
 from conftest import config
 
@@ -28,7 +28,7 @@ MAIN = textwrap.dedent("""
     try:
         main()
     finally:
-        heavy = sorted(m for m in ("torch", "transformer_lens", "circuitfind.pipeline") if m in sys.modules)
+        heavy = sorted(m for m in ("torch", "transformer_lens", "circuitfind.runs.pipeline") if m in sys.modules)
         print("IMPORTED", json.dumps(heavy), file=sys.stderr)
 """)
 
@@ -142,34 +142,34 @@ def test_check_output_folder_names_the_reason(tmp_path, monkeypatch):
 
 # The disk fills up while the run writes edges.csv.
 DISK_FULL = textwrap.dedent("""
-    import errno, circuitfind.rundir as rundir
-    _write = rundir.atomic_write
+    import errno, circuitfind.core.files as files
+    _write = files.atomic_write
     def atomic_write(path, write):
         if path.name == "edges.csv":
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         _write(path, write)
-    rundir.atomic_write = atomic_write
+    files.atomic_write = atomic_write
 """)
 
 
 def test_a_full_disk_gets_one_line_and_a_later_success_clears_the_error_in_a_job(tmp_path, monkeypatch, capsys):
     """The quick twin of the next test: the same job, in this process."""
-    import circuitfind.rundir as rundir
+    import circuitfind.core.files as files
     from circuitfind.cli import run_job
-    write = rundir.atomic_write
+    write = files.atomic_write
 
     def disk_full(path, fill):
         if path.name == "edges.csv":
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         write(path, fill)
-    monkeypatch.setattr(rundir, "atomic_write", disk_full)
+    monkeypatch.setattr(files, "atomic_write", disk_full)
     with pytest.raises(SystemExit) as stop:
         run_job(config(), tmp_path)
     assert stop.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == [f"circuitfind: error: no space left on the device ({tmp_path / 'edges.csv'})"]
     assert "No space left on device" in (tmp_path / "error.txt").read_text()
-    monkeypatch.setattr(rundir, "atomic_write", write)
+    monkeypatch.setattr(files, "atomic_write", write)
     assert run_job(config(), tmp_path)["n_edges_kept"] == 15
     assert not (tmp_path / "error.txt").exists()
 
@@ -243,7 +243,7 @@ def test_the_summary_names_the_prompt_set(tmp_path):
 def test_every_shipped_option_passes_the_light_checks():
     from pathlib import Path
 
-    from circuitfind.validate import group_options
+    from circuitfind.runs.validate import group_options
     needs = {"task=pairs": [f"task.path={Path(__file__).parents[1] / 'examples' / 'ioi_pairs.csv'}"]}
     for group in ("task", "model", "method", "corruption", "graph"):
         for option in group_options(group):

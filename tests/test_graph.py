@@ -1,7 +1,7 @@
 import pytest
 from transformer_lens import HookedTransformerConfig
 
-from circuitfind.graph import Architecture, Graph
+from circuitfind.core.graph import Architecture, Graph
 
 
 def config(n_layers, n_heads, attn_only=False, d_model=64):

@@ -5,13 +5,14 @@ import csv
 import pytest
 import torch
 
-from circuitfind.evaluation import canonical_mask, edge_and_node_rates
-from circuitfind.graph import Architecture, Graph
+from circuitfind.evaluation.rates import edge_and_node_rates
+from circuitfind.tasks.ground_truth import canonical_mask
+from circuitfind.core.graph import Architecture, Graph
 from circuitfind.methods import Problem, get_method
 from circuitfind.methods.components import Components
 from circuitfind.methods.hisp import component_attributions, curve_ks, layer_normalised, objective_per_prompt
-from circuitfind.metrics import KL, Metric
-from circuitfind.pipeline import ConfigError, run
+from circuitfind.core.metrics import KL, Metric
+from circuitfind.runs.pipeline import ConfigError, run
 from circuitfind.tasks import build_task
 
 from conftest import answer_gap, config, random_problem, tiny_model

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from circuitfind.pipeline import compose_config
+from circuitfind.runs.pipeline import compose_config
 
 
 def sweep(tmp_path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -12,9 +12,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from circuitfind.graph import CurvePoint, EdgeMask, EdgeScores
+from circuitfind.core.graph import EdgeMask
+from circuitfind.methods.result import CurvePoint, MethodResult
 from circuitfind.methods.spec import SPECS, MethodSpec, get_spec, is_int, load_specs, method_labels, register
-from circuitfind.pipeline import ConfigError, method_params, run, validate
+from circuitfind.runs.pipeline import ConfigError, method_params, run, validate
 from circuitfind.report import report
 
 from conftest import config
@@ -64,7 +65,7 @@ class RandomRankingParams:
             raise ValueError(f"k must be a non-negative integer, got {self.k!r}")
 
 
-def random_ranking(problem, k: int = 3, seed: int = 0) -> EdgeScores:
+def random_ranking(problem, k: int = 3, seed: int = 0) -> MethodResult:
     """A baseline: edges in a seeded random order; the top-k for every k is its curve."""
     graph = problem.graph
     scores = torch.rand(graph.n_edges, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -76,7 +77,7 @@ def random_ranking(problem, k: int = 3, seed: int = 0) -> EdgeScores:
         return EdgeMask(graph, kept)
 
     curve = [CurvePoint(n, top(n)) for n in range(graph.n_edges, -1, -1)]
-    return EdgeScores(graph, scores, top(k), parameter=k, curve=curve, details=dict(seed=seed))
+    return MethodResult(graph, scores, top(k), parameter=k, curve=curve, details=dict(seed=seed))
 
 
 TOY = MethodSpec(name="random_ranking", label="random edges", params=RandomRankingParams,

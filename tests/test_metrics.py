@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from circuitfind.metrics import kl_divergence
+from circuitfind.core.metrics import kl_divergence
 
 
 def reference_kl(logits, clean_logits):

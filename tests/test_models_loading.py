@@ -13,7 +13,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens import loading_from_pretrained as tl_loading
 
 from circuitfind.engine import UnsupportedModelError
-from circuitfind.graph import Architecture, Graph
+from circuitfind.core.graph import Architecture, Graph
 from circuitfind.models import loading
 from circuitfind.models.loading import HUB_ARCHITECTURES, ModelUnavailableError, load_model
 
@@ -202,7 +202,7 @@ def test_gpt2_tokenizer_from_a_folder_named_by_the_environment(tmp_path, monkeyp
 def test_pythia_70m_random_weights_build_offline_and_the_engine_runs_them(no_network):
     """Today's families through the model configs: Pythia-70m (partial rotary, parallel blocks)."""
     from circuitfind.engine import PatchEngine, make_ablation
-    from circuitfind.pipeline import compose_config
+    from circuitfind.runs.pipeline import compose_config
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.to_container(compose_config("model=pythia-70m", "model.pretrained=false").model)
@@ -217,7 +217,7 @@ def test_pythia_70m_random_weights_build_offline_and_the_engine_runs_them(no_net
 
 @pytest.mark.parametrize("device, expected", [("cpu", torch.float32), ("cuda", torch.bfloat16)])
 def test_billion_parameter_configs_use_half_precision_on_a_gpu(device, expected):
-    from circuitfind.pipeline import compose_config
+    from circuitfind.runs.pipeline import compose_config
 
     for name in ("qwen2.5-0.5b", "llama-3.2-1b", "gemma-2-2b"):
         cfg = compose_config(f"model={name}").model
@@ -230,7 +230,7 @@ def test_gemma_2_random_weights_build_offline_with_post_norms_and_the_engine_run
     """Gemma-2's architecture (post-norms, GQA 8:4, soft-caps, local/global layers), shrunk to two
     thin layers through model=hf (its 256,000-token vocabulary stays)."""
     from circuitfind.engine import PatchEngine, make_ablation
-    from circuitfind.pipeline import compose_config
+    from circuitfind.runs.pipeline import compose_config
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.to_container(compose_config("model=hf", "model.name=google/gemma-2-2b", "model.pretrained=false",

@@ -12,8 +12,8 @@ import torch
 
 from circuitfind.models import loading
 from circuitfind.models.loading import gpt2_tokenizer
-from circuitfind.pairs_file import PairsFileError, read_pairs
-from circuitfind.pipeline import ConfigError, run
+from circuitfind.tasks.pairs_file import PairsFileError, read_pairs
+from circuitfind.runs.pipeline import ConfigError, run
 from circuitfind.tasks.pairs import encode_pairs
 
 from conftest import config

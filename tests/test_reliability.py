@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from circuitfind.pipeline import run
-from circuitfind.rundir import FolderConflict
+from circuitfind.runs.pipeline import run
+from circuitfind.runs.rundir import FolderConflict
 
 from conftest import config
 
@@ -95,7 +95,7 @@ def test_batch_edges_changes_speed_not_the_runs_identity(tmp_path):
 
 
 def test_a_forced_rerun_that_crashes_leaves_no_complete_looking_folder(tmp_path, monkeypatch):
-    import circuitfind.pipeline as pipeline
+    import circuitfind.runs.pipeline as pipeline
     run(config(), tmp_path)
 
     def crash(*args, **kwargs):

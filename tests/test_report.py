@@ -6,8 +6,8 @@ import math
 import pandas as pd
 import pytest
 
-from circuitfind.evaluation import pareto_front, roc_auc, roc_staircase
-from circuitfind.pipeline import run
+from circuitfind.evaluation.rates import pareto_front, roc_auc, roc_staircase
+from circuitfind.runs.pipeline import run
 from circuitfind.report import main
 
 from conftest import config
@@ -194,7 +194,7 @@ def test_plot_text_stays_inside_and_coinciding_curves_stay_visible(tmp_path):
 
 
 def test_metric_full_read_off_the_clean_logits_equals_the_full_circuits_forward(tmp_path):
-    from circuitfind.pipeline import build_problem
+    from circuitfind.runs.pipeline import build_problem
 
     cfg = config("task=tracr_proportion", "corruption=zero", "method=canonical")
     summary = run(cfg, tmp_path)

@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from circuitfind.engine import gather_positions
-from circuitfind.evaluation import canonical_mask, edge_and_node_rates
-from circuitfind.graph import Architecture, Graph
+from circuitfind.evaluation.rates import edge_and_node_rates
+from circuitfind.tasks.ground_truth import canonical_mask
+from circuitfind.core.graph import Architecture, Graph
 from circuitfind.methods import Problem, get_method
 from circuitfind.methods.components import Components
 from circuitfind.methods.sp import HardConcrete, check_sp_params
-from circuitfind.metrics import KL
-from circuitfind.pipeline import ConfigError, run
+from circuitfind.core.metrics import KL
+from circuitfind.runs.pipeline import ConfigError, run
 from circuitfind.tasks import TaskData, build_task
 from circuitfind.tasks.base import Task
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from circuitfind.cli import group_options
-from circuitfind.pipeline import ConfigError, compose_config, run
+from circuitfind.runs.pipeline import ConfigError, compose_config, run
 from circuitfind.report import main as report_main
 
 from conftest import config
@@ -94,7 +94,7 @@ def test_acdc_paper_sweep_on_tracr_reverse_has_edge_auc_one(tmp_path):
 
 # ---- each sweep in its own folder, complete runs shared through the store --------------------
 def test_a_sweep_gets_its_own_folder_by_default():
-    from circuitfind.rundir import config_hash
+    from circuitfind.runs.rundir import config_hash
 
     cfg = compose_sweep("tau=0.1")
     hydra = cfg.hydra
@@ -104,7 +104,7 @@ def test_a_sweep_gets_its_own_folder_by_default():
 
 
 def test_store_copies_complete_runs_into_a_sweep_and_takes_new_ones(tmp_path):
-    from circuitfind.rundir import copy_run, publish_run, read_summary, store_folder
+    from circuitfind.runs.rundir import copy_run, publish_run, read_summary, store_folder
 
     cfg = config("corruption=zero", "tau=0.1")
     single = tmp_path / "outputs" / "runs" / "tracr_reverse" / "acdc" / "somehash"

@@ -3,8 +3,8 @@ reference implementation gives, and the structure the papers describe."""
 
 import pytest
 
-from circuitfind.evaluation import canonical_mask
-from circuitfind.graph import Architecture, Graph
+from circuitfind.tasks.ground_truth import canonical_mask
+from circuitfind.core.graph import Architecture, Graph
 from circuitfind.tasks.base import Task
 from circuitfind.tasks.docstring import docstring_canonical
 from circuitfind.tasks.greaterthan import greaterthan_canonical

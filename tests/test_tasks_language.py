@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from circuitfind.models.loading import gpt2_tokenizer
-from circuitfind.pipeline import run
+from circuitfind.runs.pipeline import run
 from circuitfind.tasks import build_task
 from circuitfind.tasks import docstring as docstring_module
 from circuitfind.tasks import greaterthan as greaterthan_module

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from circuitfind.engine import PatchEngine, make_ablation
-from circuitfind.graph import Architecture, EdgeMask, Graph
+from circuitfind.core.graph import Architecture, EdgeMask, Graph
 from circuitfind.models.tracr import load_tracr_model
-from circuitfind.reference import reference_ablation, reference_logits
+from circuitfind.engine.reference import reference_ablation, reference_logits
 from circuitfind.tasks import build_task
 from circuitfind.tasks.tracr import proportion_canonical, reverse_canonical
 from circuitfind.tasks.tracr_suite import SUITE, answers_differ
-from circuitfind.tracr_circuits import connected_edges, derive_canonical, inert_edges
+from circuitfind.tasks.tracr_circuits import connected_edges, derive_canonical, inert_edges
 
 PROGRAMS = ("tracr_reverse", "tracr_proportion", *SUITE)
 LENGTH = 4  # the suite tasks' prompt length (configs/task/tracr_*.yaml)
@@ -230,14 +230,14 @@ def test_suite_experiment_plans_every_program_with_program_truth(tmp_path):
     (("task.ground_truth=program",), 21),      # the program-derived one on request
 ])
 def test_ground_truth_reaches_the_task_through_the_config(overrides, expected):
-    from circuitfind.pipeline import build_problem, compose_config
+    from circuitfind.runs.pipeline import build_problem, compose_config
 
     problem = build_problem(compose_config("progress=false", "task=tracr_reverse", *overrides))
     assert len(problem.task.canonical_edges(problem.graph)) == expected
 
 
 def test_suite_task_composes_and_builds_from_its_config():
-    from circuitfind.pipeline import build_problem, compose_config
+    from circuitfind.runs.pipeline import build_problem, compose_config
 
     problem = build_problem(compose_config("progress=false", "task=tracr_sort", "task.n_prompts=6"))
     assert problem.task.model.cfg.model_name == "tracr_sort" and problem.task.validation.clean.shape == (6, 5)

@@ -27,14 +27,15 @@ from typing import Callable, Iterable
 import torch
 from transformer_lens import HookedTransformer
 
-from .circuit_json import ground_truth as read_ground_truth
+from .runs.circuit_json import ground_truth as read_ground_truth
 from .engine import check_supported
-from .graph import Architecture, EdgeScores, Graph
+from .core.graph import Architecture, Graph
+from .methods.result import MethodResult
 from .methods import Problem, get_spec
-from .metrics import Metric
+from .core.metrics import Metric
 from .tasks.base import Task, TaskData
 from .tasks.pairs import ANSWER_METRICS, answer_metrics
-from .pipeline import CORRUPTIONS, seed_everything, write_run_folder
+from .runs.pipeline import CORRUPTIONS, seed_everything, write_run_folder
 from .tasks.text import check_vocabulary
 
 # A metric on logits: fn(logits) or fn(logits, clean_logits), both [batch, k, vocab] at the metric
@@ -119,7 +120,7 @@ class Circuit:
     """What ``find_circuit`` found: the method's scores and kept edges on the task's graph."""
 
     problem: Problem
-    result: EdgeScores
+    result: MethodResult
     method: str
     tau: float | None
     seed: int
@@ -143,7 +144,7 @@ class Circuit:
         """Every edge as a pandas DataFrame, the columns of ``edges.csv``."""
         import pandas as pd
 
-        from .evaluation import canonical_mask
+        from .tasks.ground_truth import canonical_mask
 
         canonical = canonical_mask(self.problem.task, self.graph)
         return pd.DataFrame(dict(

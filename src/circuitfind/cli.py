@@ -36,8 +36,9 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from .clihelp import help_text, version_text  # noqa: E402
-from .rundir import atomic_write_text, config_hash  # noqa: E402
-from .validate import (ConfigError, check_config, check_output_folder, compose_config,  # noqa: E402
+from .core.files import atomic_write_text
+from .runs.rundir import config_hash  # noqa: E402
+from .runs.validate import (ConfigError, check_config, check_output_folder, compose_config,  # noqa: E402
                        describe_os_error, group_options)
 
 log = logging.getLogger("circuitfind")
@@ -202,8 +203,8 @@ def run_job(cfg: DictConfig, folder: Path, sweeping: bool = False) -> dict | Non
     unless ``sweeping``, where the other jobs go on)."""
     try:
         check_config(cfg)  # a sweep's jobs are checked here, each before anything loads
-        from .checkpoint import RunInterrupted  # torch: only once the config is known to be good
-        from .pipeline import run
+        from .core.checkpoint import RunInterrupted  # torch: only once the config is known to be good
+        from .runs.pipeline import run
     except ConfigError as error:
         return _fail(error, folder, sweeping)
     try:

@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from importlib.resources import files
 
 from . import __version__
-from .validate import group_options
+from .runs.validate import group_options
 
 # What a version report names besides circuitfind: what decides a run's numbers and its command line.
 DEPENDENCIES = ("torch", "transformer-lens", "transformers", "hydra-core", "omegaconf", "numpy", "matplotlib")

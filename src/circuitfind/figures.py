@@ -59,10 +59,11 @@ import pandas as pd  # noqa: E402
 from omegaconf import DictConfig, ListConfig, OmegaConf  # noqa: E402
 
 from . import __version__  # noqa: E402
-from .evaluation import pareto_front, roc_auc, roc_points, roc_staircase  # noqa: E402
+from .evaluation.rates import pareto_front, roc_auc, roc_points, roc_staircase  # noqa: E402
 from .methods.spec import Sweep as MethodSweep, get_spec, method_labels, method_rank, spec_of_label  # noqa: E402
 from .report import auc_table, collect_points  # noqa: E402
-from .rundir import SUMMARY, atomic_write_text  # noqa: E402
+from .core.files import atomic_write_text  # noqa: E402
+from .runs.rundir import SUMMARY  # noqa: E402
 
 EXPERIMENTS = ("fig3", "fig4", "tables", "tracr_suite")
 PRESETS = ("quick", "paper")
@@ -125,7 +126,7 @@ def task_metrics(exp: DictConfig, task: str) -> dict[str, str]:
 # ---- the circuitfind config, composed without running it --------------------------------------------
 @functools.lru_cache(maxsize=None)
 def _composed(overrides: tuple[str, ...]) -> DictConfig:
-    from .pipeline import compose_config  # imports torch: only when a figure needs a config
+    from .runs.pipeline import compose_config  # imports torch: only when a figure needs a config
 
     return compose_config(*overrides, return_hydra_config=True)
 

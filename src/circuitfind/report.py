@@ -42,9 +42,9 @@ import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from .evaluation import pareto_front, roc_auc, roc_points, roc_staircase  # noqa: E402
+from .evaluation.rates import pareto_front, roc_auc, roc_points, roc_staircase  # noqa: E402
 from .methods.spec import method_labels, method_rank, spec_of_label  # noqa: E402
-from .rundir import NOT_HASHED, NOT_HASHED_METHOD, SUMMARY  # noqa: E402
+from .runs.rundir import NOT_HASHED, NOT_HASHED_METHOD, SUMMARY  # noqa: E402
 
 ROC_COLUMNS = ["task", "method", "corruption", "metric", "parameter", "n_edges", "edge_tpr", "edge_fpr",
                "node_tpr", "node_fpr", "test_metric", "parameter_name", "graph", "seed", "variant", "run"]

@@ -1,5 +1,5 @@
 """Circuit-discovery methods: one spec each (``spec.MethodSpec``, declared in ``specs/``), one run
-function each (``method(problem, **params) -> EdgeScores``, imported when first needed).
+function each (``method(problem, **params) -> MethodResult``, imported when first needed).
 
 This package imports no torch: ``get_spec``/``load_specs`` check a config before anything heavy
 loads; ``Problem`` and ``get_method`` load the engine on first use."""

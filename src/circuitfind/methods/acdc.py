@@ -47,8 +47,9 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import Checkpointer
-from ..graph import EdgeMask, EdgeScores, Graph
+from ..core.checkpoint import Checkpointer
+from ..core.graph import EdgeMask, Graph
+from .result import MethodResult
 from .base import Problem
 from .specs.acdc import check_acdc_params
 
@@ -66,7 +67,7 @@ MAX_AUTO_BATCH = 64
 
 @torch.no_grad()
 def acdc(problem: Problem, tau: float, abs_delta: bool = False, max_edge_tests: int | None = None,
-         batch_edges: int | str = "auto", checkpointer: Checkpointer | None = None) -> EdgeScores:
+         batch_edges: int | str = "auto", checkpointer: Checkpointer | None = None) -> MethodResult:
     """ACDC on the fast engine: each edge test restarts at the stage its edge is read, and the
     circuits of the next tests at that stage run together, up to ``batch_edges`` per forward."""
     check_acdc_params(tau, max_edge_tests, abs_delta, batch_edges)
@@ -227,7 +228,7 @@ class CandidateTests:
 def acdc_search(graph: Graph, losses: LossFn, tau: float, abs_delta: bool = False,
                 max_edge_tests: int | None = None, progress: bool = True,
                 dtype: torch.dtype = torch.float32, checkpointer: Checkpointer | None = None,
-                batch_edges: int = 1, full_loss: float | None = None) -> EdgeScores:
+                batch_edges: int = 1, full_loss: float | None = None) -> MethodResult:
     """Algorithm 1 over ``graph``, given any way of computing the losses of candidate circuits
     (``full_loss``: the full circuit's, when already known).
 
@@ -296,5 +297,5 @@ def acdc_search(graph: Graph, losses: LossFn, tau: float, abs_delta: bool = Fals
     bar.close()
 
     # details: how the tests were batched (forwards counted since the last resume)
-    return EdgeScores(graph, scores, EdgeMask(graph, mask.bool()), parameter=tau, trace=trace,
+    return MethodResult(graph, scores, EdgeMask(graph, mask.bool()), parameter=tau, trace=trace,
                       details=dict(batch_edges=tests.n_candidates, n_test_forwards=tests.n_forwards))

@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import torch
 
-from ..graph import CurvePoint, EdgeMask, EdgeScores
+from ..core.graph import EdgeMask
+from .result import CurvePoint, MethodResult
 from .base import Problem
 from .hisp import DIVERGENCE_METRICS, curve_ks, objective_per_prompt, resolve_objective
 from .specs.eap import check_attribution_params
@@ -97,7 +98,7 @@ def ranked_circuits(problem: Problem, ranking_scores: torch.Tensor, k: int | Non
     return top(k), k, curve
 
 
-def _attribution(problem: Problem, steps: int | None, k, objective, max_points, absolute, ig) -> EdgeScores:
+def _attribution(problem: Problem, steps: int | None, k, objective, max_points, absolute, ig) -> MethodResult:
     check_attribution_params(k, objective, max_points, absolute, 1 if steps is None else steps, ig)
     objective = resolve_objective(problem, objective)
     if objective == "metric" and problem.metric.name in DIVERGENCE_METRICS and steps is None:
@@ -110,16 +111,16 @@ def _attribution(problem: Problem, steps: int | None, k, objective, max_points, 
                    n_backward=1 if steps is None else steps)
     if steps is not None:
         details.update(steps=steps, ig=ig)
-    return EdgeScores(problem.graph, scores.float(), kept, parameter=k, curve=curve, details=details)
+    return MethodResult(problem.graph, scores.float(), kept, parameter=k, curve=curve, details=details)
 
 
 def eap(problem: Problem, k: int | None = None, objective: str = "auto", max_points: int | None = 500,
-        absolute: bool = True) -> EdgeScores:
+        absolute: bool = True) -> MethodResult:
     """Edge attribution patching: one forward and one backward score every edge."""
     return _attribution(problem, None, k, objective, max_points, absolute, "masks")
 
 
 def eap_ig(problem: Problem, k: int | None = None, objective: str = "auto", max_points: int | None = 500,
-           absolute: bool = True, steps: int = 5, ig: str = "masks") -> EdgeScores:
+           absolute: bool = True, steps: int = 5, ig: str = "masks") -> MethodResult:
     """EAP with integrated gradients: ``steps`` forwards and backwards along the path of masks (or inputs)."""
     return _attribution(problem, steps, k, objective, max_points, absolute, ig)

@@ -12,8 +12,8 @@ from typing import Callable
 import torch
 
 from ..engine import PatchEngine, choose_activation_device, make_ablation, stored_activation_bytes
-from ..graph import EdgeMask, Graph
-from ..metrics import Metric
+from ..core.graph import EdgeMask, Graph
+from ..core.metrics import Metric
 from ..tasks.base import Task, TaskData
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from ..evaluation import canonical_mask
-from ..graph import EdgeScores
+from ..tasks.ground_truth import canonical_mask
+from .result import MethodResult
 from .base import Problem
 
 
-def canonical(problem: Problem) -> EdgeScores:
+def canonical(problem: Problem) -> MethodResult:
     mask = canonical_mask(problem.task, problem.graph)
     if mask is None:
         raise ValueError(f"task {problem.task.name} has no canonical circuit")
-    return EdgeScores(problem.graph, mask.values.double(), mask)
+    return MethodResult(problem.graph, mask.values.double(), mask)

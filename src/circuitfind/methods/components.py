@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..graph import QKV, EdgeMask, Graph, head_name
+from ..core.graph import QKV, EdgeMask, Graph, head_name
 
 @dataclass(frozen=True)
 class Component:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from ..graph import CurvePoint, EdgeScores
+from .result import CurvePoint, MethodResult
 from .base import Problem
 from .components import Components
 from .specs.hisp import OBJECTIVES, check_hisp_params  # noqa: F401  (OBJECTIVES: for the attribution methods)
@@ -80,7 +80,7 @@ def curve_ks(n: int, max_points: int | None) -> list[int]:
     return sorted({round(n - i * step) for i in range(max_points)}, reverse=True)
 
 
-def hisp(problem: Problem, k: int | None = None, objective: str = "auto", max_points: int | None = None) -> EdgeScores:
+def hisp(problem: Problem, k: int | None = None, objective: str = "auto", max_points: int | None = None) -> MethodResult:
     """Rank components by importance; the circuit at ``k`` (null: every component with a non-zero
     score) is the method's own, and ``curve`` holds the circuits of the whole sweep."""
     check_hisp_params(k, objective, max_points)
@@ -114,5 +114,5 @@ def hisp(problem: Problem, k: int | None = None, objective: str = "auto", max_po
              for n_kept in curve_ks(n, max_points)]
     ranking = [dict(rank=r, component=components.names[i], importance=float(importance[i]),
                     raw=float(attributions.abs().mean(0)[i])) for r, i in enumerate(order)]
-    return EdgeScores(problem.graph, components.edge_scores(importance), top(k), parameter=k, curve=curve,
+    return MethodResult(problem.graph, components.edge_scores(importance), top(k), parameter=k, curve=curve,
                       tables={"ranking.csv": ranking}, details=dict(objective=objective, n_components=n))

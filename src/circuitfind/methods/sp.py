@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import Checkpointer
-from ..graph import EdgeMask, EdgeScores
+from ..core.checkpoint import Checkpointer
+from ..core.graph import EdgeMask
+from .result import MethodResult
 from .base import Problem
 from .components import Components
 from .specs.sp import check_sp_params
@@ -85,7 +86,7 @@ def stalled_gates_warning(log_alpha: torch.Tensor, initial: float, epochs: int, 
 def subnetwork_probing(problem: Problem, lambda_reg: float = 1.0, epochs: int = 3000, lr: float = 1e-3,
                        gates: str = "components", init_open: float = 0.9, beta: float = 2 / 3,
                        gamma: float = -0.1, zeta: float = 1.1, log_every: int = 10, seed: int = 0,
-                       checkpointer: Checkpointer | None = None) -> EdgeScores:
+                       checkpointer: Checkpointer | None = None) -> MethodResult:
     check_sp_params(lambda_reg, epochs, lr, gates, init_open, log_every)
     graph = problem.graph
     engine, data = problem.engine("validation"), problem.data("validation")
@@ -161,7 +162,7 @@ def subnetwork_probing(problem: Problem, lambda_reg: float = 1.0, epochs: int = 
                                               concrete.test_gate(log_alpha).tolist(), keep.tolist())]
     final = log[-1] if log else {}
     warning = stalled_gates_warning(log_alpha, concrete.initial_log_alpha(init_open), epochs, lr)
-    return EdgeScores(
+    return MethodResult(
         graph, scores, kept, parameter=lambda_reg,
         label="sp" if gates == "components" else "sp_edges",  # the report keeps the two apart
         tables={"training.csv": log, "gates.csv": gate_table},

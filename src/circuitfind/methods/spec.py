@@ -10,7 +10,7 @@ from the spec; no other module names a method.
 Specs live in torch-free modules (``methods/specs/<name>.py``, found by ``load_specs``), so a config
 is checked in a fraction of a second, before torch or a model loads; the run function is named as
 ``"module:function"`` and imported only when a run starts.  It is called as
-``function(problem, **fields of the parameters[, checkpointer=...])`` and returns ``EdgeScores``.
+``function(problem, **fields of the parameters[, checkpointer=...])`` and returns ``MethodResult``.
 """
 
 from __future__ import annotations

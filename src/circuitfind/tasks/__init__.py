@@ -1,34 +1,19 @@
-"""Task registry: ``build_task(name, ...) -> Task``."""
+"""Tasks: a model, clean and corrupted prompts, positions, metrics and (where known) the ground truth.
+
+The registry and the task types load on first use, so that torch-free modules of this package
+(``pairs_file``, read while a config is checked) import without torch and TransformerLens."""
 
 from __future__ import annotations
 
-from typing import Callable
-
-from .base import Task, TaskData
-from .docstring import docstring_task
-from .greaterthan import greaterthan_task
-from .induction import induction_task
-from .ioi import ioi_task
-from .pairs import pairs_task
-from .tracr import tracr_proportion, tracr_reverse
-from .tracr_suite import SUITE_TASKS
-
-TASKS: dict[str, Callable[..., Task]] = {
-    "tracr_reverse": tracr_reverse,
-    "tracr_proportion": tracr_proportion,
-    "ioi": ioi_task,
-    "greaterthan": greaterthan_task,
-    "docstring": docstring_task,
-    "induction": induction_task,
-    "pairs": pairs_task,
-    **SUITE_TASKS,  # tracr programs with canonical circuits derived from their weights
-}
+_LAZY = {"TASKS": "registry", "build_task": "registry", "Task": "base", "TaskData": "base"}
 
 
-def build_task(name: str, **params) -> Task:
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(sorted(TASKS))}")
-    return TASKS[name](**params)
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(f".{_LAZY[name]}", __name__), name)
 
 
 __all__ = ["TASKS", "Task", "TaskData", "build_task"]

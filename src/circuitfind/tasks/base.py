@@ -9,8 +9,8 @@ from typing import Callable
 import torch
 from transformer_lens import HookedTransformer
 
-from ..graph import Graph
-from ..metrics import Metric
+from ..core.graph import Graph
+from ..core.metrics import Metric
 
 
 @dataclass

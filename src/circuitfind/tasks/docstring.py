@@ -19,8 +19,8 @@ import random
 
 import torch
 
-from ..graph import Graph, head_input_name
-from ..metrics import KL, Metric
+from ..core.graph import Graph, head_input_name
+from ..core.metrics import KL, Metric
 from .base import Task, TaskData
 from .text import (check_vocabulary, encode_prompts, last_position, load_model_and_tokenizer, require_count,
                    single_token_ids)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..metrics import KL, Metric
+from ..core.metrics import KL, Metric
 from ..models.loading import load_model, read_shipped
 from .base import Task, TaskData
 from .text import check_vocabulary, load_model_and_tokenizer, require_count

@@ -15,8 +15,8 @@ import random
 import torch
 import torch.nn.functional as F
 
-from ..graph import Graph, head_input_name, head_name
-from ..metrics import KL, Metric
+from ..core.graph import Graph, head_input_name, head_name
+from ..core.metrics import KL, Metric
 from .base import Task, TaskData
 from .text import (encode_prompts, is_gpt2_small, last_position, load_model_and_tokenizer, require_count,
                    require_single_tokens)

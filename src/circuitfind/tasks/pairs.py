@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..metrics import KL, Metric
-from ..pairs_file import NEEDS_ANSWER, NEEDS_WRONG_ANSWER, Pair, PairsFileError, read_pairs
+from ..core.metrics import KL, Metric
+from .pairs_file import NEEDS_ANSWER, NEEDS_WRONG_ANSWER, Pair, PairsFileError, read_pairs
 from .base import Task, TaskData
 from .text import check_vocabulary
 

@@ -6,8 +6,8 @@ import itertools
 
 import torch
 
-from ..graph import Graph
-from ..metrics import KL, L2
+from ..core.graph import Graph
+from ..core.metrics import KL, L2
 from ..models.tracr import load_tracr_model
 from .base import Task, TaskData
 

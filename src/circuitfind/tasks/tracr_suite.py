@@ -9,7 +9,7 @@ some position (the compiled model is exact on its inputs, checked at compile tim
 decoded output is the program's answer).  The metrics read every position but BOS: KL for a
 categorical output, l2 for a numerical one.
 
-The canonical circuit is derived from the compiled weights (``circuitfind.tracr_circuits``), not
+The canonical circuit is derived from the compiled weights (``circuitfind.tasks.tracr_circuits``), not
 from any discovery run.
 """
 
@@ -20,10 +20,10 @@ import itertools
 
 import torch
 
-from ..graph import Graph
-from ..metrics import KL, L2
+from ..core.graph import Graph
+from ..core.metrics import KL, L2
 from ..models.tracr import TracrModel, load_tracr_model
-from ..tracr_circuits import derive_canonical
+from .tracr_circuits import derive_canonical
 from .base import Task, TaskData
 
 # program -> what it computes (the task configs say the same in words).

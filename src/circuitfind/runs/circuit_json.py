@@ -35,8 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from ..core.files import atomic_write_text
+
 if TYPE_CHECKING:
-    from .graph import EdgeScores, Graph
+    from ..core.graph import Graph
+    from ..methods.result import MethodResult
 
 CIRCUIT_JSON = "circuit.json"
 EXTRA_KEY = "circuitfind"
@@ -81,10 +84,10 @@ def _our_receiver(graph: Graph, child: str) -> str:
 
 
 # ---- writing -----------------------------------------------------------------------------------
-def qkv_view(result: EdgeScores) -> dict[str, tuple[float, bool]]:
+def qkv_view(result: MethodResult) -> dict[str, tuple[float, bool]]:
     """Every edge of the qkv graph with the (score, kept) that ``result`` gives it, whatever the
     granularity ``result`` was found at."""
-    from .graph import Graph
+    from ..core.graph import Graph
 
     graph = result.graph
     own = {e.name: (s, bool(k)) for e, s, k in zip(graph.edges, result.scores.tolist(), result.kept.kept.tolist())}
@@ -104,7 +107,7 @@ def qkv_view(result: EdgeScores) -> dict[str, tuple[float, bool]]:
     return {edge.name: value(edge) for edge in qkv_graph.edges}
 
 
-def mib_circuit(result: EdgeScores) -> dict:
+def mib_circuit(result: MethodResult) -> dict:
     """The ``eap`` / MIB graph JSON of ``result`` (see the module docstring)."""
     graph = result.graph
     view = qkv_view(result)
@@ -141,8 +144,7 @@ def _json_number(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def write_circuit_json(folder: Path, result: EdgeScores) -> None:
-    from .rundir import atomic_write_text
+def write_circuit_json(folder: Path, result: MethodResult) -> None:
 
     atomic_write_text(Path(folder) / CIRCUIT_JSON, json.dumps(mib_circuit(result)) + "\n")
 

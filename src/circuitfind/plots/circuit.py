@@ -34,8 +34,9 @@ import numpy as np  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from .graph import EdgeScores, Graph  # noqa: E402
-from .rundir import atomic_write  # noqa: E402
+from ..core.files import atomic_write  # noqa: E402
+from ..core.graph import Graph  # noqa: E402
+from ..methods.result import MethodResult  # noqa: E402
 
 # a head, or (grouped-query attention) a key/value head shared by a group of query heads
 _HEAD = re.compile(r"^a(\d+)\.(?P<kind>h|kv)(?P<head>\d+)(?:<(?P<which>[qkv])>)?$")
@@ -102,7 +103,7 @@ def edge_path(start: tuple[float, float], end: tuple[float, float], n_points: in
     return line + 4 * t * (1 - t) * bow * normal
 
 
-def kept_edges(result: EdgeScores) -> list[tuple[str, str, float]]:
+def kept_edges(result: MethodResult) -> list[tuple[str, str, float]]:
     kept = result.kept.kept.tolist()
     scores = result.scores.tolist()
     return [(e.sender, e.receiver, s) for e, k, s in zip(result.graph.edges, kept, scores) if k]
@@ -119,7 +120,7 @@ class Drawing:
     has_qkv_legend: bool
 
 
-def circuit_figure(result: EdgeScores, title: str = "", detail: bool | None = None) -> Drawing:
+def circuit_figure(result: MethodResult, title: str = "", detail: bool | None = None) -> Drawing:
     """The figure of ``result``'s circuit (``detail``: None picks by size, True forces the detailed
     drawing, False the block summary)."""
     graph = result.graph
@@ -131,7 +132,7 @@ def circuit_figure(result: EdgeScores, title: str = "", detail: bool | None = No
     return _edge_figure(graph, edges, title) if detail else _summary_figure(graph, edges, title)
 
 
-def draw_circuit(result: EdgeScores, path: Path, title: str = "", detail: bool | None = None) -> Path:
+def draw_circuit(result: MethodResult, path: Path, title: str = "", detail: bool | None = None) -> Path:
     drawing = circuit_figure(result, title, detail)
     path = Path(path)
     atomic_write(path, lambda tmp: drawing.fig.savefig(tmp, dpi=130, format="png"))
@@ -201,7 +202,7 @@ def _edge_figure(graph: Graph, edges: list[tuple[str, str, float]], title: str) 
     return Drawing(fig, ax, "detail", varied, bool(handles) and graph.granularity == "qkv")
 
 
-def _node_figure(result: EdgeScores, title: str) -> Drawing:
+def _node_figure(result: MethodResult, title: str) -> Drawing:
     graph = result.graph
     fig, ax = _figure(graph, [node_position(graph, e.sender)[0] for e in graph.edges])
     kept = {e.sender for e, k in zip(graph.edges, result.kept.kept.tolist()) if k}
@@ -261,7 +262,7 @@ def _summary_figure(graph: Graph, edges: list[tuple[str, str, float]], title: st
     return Drawing(fig, ax, "summary", True, False)
 
 
-def circuit_dot(result: EdgeScores) -> str:
+def circuit_dot(result: MethodResult) -> str:
     """Graphviz text of the kept edges, bottom to top, scores as labels (none where not scored)."""
     lines = ["digraph circuit {", "  rankdir=BT;", '  node [shape=box, style="rounded,filled", fillcolor="#dde8f6"];']
     for node in sorted({n for s, r, _ in kept_edges(result) for n in (s, r)}):

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from .methods.attribution import attribution_scores, objective_loss
-from .methods.base import Problem
+from ..methods.attribution import attribution_scores, objective_loss
+from ..methods.base import Problem
 
 # Candidate circuits per batched forward: at most this many bytes of recomputed senders.
 BATCH_BYTES = 256 * 2**20

@@ -26,8 +26,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .circuit_json import CircuitFileError, read_circuit_file
-from .methods.spec import get_spec, load_specs
-from .pairs_file import PairsFileError, read_pairs
+from ..methods.spec import get_spec, load_specs
+from ..tasks.pairs_file import PairsFileError, read_pairs
 
 class ConfigError(ValueError):
     """A config value that is wrong before anything is loaded."""

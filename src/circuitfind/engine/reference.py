@@ -25,7 +25,7 @@ from contextlib import contextmanager
 import torch
 from transformer_lens import HookedTransformer
 
-from .graph import EdgeMask, Graph
+from ..core.graph import EdgeMask, Graph
 
 _HEAD = re.compile(r"^a(\d+)\.h(\d+)$")
 _HEAD_INPUT = re.compile(r"^a(\d+)\.h(\d+)<([qkv])>$")

@@ -25,31 +25,19 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Iterable
+
+from ..core.files import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:  # not at run time: the CLI hashes configs before torch is imported
-    from .graph import EdgeMask, EdgeScores
+    from ..core.graph import EdgeMask
+    from ..methods.result import MethodResult
 
 SUMMARY = "summary.json"
 EDGES = "edges.csv"
 TRACE = "trace.csv"
 CURVE = "curve.csv"
 TRACE_COLUMNS = ("step", "edge", "delta", "metric", "kept", "n_edges")
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` fills a temporary file beside ``path``, which is synced to disk and renamed
-    into place: readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", newline=""))
 
 
 def _csv(header: Iterable[str], rows: Iterable[Iterable]) -> str:
@@ -72,7 +60,7 @@ def _score(x: float) -> str:
     return _number(x) if math.isfinite(x) or math.isnan(x) else ""
 
 
-def write_edges(folder: Path, result: EdgeScores, canonical: EdgeMask | None) -> None:
+def write_edges(folder: Path, result: MethodResult, canonical: EdgeMask | None) -> None:
     graph = result.graph
     kept = result.kept.kept.tolist()
     truth = canonical.kept.tolist() if canonical is not None else [None] * graph.n_edges
@@ -96,7 +84,7 @@ def write_table(folder: Path, filename: str, rows: list[dict]) -> None:
         [_number(v) if isinstance(v, float) else v for v in (row[c] for c in columns)] for row in rows)))
 
 
-def write_result(folder: Path, result: EdgeScores, canonical: EdgeMask | None, curve: list[dict] | None) -> None:
+def write_result(folder: Path, result: MethodResult, canonical: EdgeMask | None, curve: list[dict] | None) -> None:
     """Every data file of a method's result: its edges (and circuit.json), its trace, its tables,
     and ``curve`` (the rows of its one-run curve, evaluated by the pipeline).  The pipeline draws
     the circuit (circuit.png, circuit.dot) in a phase of its own."""
@@ -161,7 +149,7 @@ def config_hash(cfg) -> str:
 def folder_state(folder: Path, config_hash: str) -> str:
     """``complete`` (a summary of this config), ``resumable`` (a checkpoint) or ``empty``; a folder
     holding another config's results is an error, so nothing is ever written over them."""
-    from .checkpoint import CHECKPOINT
+    from ..core.checkpoint import CHECKPOINT
 
     folder = Path(folder)
     summary = read_summary(folder)

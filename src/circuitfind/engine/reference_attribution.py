@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from transformer_lens import HookedTransformer
 
-from .graph import Graph
+from ..core.graph import Graph
 from .reference import hooked_receivers, sender_value
 
 _HEAD_INPUT = re.compile(r"^a(\d+)\.h(\d+)<([qkv])>$")

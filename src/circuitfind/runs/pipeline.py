@@ -16,19 +16,22 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from . import __version__
-from .evaluation import canonical_mask, edge_and_node_rates
+from .. import __version__
+from ..evaluation.rates import edge_and_node_rates
+from ..tasks.ground_truth import canonical_mask
 from .circuit_json import CircuitFileError, ground_truth, read_circuit_file
-from .graph import GRANULARITIES, Architecture, CurvePoint, EdgeMask, EdgeScores, Graph
-from .methods import Problem
-from .methods.spec import get_spec, load_specs
-from .checkpoint import Checkpointer
-from .draw import circuit_dot, draw_circuit
+from ..core.graph import GRANULARITIES, Architecture, EdgeMask, Graph
+from ..methods.result import CurvePoint, MethodResult
+from ..methods import Problem
+from ..methods.spec import get_spec, load_specs
+from ..core.checkpoint import Checkpointer
+from ..plots.circuit import circuit_dot, draw_circuit
 from .phases import Phases
-from .rundir import (CURVE, SUMMARY, atomic_write_text, config_hash, copy_run, folder_state, publish_run,
+from ..core.files import atomic_write_text
+from .rundir import (CURVE, SUMMARY, config_hash, copy_run, folder_state, publish_run,
                      read_summary, store_folder, write_result, write_summary)
-from .pairs_file import PairsFileError, read_pairs
-from .tasks import TASKS, build_task
+from ..tasks.pairs_file import PairsFileError, read_pairs
+from ..tasks.registry import TASKS, build_task
 from .threads import torch_threads
 from .validate import GROUND_TRUTH_WORDS, ConfigError, check_config, compose_config, ground_truth_path, method_params
 
@@ -152,7 +155,7 @@ def sweep_store_run(cfg: DictConfig, identity: str) -> Path | None:
     return store_folder(Path(cfg.store), cfg, identity)
 
 
-def _search(cfg: DictConfig, problem: Problem, checkpointer: Checkpointer, phases: Phases) -> EdgeScores:
+def _search(cfg: DictConfig, problem: Problem, checkpointer: Checkpointer, phases: Phases) -> MethodResult:
     """The engine's caches, then the configured method (checkpointed where it can be)."""
     with phases("caches", "running the unpatched and ablated models once (the engine's caches)"):
         problem.clean_logits("validation")  # builds the engine (the ablated run), then the unpatched run
@@ -164,7 +167,7 @@ def _search(cfg: DictConfig, problem: Problem, checkpointer: Checkpointer, phase
         return spec.function()(problem, **params)
 
 
-def write_run_folder(folder: Path, problem: Problem, result: EdgeScores, *, method: str, tau: float | None,
+def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, method: str, tau: float | None,
                      seed: int, device, identity: str | None, started: float, phases: Phases | None = None,
                      threads: dict | None = None, data: str | None = None, draw: bool | str = "auto") -> dict:
     """Evaluate ``result`` (metrics on both splits, rates against the canonical circuit, a method's

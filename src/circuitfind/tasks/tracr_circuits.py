@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from transformer_lens import HookedTransformer
 
-from .graph import Graph
+from ..core.graph import Graph
 
 # tracr's weights are exact small numbers (0, 1, a few hundreds in selector-width MLPs) and
 # unrelated subspaces are disjoint, so an unconnected product is exactly 0 in float32.

@@ -73,7 +73,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
 from transformer_lens.utilities import apply_softcap
 
-from .graph import Architecture, EdgeMask, Graph
+from ..core.graph import Architecture, EdgeMask, Graph
 
 
 class UnsupportedModelError(ValueError):

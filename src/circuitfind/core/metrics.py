@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from .tasks.base import TaskData
+    from ..tasks.base import TaskData
 
 # patched logits [batch, k, vocab], clean logits of the full model [batch, k, vocab], the split the
 # logits come from (task metrics read its extras: answer ids, labels) -> [batch]
