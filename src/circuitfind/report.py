@@ -25,7 +25,6 @@ apart (the ``variant`` column).  A ``circuitfind -m`` sweep writes its own folde
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -359,10 +358,9 @@ def format_auc_table(aucs: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="circuitfind-report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="folders holding run folders")
-    parser.add_argument("--out", type=Path, default=None, help="where to write (default: the first DIR)")
-    args = parser.parse_args(argv)
+    from .report_cli import build_parser  # the arguments (``circuitfind-report`` answers --help there)
+
+    args = build_parser().parse_args(argv)
     out = args.out or args.dirs[0]
     try:
         result = report(args.dirs, out)

@@ -53,6 +53,10 @@ class MethodSpec:
     order: int = 50  # where tables and legends list it
     cmap: str = "Greys"  # the figures' colour map: the method is the hue, its parameter the shade
     cost: int = 1  # relative cost of one job (the figures start the costliest sweeps first)
+    # check_metric(params, metric, divergence): refuse (ValueError) parameters that cannot work with
+    # the run's metric (``metric``: its name; ``divergence``: whether it is measured against the
+    # unpatched model, so that its gradient there is zero), from the config alone
+    check_metric: Callable[[Any, str, bool], None] | None = None
 
     def __post_init__(self):
         if self.curve not in CURVES:
