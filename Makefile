@@ -8,17 +8,29 @@ export CIRCUITFIND_GPT2_TOKENIZER ?= $(abspath ../shared/gpt2-tokenizer)
 # Without this every Hugging Face hub call retries for ~20 s before failing offline.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help setup run test test-all tracr-weights clean gpu-check
+VENV_TL4 ?= .venv-tl4
+# The tests that touch models, run again under TransformerLens 4 (make test-tl4): the model view's
+# bridge backend and runs through it.
+TL4_TESTS ?= tests/test_tl4_bridge.py tests/test_tl4_runs.py
+
+.PHONY: help setup setup-tl4 run test test-tl4 test-all tracr-weights clean gpu-check
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,tl3]'
 	touch $@
 
-setup: $(VENV)/.installed  ## create .venv and install circuitfind with its pinned dependencies (pip)
+setup: $(VENV)/.installed  ## create .venv and install circuitfind with its pinned dependencies (pip), TransformerLens 3.9
+
+$(VENV_TL4)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV_TL4)
+	$(VENV_TL4)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,tl4]'
+	touch $@
+
+setup-tl4: $(VENV_TL4)/.installed  ## a second venv, .venv-tl4, with TransformerLens 4.3 instead of 3.9
 
 run: setup  ## the main job on the offline default: ACDC on tracr-reverse
 	$(VENV)/bin/circuitfind $(ARGS)
@@ -29,6 +41,9 @@ TEST_ENV = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
 
 test: setup  ## the test suite CI runs (everything but tests marked slow)
 	$(TEST_ENV) $(PY) -m pytest -m "not slow" -q
+
+test-tl4: setup-tl4  ## the tests that touch models, under TransformerLens 4.3 (.venv-tl4)
+	$(TEST_ENV) $(VENV_TL4)/bin/python -m pytest -m "not slow" -q $(TL4_TESTS)
 
 test-all: setup  ## every test, slow ones included
 	$(TEST_ENV) $(PY) -m pytest -q
@@ -44,7 +59,7 @@ gpu-check: setup  ## on a GPU machine: engine = reference on CUDA, ACDC cpu = gp
 clean:  ## remove run outputs (not the virtual environment)
 	rm -rf outputs multirun
 
-# ---- the paper's figures and tables (src/circuitfind/figures.py, figure_specs/) --------------
+# ---- the paper's figures and tables (src/circuitfind/figures/, figure_specs/) ---------------
 # Each runs the sweeps it lacks under outputs/figures/runs (reusing complete ones) and writes the
 # image or tables with a manifest to outputs/figures.  Variables: TASKS="tracr_reverse ioi ..."
 # (fig3, tables), CORRUPTION=zero|corrupted (fig3), PRESET=quick|paper, JOBS=2 (joblib's jobs

@@ -8,14 +8,15 @@ warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", cat
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
 
 
 def tiny_model(n_layers=2, n_heads=3, d_model=24, attn_only=False, normalization_type="LN",
                attention_dir="causal", dtype=torch.float64, seed=0, d_vocab=40,
-               positional_embedding_type="standard") -> HookedTransformer:
+               positional_embedding_type="standard"):
     """A random model with random biases and layer-norm weights too (TransformerLens initialises
     them to 0 and 1, which would hide mistakes in how the engine handles them)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig  # TransformerLens 3 only
+
     cfg = HookedTransformerConfig(
         n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_head=d_model // n_heads,
         d_mlp=None if attn_only else 2 * d_model, attn_only=attn_only, d_vocab=d_vocab, n_ctx=16,

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from circuitfind import engine as engine_module
+from circuitfind.engine import placement
 from circuitfind.engine import (GPU_HEADROOM_BYTES, PatchEngine, choose_activation_device, make_ablation,
                                 stored_activation_bytes)
 from circuitfind.core.graph import Architecture, EdgeMask, Graph
@@ -91,7 +91,7 @@ def test_reads_split_into_several_moves_still_agree(monkeypatch):
     """With a tiny FETCH_BYTES every read moves a few slabs at a time (many moves, summed)."""
     model = family_model("gemma2")
     graph, (on_model, on_cpu) = engines(model)
-    monkeypatch.setattr(engine_module, "FETCH_BYTES", 1)
+    monkeypatch.setattr(placement, "FETCH_BYTES", 1)
     for mask in random_masks(graph, 3):
         torch.testing.assert_close(on_cpu.logits(mask), on_model.logits(mask), rtol=0, atol=1e-12)
 

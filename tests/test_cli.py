@@ -56,7 +56,7 @@ def test_default_run_writes_a_complete_run_folder(tmp_path):
     (["tau=-0.5"], "tau must be a positive number, got -0.5"),
     (["tau=abc"], "tau must be a positive number, got 'abc'"),
     (["method=sp", "method.lambda_reg=-1"], "lambda_reg must be a non-negative number, got -1"),
-    (["method=hisp", "method.k=-3"], "k must be null or a non-negative integer, got -3"),
+    (["method=hisp", "method.k=-3"], "k must be auto, all or a non-negative integer, got -3"),
     (["model.activation_device=gpu"], "model.activation_device must be auto, model or cpu, got 'gpu'"),
 ])
 def test_bad_input_gets_one_line_and_a_nonzero_exit(tmp_path, args, message):

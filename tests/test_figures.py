@@ -1,4 +1,4 @@
-"""Paper figures and tables (circuitfind.figures): experiment configs, sweep reuse, the drawings, and
+"""Paper figures and tables (circuitfind.figures): figure specs, sweep reuse, the drawings, and
 one real figure built through the circuitfind command line."""
 
 import json
@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from circuitfind import figures
-from circuitfind.figures import (EXPERIMENTS, PRESETS, FigureError, Sweep, auc_long, auc_markdown, build,
-                                 complete_runs, draw_metric_vs_edges, draw_roc, load_experiment, missing_values,
-                                 plan, sweep_command)
-from circuitfind.report import collect_points
+from circuitfind.figures import sweeps as figure_sweeps
+from circuitfind.figures.build import build, draw_metric_vs_edges, draw_roc
+from circuitfind.figures.plan import FIGURES, PRESETS, FigureError, load_figure_spec, plan
+from circuitfind.figures.sweeps import Sweep, complete_runs, missing_values, sweep_command
+from circuitfind.figures.tables import auc_long, auc_markdown
+from circuitfind.runs.points import collect_points
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACR = ["tracr_reverse", "tracr_proportion"]
@@ -38,41 +39,41 @@ def fake_run(folder: Path, task="toy", method="acdc", corruption="zero", metric=
     return folder
 
 
-# ---- experiment configs --------------------------------------------------------------------------
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_every_experiment_plans_its_sweeps_in_both_presets(name, tmp_path):
-    exp = load_experiment(name)
-    assert exp.name == name and set(PRESETS) <= set(exp.presets)
+# ---- figure specs ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", FIGURES)
+def test_every_figure_spec_plans_its_sweeps_in_both_presets(name, tmp_path):
+    spec = load_figure_spec(name)
+    assert spec.name == name and set(PRESETS) <= set(spec.presets)
     tasks = ["induction"] if name == "fig4" else TRACR
     for preset in PRESETS:
-        sweeps = plan(exp, preset, tasks, runs=tmp_path).sweeps
-        assert {s.method for s in sweeps} == set(exp.methods) and {"acdc", "sp", "hisp"} <= set(exp.methods)
-        assert {s.corruption for s in sweeps} == set(exp.corruptions)
+        sweeps = plan(spec, preset, tasks, runs=tmp_path).sweeps
+        assert {s.method for s in sweeps} == set(spec.methods) and {"acdc", "sp", "hisp"} <= set(spec.methods)
+        assert {s.corruption for s in sweeps} == set(spec.corruptions)
         ranking = ("hisp", "eap", "eap_ig")  # one run each gives the whole curve
         assert all(bool(s.values) == (s.method not in ranking) for s in sweeps)
     if name == "tracr_suite":
-        assert set(exp.methods) == {"acdc", "sp", "hisp", "eap", "eap_ig"}  # every method
+        assert set(spec.methods) == {"acdc", "acdc_guided", "sp", "hisp", "eap", "eap_ig"}  # every method
 
 
 def test_the_paper_preset_sweeps_the_papers_values_and_quick_trains_sp_shorter(tmp_path):
-    exp = load_experiment("fig3")
-    paper = {s.method: s for s in plan(exp, "paper", ["tracr_reverse"], runs=tmp_path).sweeps}
+    spec = load_figure_spec("fig3")
+    paper = {s.method: s for s in plan(spec, "paper", ["tracr_reverse"], runs=tmp_path).sweeps}
     np.testing.assert_allclose(paper["acdc"].values, 10 ** np.linspace(-5, -1, 21), rtol=1e-5)
     assert len(paper["sp"].values) == 32 and paper["sp"].overrides == ()
-    quick = {s.method: s for s in plan(exp, "quick", ["tracr_reverse"], runs=tmp_path).sweeps}
+    quick = {s.method: s for s in plan(spec, "quick", ["tracr_reverse"], runs=tmp_path).sweeps}
     assert quick["acdc"].values == paper["acdc"].values
     assert set(quick["sp"].values) < set(paper["sp"].values) and "method.epochs=500" in quick["sp"].overrides
-    exp.presets.quick.per_task = {"tracr_proportion": {"sp": {"values": [7]}}}  # one task's own values
-    sp = {s.task: s for s in plan(exp, "quick", TRACR, runs=tmp_path).sweeps if s.method == "sp"}
+    spec.presets.quick.per_task = {"tracr_proportion": {"sp": {"values": [7]}}}  # one task's own values
+    sp = {s.task: s for s in plan(spec, "quick", TRACR, runs=tmp_path).sweeps if s.method == "sp"}
     assert sp["tracr_proportion"].values == (7.0,) and sp["tracr_proportion"].overrides == quick["sp"].overrides
     assert sp["tracr_reverse"].values == quick["sp"].values
 
 
 def test_tables_have_a_kl_and_a_task_metric_column_and_proportion_no_kl(tmp_path):
-    sweeps = plan(load_experiment("tables"), "quick", TRACR, runs=tmp_path).sweeps
+    sweeps = plan(load_figure_spec("tables"), "quick", TRACR, runs=tmp_path).sweeps
     metrics = {(s.task, s.metric) for s in sweeps}
     assert metrics == {("tracr_reverse", "kl"), ("tracr_reverse", "l2"), ("tracr_proportion", "l2")}
-    assert len(sweeps) == 3 * 5 * 2  # (task, metric) x method x corruption
+    assert len(sweeps) == 3 * 6 * 2  # (task, metric) x method x corruption
 
 
 def test_tasks_without_weights_are_left_out_unless_named(tmp_path, monkeypatch):
@@ -80,13 +81,13 @@ def test_tasks_without_weights_are_left_out_unless_named(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    fig3 = plan(load_experiment("fig3"), "quick", runs=tmp_path)
+    fig3 = plan(load_figure_spec("fig3"), "quick", runs=tmp_path)
     assert fig3.tasks == TRACR and set(fig3.skipped) == {"ioi", "docstring", "greaterthan"}
     assert "not in the Hugging Face cache" in fig3.skipped["ioi"]
-    named = plan(load_experiment("fig3"), "quick", ["ioi"], corruption="zero", runs=tmp_path, extra=("tau=1",))
+    named = plan(load_figure_spec("fig3"), "quick", ["ioi"], corruption="zero", runs=tmp_path, extra=("tau=1",))
     assert named.tasks == ["ioi"] and not named.skipped  # named: its runs are attempted and say what is missing
     with pytest.raises(FigureError, match="no metric for task induction"):
-        plan(load_experiment("fig3"), "quick", ["induction"], runs=tmp_path)
+        plan(load_figure_spec("fig3"), "quick", ["induction"], runs=tmp_path)
 
 
 # ---- sweeps: folders and reuse ---------------------------------------------------------------------
@@ -95,8 +96,8 @@ def test_sweep_folders_are_named_by_settings_and_shared_between_figures(tmp_path
     assert Sweep("tracr_reverse", "sp", "zero", "kl", (1.0, 3.0), ("method.epochs=500",), tmp_path).folder == a.folder
     assert Sweep("tracr_reverse", "sp", "zero", "kl", (0.1,), ("method.epochs=300",), tmp_path).folder != a.folder
     assert Sweep("tracr_reverse", "sp", "corrupted", "kl", (0.1,), ("method.epochs=500",), tmp_path).folder != a.folder
-    fig3 = plan(load_experiment("fig3"), None, TRACR, "zero", runs=tmp_path).sweeps
-    tables = plan(load_experiment("tables"), None, TRACR, runs=tmp_path).sweeps
+    fig3 = plan(load_figure_spec("fig3"), None, TRACR, "zero", runs=tmp_path).sweeps
+    tables = plan(load_figure_spec("tables"), None, TRACR, runs=tmp_path).sweeps
     assert {s.folder for s in fig3} < {s.folder for s in tables}  # make tables reuses make fig3's runs
 
 
@@ -126,17 +127,17 @@ def test_sweeps_run_through_the_chosen_hydra_launcher(tmp_path, monkeypatch):
     commands = []
     monkeypatch.setattr(subprocess, "run", lambda command, **k: commands.append(command) or subprocess.CompletedProcess(command, 0))
     lines = []
-    (outcome,) = figures.run_sweeps([sweep], jobs=2, echo=lines.append, launcher="joblib")
+    (outcome,) = figure_sweeps.run_sweeps([sweep], jobs=2, echo=lines.append, launcher="joblib")
     assert commands[0][-2:] == ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
     assert "tau=0.001,0.1" in commands[0] and "through hydra/launcher=joblib, 2 at a time" in lines[0]
     assert outcome.status == "failed"  # the stand-in ran nothing: both values are still missing
     # auto, per sweep: joblib (installed with the tests) only for several jobs on more than two cores
-    assert figures.resolve_launcher("auto", n_jobs=2, cores=8) == "joblib"
-    assert figures.resolve_launcher("auto", n_jobs=1, cores=8) == "in_process"
-    assert figures.resolve_launcher("auto", n_jobs=21, cores=2) == "in_process"
-    assert figures.resolve_launcher("auto", n_jobs=12, cores=2, cost=figures.COSTLY_JOB) == "joblib"  # SP
-    assert figures.resolve_launcher("auto", n_jobs=12, cores=1, cost=figures.COSTLY_JOB) == "in_process"
-    assert figures.resolve_launcher("basic", n_jobs=21, cores=8) == "basic"
+    assert figure_sweeps.resolve_launcher("auto", n_jobs=2, cores=8) == "joblib"
+    assert figure_sweeps.resolve_launcher("auto", n_jobs=1, cores=8) == "in_process"
+    assert figure_sweeps.resolve_launcher("auto", n_jobs=21, cores=2) == "in_process"
+    assert figure_sweeps.resolve_launcher("auto", n_jobs=12, cores=2, cost=figure_sweeps.COSTLY_JOB) == "joblib"  # SP
+    assert figure_sweeps.resolve_launcher("auto", n_jobs=12, cores=1, cost=figure_sweeps.COSTLY_JOB) == "in_process"
+    assert figure_sweeps.resolve_launcher("basic", n_jobs=21, cores=8) == "basic"
 
 
 def test_an_in_process_sweep_runs_its_jobs_here_and_leaves_hydra_ready_for_the_next(tmp_path, monkeypatch):
@@ -145,13 +146,13 @@ def test_an_in_process_sweep_runs_its_jobs_here_and_leaves_hydra_ready_for_the_n
     acdc = Sweep("tracr_proportion", "acdc", "zero", "l2", (0.001, 0.1), (), tmp_path)
     eap = Sweep("tracr_proportion", "eap", "zero", "l2", (), (), tmp_path)
     lines = []
-    outcomes = figures.run_sweeps([acdc, eap], echo=lines.append, launcher="in_process")
+    outcomes = figure_sweeps.run_sweeps([acdc, eap], echo=lines.append, launcher="in_process")
     assert [o.status for o in outcomes] == ["ran", "ran"] and "basic, in this process" in lines[0]
     assert set(complete_runs(acdc)) == {0.001, 0.1} and set(complete_runs(eap)) == {None}
     assert not list(acdc.folder.rglob("circuit.png"))  # figures read summaries: no drawing per run
     assert "kept" in (acdc.folder / "sweep.log").read_text()  # the jobs' output went to the sweep's log
     bad = Sweep("tracr_proportion", "acdc", "zero", "l2", (0.1,), ("method.max_edge_tests=-3",), tmp_path)
-    (outcome,) = figures.run_sweeps([bad], echo=lines.append, launcher="in_process")
+    (outcome,) = figure_sweeps.run_sweeps([bad], echo=lines.append, launcher="in_process")
     assert outcome.status == "failed" and outcome.errors and outcome.errors[0].startswith("circuitfind: error:")
 
 
@@ -159,7 +160,7 @@ def test_complete_sweeps_start_no_process(tmp_path, monkeypatch):
     sweep = Sweep("tracr_reverse", "sp", "zero", "kl", (1.0,), (), tmp_path)
     fake_run(sweep.folder / "lambda_1.0", method="sp", parameter=1.0)
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("started a process"))
-    (outcome,) = figures.run_sweeps([sweep], jobs=2, echo=lambda line: None)
+    (outcome,) = figure_sweeps.run_sweeps([sweep], jobs=2, echo=lambda line: None)
     assert outcome.status == "reused" and outcome.ran == []
 
 
@@ -193,36 +194,39 @@ def test_roc_figure_draws_a_staircase_per_method_and_rings_only_the_front(tmp_pa
     plt.close(fig)
 
 
-def test_metric_figure_has_a_log_edge_axis_and_the_empty_circuit(tmp_path):
+def test_metric_figure_has_a_symlog_edge_axis_with_the_empty_circuit_at_zero(tmp_path):
     runs = [fake_run(tmp_path / c / m, "induction", m, c, parameter=p, n_edges=n, tpr=None, fpr=None,
                      test_metric=v, empty=3.9) for c in ("zero", "corrupted")
             for m, p, n, v in (("acdc", 0.01, 100, 0.5), ("sp", 30.0, 50, 1.5))]
-    runs.append(fake_run(tmp_path / "zero" / "hisp", "induction", "hisp", "zero", parameter=2,
+    runs.append(fake_run(tmp_path / "zero" / "hisp", "induction", "hisp", "zero", parameter=2, empty=3.9,
                          curve=[(2, 9, None, None, 0.1), (1, 3, None, None, 2.0), (0, 0, None, None, 3.9)]))
     fig = draw_metric_vs_edges(collect_points(runs), "induction", ["zero", "corrupted"])
     zero = fig.axes[0]
-    assert zero.get_xscale() == "log" and "KL divergence" in zero.get_ylabel()
-    empty = [line for line in zero.get_lines() if line.get_label() == "empty circuit (0 edges)"]
+    assert zero.get_xscale() == "symlog" and "KL divergence" in zero.get_ylabel()
+    assert [t.get_text() for t in zero.get_legend().get_texts()] == ["ACDC", "SP", "HISP", "empty circuit",
+                                                                     "full model"]
+    empty = [line for line in zero.get_lines() if line.get_label() == "empty circuit"]
     assert len(empty) == 1 and empty[0].get_ydata()[0] == 3.9
-    hisp = zero.collections[2].get_offsets()
-    assert sorted(hisp[:, 0]) == [3, 9]  # the 0-edge circuit has no place on a log axis
+    hisp = next(line for line in zero.get_lines() if line.get_label() == "HISP")
+    assert list(hisp.get_xdata()) == [0, 3, 9] and list(hisp.get_ydata()) == [3.9, 2.0, 0.1]  # 0 edges at 0
+    assert "zero ablation" in zero.get_title() and "corrupted ablation" in fig.axes[1].get_title()
     plt.close(fig)
 
 
 def test_auc_tables_fill_the_papers_columns_and_mark_the_best(tmp_path):
-    exp = load_experiment("tables")
+    spec = load_figure_spec("tables")
     folders = []
     for corruption in ("zero", "corrupted"):
         folders += roc_runs(tmp_path / corruption, "tracr_reverse", corruption)
         folders.append(fake_run(tmp_path / corruption / "prop", "tracr_proportion", "acdc", corruption, metric="l2",
                                 tpr=1.0, fpr=0.0))
     folders.append(fake_run(tmp_path / "l2", "tracr_reverse", "acdc", "zero", metric="l2", tpr=1.0, fpr=0.5))
-    long = auc_long(collect_points(folders), exp, ["tracr_reverse", "tracr_proportion"])
+    long = auc_long(collect_points(folders), spec, ["tracr_reverse", "tracr_proportion"])
     row = long[(long.level == "edge") & (long.task == "tracr_reverse") & (long.method == "acdc")
                & (long.corruption == "zero")].set_index("metric_kind").auc
     assert row["kl"] == pytest.approx(0.9) and row["task"] == pytest.approx(0.5)
     assert set(long[long.task == "tracr_proportion"].metric_kind) == {"task"}
-    markdown = auc_markdown(long, exp, ["corrupted", "zero"])
+    markdown = auc_markdown(long, spec, ["corrupted", "zero"])
     assert "| task | method | KL, corrupted | KL, zero | task metric, corrupted | task metric, zero |" in markdown
     lines = markdown.splitlines()
     reverse_acdc = next(line for line in lines if line.startswith("| tracr-reverse") and "| ACDC |" in line)
@@ -240,11 +244,11 @@ def test_make_help_lists_the_figure_targets():
 
 def tiny_fig3(tmp_path: Path, sp_values: list[float]) -> Path:
     """fig3's config with sweeps small enough for a test: two taus, SP at 20 steps, HISP, EAP, EAP-IG."""
-    exp = load_experiment("fig3")
-    exp.presets.quick = dict(acdc=dict(values=[0.001, 0.5]), sp=dict(values=sp_values, overrides=["method.epochs=20"]),
+    spec = load_figure_spec("fig3")
+    spec.presets.quick = dict(acdc=dict(values=[0.001, 0.5]), acdc_guided=dict(values=[0.001]), sp=dict(values=sp_values, overrides=["method.epochs=20"]),
                              hisp={}, eap={}, eap_ig={})
     path = tmp_path / "fig3.yaml"
-    path.write_text(OmegaConf.to_yaml(exp))
+    path.write_text(OmegaConf.to_yaml(spec))
     return path
 
 
@@ -256,14 +260,14 @@ def test_fig3_runs_its_sweeps_through_the_cli_then_reuses_them(tmp_path, monkeyp
     assert [p.name for p in result["outputs"]] == ["fig3_zero.png", "fig3_zero.pdf"]
     assert all(p.stat().st_size > 1000 for p in result["outputs"])
     manifest = json.loads(result["manifest"].read_text())
-    assert manifest["experiment_config"]["presets"]["quick"]["acdc"]["values"] == [0.001, 0.5]
+    assert manifest["figure_spec"]["presets"]["quick"]["acdc"]["values"] == [0.001, 0.5]
     ranking = ("hisp", "eap", "eap_ig")  # one run each, its parameter the run's own k
     assert sorted((r["method"], r["parameter"]) for r in manifest["runs"] if r["method"] not in ranking) == [
-        ("acdc", 0.001), ("acdc", 0.5), ("sp", 1.0)]
+        ("acdc", 0.001), ("acdc", 0.5), ("acdc_guided", 0.001), ("sp", 1.0)]
     assert all(r["config_hash"] and (Path(r["path"]) / "summary.json").is_file() for r in manifest["runs"])
     sp = next(s for s in manifest["sweeps"] if s["method"] == "sp")
     assert sp["status"] == "failed" and any("lambda_reg must be a non-negative number" in e for e in sp["errors"])
-    assert {d["method"] for d in manifest["auc"]} == {"acdc", "sp", "hisp", "eap", "eap_ig"}  # the failed job cost one point
+    assert {d["method"] for d in manifest["auc"]} == {"acdc", "acdc_guided", "sp", "hisp", "eap", "eap_ig"}  # the failed job cost one point
 
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("reran a complete sweep"))
     config = tiny_fig3(tmp_path, [1.0])  # without the failing value every sweep is complete

@@ -78,8 +78,9 @@ def test_report_reads_runs_and_curves_and_skips_unfinished_folders(tmp_path, cap
     auc = {(r.method, r.level): r.auc for r in aucs.itertuples()}
     assert auc[("acdc", "edge")] == pytest.approx(1 * 0.5 + 0.5 * 0.5)
     assert auc[("hisp", "edge")] == pytest.approx(0.5 * 0.5) and auc[("hisp", "node")] == auc[("hisp", "edge")]
-    for name in ("roc_toy.png", "metric_vs_edges_toy.png"):
-        assert (tmp_path / "out" / name).stat().st_size > 10_000
+    for name in ("roc_toy", "metric_vs_edges_toy"):  # every picture as PNG and PDF
+        assert (tmp_path / "out" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (tmp_path / "out" / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
     assert "acdc" in captured.out and "0.750" in captured.out and "0.250" in captured.out
 
 
@@ -115,7 +116,11 @@ def test_real_runs_acdc_and_hisp_on_tracr_reverse(tmp_path, capsys):
     acdc = aucs[(aucs.method == "acdc")].set_index("level").auc
     assert acdc["edge"] == 1.0 and acdc["node"] == 1.0  # the paper's Table 3
     hisp = aucs[(aucs.method == "hisp") & (aucs.level == "edge")]
-    assert 0.5 < hisp.auc.iloc[0] < 1.0 and hisp.n_points.iloc[0] == 17  # 16 components: k = 16 ... 0
+    # 16 components in 3 tie groups (4 above the rest, 2 more, 10 at rounding level): 4 cuts, and
+    # the curve's distinct circuits at MIB's fractions
+    curve = pd.read_csv(tmp_path / "runs" / "hisp" / "0" / "curve.csv")
+    assert curve.fraction.isna().sum() == 4
+    assert 0.5 < hisp.auc.iloc[0] < 1.0 and hisp.n_points.iloc[0] == len(curve)
 
 
 # ---- one curve per configuration -------------------------------------------------------------
@@ -168,7 +173,10 @@ def _inside(fig, artist) -> bool:
 
 
 def test_plot_text_stays_inside_and_coinciding_curves_stay_visible(tmp_path):
-    from circuitfind.report import auc_table, collect_points, metric_vs_edges_figure, roc_figure
+    import matplotlib.pyplot as plt
+
+    from circuitfind.report import task_metric_figure, task_roc_figure
+    from circuitfind.runs.points import collect_points
 
     same = [(0.1, 5, 1.0, 0.0, -4.7e-17), (0.01, 9, 1.0, 0.5, 0.0)]  # two methods on the very same points
     fake_run(tmp_path / "a" / "0", "acdc", same[:1], task="a_task_with_a_rather_long_name_for_its_title")
@@ -176,21 +184,28 @@ def test_plot_text_stays_inside_and_coinciding_curves_stay_visible(tmp_path):
     fake_run(tmp_path / "h" / "0", "hisp", same, task="a_task_with_a_rather_long_name_for_its_title", curve=True)
     points = collect_points(sorted(p.parent for p in tmp_path.rglob("summary.json")))
     task = points.task.iloc[0]
-    for fig in (roc_figure(task, points, auc_table(points)), metric_vs_edges_figure(task, points)):
+    roc, metric = task_roc_figure(task, points), task_metric_figure(task, points)
+    for fig in (roc, metric):
         fig.canvas.draw()
-        texts = [fig._suptitle] + [t for ax in fig.axes for t in (ax.title, ax.xaxis.label, ax.yaxis.label)]
+        texts = [fig._suptitle, fig._supxlabel]
+        texts += [t for ax in fig.axes for t in (ax.title, ax.xaxis.label, ax.yaxis.label)]
         texts += [t for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
         assert all(_inside(fig, t) for t in texts), [t.get_text() for t in texts if not _inside(fig, t)]
-    ax = metric_vs_edges_figure(task, points).axes[0]
-    acdc, hisp = ax.get_lines()[:2]
-    assert acdc.get_marker() != hisp.get_marker() and acdc.get_markersize() > hisp.get_markersize()
-    assert acdc.get_markerfacecolor() == "none"  # hollow: the smaller marker shows inside the larger one
+        assert len(fig._suptitle.get_text().splitlines()) <= 2
+    ax = metric.axes[0]
+    acdc, hisp = (next(line for line in ax.get_lines() if line.get_label() == name) for name in ("ACDC", "HISP"))
     assert list(acdc.get_ydata()) == [0.0, 0.0]  # -4.7e-17 is rounding: drawn as 0
     low, high = ax.get_ylim()
-    assert high - low >= 1.0  # not a 1e-17 axis
-    roc = roc_figure(task, points, auc_table(points)).axes[0]
-    sizes = [c.get_sizes()[0] for c in roc.collections]
-    assert sizes[0] > sizes[1]
+    assert low < 0.0 < high and high - low <= 0.1  # every circuit exact: a narrow band around 0, not -1..1
+    dots_acdc, dots_hisp = ax.collections[:2]
+    assert dots_acdc.get_paths()[0] != dots_hisp.get_paths()[0]  # each method its own marker
+    assert dots_acdc.get_sizes()[0] > dots_hisp.get_sizes()[0] and dots_hisp.get_zorder() > dots_acdc.get_zorder()
+    edge = roc.axes[0]
+    acdc, hisp = (next(line for line in edge.get_lines() if line.get_label() == name) for name in ("ACDC", "HISP"))
+    assert list(acdc.get_xydata()[:, 1]) == list(hisp.get_xydata()[:, 1])  # the same staircase ...
+    assert acdc.get_linewidth() >= hisp.get_linewidth() + 0.6 and hisp.get_zorder() > acdc.get_zorder()  # ... both seen
+    plt.close(roc)
+    plt.close(metric)
 
 
 def test_metric_full_read_off_the_clean_logits_equals_the_full_circuits_forward(tmp_path):

@@ -213,13 +213,13 @@ def test_paper_tasks_ground_truth_choice():
         build_task("tracr_proportion", ground_truth="acdc")
 
 
-def test_suite_experiment_plans_every_program_with_program_truth(tmp_path):
-    from circuitfind.figures import load_experiment, plan
+def test_suite_figure_spec_plans_every_program_with_program_truth(tmp_path):
+    from circuitfind.figures.plan import load_figure_spec, plan
 
-    exp = load_experiment("tracr_suite")
-    assert set(exp.tasks) == set(PROGRAMS)
-    sweeps = plan(exp, "quick", ["tracr_reverse", "tracr_hist"], runs=tmp_path).sweeps
-    assert len(sweeps) == 2 * 5 * 2  # task x method (all five) x corruption
+    spec = load_figure_spec("tracr_suite")
+    assert set(spec.tasks) == set(PROGRAMS)
+    sweeps = plan(spec, "quick", ["tracr_reverse", "tracr_hist"], runs=tmp_path).sweeps
+    assert len(sweeps) == 2 * 6 * 2  # task x method (all six) x corruption
     reverse = [s for s in sweeps if s.task == "tracr_reverse"]
     assert all("task.ground_truth=program" in s.overrides for s in reverse)
     assert not any("task.ground_truth=program" in s.overrides for s in sweeps if s.task == "tracr_hist")

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
-from transformer_lens import HookedTransformer
 
 from .runs.circuit_json import ground_truth as read_ground_truth
-from .engine import check_supported
+from .core.architecture import check_supported
+from .models.view import model_view
 from .core.graph import Architecture, Graph
 from .methods.result import MethodResult
 from .methods import Problem, get_spec
@@ -38,6 +38,10 @@ from .tasks.pairs import ANSWER_METRICS, answer_metrics
 from .runs.pipeline import CORRUPTIONS, seed_everything, write_run_folder
 from .tasks.text import check_vocabulary
 
+# A model view (models/view): a TransformerLens 3 HookedTransformer, or a TransformerLens 4
+# TransformerBridge wrapped as one.
+ModelView = object
+
 # A metric on logits: fn(logits) or fn(logits, clean_logits), both [batch, k, vocab] at the metric
 # positions (clean: the full model's), returning one value per prompt [batch].  One number for all
 # prompts (their mean) is refused: circuitfind takes the mean itself, and HISP needs each prompt's
@@ -45,7 +49,7 @@ from .tasks.text import check_vocabulary
 LogitMetric = Callable[..., torch.Tensor]
 
 
-def make_task(model: HookedTransformer, clean: torch.Tensor, corrupted: torch.Tensor,
+def make_task(model: ModelView, clean: torch.Tensor, corrupted: torch.Tensor,
               metric: str | LogitMetric | Metric = "kl", positions: torch.Tensor | int | None = None, *,
               answers: Iterable[int] | torch.Tensor | None = None,
               wrong_answers: Iterable[int] | torch.Tensor | None = None, lower_is_better: bool = True,
@@ -60,6 +64,7 @@ def make_task(model: HookedTransformer, clean: torch.Tensor, corrupted: torch.Te
     every prompt, or a tensor [batch] or [batch, k].  ``split_embed``: token and positional
     embeddings as two graph nodes (as for tracr models).  ``ground_truth``: a circuit file (see
     ``circuit_json``) or qkv-graph edge names, for TPR/FPR."""
+    model = model_view(model)  # a HookedTransformer, or a TransformerBridge wrapped as one
     check_supported(model)
     clean, corrupted = torch.as_tensor(clean), torch.as_tensor(corrupted)
     extras = {key: torch.as_tensor(ids, dtype=torch.long).reshape(-1)

@@ -72,8 +72,14 @@ def format_summary(summary: dict) -> str:
     parts = [f"{task} {summary['method']} ({summary['corruption']}, {summary['graph']} graph)",
              f"kept {summary['n_edges_kept']}/{summary['n_edges_total']} {unit}",
              _metric_value(summary["metric"], summary["metric_circuit"])]
+    faithful = (summary.get("faithfulness") or {}).get("validation")
+    if faithful is not None and faithful == faithful:
+        parts.append(f"faithfulness {faithful:.3f}")
     if summary.get("edge_tpr") is not None:
         parts.append(f"edge TPR {summary['edge_tpr']:.3f} FPR {summary['edge_fpr']:.3f}")
+    chosen = (summary.get("method_details") or {}).get("chosen_by")
+    if chosen:
+        parts.append(chosen)
     parts.append(f"{summary['wall_s']:.2f} s")
     return ", ".join(parts)
 
@@ -140,13 +146,15 @@ def precheck(argv: list[str]) -> None:
 def check_shorthands(argv: list[str], method: str) -> None:
     """A method's top-level shorthand (ACDC's ``tau=``) given to another method would be silently
     ignored: refuse it (unless ``method=`` is itself swept, where each job reads what it needs)."""
-    from .methods.spec import load_specs
+    from .methods.spec import load_specs, ordered_specs
 
     if any(arg.startswith("method=") and _is_sweep(arg) for arg in argv):
         return
     specs = load_specs()
-    owners = {spec.sweep.key: spec for spec in specs.values()
-              if spec.sweep is not None and spec.sweep.key in spec.top_level}
+    owners: dict = {}  # a key several methods read (tau): named after the first in the specs' order
+    for spec in ordered_specs():
+        if spec.sweep is not None and spec.sweep.key in spec.top_level:
+            owners.setdefault(spec.sweep.key, spec)
     for arg in argv:
         key = arg.lstrip("+~").partition("=")[0]
         owner = owners.get(key)

@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from importlib.resources import files
 
 from . import __version__
+from .models.view import describe as describe_backend
 from .runs.validate import group_options
 
 # What a version report names besides circuitfind: what decides a run's numbers and its command line.
@@ -118,4 +119,5 @@ def version_text() -> str:
             return "not installed"
     rows = [f"circuitfind {__version__}", f"  python {platform.python_version()}"]
     rows += [f"  {name} {installed(name)}" for name in DEPENDENCIES]
+    rows.append(f"  model backend: {describe_backend()}")
     return "\n".join(rows)

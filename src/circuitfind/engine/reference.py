@@ -23,9 +23,12 @@ import re
 from contextlib import contextmanager
 
 import torch
-from transformer_lens import HookedTransformer
 
 from ..core.graph import EdgeMask, Graph
+
+# A model view (models/view): a TransformerLens 3 HookedTransformer, or a TransformerLens 4
+# TransformerBridge wrapped as one.
+ModelView = object
 
 _HEAD = re.compile(r"^a(\d+)\.h(\d+)$")
 _HEAD_INPUT = re.compile(r"^a(\d+)\.h(\d+)<([qkv])>$")
@@ -36,7 +39,7 @@ _MLP = re.compile(r"^m(\d+)$")
 
 
 @contextmanager
-def hooked_receivers(model: HookedTransformer):
+def hooked_receivers(model: ModelView):
     """Switch on the per-head input and output hooks the reference needs, restoring them after."""
     cfg = model.cfg
     saved = (cfg.use_split_qkv_input, cfg.use_attn_result, cfg.use_hook_mlp_in)
@@ -68,7 +71,7 @@ def sender_value(name: str, acts: dict[str, torch.Tensor]) -> torch.Tensor:
     raise KeyError(name)
 
 
-def _sender_hooks(model: HookedTransformer) -> list[str]:
+def _sender_hooks(model: ModelView) -> list[str]:
     names = ["hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre"]
     for l in range(model.cfg.n_layers):
         names.append(f"blocks.{l}.attn.hook_result")
@@ -77,12 +80,12 @@ def _sender_hooks(model: HookedTransformer) -> list[str]:
     return [name for name in names if name in model.hook_dict]  # rotary models have no hook_pos_embed
 
 
-def _qkv_hooks(model: HookedTransformer) -> list[str]:
+def _qkv_hooks(model: ModelView) -> list[str]:
     return [f"blocks.{l}.attn.hook_{w}" for l in range(model.cfg.n_layers) for w in "qkv"]
 
 
 @torch.no_grad()
-def reference_ablation(model: HookedTransformer, corrupted: torch.Tensor, kind: str,
+def reference_ablation(model: ModelView, corrupted: torch.Tensor, kind: str,
                        shuffle_positions: bool = False) -> dict[str, torch.Tensor]:
     """Hook activations on the corrupted prompts (or their per-position mean, or their mean), or,
     for zero ablation, of one forward in which every sender hook outputs zeros.  With
@@ -109,7 +112,7 @@ def reference_ablation(model: HookedTransformer, corrupted: torch.Tensor, kind: 
     return acts
 
 
-def _every_sender_zeroed(model: HookedTransformer, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+def _every_sender_zeroed(model: ModelView, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every sender hook and hook_q/k/v of a forward whose senders all output zeros (a shortformer's or
     rotary model's positions are no sender: they still reach the queries and keys)."""
     zeroed = ["hook_embed"] + [n for n in _sender_hooks(model) if n.startswith("blocks.") and n != "blocks.0.hook_resid_pre"]
@@ -130,11 +133,11 @@ def _every_sender_zeroed(model: HookedTransformer, tokens: torch.Tensor) -> dict
     return acts
 
 
-def _grouped(model: HookedTransformer) -> bool:
+def _grouped(model: ModelView) -> bool:
     return model.cfg.n_key_value_heads not in (None, model.cfg.n_heads)
 
 
-def _receiver_sites(model: HookedTransformer, graph: Graph, sender: str, receiver: str) -> list[tuple[str, int | None]]:
+def _receiver_sites(model: ModelView, graph: Graph, sender: str, receiver: str) -> list[tuple[str, int | None]]:
     """Where an edge enters the model: (hook name, head index or None) pairs."""
     L = graph.n_layers
     if graph.granularity == "nodes":  # a node feeds every receiver after it
@@ -157,7 +160,7 @@ def _receiver_sites_qkv(receiver: str, n_layers: int) -> list[tuple[str, int | N
     raise KeyError(receiver)
 
 
-def _visible_senders(model: HookedTransformer, graph: Graph, receiver: str) -> set[str]:
+def _visible_senders(model: ModelView, graph: Graph, receiver: str) -> set[str]:
     """Senders written before ``receiver`` reads, from layer numbers alone (a parallel block's MLP
     reads what its heads read)."""
     def sender_layer(s: str) -> float:
@@ -175,7 +178,7 @@ def _visible_senders(model: HookedTransformer, graph: Graph, receiver: str) -> s
     return {s for s in graph.senders if sender_layer(s) < limit}
 
 
-def reference_logits(model: HookedTransformer, graph: Graph, clean: torch.Tensor,
+def reference_logits(model: ModelView, graph: Graph, clean: torch.Tensor,
                      ablated: dict[str, torch.Tensor], mask: EdgeMask) -> torch.Tensor:
     """Logits of the patched model on ``clean``, one plain forward with hooks."""
     removed: dict[str, list[tuple[str, int | None, float]]] = {}  # hook -> (sender, head, 1 - m)

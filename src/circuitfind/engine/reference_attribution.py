@@ -24,22 +24,25 @@ import re
 from typing import Callable
 
 import torch
-from transformer_lens import HookedTransformer
 
 from ..core.graph import Graph
 from .reference import hooked_receivers, sender_value
+
+# A model view (models/view): a TransformerLens 3 HookedTransformer, or a TransformerLens 4
+# TransformerBridge wrapped as one.
+ModelView = object
 
 _HEAD_INPUT = re.compile(r"^a(\d+)\.h(\d+)<([qkv])>$")
 _MLP = re.compile(r"^m(\d+)$")
 _HEAD = re.compile(r"^a(\d+)\.h(\d+)$")
 
 
-def _activations(model: HookedTransformer, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+def _activations(model: ModelView, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
     _, cache = model.run_with_cache(tokens)
     return {name: act.detach() for name, act in cache.items()}
 
 
-def _zeroed_senders_activations(model: HookedTransformer, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+def _zeroed_senders_activations(model: ModelView, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
     """Activations of a run in which every sender writes zero (embeddings, head results, MLP outputs)."""
     zero = lambda act, hook: torch.zeros_like(act)  # noqa: E731
     names = ["hook_embed", "hook_pos_embed"] + [f"blocks.{l}.attn.hook_result" for l in range(model.cfg.n_layers)]
@@ -83,7 +86,7 @@ def _receiver_hook(receiver: str, n_layers: int) -> tuple[str, int | None]:
     raise KeyError(receiver)
 
 
-def eap_reference(model: HookedTransformer, graph: Graph, clean: torch.Tensor, corrupted: torch.Tensor,
+def eap_reference(model: ModelView, graph: Graph, clean: torch.Tensor, corrupted: torch.Tensor,
                   positions: torch.Tensor, corruption: str,
                   loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Signed EAP scores [n_edges] (float64) of ``graph``'s edges; ``loss_fn`` maps the logits at
@@ -122,7 +125,7 @@ def eap_reference(model: HookedTransformer, graph: Graph, clean: torch.Tensor, c
     return _coarsen(fine, fine_scores, graph)
 
 
-def _through_post_norm(model: HookedTransformer, layer: int, acts: dict, grad: torch.Tensor) -> torch.Tensor:
+def _through_post_norm(model: ModelView, layer: int, acts: dict, grad: torch.Tensor) -> torch.Tensor:
     """J^T grad, J the Jacobian of layer ``layer``'s ln1_post at the sum of its heads and b_O."""
     summed = acts[f"blocks.{layer}.attn.hook_result"].sum(2) + model.blocks[layer].attn.b_O
     with torch.enable_grad():

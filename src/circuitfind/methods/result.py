@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import torch
 
@@ -25,12 +25,18 @@ class TraceRow(TypedDict):
 
 @dataclass
 class CurvePoint:
-    """One circuit of a curve read from a single run (HISP's top-k): the parameter's value there,
-    the circuit, and what changed from the previous point (the component dropped)."""
+    """One circuit of a curve read from a single run (a ranking's top-n): the parameter's value
+    there, the circuit, and what changed from the previous point (the component dropped).  A
+    ranking's points also carry the fraction of the edges they were cut at (None: an extra point),
+    the size before pruning, and the circuit's metric and faithfulness on the validation split."""
 
     parameter: float
     circuit: EdgeMask
     removed: str = ""
+    fraction: float | None = None
+    n_unpruned: int | None = None
+    metric: float | None = None
+    faithfulness: float | None = None
 
 
 @dataclass
@@ -51,3 +57,4 @@ class MethodResult:
     tables: dict[str, list[dict]] = field(default_factory=dict)
     details: dict = field(default_factory=dict)
     label: str | None = None
+    ranking: Any = None  # a ranking method's ``methods.ranking.Ranking`` (its cuts make the ROC)

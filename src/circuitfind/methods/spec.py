@@ -26,7 +26,7 @@ CURVES = ("per_run", "ranking", "none")
 
 
 @dataclass(frozen=True)
-class Sweep:
+class SweptParameter:
     """The parameter a sweep of a ``per_run`` method varies."""
 
     key: str  # the command-line key: "tau", "method.lambda_reg"
@@ -45,13 +45,14 @@ class MethodSpec:
     parameter: str | None = None  # the summary's parameter_name: what the method's curve varies
     parameter_label: str | None = None  # its colour bar's label in the figures
     curve: str = "none"  # per_run | ranking | none
-    sweep: Sweep | None = None  # per_run methods: what threshold=paper and the figures vary
+    sweep: SweptParameter | None = None  # per_run methods: what threshold=paper and the figures vary
     checkpoints: bool = False  # the run function takes a ``checkpointer``
     # config keys read from the top level rather than method.* (ACDC's tau, SP's seed)
     top_level: tuple[str, ...] = ()
     variants: Mapping[str, str] = field(default_factory=dict)  # result labels -> their own labels
     order: int = 50  # where tables and legends list it
-    cmap: str = "Greys"  # the figures' colour map: the method is the hue, its parameter the shade
+    cmap: str = "Greys"  # its colour map in every picture: the method is the hue, its parameter the shade
+    marker: str = "o"  # its marker in every picture
     cost: int = 1  # relative cost of one job (the figures start the costliest sweeps first)
     # check_metric(params, metric, divergence): refuse (ValueError) parameters that cannot work with
     # the run's metric (``metric``: its name; ``divergence``: whether it is measured against the

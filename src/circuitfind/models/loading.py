@@ -37,11 +37,15 @@ from types import SimpleNamespace
 from urllib.parse import urlparse
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from ..engine import check_supported
+from ..core.architecture import check_supported
+from .view import backend, tl3
 
 log = logging.getLogger(__name__)
+
+# A model view (models/view): a TransformerLens 3 HookedTransformer, or a TransformerLens 4
+# TransformerBridge wrapped as one.
+ModelView = object
 
 # GPT-NeoX blocks as Pythia uses them: partial rotary (a quarter of each head), parallel attention and MLP.
 _PYTHIA = dict(
@@ -65,7 +69,7 @@ HUB_ARCHITECTURES: dict[str, dict] = {
         normalization_type="LN", positional_embedding_type="standard", original_architecture="neel",
     ),
     # Redwood's 2-layer model is a shortformer: positional embeddings enter the queries and keys
-    # only, never the residual stream (the engine adds them there; see engine.py).
+    # only, never the residual stream (the engine adds them there; see engine/model_reads.py).
     "ArthurConmy/redwood_attn_2l": dict(
         n_layers=2, n_heads=8, d_model=256, d_head=32, n_ctx=2048, d_vocab=50259, attn_only=True,
         normalization_type="LN", positional_embedding_type="shortformer", original_architecture="neel",
@@ -243,12 +247,14 @@ def _load_hub_tokenizer(model_cfg: dict):
 
 # ---- models --------------------------------------------------------------------------------------
 def load_model(model_cfg: dict, device: str | torch.device = "cpu", seed: int = 0,
-               tokenizer=None) -> HookedTransformer:
+               tokenizer=None) -> ModelView:
     """The HookedTransformer ``model_cfg`` describes, frozen and in eval mode.
 
     ``seed`` fixes random weights (``pretrained: false``).  ``tokenizer``: the one the task will
     encode with; a random-weight model whose vocabulary is smaller than it grows to fit."""
     kind = model_cfg.get("kind")
+    if backend() == "tl4":
+        return _load_through_bridge(model_cfg, device, seed, tokenizer)
     if kind == "hf":
         model = _load_hf_model(model_cfg, device, seed, tokenizer)
     elif kind == "hub":
@@ -272,11 +278,11 @@ def weights_dtype(model_cfg: dict, device) -> torch.dtype:
     return dtype
 
 
-def _random_model(cfg: HookedTransformerConfig, seed: int) -> HookedTransformer:
+def _random_model(cfg, seed: int) -> ModelView:
     # A private RNG stream: the weights depend on the seed alone, not on what ran before.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return HookedTransformer(cfg)
+        return tl3.hooked_transformer(cfg)
 
 
 def _processed_normalization(normalization_type: str, fold_ln: bool) -> str:
@@ -288,13 +294,13 @@ def _processed_normalization(normalization_type: str, fold_ln: bool) -> str:
     return normalization_type
 
 
-def _load_hub_model(model_cfg: dict, device, seed: int, tokenizer) -> HookedTransformer:
+def _load_hub_model(model_cfg: dict, device, seed: int, tokenizer) -> ModelView:
     name, repo = model_cfg["name"], model_cfg["repo"]
     if repo not in HUB_ARCHITECTURES:
         raise ValueError(f"model {name}: unknown hub repo {repo!r}; known: {', '.join(HUB_ARCHITECTURES)}")
     fold_ln = bool(model_cfg.get("fold_ln", False))
-    # Refuse what the patching engine cannot run before building or fetching anything (it reads only .cfg).
-    check_supported(SimpleNamespace(cfg=HookedTransformerConfig(**HUB_ARCHITECTURES[repo], model_name=name)))
+    # Refuse what the patching engine cannot run before building or fetching anything (from the config alone).
+    check_supported(tl3.config(**HUB_ARCHITECTURES[repo], model_name=name))
     if not model_cfg.get("pretrained", True):
         arch = dict(HUB_ARCHITECTURES[repo])
         # Random weights are drawn for the processed architecture (LNPre where layer norm is folded),
@@ -303,7 +309,7 @@ def _load_hub_model(model_cfg: dict, device, seed: int, tokenizer) -> HookedTran
         arch["normalization_type"] = _processed_normalization(arch["normalization_type"], fold_ln)
         if tokenizer is not None and len(tokenizer) > arch["d_vocab"]:
             arch["d_vocab"] = len(tokenizer)
-        cfg = HookedTransformerConfig(**arch, model_name=f"{name} (random weights)", device=str(device),
+        cfg = tl3.config(**arch, model_name=f"{name} (random weights)", device=str(device),
                                       dtype=weights_dtype(model_cfg, device))
         return _random_model(cfg, seed)
     return _load_pretrained(model_cfg, device)
@@ -334,9 +340,9 @@ def cached_weights(repo: str) -> pathlib.Path | None:
     return _weight_files(repo)[1]
 
 
-def _load_pretrained(model_cfg: dict, device) -> HookedTransformer:
+def _load_pretrained(model_cfg: dict, device) -> ModelView:
     from huggingface_hub import snapshot_download
-    from transformer_lens import loading_from_pretrained as tl_loading
+    tl_loading = tl3.loading_from_pretrained()
 
     name, repo = model_cfg["name"], model_cfg["repo"]
     arch = HUB_ARCHITECTURES[repo]
@@ -366,7 +372,7 @@ def _load_pretrained(model_cfg: dict, device) -> HookedTransformer:
     else:
         state_dict = tl_loading.get_pretrained_state_dict(repo, cfg, **offline)
     cfg.tokenizer_name = None  # no hub lookup for a tokenizer: tasks bring their own
-    model = HookedTransformer(cfg, move_to_device=False)
+    model = tl3.hooked_transformer(cfg, move_to_device=False)
     model.load_and_process_state_dict(
         state_dict,
         fold_ln=fold_ln,
@@ -387,7 +393,7 @@ HUB_TOKENIZERS = {"gpt2": "gpt2", "NeelNanda/Attn_Only_4L512W_C4_Code": "NeelNan
 def official_name(name: str) -> str:
     """TransformerLens' official hub name for ``name`` (an alias such as ``attn-only-4l`` or the name
     itself); one line for names it does not know."""
-    from transformer_lens import loading_from_pretrained as tl_loading
+    tl_loading = tl3.loading_from_pretrained()
 
     try:
         return tl_loading.get_official_model_name(str(name))
@@ -400,7 +406,7 @@ def hf_as_hub(model_cfg: dict) -> dict:
     """A ``kind: hf`` config as the ``kind: hub`` config the rest of the loader reads."""
     if not model_cfg.get("name"):
         raise ValueError("model=hf needs model.name=<a TransformerLens model name>, e.g. model.name=gpt2")
-    repo = official_name(model_cfg["name"])
+    repo = official_name(model_cfg["name"]) if backend() == "tl3" else hub_repo(model_cfg["name"])
     return dict(model_cfg, kind="hub", repo=repo,
                 tokenizer=model_cfg.get("tokenizer") or HUB_TOKENIZERS.get(repo, repo))
 
@@ -425,7 +431,7 @@ def _resized(arch: dict, overrides: dict) -> dict:
     return out
 
 
-def _load_hf_model(model_cfg: dict, device, seed: int, tokenizer) -> HookedTransformer:
+def _load_hf_model(model_cfg: dict, device, seed: int, tokenizer) -> ModelView:
     spec = hf_as_hub(model_cfg)
     overrides = arch_overrides(model_cfg)
     repo, name = spec["repo"], spec["name"]
@@ -443,15 +449,15 @@ def _load_hf_model(model_cfg: dict, device, seed: int, tokenizer) -> HookedTrans
     if tokenizer is not None and len(tokenizer) > arch["d_vocab"]:
         arch["d_vocab"] = len(tokenizer)
     arch.update(model_name=f"{name} (random weights)", device=str(device))
-    fields = HookedTransformerConfig.__dataclass_fields__
-    cfg = HookedTransformerConfig(**{k: v for k, v in arch.items() if k in fields and fields[k].init})
-    check_supported(SimpleNamespace(cfg=cfg))
+    fields = tl3.config_fields()
+    cfg = tl3.config(**{k: v for k, v in arch.items() if k in fields and fields[k].init})
+    check_supported(cfg)
     return _random_model(cfg, seed)
 
 
-def _transformer_lens_config(spec: dict, device) -> HookedTransformerConfig:
+def _transformer_lens_config(spec: dict, device):
     """TransformerLens' config for a repo not written down here: from the cache, or the hub."""
-    from transformer_lens import loading_from_pretrained as tl_loading
+    tl_loading = tl3.loading_from_pretrained()
 
     repo = spec["repo"]
     if _cached_file(repo, "config.json") is None and not hub_reachable():
@@ -463,15 +469,15 @@ def _transformer_lens_config(spec: dict, device) -> HookedTransformerConfig:
                                                   device=str(device))
 
 
-def _load_with_transformer_lens(spec: dict, device) -> HookedTransformer:
+def _load_with_transformer_lens(spec: dict, device) -> ModelView:
     """Real weights of a repo not written down here, through TransformerLens' own loader (needs the
     hub or a cache holding the weights)."""
     repo = spec["repo"]
     cfg = _transformer_lens_config(spec, device)
-    check_supported(SimpleNamespace(cfg=cfg))  # before fetching any weights
+    check_supported(cfg)  # before fetching any weights
     if cached_weights_any(repo) is None and not hub_reachable():
         raise _unavailable(spec["name"], f"the weights of {repo}", plural=True)
-    model = HookedTransformer.from_pretrained(
+    model = tl3.from_pretrained(
         repo, fold_ln=bool(spec.get("fold_ln", False)),
         center_writing_weights=bool(spec.get("center_writing_weights", False)),
         center_unembed=bool(spec.get("center_unembed", False)), device=str(device))
@@ -502,13 +508,75 @@ def read_shipped(name: str) -> dict:
     return data
 
 
-def _load_shipped_model(model_cfg: dict, device, seed: int) -> HookedTransformer:
+def _load_shipped_model(model_cfg: dict, device, seed: int) -> ModelView:
     name = model_cfg["name"]
     data = read_shipped(name)
     pretrained = model_cfg.get("pretrained", True)
-    cfg = HookedTransformerConfig(**data["cfg"], device=str(device),
+    cfg = tl3.config(**data["cfg"], device=str(device),
                                   model_name=name if pretrained else f"{name} (random weights)")
     model = _random_model(cfg, seed)
     if pretrained:
         model.load_state_dict({**model.state_dict(), **data["state_dict"]}, strict=True)
     return model
+
+
+# ---- TransformerLens 4: every model through a TransformerBridge over a Hugging Face model ----------
+def hub_repo(name: str) -> str:
+    """The hub repo of ``name`` under TransformerLens 4: a repo written down here, by its full name or
+    its last part in any case (``pythia-70m``, ``llama-3.2-1b``), else TransformerLens 4's alias table,
+    else the name itself (a hub repo)."""
+    for repo in HUB_ARCHITECTURES:
+        if str(name).lower() in (repo.lower(), repo.split("/")[-1].lower()):
+            return repo
+    from .view import tl4
+
+    return tl4.official_name(str(name))
+
+
+# What TransformerLens 4 cannot load: (kind or repo) -> why.
+# (TransformerLens 4.3 would hold HookedTransformer weights in a native bridge, but its attention has no
+# q/k/v input hooks, set_use_split_qkv_input, which the hook reference patches.)
+NO_BRIDGE = {
+    "shipped": "circuitfind's shipped models (tracr programs, induction_2l) are TransformerLens 3 "
+               "HookedTransformer weights with no Hugging Face architecture, and TransformerLens 4's native "
+               "bridge has no q/k/v input hooks: run them under TransformerLens 3.9 (pip install 'circuitfind[tl3]')",
+}
+
+
+def _load_through_bridge(model_cfg: dict, device, seed: int, tokenizer) -> ModelView:
+    """``load_model`` under TransformerLens 4: a TransformerBridge over a Hugging Face model (random
+    weights of the written-down architecture, built offline, or the real weights), as a model view."""
+    from .view import tl4
+
+    kind = model_cfg.get("kind")
+    if kind == "shipped":
+        raise ValueError(f"model {model_cfg.get('name')}: {NO_BRIDGE['shipped']}")
+    if kind not in ("hub", "hf"):
+        raise ValueError(f"model {model_cfg.get('name')!r} has kind {kind!r}; load_model handles kinds hub, hf "
+                         "and shipped")
+    overrides = arch_overrides(model_cfg) if kind == "hf" else {}
+    spec = hf_as_hub(model_cfg) if kind == "hf" else model_cfg
+    name, repo = spec["name"], spec["repo"]
+    dtype = weights_dtype(model_cfg, device)
+    if not spec.get("pretrained", True):
+        if repo not in HUB_ARCHITECTURES:
+            raise ValueError(f"model {name}: random weights under TransformerLens 4 are built for the written-down "
+                             f"architectures ({', '.join(HUB_ARCHITECTURES)}), not {repo!r}")
+        arch = _resized(dict(HUB_ARCHITECTURES[repo]), overrides)
+        if arch.get("original_architecture") == "neel":
+            raise ValueError(f"model {name}: {repo} is a TransformerLens-format model with no Hugging Face "
+                             "architecture; under TransformerLens 4 it does not load (use TransformerLens 3.9)")
+        if tokenizer is not None and len(tokenizer) > arch["d_vocab"]:
+            arch["d_vocab"] = len(tokenizer)
+        check_supported(SimpleNamespace(**{"model_name": name, "attention_dir": "causal", **arch}))
+        view = tl4.random_bridge(arch, seed, dtype=dtype, tokenizer=tokenizer, device=device)
+        view.cfg.model_name = f"{name} (random weights)"
+        return view
+    if repo in HUB_ARCHITECTURES and HUB_ARCHITECTURES[repo].get("original_architecture") == "neel":
+        raise ValueError(f"model {name}: {repo} is a TransformerLens-format model with no Hugging Face "
+                         "architecture; under TransformerLens 4 it does not load (use TransformerLens 3.9)")
+    if cached_weights_any(repo) is None and not hub_reachable():
+        raise _unavailable(name, f"the weights of {repo}", plural=True)
+    view = tl4.pretrained_bridge(repo, device, dtype)
+    check_supported(view)
+    return view

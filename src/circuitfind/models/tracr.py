@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from importlib.resources import files
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from .view import backend, tl3
 
 FORMAT_VERSION = 1
 TRACR_PROGRAMS = ("tracr_reverse", "tracr_proportion",
@@ -31,7 +32,7 @@ TRACR_PROGRAMS = ("tracr_reverse", "tracr_proportion",
 class TracrModel:
     """A compiled RASP program as a HookedTransformer, with its token codec."""
 
-    model: HookedTransformer
+    model: object  # a HookedTransformer (TransformerLens 3)
     input_vocab: tuple[str, ...]  # index = token id
     output_vocab: tuple[str, ...] | None  # None: numerical output (1 dim)
     bos: str
@@ -108,6 +109,10 @@ def load_tracr_model(
             f"tracr weights {path} not found; regenerate them with `python scripts/compile_tracr.py` "
             "(needs tracr, jax and dm-haiku: pip install '.[tracr]')"
         )
+    if backend() != "tl3":
+        raise ValueError(f"{name}: the shipped tracr weights are TransformerLens 3 HookedTransformer weights with no "
+                         "Hugging Face architecture; run tracr tasks under TransformerLens 3.9 "
+                         "(pip install 'circuitfind[tl3]')")
     data = torch.load(path, map_location="cpu", weights_only=True)
     if data.get("format_version") != FORMAT_VERSION or data.get("program") != name:
         raise ValueError(
@@ -115,8 +120,8 @@ def load_tracr_model(
             f"format_version {data.get('format_version')!r} for program {data.get('program')!r}"
         )
 
-    cfg = HookedTransformerConfig(**data["cfg"], device=str(torch.device(device)), dtype=dtype)
-    model = HookedTransformer(cfg)
+    cfg = tl3.config(**data["cfg"], device=str(torch.device(device)), dtype=dtype)
+    model = tl3.hooked_transformer(cfg)
     params = data["state_dict"]
     expected = {param_name for param_name, _ in model.named_parameters()}
     if set(params) != expected:

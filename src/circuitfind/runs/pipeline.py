@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..core.faithfulness import areas, describe as describe_faithfulness, faithfulness, full_model_metric
 from ..evaluation.rates import edge_and_node_rates
 from ..tasks.ground_truth import canonical_mask
 from .circuit_json import CircuitFileError, ground_truth, read_circuit_file
@@ -90,14 +91,66 @@ def _rates(found: EdgeMask, canonical: EdgeMask | None) -> dict:
     return edge_and_node_rates(found, canonical)
 
 
-def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, curve: list[CurvePoint]) -> list[dict]:
-    """One row per circuit of a method that yields a whole curve from one run (HISP's top-k):
-    the same numbers a run's summary has for its own circuit, the test metric included."""
+ROC_CUTS = 500  # a ranking's ROC: at most this many of its cuts (every cut up to that many)
+
+
+def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, result: MethodResult) -> list[dict]:
+    """One row per circuit of a method that yields a whole curve from one run.
+
+    A ranking (EAP, EAP-IG, HISP): its circuits at MIB's fractions with their metric and
+    faithfulness on the test split (one forward per distinct circuit; the empty and the full one
+    are known) and on the validation split where k=auto measured them, the circuits k=auto bisected
+    with, and their rates; where the task has a ground truth, also one row per cut between tie
+    groups (rates only, no forward: the ROC), at most ``ROC_CUTS`` evenly spaced cuts.  Any other
+    curve: every point with its rates and its test metric."""
+    ranking = result.ranking
+    if ranking is None:
+        rows = []
+        for point in tqdm(result.curve, desc="curve", unit="circuit", disable=not problem.progress, leave=False):
+            rows.append(dict(parameter=point.parameter, n_edges=point.circuit.n_kept,
+                             **_rates(point.circuit, canonical),
+                             metric_test=problem.evaluate(point.circuit, "test"), removed=point.removed))
+        return rows
+    from ..methods.ranking import CircuitEvaluator
+
+    test = CircuitEvaluator(problem, "test")
+    pruned = bool((result.details or {}).get("pruned", True))
     rows = []
-    for point in tqdm(curve, desc="curve", unit="circuit", disable=not problem.progress, leave=False):
-        rows.append(dict(parameter=point.parameter, n_edges=point.circuit.n_kept, **_rates(point.circuit, canonical),
-                         metric_test=problem.evaluate(point.circuit, "test"), removed=point.removed))
+    for p in tqdm(result.curve, desc="curve", unit="circuit", disable=not problem.progress, leave=False):
+        metric_test, f_test = test.faithfulness(p.circuit.kept) if p.fraction is not None else (None, None)
+        rows.append(dict(parameter=p.parameter, n_edges=p.circuit.n_kept, n_edges_unpruned=p.n_unpruned,
+                         fraction=p.fraction, **_rates(p.circuit, canonical), metric_validation=p.metric,
+                         faithfulness_validation=p.faithfulness, metric_test=metric_test, faithfulness_test=f_test,
+                         removed=p.removed))
+    if canonical is not None:
+        last = ranking.n_cuts - 1
+        cuts = range(ranking.n_cuts) if ranking.n_cuts <= ROC_CUTS else \
+            sorted({round(last * i / (ROC_CUTS - 1)) for i in range(ROC_CUTS)})
+        for cut in tqdm(cuts, desc="roc", unit="cut", disable=not problem.progress, leave=False):
+            circuit = EdgeMask(problem.graph, ranking.circuit(cut, pruned))
+            rows.append(dict(parameter=circuit.n_kept, n_edges=circuit.n_kept, n_edges_unpruned=ranking.sizes[cut],
+                             fraction=None, **_rates(circuit, canonical), metric_validation=None,
+                             faithfulness_validation=None, metric_test=None, faithfulness_test=None,
+                             removed=ranking.added[cut]))
+    if result.details is not None:
+        result.details["curve_test_forwards"] = test.n_forwards
     return rows
+
+
+def _faithfulness_summary(problem: Problem, result: MethodResult, metrics: dict, curve: list[dict] | None) -> dict:
+    """The circuit's faithfulness on each split and, for a ranking, its curve's CPR and CMD (test split)."""
+    out = dict(metric=problem.metric.name, formula=describe_faithfulness(problem.metric.name))
+    for split, values in metrics.items():
+        m_full = full_model_metric(problem.metric.name, values["metric_full"])
+        out[split] = faithfulness(values["metric_circuit"], values["metric_empty"], m_full)
+    if result.ranking is not None and curve:
+        points = [row for row in curve if row.get("fraction") is not None]
+        area = areas([row["fraction"] for row in points], [row["faithfulness_test"] for row in points])
+        out["curve"] = dict(split="test", fractions=[row["fraction"] for row in points],
+                            n_edges=[row["n_edges"] for row in points],
+                            faithfulness=[row["faithfulness_test"] for row in points], cpr=area.cpr, cmd=area.cmd,
+                            pruned=bool((result.details or {}).get("pruned", True)))
+    return out
 
 
 def run(cfg: DictConfig, folder: Path) -> dict:
@@ -235,12 +288,12 @@ def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, me
         canonical = canonical_mask(task, graph)
         rates = _rates(result.kept, canonical)
         metrics = _split_metrics(problem, result.kept)
-        curve = _evaluate_curve(problem, canonical, result.curve) if result.curve is not None else None
+        curve = _evaluate_curve(problem, canonical, result) if result.curve is not None else None
     n_forward = sum(engine.n_forward for engine in problem._engines.values())
     spec = get_spec(method)
 
     with phases("writing", "writing the run folder"):
-        write_result(folder, result, canonical, curve)
+        write_result(folder, result, canonical, curve, d_model=task.model.cfg.d_model)
     with phases("drawing", f"drawing the circuit ({result.kept.n_kept} of {graph.n_edges} {graph_unit(graph)})"):
         if draw is not False:  # auto: the edges while they stay readable, else the block summary
             draw_circuit(result, folder / "circuit.png", f"{task.name} {method} ({problem.corruption})",
@@ -273,6 +326,8 @@ def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, me
         n_edges_kept=result.kept.n_kept,
         **metrics["validation"],
         test=metrics["test"],
+        # f = (m(C) - m(empty)) / (m(full) - m(empty)) per split; a ranking's CPR and CMD (MIB)
+        faithfulness=_faithfulness_summary(problem, result, metrics, curve),
         **rates,
         n_forward=n_forward,
         n_edge_tests=len(result.trace) if result.trace is not None else None,

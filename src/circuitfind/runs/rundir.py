@@ -84,14 +84,15 @@ def write_table(folder: Path, filename: str, rows: list[dict]) -> None:
         [_number(v) if isinstance(v, float) else v for v in (row[c] for c in columns)] for row in rows)))
 
 
-def write_result(folder: Path, result: MethodResult, canonical: EdgeMask | None, curve: list[dict] | None) -> None:
+def write_result(folder: Path, result: MethodResult, canonical: EdgeMask | None, curve: list[dict] | None,
+                 d_model: int | None = None) -> None:
     """Every data file of a method's result: its edges (and circuit.json), its trace, its tables,
     and ``curve`` (the rows of its one-run curve, evaluated by the pipeline).  The pipeline draws
     the circuit (circuit.png, circuit.dot) in a phase of its own."""
     from .circuit_json import write_circuit_json
 
     write_edges(folder, result, canonical)
-    write_circuit_json(folder, result)
+    write_circuit_json(folder, result, d_model)
     if result.trace is not None:
         write_trace(folder, result.trace)
     for filename, rows in result.tables.items():

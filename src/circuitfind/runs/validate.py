@@ -120,7 +120,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
     _check_shuffle_positions(cfg)
     activation_device = OmegaConf.select(cfg, "model.activation_device", default="auto")
-    if activation_device not in ("auto", "model", "cpu"):  # engine.ACTIVATION_DEVICES (engine.py needs torch)
+    if activation_device not in ("auto", "model", "cpu"):  # engine.ACTIVATION_DEVICES (engine/ needs torch)
         raise ConfigError(f"model.activation_device must be auto, model or cpu, got {activation_device!r}")
     try:
         check_threads(cfg.get("threads", "auto"))

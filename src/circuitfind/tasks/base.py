@@ -7,10 +7,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from transformer_lens import HookedTransformer
 
 from ..core.graph import Graph
 from ..core.metrics import Metric
+
+# A model view (models/view): a TransformerLens 3 HookedTransformer, or a TransformerLens 4
+# TransformerBridge wrapped as one.
+ModelView = object
 
 
 @dataclass
@@ -43,7 +46,7 @@ class TaskData:
 @dataclass
 class Task:
     name: str
-    model: HookedTransformer
+    model: ModelView
     validation: TaskData  # what methods search on
     test: TaskData  # what reported metrics use
     metrics: dict[str, Metric]

@@ -6,12 +6,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
-from transformer_lens import HookedTransformer
 
 from ..models.loading import load_model, load_tokenizer
 
+# A model view (models/view): a TransformerLens 3 HookedTransformer, or a TransformerLens 4
+# TransformerBridge wrapped as one.
+ModelView = object
 
-def load_model_and_tokenizer(task: str, model: dict | None, device, seed: int) -> tuple[HookedTransformer, object]:
+
+def load_model_and_tokenizer(task: str, model: dict | None, device, seed: int) -> tuple[ModelView, object]:
     """The task's model (from its model config) and the tokenizer its prompts are written in."""
     if model is None or model.get("kind") not in ("hub", "hf"):
         raise ValueError(f"task {task} needs a language model (model=gpt2, attn_only_4l or redwood_attn_2l), "
@@ -61,7 +64,7 @@ def encode_prompts(tokenizer, texts: Sequence[str], bos: bool = False) -> torch.
     return torch.tensor(rows, dtype=torch.long)
 
 
-def check_vocabulary(model: HookedTransformer, *tokens: torch.Tensor) -> None:
+def check_vocabulary(model: ModelView, *tokens: torch.Tensor) -> None:
     """Every token id must be one the model embeds (a tokenizer that is not the model's own may
     produce others)."""
     top = max(int(t.max()) for t in tokens)
@@ -74,7 +77,7 @@ def last_position(tokens: torch.Tensor) -> torch.Tensor:
     return torch.full((tokens.shape[0], 1), tokens.shape[1] - 1, dtype=torch.long)
 
 
-def is_gpt2_small(model: HookedTransformer) -> bool:
+def is_gpt2_small(model: ModelView) -> bool:
     """Whether ``model`` has GPT-2 small's graph, on which the IOI and Greater-Than circuits are named."""
     cfg = model.cfg
     return (cfg.n_layers, cfg.n_heads, bool(cfg.attn_only)) == (12, 12, False)

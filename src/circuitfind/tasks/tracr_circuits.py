@@ -26,16 +26,19 @@ leaves every live component's input, and so the output, unchanged.
 from __future__ import annotations
 
 import torch
-from transformer_lens import HookedTransformer
 
 from ..core.graph import Graph
+
+# A model view (models/view): a TransformerLens 3 HookedTransformer, or a TransformerLens 4
+# TransformerBridge wrapped as one.
+ModelView = object
 
 # tracr's weights are exact small numbers (0, 1, a few hundreds in selector-width MLPs) and
 # unrelated subspaces are disjoint, so an unconnected product is exactly 0 in float32.
 DEFAULT_ATOL = 1e-6
 
 
-def _sender_maps(model: HookedTransformer, graph: Graph) -> dict[str, torch.Tensor]:
+def _sender_maps(model: ModelView, graph: Graph) -> dict[str, torch.Tensor]:
     """Each sender's output map [*, d_model] (bias rows included)."""
     maps: dict[str, torch.Tensor] = {"tok_embed": model.W_E, "pos_embed": model.W_pos}
     for layer, block in enumerate(model.blocks):
@@ -49,7 +52,7 @@ def _sender_maps(model: HookedTransformer, graph: Graph) -> dict[str, torch.Tens
     return maps
 
 
-def _receiver_maps(model: HookedTransformer, graph: Graph) -> dict[str, torch.Tensor]:
+def _receiver_maps(model: ModelView, graph: Graph) -> dict[str, torch.Tensor]:
     """Each receiver's input map [d_model, *]."""
     maps: dict[str, torch.Tensor] = {"resid_post": model.W_U}
     for layer, block in enumerate(model.blocks):
@@ -64,7 +67,7 @@ def _receiver_maps(model: HookedTransformer, graph: Graph) -> dict[str, torch.Te
     return maps
 
 
-def connected_edges(model: HookedTransformer, graph: Graph, atol: float = DEFAULT_ATOL) -> set[str]:
+def connected_edges(model: ModelView, graph: Graph, atol: float = DEFAULT_ATOL) -> set[str]:
     """Edges ``sender->receiver`` of ``graph`` whose receiver reads a direction the sender writes."""
     senders, receivers = _sender_maps(model, graph), _receiver_maps(model, graph)
     found = set()
@@ -82,7 +85,7 @@ def _head_of(receiver: str) -> str | None:
     return receiver.split("<")[0] if receiver.endswith(">") else None
 
 
-def derive_canonical(model: HookedTransformer, graph: Graph, atol: float = DEFAULT_ATOL) -> set[str]:
+def derive_canonical(model: ModelView, graph: Graph, atol: float = DEFAULT_ATOL) -> set[str]:
     """The program's canonical circuit as edge names of the qkv ``graph`` (see the module doc)."""
     if graph.granularity != "qkv" or not graph.arch.split_embed:
         raise ValueError("canonical circuits are derived on the qkv graph of a tracr model (split embeddings)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..spec import MethodSpec, Sweep, is_int, is_number, register
+from ..spec import MethodSpec, SweptParameter, is_int, is_number, register
 
 
 def check_tau(tau) -> None:
@@ -38,5 +38,5 @@ class ACDCParams:
 SPEC = register(MethodSpec(
     name="acdc", label="ACDC", params=ACDCParams, run="circuitfind.methods.acdc:acdc",
     parameter="tau", parameter_label="ACDC threshold τ", curve="per_run",
-    sweep=Sweep(key="tau", short="tau", needs_task_values=True), checkpoints=True, top_level=("tau",),
-    order=10, cmap="Blues", cost=2))
+    sweep=SweptParameter(key="tau", short="tau", needs_task_values=True), checkpoints=True, top_level=("tau",),
+    order=10, cmap="Blues", marker="o", cost=2))

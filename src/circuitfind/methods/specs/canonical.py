@@ -13,4 +13,4 @@ class CanonicalParams:
 
 
 SPEC = register(MethodSpec(name="canonical", label="canonical", params=CanonicalParams,
-                           run="circuitfind.methods.canonical:canonical", order=90))
+                           run="circuitfind.methods.canonical:canonical", order=90, marker="*"))

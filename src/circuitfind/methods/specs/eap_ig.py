@@ -16,9 +16,10 @@ class EAPIGParams(EAPParams):
     ig: str = "masks"
 
     def __post_init__(self):
-        check_attribution_params(self.k, self.objective, self.max_points, self.absolute, self.steps, self.ig)
+        check_attribution_params(self.k, self.objective, self.max_points, self.absolute, self.steps, self.ig,
+                                 self.target, self.pruned)
 
 
 SPEC = register(MethodSpec(
     name="eap_ig", label="EAP-IG", params=EAPIGParams, run="circuitfind.methods.attribution:eap_ig",
-    parameter="k", parameter_label="EAP-IG edges kept k", curve="ranking", order=45, cmap="RdPu"))
+    parameter="k", parameter_label="EAP-IG edges kept k", curve="ranking", order=45, cmap="Reds", marker="v"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..spec import MethodSpec, Sweep, is_int, is_number, register
+from ..spec import MethodSpec, SweptParameter, is_int, is_number, register
 
 GATE_LEVELS = ("components", "edges")
 
@@ -45,5 +45,5 @@ class SPParams:
 SPEC = register(MethodSpec(
     name="sp", label="SP", params=SPParams, run="circuitfind.methods.sp:subnetwork_probing",
     parameter="lambda_reg", parameter_label="SP regularisation λ", curve="per_run",
-    sweep=Sweep(key="method.lambda_reg", short="lambda"), checkpoints=True, top_level=("seed",),
-    variants={"sp_edges": "SP (edge gates)"}, order=20, cmap="Oranges", cost=10))
+    sweep=SweptParameter(key="method.lambda_reg", short="lambda"), checkpoints=True, top_level=("seed",),
+    variants={"sp_edges": "SP (edge gates)"}, order=20, cmap="Oranges", marker="s", cost=10))

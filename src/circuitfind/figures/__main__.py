@@ -1,0 +1,5 @@
+"""``python -m circuitfind.figures NAME ...``: see ``figures.build.main``."""
+
+from .build import main
+
+main()

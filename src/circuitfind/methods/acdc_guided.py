@@ -1,0 +1,347 @@
+"""ACDC guided by attribution: ACDC's circuits from far fewer exact forwards.
+
+ACDC (``methods/acdc.py``) removes an edge when one exact patched forward shows that the circuit
+without it has a loss less than ``tau`` above the current circuit's, and it runs one such test per
+edge.  This method keeps that meaning -- nothing leaves the circuit unless an exact forward of the
+circuit without it shows a loss rise below ``tau`` -- but tests edges in groups, and lets
+attribution (EAP through the engine's gradient) decide which edges to try together:
+
+    circuit <- every edge;  L <- loss(circuit)
+    for each block, from the output back (ACDC's visits cut where the stage changes, or where a
+    receiver of the block feeds an edge of the block; ``group=receiver``: one visit per block):
+        drop the inputs of receivers that feed nothing (as ACDC: untested, score -inf)
+        order the block's other edges by |attribution| on the current circuit, weakest first
+        settle(those edges)
+    settle(G):
+        L' <- loss(circuit without G)              one exact forward (none if evaluated before)
+        if L' - L < tau:   remove G;  L <- L'      (a group removal is an ACDC step)
+        elif |G| == 1:     keep it; its score is L' - L
+        else:              settle(weaker half of G); settle(stronger half of G)
+
+Every decision reads exact losses; attribution only orders the tests, so a poor ranking costs
+forwards, never faithfulness: each accepted step raises the loss by less than ``tau``, and an edge is
+kept only when removing it alone raises the loss by ``tau`` or more.  When edges act independently
+and never help, a group hurts by at least as much as each of its edges, so the kept set is exactly
+plain ACDC's.  With K of a block's N edges kept, bisection needs about K + K log2(N / K) tests, and
+attribution makes the weak half of each split pass at once.
+
+Costs are counted where the engine runs: ``n_edge_tests`` (the trace's rows) is the number of
+distinct candidate circuits whose exact loss was read, as ACDC's; a circuit met again (after the
+weak half of a failed group is removed, the whole group's circuit is the next test's) is answered
+from memory.  On small models the engine runs several candidate circuits per forward
+(``batch_edges``): the next prefixes of the group's order, which are the circuits bisection reads
+while weak halves pass; unread candidates are not counted.
+
+Orders: ``eap`` (the gradient of the loss with respect to the mask at the current circuit; at the
+full model a divergence metric has zero gradient, so there the clean answer's logit is used, as
+EAP's ``objective=auto``), ``eap_ig`` (the gradient averaged along the path from the empty circuit to
+the current one), ``random`` (seeded), ``graph`` (ACDC's own order).  ``rescore`` recomputes the
+order on the current circuit at every block (one forward and backward each), else once at the start.
+
+Checkpoints hold the exact losses and attributions read so far: a resumed run replays the search
+from them without forwards and ends exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..core.checkpoint import Checkpointer
+from ..core.graph import EdgeMask, Graph
+from .acdc import auto_batch_edges
+from .attribution import mask_gradient
+from .base import Problem
+from .hisp import resolve_objective
+from .result import MethodResult
+from .specs.acdc_guided import check_guided_params
+
+# (candidate masks [k, n_edges], the stage at which they first differ from the unpatched run) -> losses
+LossFn = Callable[[torch.Tensor, int], Sequence[float]]
+# (the current circuit's mask [n_edges], the edges to order) -> importance of each (higher: test later)
+ScoreFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
+
+
+@torch.no_grad()
+def acdc_guided(problem: Problem, tau: float, order: str = "eap", group: str = "stage", rescore: bool = True,
+                ig_steps: int = 3, seed: int = 0, abs_delta: bool = False, max_edge_tests: int | None = None,
+                batch_edges: int | str = "auto", checkpointer: Checkpointer | None = None) -> MethodResult:
+    """Guided ACDC on the fast engine (see the module docstring)."""
+    return guided_on_engine(problem, tau, order, group, rescore, ig_steps, seed, abs_delta, max_edge_tests,
+                            batch_edges, checkpointer)
+
+
+def guided_on_engine(problem: Problem, tau: float, order: str = "eap", group: str = "stage", rescore: bool = True,
+                     ig_steps: int = 3, seed: int = 0, abs_delta: bool = False, max_edge_tests: int | None = None,
+                     batch_edges: int | str = "auto", checkpointer: Checkpointer | None = None,
+                     on_test: Callable | None = None) -> MethodResult:
+    """``acdc_guided``, telling ``on_test`` every decision (see ``guided_search``)."""
+    check_guided_params(tau, order, group, rescore, ig_steps, seed, abs_delta, max_edge_tests, batch_edges)
+    engine, data, graph = problem.engine("validation"), problem.data("validation"), problem.graph
+    logits, cache = engine.run(graph.full_mask(), data.positions, record=True)
+
+    def losses(masks: torch.Tensor, stage: int) -> Sequence[float]:
+        out, _ = engine.run(masks, data.positions, start_stage=stage, cache=cache)
+        return _LazyLosses(out, lambda candidate: float(problem.loss(candidate, "validation")))
+
+    if batch_edges == "auto":
+        batch_edges = auto_batch_edges(cache.diff, logits)
+    result = guided_search(graph, losses, attribution_order(problem, order, ig_steps, seed), tau, group=group,
+                           rescore=rescore, abs_delta=abs_delta, max_edge_tests=max_edge_tests,
+                           progress=problem.progress, dtype=engine.dtype, checkpointer=checkpointer,
+                           batch_edges=batch_edges, full_loss=float(problem.loss(logits, "validation")),
+                           on_test=on_test)
+    # Verification: the final circuit's loss from one full forward (no restart, no cache), beside the
+    # loss the search accepted it with.
+    final = float(problem.loss(engine.logits(result.kept.values.to(engine.dtype), data.positions), "validation"))
+    searched = result.details["final_loss_search"]
+    result.details["final_loss_verified"] = final
+    if not math.isclose(final, searched, rel_tol=1e-4, abs_tol=1e-6):
+        result.details["warning"] = (f"acdc_guided: the final circuit's loss from a full forward ({final:.6g}) differs "
+                                     f"from the search's ({searched:.6g})")
+    return result
+
+
+def attribution_order(problem: Problem, order: str, ig_steps: int = 3, seed: int = 0) -> ScoreFn:
+    """The importance of edges on the current circuit, by which a block's tests are ordered."""
+    if order == "graph":  # ACDC's own order: the earlier an edge is visited, the sooner it is tested
+        return lambda mask, edges: -torch.tensor(edges, dtype=torch.float64)
+    if order == "random":
+        generator = torch.Generator().manual_seed(seed)
+        return lambda mask, edges: torch.rand(len(edges), generator=generator, dtype=torch.float64)
+
+    def importance(mask: torch.Tensor, edges: list[int]) -> torch.Tensor:
+        values = mask.double()
+        if order == "eap":
+            full = bool((values == 1).all())
+            objective = resolve_objective(problem, "auto") if full else "metric"
+            grad = mask_gradient(problem, values, objective)
+        else:  # eap_ig: the midpoint rule on alpha * mask, alpha in (0, 1)
+            grad = sum(mask_gradient(problem, (i + 0.5) / ig_steps * values, "metric") for i in range(ig_steps))
+        # dL/dm_e at m_e = 1: removing the edge changes the loss by about -grad_e
+        return grad[edges].abs()
+
+    return importance
+
+
+class _LazyLosses(Sequence):
+    """The losses of a batch of candidate circuits, each computed when first read."""
+
+    def __init__(self, logits: torch.Tensor, loss: Callable[[torch.Tensor], float]):
+        self.logits, self.loss, self.values = logits, loss, {}
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+    def __getitem__(self, row: int) -> float:
+        if row not in self.values:
+            self.values[row] = self.loss(self.logits[row])
+        return self.values[row]
+
+
+def _key(mask: torch.Tensor) -> bytes:
+    return hashlib.blake2b((mask > 0.5).cpu().numpy().tobytes(), digest_size=16).digest()
+
+
+class ExactLosses:
+    """Exact losses of candidate circuits: each distinct circuit is evaluated once (``n_fresh``
+    counts them); a forward runs a planned batch of circuits and their losses are read on demand.
+    ``replay``: losses of a checkpointed run's first circuits, answered without forwards."""
+
+    def __init__(self, losses: LossFn, n_candidates: int, replay: Sequence[float] = ()):
+        self.losses, self.n_candidates, self.replay = losses, n_candidates, list(replay)
+        self.known: dict[bytes, float] = {}
+        self.pending: dict[bytes, tuple[Sequence[float], int]] = {}
+        self.log: list[float] = []
+        self.n_forwards = 0
+
+    @property
+    def replaying(self) -> bool:
+        return len(self.log) < len(self.replay)
+
+    def loss(self, mask: torch.Tensor, stage: int, plan: Callable[[], list[torch.Tensor]]) -> tuple[float, bool]:
+        """The loss of circuit ``mask`` and whether it was evaluated now (False: known already)."""
+        key = _key(mask)
+        if key in self.known:
+            return self.known[key], False
+        if self.replaying:
+            value = self.replay[len(self.log)]
+        else:
+            if key not in self.pending:
+                masks = [mask] + (plan()[:self.n_candidates - 1] if self.n_candidates > 1 else [])
+                batch = self.losses(torch.stack(masks), stage)
+                self.n_forwards += 1
+                self.pending = {}
+                for row, candidate in enumerate(masks):
+                    self.pending.setdefault(_key(candidate), (batch, row))
+            batch, row = self.pending.pop(key)
+            value = float(batch[row])
+        self.known[key] = value
+        self.log.append(value)
+        return value, True
+
+
+def blocks(graph: Graph, group: str) -> list[list[int]]:
+    """ACDC's visits (indices into ``graph.visits``) cut into blocks tested together: consecutive
+    visits read at one stage, cut before a visit whose receiver sends an edge of the block (its
+    feeding nothing depends on the block's decisions); ``group=receiver``: one visit each."""
+    out: list[list[int]] = []
+    senders: set[str] = set()
+    stage = None
+    for index, (receiver, incoming) in enumerate(graph.visits):
+        visit_stage = min(graph.edges[e].stage for e in incoming)
+        if out and group != "receiver" and visit_stage == stage and receiver not in senders:
+            out[-1].append(index)
+        else:
+            out.append([index])
+            senders = set()
+        stage = visit_stage
+        senders.update(graph.edges[e].sender for e in incoming)
+    return out
+
+
+def _feeds_nothing(graph: Graph, mask: torch.Tensor, receiver: str) -> bool:
+    return graph.granularity != "nodes" and receiver != "resid_post" and not bool(mask[graph.outgoing[receiver]].any())
+
+
+def _prefix_plan(mask: torch.Tensor, group: list[int], n: int) -> list[torch.Tensor]:
+    """The circuits ``mask`` without the first j edges of ``group`` for j at the halves, quarters,
+    eighths, ... of the group: the circuits bisection reads next while weak halves pass."""
+    lengths: list[int] = []
+    depth = 1
+    while len(lengths) < n and 2 ** depth <= 2 * len(group):
+        for k in range(1, 2 ** depth, 2):
+            j = len(group) * k // 2 ** depth
+            if 0 < j < len(group) and j not in lengths:
+                lengths.append(j)
+        depth += 1
+    out = []
+    for j in lengths[:n]:
+        candidate = mask.clone()
+        candidate[group[:j]] = 0
+        out.append(candidate)
+    return out
+
+
+def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float, group: str = "stage",
+                  rescore: bool = True, abs_delta: bool = False, max_edge_tests: int | None = None,
+                  progress: bool = True, dtype: torch.dtype = torch.float32,
+                  checkpointer: Checkpointer | None = None, batch_edges: int = 1, full_loss: float | None = None,
+                  on_test: Callable[[torch.Tensor, torch.Tensor, float, float, bool], None] | None = None) -> MethodResult:
+    """The search over ``graph`` given any way of computing candidate circuits' losses and any
+    ordering (see the module docstring).  ``on_test(before, after, loss_before, loss_after, accepted)``
+    is called for every group decision (tests use it to check decisions independently)."""
+    saved = checkpointer.restore() if checkpointer is not None else None
+    replay_losses = saved["losses"] if saved is not None else []
+    replay_scores = list(saved["attributions"]) if saved is not None else []
+    # The nodes graph's edges are read at several stages: its candidates cannot share a forward.
+    exact = ExactLosses(losses, 1 if graph.granularity == "nodes" else batch_edges, replay_losses)
+    attributions: list[torch.Tensor] = []
+
+    def scored(mask: torch.Tensor, edges: list[int]) -> torch.Tensor:
+        if len(attributions) < len(replay_scores):
+            value = replay_scores[len(attributions)]
+        else:
+            value = importance(mask, edges).double().cpu()
+        attributions.append(value)
+        return value
+
+    mask = torch.ones(graph.n_edges, dtype=dtype)
+    current = losses(mask[None], 0)[0] if full_loss is None else full_loss
+    scores = torch.full((graph.n_edges,), math.inf, dtype=torch.float64)
+    decided = torch.zeros(graph.n_edges, dtype=torch.bool)
+    trace: list[dict] = []
+    n_accepted = 0
+    removed_stage = 2 * graph.n_layers  # lowest stage of any removed edge: a restart may begin no later
+    stats = dict(n_blocks=0, n_attribution_passes=0)
+    bar = tqdm(total=graph.n_edges, desc="ACDC (guided)", unit="edge", disable=not progress, leave=False)
+
+    def state() -> dict:
+        return dict(losses=list(exact.log), attributions=list(attributions))
+
+    def budget_left() -> bool:
+        return max_edge_tests is None or len(trace) < max_edge_tests
+
+    def test(edges: list[int], stage: int, plan_from: list[int]) -> bool:
+        """Try removing ``edges`` (a group); True when removed."""
+        nonlocal current, n_accepted, removed_stage
+        candidate = mask.clone()
+        candidate[edges] = 0
+        start = min(stage, removed_stage)
+        loss, fresh = exact.loss(candidate, start, lambda: _prefix_plan(mask, plan_from, exact.n_candidates - 1))
+        delta = loss - current
+        accepted = (abs(delta) if abs_delta else delta) < tau
+        if on_test is not None:
+            on_test(mask.clone(), candidate, current, loss, accepted)
+        if accepted:
+            mask[edges] = 0
+            current = loss
+            n_accepted += 1
+            removed_stage = min(removed_stage, stage)
+        if accepted or len(edges) == 1:
+            scores[edges] = delta
+            decided[edges] = True
+            bar.update(len(edges))
+        if fresh:
+            name = graph.edges[edges[0]].name if len(edges) == 1 else \
+                f"{len(edges)} edges: {graph.edges[edges[0]].name} .. {graph.edges[edges[-1]].name}"
+            trace.append(dict(step=len(trace) + 1, edge=name, delta=delta, metric=current, kept=not accepted,
+                              n_edges=int(mask.sum())))
+            if checkpointer is not None and not exact.replaying:
+                checkpointer.step(state)
+        return accepted
+
+    def settle(edges: list[int], stage: int) -> None:
+        """Remove what can go of ``edges`` (ordered weakest first), splitting groups that hurt."""
+        if not edges or not budget_left():
+            return
+        if test(edges, stage, edges) or len(edges) == 1:
+            return
+        half = len(edges) // 2
+        settle(edges[:half], stage)
+        settle(edges[half:], stage)
+
+    visits = graph.visits
+    initial: torch.Tensor | None = None
+    for block in blocks(graph, group):
+        if not budget_left():
+            break
+        candidates: list[int] = []
+        for index in block:
+            receiver, incoming = visits[index]
+            if _feeds_nothing(graph, mask, receiver):
+                fresh = [e for e in incoming if not decided[e]]
+                mask[incoming] = 0
+                scores[fresh] = -math.inf
+                decided[incoming] = True
+                bar.update(len(fresh))
+            else:
+                candidates += [e for e in incoming if not decided[e]]
+        if not candidates:
+            continue
+        stats["n_blocks"] += 1
+        stage = min(graph.edges[e].stage for e in candidates)
+        if len(candidates) > 1:
+            if rescore:
+                weights = scored(mask, candidates)
+            else:
+                if initial is None:
+                    initial = scored(mask, list(range(graph.n_edges)))
+                weights = initial[candidates]
+            position = {e: i for i, e in enumerate(candidates)}
+            candidates = sorted(candidates, key=lambda e: (float(weights[position[e]]), position[e]))
+        settle(candidates, stage)
+        bar.set_postfix_str(f"{visits[block[0]][0]} | {int(mask.sum())} edges left", refresh=False)
+    bar.close()
+    stats["n_attribution_passes"] = len(attributions)
+
+    kept = EdgeMask(graph, mask.bool())
+    n, k = graph.n_edges, kept.n_kept
+    bound = k + k * math.log2(n / k) if k else 0.0
+    details = dict(batch_edges=exact.n_candidates, n_test_forwards=exact.n_forwards, n_accepted_groups=n_accepted,
+                   tests_lower_bound=round(bound, 1), final_loss_search=current, **stats)
+    return MethodResult(graph, scores, kept, parameter=tau, trace=trace, details=details)

@@ -1,0 +1,172 @@
+"""Guided ACDC: every group decision is an exact ACDC step, checked against the slow hook reference;
+attribution changes the cost, never the meaning."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from circuitfind.core.checkpoint import Checkpointer, RunInterrupted
+from circuitfind.core.graph import Architecture, EdgeMask, Graph
+from circuitfind.methods import Problem, get_method
+from circuitfind.methods.acdc import acdc_search
+from circuitfind.methods.acdc_guided import blocks, guided_on_engine, guided_search
+from circuitfind.core.metrics import KL
+from circuitfind.engine.reference import reference_ablation, reference_logits
+from circuitfind.tasks import TaskData
+from circuitfind.tasks.base import Task
+
+from conftest import tiny_model
+
+
+def random_task(model, batch=6, seq=5, seed=0) -> Task:
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(0, model.cfg.d_vocab, (batch, seq), generator=g)
+    corrupted = torch.randint(0, model.cfg.d_vocab, (batch, seq), generator=g)
+    positions = torch.tensor([[seq - 2, seq - 1]] * batch)
+    data = TaskData(clean, corrupted, positions)
+    return Task("random", model, data, data, {"kl": KL}, "kl")
+
+
+def tiny_problem(seed=0, granularity="qkv", corruption="corrupted", **model_args) -> Problem:
+    model = tiny_model(n_layers=2, n_heads=2, d_model=16, seed=seed, **model_args)
+    return Problem(random_task(model, seed=seed), Graph(Architecture.from_config(model.cfg), granularity),
+                   corruption, KL, progress=False)
+
+
+def reference_kl(problem: Problem, ablated: dict, mask: torch.Tensor) -> float:
+    """KL(full model || circuit) at the task's positions, from a plain hooked forward and a plain
+    unpatched one: no engine, no metric code."""
+    data, model = problem.task.validation, problem.task.model
+    patched = reference_logits(model, problem.graph, data.clean, ablated, EdgeMask(problem.graph, mask.double()))
+    clean = model(data.clean)
+    rows = torch.arange(len(data.clean))[:, None]
+    logp, clean_logp = (F.log_softmax(x[rows, data.positions].double(), -1) for x in (patched, clean))
+    return float((clean_logp.exp() * (clean_logp - logp)).sum(-1).mean())
+
+
+def single_edge_tau(problem: Problem, quantile: float) -> float:
+    effects = []
+    for e in range(problem.graph.n_edges):
+        mask = torch.ones(problem.graph.n_edges, dtype=torch.float64)
+        mask[e] = 0
+        effects.append(problem.evaluate(mask))
+    return float(torch.tensor(effects).quantile(quantile))
+
+
+@pytest.mark.parametrize("granularity, corruption, order", [
+    ("qkv", "corrupted", "eap"), pytest.param("heads", "zero", "eap_ig", marks=pytest.mark.slow), ("nodes", "mean", "random")])
+def test_a_group_goes_exactly_when_the_hook_reference_says_the_loss_rose_by_less_than_tau(granularity, corruption, order):
+    problem = tiny_problem(granularity=granularity, corruption=corruption)
+    tau = single_edge_tau(problem, 0.5)
+    decisions = []
+    result = guided_on_engine(problem, tau=tau, order=order, on_test=lambda *args: decisions.append(args))
+    ablated = reference_ablation(problem.task.model, problem.task.validation.corrupted, corruption)
+    assert any(len((b != a).nonzero()) > 1 and ok for b, a, _, _, ok in decisions), "no group was removed at once"
+    assert any(not ok for *_, ok in decisions)
+    for before, after, _, _, accepted in decisions:
+        rise = reference_kl(problem, ablated, after) - reference_kl(problem, ablated, before)
+        assert abs(rise - tau) > 1e-9, "too close to tau to tell"
+        assert accepted == (rise < tau)
+    assert 0 < result.kept.n_kept < problem.graph.n_edges
+
+
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)])
+def test_with_a_random_order_the_circuit_stays_within_its_tau_steps_of_the_full_model(seed):
+    problem = tiny_problem(seed=seed)
+    tau = single_edge_tau(problem, 0.3)
+    result = get_method("acdc_guided")(problem, tau=tau, order="random", seed=seed)
+    ablated = reference_ablation(problem.task.model, problem.task.validation.corrupted, "corrupted")
+    full = reference_kl(problem, ablated, torch.ones(problem.graph.n_edges))
+    circuit = reference_kl(problem, ablated, result.kept.values.double())
+    steps = result.details["n_accepted_groups"]
+    assert 0 < result.kept.n_kept < problem.graph.n_edges and steps > 0
+    assert circuit - full < steps * tau
+    assert result.details["final_loss_verified"] == pytest.approx(circuit, abs=1e-9)
+
+
+def independent_toy(graph: Graph, seed: int):
+    """A loss where each removed edge adds its own non-negative cost (edges act independently and
+    never help): a few edges cost around tau = 1, most a little (many together more than tau), some
+    nothing."""
+    generator = torch.Generator().manual_seed(seed)
+    costs = torch.rand(graph.n_edges, generator=generator, dtype=torch.float64) * 0.1
+    strong = torch.rand(graph.n_edges, generator=generator) < 0.15
+    strong |= torch.tensor([e.receiver in ("resid_post", e.sender) for e in graph.edges])  # the output's and nodes
+    costs[strong] = 2.5 * torch.rand(int(strong.sum()), generator=generator, dtype=torch.float64)
+    costs[::7] = 0.0
+
+    def losses(masks, stage):
+        return [float(((1 - m.double()) * costs).sum()) for m in masks]
+
+    return losses, costs
+
+
+@pytest.mark.parametrize("granularity", ["qkv", "heads", "nodes"])
+@pytest.mark.parametrize("order", ["random", "graph"])
+def test_on_independent_edges_that_never_help_the_kept_set_is_plain_acdcs(granularity, order):
+    model = tiny_model(n_layers=3, n_heads=3, d_model=12)
+    graph = Graph(Architecture.from_config(model.cfg), granularity)
+    for seed in range(3):
+        losses, costs = independent_toy(graph, seed)
+        generator = torch.Generator().manual_seed(seed)
+        shuffle = (lambda mask, edges: torch.rand(len(edges), generator=generator)) if order == "random" else \
+            (lambda mask, edges: -torch.tensor(edges, dtype=torch.float64))
+        plain = acdc_search(graph, losses, 1.0, progress=False, dtype=torch.float64)
+        guided = guided_search(graph, losses, shuffle, 1.0, progress=False, dtype=torch.float64)
+        assert 0 < plain.kept.n_kept < graph.n_edges
+        assert guided.kept.kept_names() == plain.kept.kept_names()
+
+
+def test_blocks_cut_acdcs_visits_where_the_stage_changes_or_a_receiver_feeds_the_block():
+    model = tiny_model(n_layers=2, n_heads=2, d_model=16)
+    graph = Graph(Architecture.from_config(model.cfg))
+    cut = [[graph.visits[i][0] for i in block] for block in blocks(graph, "stage")]
+    assert cut[0] == ["resid_post"]
+    assert cut[1] == ["m1"]
+    assert cut[2] == ["a1.h1", "a1.h0"] * 3  # the q/k/v edges of layer 1's heads
+    assert cut[3] == [f"a1.h{h}<{w}>" for w in "vkq" for h in (1, 0)]  # their inputs
+    assert sum(len(b) for b in cut) == len(graph.visits)
+    assert all(len(b) == 1 for b in blocks(graph, "receiver"))
+
+
+@pytest.mark.parametrize("batch_edges", [pytest.param(2, marks=pytest.mark.slow), 16])
+def test_batched_candidates_take_exactly_the_sequential_decisions(batch_edges):
+    problem = tiny_problem(seed=1)
+    tau = single_edge_tau(problem, 0.5)
+    sequential = get_method("acdc_guided")(problem, tau=tau, batch_edges=1)
+    batched = get_method("acdc_guided")(problem, tau=tau, batch_edges=batch_edges)
+    assert batched.kept.kept_names() == sequential.kept.kept_names()
+    assert [(r["edge"], r["kept"]) for r in batched.trace] == [(r["edge"], r["kept"]) for r in sequential.trace]
+    assert batched.details["n_test_forwards"] < sequential.details["n_test_forwards"] == len(sequential.trace)
+
+
+def test_an_interrupted_run_resumes_to_the_same_circuit(tmp_path):
+    problem = tiny_problem(seed=2)
+    tau = single_edge_tau(problem, 0.5)
+    whole = get_method("acdc_guided")(problem, tau=tau)
+    checkpointer = Checkpointer(tmp_path, "h", every_steps=1)
+    checkpointer.stop_signal = "SIGTERM"  # stop after the first exact test
+    with pytest.raises(RunInterrupted):
+        get_method("acdc_guided")(problem, tau=tau, checkpointer=checkpointer)
+    resumed = get_method("acdc_guided")(problem, tau=tau, checkpointer=Checkpointer(tmp_path, "h"))
+    assert resumed.kept.kept_names() == whole.kept.kept_names()
+    assert resumed.trace == whole.trace
+    assert torch.equal(resumed.scores, whole.scores)
+
+
+def test_max_edge_tests_stops_the_search_and_keeps_what_is_untested():
+    problem = tiny_problem()
+    result = get_method("acdc_guided")(problem, tau=single_edge_tau(problem, 0.5), max_edge_tests=3)
+    assert len(result.trace) == 3
+    assert bool(torch.isposinf(result.scores).any())
+    assert bool(result.kept.kept[torch.isposinf(result.scores)].all())
+
+
+@pytest.mark.parametrize("bad, message", [(dict(order="best"), "unknown order"), (dict(group="layer"), "unknown group"),
+                                          (dict(rescore="yes"), "rescore must be"), (dict(tau=0), "tau must be"),
+                                          (dict(ig_steps=0), "ig_steps must be")])
+def test_bad_settings_are_one_line_errors(bad, message):
+    with pytest.raises(ValueError, match=message):
+        get_method("acdc_guided")(tiny_problem(), **{"tau": 0.01, **bad})

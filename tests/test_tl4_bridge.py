@@ -1,0 +1,153 @@
+"""The model view's TransformerLens 4 backend: the engine's invariants on TransformerBridges over
+tiny random Hugging Face models of each family (``bridge_families.py``): nothing removed is the
+bridge's logits, everything removed is the ablated run, the engine equals the hook reference (run
+through the bridge's hooks) on random and fractional masks, the mask gradient equals finite
+differences, the plain forward (the engine's oracle) agrees with both, and ACDC on the engine keeps
+what ACDC on the reference keeps.  Runs only where
+TransformerLens 4 is installed (``make test-tl4``)."""
+
+import pytest
+import torch
+
+from circuitfind.models.view import backend
+
+if backend() != "tl4":
+    pytest.skip("TransformerLens 4 is not installed (make test-tl4)", allow_module_level=True)
+
+from circuitfind.engine import plain_forward  # noqa: E402
+from circuitfind.core.graph import Architecture, EdgeMask, Graph  # noqa: E402
+from circuitfind.methods import Problem, get_method  # noqa: E402
+from circuitfind.core.metrics import KL  # noqa: E402
+from circuitfind.engine.reference import reference_ablation, reference_logits  # noqa: E402
+
+from bridge_families import FAMILIES, FLOAT32_SOFTMAX, FLOAT32_SOFTMAX_ATOL, bridge_model  # noqa: E402
+from test_acdc import random_task, reference_acdc, typical_single_edge_effect  # noqa: E402
+from test_engine import random_masks, setup  # noqa: E402
+
+
+def atol(family, same_as_tl3):
+    """TransformerLens 3's tolerance, or float32's rounding of the pattern where the bridge takes the
+    softmax in float32."""
+    return FLOAT32_SOFTMAX_ATOL if family in FLOAT32_SOFTMAX else same_as_tl3
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {}
+
+
+def model_of(models, family):
+    if family not in models:
+        models[family] = bridge_model(family)
+    return models[family]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_nothing_removed_reproduces_the_bridge(models, family):
+    model = model_of(models, family)
+    graph, engine, clean, _ = setup(model)
+    torch.testing.assert_close(engine.logits(graph.full_mask()), model.bridge(clean), rtol=0,
+                               atol=atol(family, 1e-10))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("granularity", ["qkv", "nodes"])
+def test_everything_removed_reproduces_the_corrupted_run(models, family, granularity):
+    model = model_of(models, family)
+    graph, engine, _, corrupted = setup(model, granularity=granularity)
+    nothing = EdgeMask(graph, torch.zeros(graph.n_edges, dtype=torch.float64))
+    torch.testing.assert_close(engine.logits(nothing), model.bridge(corrupted), rtol=0, atol=atol(family, 1e-10))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("granularity, corruption", [("qkv", "corrupted"), ("qkv", "zero"), ("heads", "mean")])
+def test_engine_agrees_with_the_hook_reference_on_random_and_fractional_masks(models, family, granularity,
+                                                                              corruption):
+    model = model_of(models, family)
+    graph, engine, clean, corrupted = setup(model, granularity=granularity, corruption=corruption)
+    ablated = reference_ablation(model, corrupted, corruption)
+    for mask in random_masks(graph, 3):
+        torch.testing.assert_close(engine.logits(mask), reference_logits(model, graph, clean, ablated, mask),
+                                   rtol=0, atol=atol(family, 1e-9))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_plain_forward_agrees_with_the_engine_and_the_hook_reference(models, family):
+    model = model_of(models, family)
+    graph, engine, clean, corrupted = setup(model, granularity="heads")
+    ablated = reference_ablation(model, corrupted, "corrupted")
+    for mask in random_masks(graph, 1):
+        plain = plain_forward(engine.model, graph, engine.tokens, engine.ablation, mask)
+        torch.testing.assert_close(engine.logits(mask), plain, rtol=0, atol=atol(family, 1e-9))
+        torch.testing.assert_close(plain, reference_logits(model, graph, clean, ablated, mask), rtol=0,
+                                   atol=atol(family, 1e-9))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradient_through_the_mask_equals_finite_differences(models, family):
+    model = model_of(models, family)
+    graph, engine, _, _ = setup(model)
+    g = torch.Generator().manual_seed(5)
+    mask = torch.rand(graph.n_edges, generator=g, dtype=torch.float64).requires_grad_(True)
+    direction = torch.randn(graph.n_edges, generator=g, dtype=torch.float64)
+    weights = torch.randn(engine.logits(mask.detach()).shape, generator=g, dtype=torch.float64)
+    (engine.logits(mask) * weights).sum().backward()
+    # float32 softmax: a central difference over 1e-6 would divide float32's rounding by 1e-6
+    eps, rtol = (1e-3, 1e-3) if family in FLOAT32_SOFTMAX else (1e-6, 1e-6)
+    plus = (engine.logits(mask.detach() + eps * direction) * weights).sum()
+    minus = (engine.logits(mask.detach() - eps * direction) * weights).sum()
+    torch.testing.assert_close(mask.grad @ direction, (plus - minus) / (2 * eps), rtol=rtol, atol=1e-8)
+
+
+@pytest.mark.parametrize("family, granularity, corruption", [
+    ("gpt2", "qkv", "corrupted"), ("pythia", "qkv", "zero"), ("llama", "qkv", "corrupted"),
+    ("qwen", "heads", "corrupted"), ("gemma2", "qkv", "corrupted"),
+])
+def test_acdc_on_the_engine_keeps_the_same_edges_as_acdc_on_the_reference(models, family, granularity, corruption):
+    model = model_of(models, family)
+    graph = Graph(Architecture.from_config(model.cfg), granularity)
+    problem = Problem(random_task(model), graph, corruption, KL, progress=False)
+    tau = typical_single_edge_effect(problem)
+    fast = get_method("acdc")(problem, tau=tau)
+    slow = reference_acdc(problem, tau=tau)
+    assert 0 < fast.kept.n_kept < graph.n_edges
+    assert fast.kept.kept_names() == slow.kept.kept_names()
+
+
+def test_the_view_reads_rope_theta_and_the_post_norms_from_the_model_not_the_bridge_cfg(models):
+    """TransformerLens 4.3's cfg keeps rotary_base 10000 whatever rope_theta is, and leaves Gemma-2's
+    post-norms and local attention out: the view reads them from the Hugging Face model."""
+    llama, gemma2, pythia = (model_of(models, f) for f in ("llama", "gemma2", "pythia"))
+    assert llama.bridge.cfg.rotary_base == 10000 and llama.cfg.rotary_base == 5e4
+    assert llama.cfg.n_key_value_heads == 2 and llama.blocks[0].attn._W_K.shape == (2, 24, 8)
+    assert gemma2.cfg.use_normalization_before_and_after and not gemma2.bridge.cfg.use_normalization_before_and_after
+    assert gemma2.cfg.attn_types == ["local", "global"] and gemma2.cfg.window_size == 3
+    assert pythia.cfg.rotary_dim == 4 and pythia.cfg.parallel_attn_mlp
+
+
+def test_a_rope_theta_the_engine_ignored_would_change_the_logits(models):
+    """The rotary test has teeth: the same weights rotated with the default base give other logits."""
+    model = model_of(models, "llama")
+    graph, engine, clean, _ = setup(model)
+    right = engine.logits(graph.full_mask())
+    cos_sin = model._cos_sin
+    try:
+        model._cos_sin = {}
+        rotary = model._rotary
+        saved = rotary.inv_freq.clone()
+        d = saved.shape[0] * 2
+        rotary.inv_freq.copy_(1.0 / (10000 ** (torch.arange(0, d, 2, dtype=torch.float) / d)))
+        wrong = engine.logits(graph.full_mask())
+    finally:
+        rotary.inv_freq.copy_(saved)
+        model._cos_sin = cos_sin
+    assert (right - wrong).abs().max() > 100 * FLOAT32_SOFTMAX_ATOL  # the agreement asked of the engine
+
+
+def test_hooks_answer_to_transformer_lens_3_names(models):
+    model = model_of(models, "gpt2")
+    tokens = torch.randint(0, 40, (2, 5))
+    _, cache = model.run_with_cache(tokens, names_filter=["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"])
+    assert set(cache) == {"blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"}
+    torch.testing.assert_close(cache["blocks.0.hook_resid_pre"], model.embed(tokens) + model.pos_embed(tokens))
+    assert "hook_pos_embed" not in model_of(models, "llama").hook_dict

@@ -1,0 +1,67 @@
+"""Runs under TransformerLens 4 (``make test-tl4``): the induction task on random Hugging Face models of
+GPT-2's, Llama's and Qwen's shapes behind a TransformerBridge (``model=hf ... model.pretrained=false``,
+built offline), with EAP and with ACDC; the README's Python API on a bridge; and the one line a
+model without a TransformerLens 4 path stops with."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from circuitfind.models.view import backend
+
+if backend() != "tl4":
+    pytest.skip("TransformerLens 4 is not installed (make test-tl4)", allow_module_level=True)
+
+from circuitfind.runs.pipeline import run  # noqa: E402
+
+from conftest import config  # noqa: E402
+
+SHAPES = {  # model.name and a small size of it (Llama keeps 8 key/value heads: 16 query heads share them)
+    "gpt2": ["model.name=gpt2", "model.n_heads=4", "model.d_model=32"],
+    "llama": ["model.name=llama-3.2-1b", "model.n_heads=16", "model.d_model=128"],
+    "qwen": ["model.name=qwen2.5-0.5b", "model.n_heads=4", "model.d_model=32"],
+}
+SMALL_INDUCTION = ["task=induction", "model=hf", "model.pretrained=false", "model.n_layers=2", "task.n_prompts=4",
+                   "task.seq_len=16", "task.span_len=4", "draw=false"]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("method", [["method=eap"], ["method=acdc", "method.max_edge_tests=50"]])
+def test_induction_runs_on_a_bridge(tmp_path, shape, method):
+    summary = run(config(*SMALL_INDUCTION, *SHAPES[shape], *method), tmp_path)
+    assert summary["task"] == "induction" and summary["n_edges_total"] > 0
+    assert json.loads((tmp_path / "summary.json").read_text())["n_edges_total"] == summary["n_edges_total"]
+    assert (tmp_path / "edges.csv").is_file()
+
+
+def test_shipped_weights_are_refused_with_one_line(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-m", "circuitfind.cli", "progress=false", f"hydra.run.dir={tmp_path}"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "TransformerLens 3 HookedTransformer weights" in lines[0], result.stderr
+
+
+def test_the_readme_python_api_example_runs_with_a_bridge(tmp_path, monkeypatch, capsys):
+    """The README's bridge lines, then its Python example from ``generator = ...`` on, as written."""
+    from test_api import README, readme_python_example
+
+    text = README.read_text()
+    bridge = re.search(r"```python\n(.*?)```", text[text.index("**With TransformerLens 4**"):], re.S)[1]
+    example = readme_python_example()
+    rest = example[example.index("generator = "):]
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "readme"}
+    exec(compile(bridge, "README.md", "exec"), namespace)
+    assert type(namespace["model"]).__name__ == "TransformerBridge"
+    exec(compile(rest, "README.md", "exec"), namespace)
+    summary = json.loads((tmp_path / "outputs" / "my_run" / "summary.json").read_text())
+    assert summary["method"] == "acdc" and summary["metric"] == "logit_diff"
+    printed = capsys.readouterr().out.splitlines()
+    assert f"{summary['n_edges_kept']} of {summary['n_edges_total']} edges kept" == printed[0]
