@@ -40,28 +40,63 @@ def files(folder):
     return sorted(p.name for p in folder.iterdir())
 
 
-def test_ctrl_c_mid_curve_keeps_eaps_scores_and_the_next_run_evaluates_them(tmp_path, monkeypatch):
+def test_ctrl_c_mid_curve_leaves_no_result_and_the_next_run_completes(tmp_path, monkeypatch):
+    """EAP's scores are seconds of work and its ranking cannot be checkpointed: Ctrl-C during the
+    curve's evaluation keeps nothing, and the next run computes the same run from the start."""
     whole = run(config(*EAP), tmp_path / "whole")
     folder = tmp_path / "stopped"
+    in_curve, evaluate = [], Problem.evaluate
+
+    def curve(*args, **kwargs):
+        in_curve.append(1)
+        return evaluate_curve(*args, **kwargs)
+
+    def evaluate_in_curve(self, *args, **kwargs):  # a real SIGINT at the curve's third circuit
+        if in_curve:
+            in_curve.append(1)
+            if len(in_curve) == 4:
+                os.kill(os.getpid(), signal.SIGINT)
+        return evaluate(self, *args, **kwargs)
+
+    evaluate_curve = pipeline._evaluate_curve
     with monkeypatch.context() as patch:
-        calls = signal_on_call(patch, Problem, "evaluate", 3)  # the third circuit of the curve
+        patch.setattr(pipeline, "_evaluate_curve", curve)
+        patch.setattr(Problem, "evaluate", evaluate_in_curve)
         with pytest.raises(RunInterrupted) as stopped:
             run(config(*EAP), folder)
-    assert len(calls) == 3 and stopped.value.signal_name == "SIGINT" and stopped.value.resumable
-    assert str(stopped.value) == (f"interrupted by SIGINT while evaluating the circuit on the validation and test "
-                                  f"prompts; eap's finished result is saved in {folder / 'checkpoint.pt'}, and the "
-                                  "next run evaluates it")
+    assert len(in_curve) == 4 and stopped.value.signal_name == "SIGINT" and not stopped.value.resumable
+    assert str(stopped.value) == ("interrupted by SIGINT while evaluating the circuit on the validation and test "
+                                  "prompts; eap's scores are not kept (seconds of work): the next run computes them "
+                                  "again")
+    assert files(folder) == []  # no summary.json, no half-written result
+    again = run(config(*EAP), folder)
+    assert again["resumed_from"] is None and whole["resumed_from"] is None
+    for name in ("edges.csv", "curve.csv", "circuit.json"):
+        assert (folder / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    for key in ("n_edges_kept", "metric_circuit", "test", "config_hash"):
+        assert again[key] == whole[key], key
+
+
+def test_ctrl_c_after_acdc_keeps_its_result_and_the_next_run_evaluates_it(tmp_path, monkeypatch):
+    whole = run(config(), tmp_path / "whole")
+    folder = tmp_path / "stopped"
+    with monkeypatch.context() as patch:
+        signal_on_call(patch, Problem, "evaluate", 2)  # the evaluation phase's second circuit
+        with pytest.raises(RunInterrupted) as stopped:
+            run(config(), folder)
+    assert stopped.value.resumable and str(stopped.value) == (
+        f"interrupted by SIGINT while evaluating the circuit on the validation and test prompts; acdc's finished "
+        f"result is saved in {folder / 'checkpoint.pt'}, and the next run evaluates it")
     assert files(folder) == ["checkpoint.pt"]  # no summary.json, no half-written result
 
     def no_method(*args, **kwargs):
         raise AssertionError("the method ran again")
 
-    monkeypatch.setattr("circuitfind.methods.attribution.eap", no_method)
-    again = run(config(*EAP), folder)
+    monkeypatch.setattr("circuitfind.methods.acdc.acdc", no_method)
+    again = run(config(), folder)
     assert again["resumed_from"] == "finished" and "method" not in again["timings"]
-    assert again["method_total_s"] > 0 and whole["resumed_from"] is None
-    assert whole["method_total_s"] == whole["timings"]["method"]
-    for name in ("edges.csv", "curve.csv", "circuit.json"):
+    assert again["method_total_s"] > 0 and whole["method_total_s"] == whole["timings"]["method"]
+    for name in ("edges.csv", "trace.csv", "circuit.json"):
         assert (folder / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
     for key in ("n_edges_kept", "metric_circuit", "test", "method_details", "config_hash"):
         assert again[key] == whole[key], key
@@ -118,18 +153,30 @@ def test_an_unreadable_checkpoint_is_one_line_that_says_how_to_start_over(tmp_pa
     assert run(config("resume=false"), folder)["n_edges_kept"] == first["n_edges_kept"]
 
 
-def test_a_finished_result_survives_the_checkpoint_unchanged(tmp_path):
-    problem = pipeline.build_problem(config("method=hisp"))
-    from circuitfind.methods.hisp import hisp
+@pytest.mark.parametrize("method", [("method=sp", "method.epochs=30"), ("method=acdc",)])
+def test_a_finished_result_survives_the_checkpoint_unchanged(tmp_path, method):
+    import dataclasses
 
-    result = hisp(problem)
+    from circuitfind.methods.spec import get_spec
+
+    cfg = config(*method)
+    problem = pipeline.build_problem(cfg)
+    spec = get_spec(cfg.method.name)
+    result = spec.function()(problem, **dataclasses.asdict(pipeline.method_params(cfg, spec)))
     Checkpointer(tmp_path, "abc").save(result_state(result), finished=True)
     back = result_from_state(problem.graph, Checkpointer(tmp_path, "abc").finished())
     assert back.scores.equal(result.scores) and back.kept.values.equal(result.kept.values)
-    assert [(p.parameter, p.removed) for p in back.curve] == [(p.parameter, p.removed) for p in result.curve]
-    assert all(p.circuit.values.equal(q.circuit.values) for p, q in zip(back.curve, result.curve))
-    assert (back.parameter, back.tables, back.details, back.label) == \
-        (result.parameter, result.tables, result.details, result.label)
+    assert (back.parameter, back.trace, back.tables, back.details, back.label) == \
+        (result.parameter, result.trace, result.tables, result.details, result.label)
+    assert result.trace or result.tables  # something beyond the scores went through
+
+
+def test_a_ranking_is_not_checkpointed():
+    cfg = config(*EAP)
+    problem = pipeline.build_problem(cfg)
+    from circuitfind.methods.attribution import eap
+
+    assert eap(problem).ranking is not None and result_state(eap(problem)) is None
 
 
 def cli(*args, cwd):
@@ -138,10 +185,10 @@ def cli(*args, cwd):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
-# EAP on the induction model with a long curve: the evaluation phase lasts seconds.  Three CLI runs
-# (imports and the model each time): slow.  Its quick twin is the first test above (a real SIGINT
-# during the curve, in-process).
-INDUCTION_EAP = ["task=induction", "method=eap", "task.n_prompts=20", "method.max_points=2000"]
+# EAP on the induction model: its curve's evaluation lasts seconds.  Two CLI runs (imports and the
+# model each time): slow.  Its quick twin is the first test above (a real SIGINT during the curve,
+# in-process).
+INDUCTION_EAP = ["task=induction", "method=eap", "task.n_prompts=20"]
 
 
 @pytest.mark.slow
@@ -160,11 +207,10 @@ def test_ctrl_c_to_the_process_group_mid_curve_then_the_next_run_completes(tmp_p
     ours = [line for line in stderr.splitlines() if line.startswith("circuitfind:")]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     assert len(ours) == 1 and ours[0].startswith("circuitfind: interrupted by SIGINT while evaluating"), stderr
-    assert "eap's finished result is saved" in ours[0] and "Run the same command again" in ours[0]
-    assert (folder / "checkpoint.pt").is_file() and not (folder / "summary.json").exists()
+    assert "eap's scores are not kept" in ours[0] and "Run the same command again to start over" in ours[0]
+    assert not (folder / "checkpoint.pt").exists() and not (folder / "summary.json").exists()
 
     again = cli(*INDUCTION_EAP, f"hydra.run.dir={folder}", cwd=tmp_path)
     assert again.wait(timeout=600) == 0, again.stderr.read()
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["resumed_from"] == "finished" and summary["complete"]
-    assert not (folder / "checkpoint.pt").exists()
+    assert summary["resumed_from"] is None and summary["complete"]

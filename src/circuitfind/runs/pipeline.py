@@ -226,9 +226,10 @@ def _interrupted(stop: BaseException, method: str, checkpointer: Checkpointer, p
         return RunInterrupted(folder, name, stop.steps,
                               f"interrupted by {name} after {stop.steps} steps of {method}; checkpoint saved in {folder}")
     doing = phases.stopped_in[1] if phases.stopped_in else "between phases"
-    if finished and not checkpointer.resumed_finished:  # (not when it came from there)
-        checkpointer.save(result_state(finished[0]), finished=True)
-    if finished:
+    state = result_state(finished[0]) if finished and not checkpointer.resumed_finished else None
+    if state is not None:
+        checkpointer.save(state, finished=True)
+    if finished and (state is not None or checkpointer.resumed_finished):
         return RunInterrupted(folder, name, checkpointer.steps,
                               f"interrupted by {name} while {doing}; {method}'s finished result is saved in "
                               f"{checkpointer.path}, and the next run evaluates it")
@@ -236,6 +237,9 @@ def _interrupted(stop: BaseException, method: str, checkpointer: Checkpointer, p
         return RunInterrupted(folder, name, checkpointer.saved_steps,
                               f"interrupted by {name} while {doing}; the checkpoint of step "
                               f"{checkpointer.saved_steps} stays in {checkpointer.path}")
+    if finished:  # a ranking method's result holds its ranking, which a checkpoint cannot: seconds of work
+        return RunInterrupted(folder, name, 0, f"interrupted by {name} while {doing}; {method}'s scores are not "
+                              "kept (seconds of work): the next run computes them again", resumable=False)
     return RunInterrupted(folder, name, 0, f"interrupted by {name} while {doing}; nothing was finished to keep",
                           resumable=False)
 
