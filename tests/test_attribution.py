@@ -3,6 +3,7 @@ EAP-IG's completeness, and both methods through the pipeline."""
 
 import csv
 import json
+import re
 
 import pytest
 import torch
@@ -153,10 +154,20 @@ def test_signed_scores_and_k():
     assert "k=7" in signed.details["chosen_by"]
 
 
-@pytest.mark.parametrize("override", ["method.steps=0", "method.absolute=maybe", "method.ig=outputs",
-                                      "method.k=-1", "method.objective=loss", "method.max_points=1"])
-def test_bad_parameters_are_refused_before_loading(tmp_path, override):
-    with pytest.raises(ConfigError):
+@pytest.mark.parametrize("override, message", [
+    ("method.steps=0", "steps must be a positive integer, got 0"),
+    ("method.absolute=maybe", "absolute must be true or false, got 'maybe'"),
+    ("method.ig=outputs", "unknown ig path 'outputs'; choose one of masks, inputs"),
+    ("method.k=-1", "k must be auto, all or a non-negative integer, got -1"),
+    ("method.objective=loss", "unknown objective 'loss'; choose one of auto, metric, answer_logit"),
+    ("method.max_points=1", "max_points must be null or an integer of at least 2, got 1")])
+def test_bad_parameters_are_refused_before_loading(tmp_path, override, message, monkeypatch):
+    from circuitfind.runs import pipeline
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+    monkeypatch.setattr(pipeline, "build_problem", no_model)
+    with pytest.raises(ConfigError, match=re.escape(message)):
         run(config("method=eap_ig", override), tmp_path)
 
 

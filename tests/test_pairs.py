@@ -208,3 +208,19 @@ def test_cli_runs_acdc_on_the_shipped_example(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["task"] == "pairs" and summary["n_edges_total"] > 0
     assert (tmp_path / "run" / "circuit.json").is_file()
+
+
+def test_metric_full_is_the_full_circuits_metric_where_that_is_not_zero(tmp_path):
+    """The logit difference of the model itself is not zero by construction (as KL or L2 against the
+    clean logits would be): ``metric_full`` must be the full circuit's, computed by a patched forward
+    with nothing removed, on each split."""
+    from circuitfind.runs.pipeline import build_problem
+
+    cfg = config("task=pairs", f"task.path={EXAMPLE}", "metric=logit_diff", "method=acdc",
+                 "method.max_edge_tests=1", *SMALL)
+    summary = run(cfg, tmp_path)
+    problem = build_problem(cfg)
+    for split, numbers in (("validation", summary), ("test", summary["test"])):
+        full = problem.evaluate(problem.graph.full_mask(), split)
+        assert abs(full) > 1e-3, split
+        assert numbers["metric_full"] == pytest.approx(full, rel=1e-6, abs=1e-9), split

@@ -125,8 +125,12 @@ def test_coarser_graphs_gate_head_outputs(granularity):
     kept = set(components.circuit(keep).kept_names())
     assert not any("a0.h1" in name for name in kept)
     assert len(kept) == graph.n_edges - sum("a0.h1" in e.name for e in graph.edges)
+    # SP learns one gate per component, and its circuit is exactly the components whose gates stay open
     result = get_method("sp")(random_problem(model, granularity=granularity), lambda_reg=1.0, epochs=3)
-    assert result.details["n_gates"] == 6
+    gates = result.tables["gates.csv"]
+    assert [row["gate"] for row in gates] == components.names
+    open_gates = torch.tensor([row["log_alpha"] > 0 for row in gates])
+    assert torch.equal(result.kept.kept, components.circuit(open_gates).kept)
 
 
 # ---- training -------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from circuitfind.models.loading import load_model, read_shipped
+from circuitfind.models.loading import load_model
+from circuitfind.models.shipped import read_shipped
 from circuitfind.runs.pipeline import run
 from circuitfind.tasks import build_task
 from circuitfind.tasks.induction import METRICS, repeated_span_tokens

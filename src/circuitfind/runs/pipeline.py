@@ -293,7 +293,7 @@ def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, me
         rates = _rates(result.kept, canonical)
         metrics = _split_metrics(problem, result.kept)
         curve = _evaluate_curve(problem, canonical, result) if result.curve is not None else None
-    n_forward = sum(engine.n_forward for engine in problem._engines.values())
+    n_forward = problem.n_forward
     spec = get_spec(method)
 
     with phases("writing", "writing the run folder"):
@@ -318,7 +318,7 @@ def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, me
         position_order=problem.engine("validation").ablation.position_order,
         # where each split's engine kept its stored activations: model (its device) or cpu
         activation_device=dict(setting=problem.activation_device,
-                               **{split: engine.activation_device for split, engine in problem._engines.items()}),
+                               **problem.activation_devices()),
         graph=graph.granularity,
         model=task.model.cfg.model_name,
         metric=problem.metric.name,
