@@ -16,8 +16,8 @@ def test_tie_groups_chain_scores_within_the_tolerance():
 
 def test_tolerance_follows_the_dtype():
     scores = torch.tensor([2.0, -4.0, 1.0])
-    assert tie_tolerance(scores, torch.float32) == 64 * torch.finfo(torch.float32).eps * 4.0
-    assert tie_tolerance(scores, torch.float64) == 64 * torch.finfo(torch.float64).eps * 4.0
+    assert tie_tolerance(scores, torch.float32) == 8 * torch.finfo(torch.float32).eps * 4.0
+    assert tie_tolerance(scores, torch.float64) == 8 * torch.finfo(torch.float64).eps * 4.0
 
 
 def _auc(graph, scores, truth, tolerance):

@@ -5,9 +5,9 @@ curve at MIB's fractions, and the choice of the method's own circuit.
 computation's rounding are not ordered by anything but noise.  Sorted from the highest, consecutive
 scores that differ by at most ``tolerance`` form one tie group, with
 
-    tolerance = 64 x machine epsilon of the engine's dtype (capped at 1e-3) x the largest |score|
+    tolerance = 8 x machine epsilon of the engine's dtype (capped at 1e-3) x the largest |score|
 
-(float32: 7.6e-6 of the largest score; float64: 1.4e-14).  A ranking is cut only between tie groups,
+(float32: 9.5e-7 of the largest score; float64: 1.8e-15).  A ranking is cut only between tie groups,
 so every circuit it yields, and every ROC point, is the same whatever the noise inside a group.
 
 **Top-n circuits.**  The circuit of a fraction p of the graph's edges is the largest run of whole tie
@@ -40,7 +40,7 @@ from ..core.pruning import prune
 from .base import Problem
 from .result import CurvePoint
 
-RELATIVE_TIE_TOLERANCE_EPS = 64  # machine epsilons
+RELATIVE_TIE_TOLERANCE_EPS = 8  # machine epsilons
 MAX_RELATIVE_TIE_TOLERANCE = 1e-3
 
 
