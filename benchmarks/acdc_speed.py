@@ -117,7 +117,7 @@ def sampled_tests(name: str, problem: Problem, n_tests: int, device: str, tau: f
     """Time a fixed, evenly spread sample of single-edge tests on both paths, and the engine's
     batched tests: each sampled edge with the k-1 edges after it in its receiver, removed cumulatively."""
     graph = problem.graph
-    order = [e for _, edges in graph.visits for e in edges]  # ACDC's visiting order
+    order = list(range(graph.n_edges))  # ACDC visits edges by id
     sample = [order[i] for i in torch.linspace(0, len(order) - 1, n_tests).round().long().tolist()]
     engine, data = problem.engine(), problem.data("validation")
     full = torch.ones(graph.n_edges, dtype=engine.dtype)  # masks live on the CPU, as in ACDC; the engine moves them

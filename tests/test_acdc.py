@@ -85,8 +85,8 @@ class ReferenceACDC:
 
 def reference_acdc(problem: Problem, tau: float, abs_delta: bool = False) -> ReferenceACDC:
     """Algorithm 1 of Conmy et al., written out again here and sharing no code with
-    ``methods/acdc.py``: every edge test is one full forward through TransformerLens hooks, in the
-    visiting order the graph lists (``Graph.visits``)."""
+    ``methods/acdc.py``: every edge test is one full forward through TransformerLens hooks, edges in
+    the order the graph numbers them, a visit per run of consecutive edges into one receiver."""
     task, graph = problem.task, problem.graph
     data = task.validation
     ablated = reference_ablation(task.model, data.corrupted, problem.corruption)
@@ -100,7 +100,13 @@ def reference_acdc(problem: Problem, tau: float, abs_delta: bool = False) -> Ref
     scores = torch.full((graph.n_edges,), math.inf, dtype=torch.float64)
     trace = []
     current = loss(mask)
-    for receiver, incoming in graph.visits:
+    visits: list[tuple[str, list[int]]] = []
+    for edge in graph.edges:
+        if visits and visits[-1][0] == edge.receiver:
+            visits[-1][1].append(edge.index)
+        else:
+            visits.append((edge.receiver, [edge.index]))
+    for receiver, incoming in visits:
         feeds = receiver == "resid_post" or graph.granularity == "nodes" or \
             any(mask[e] == 1 for e in graph.outgoing[receiver])
         if not feeds:  # its inputs cannot matter

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from circuitfind.core.checkpoint import Checkpointer, RunInterrupted
 from circuitfind.core.graph import Architecture, EdgeMask, Graph
 from circuitfind.methods import Problem, get_method
-from circuitfind.methods.acdc import acdc_search
+from circuitfind.methods.acdc import acdc_search, visits
 from circuitfind.methods.acdc_guided import blocks, guided_on_engine, guided_search
 from circuitfind.core.metrics import KL
 from circuitfind.engine.reference import reference_ablation, reference_logits
@@ -124,12 +124,12 @@ def test_on_independent_edges_that_never_help_the_kept_set_is_plain_acdcs(granul
 def test_blocks_cut_acdcs_visits_where_the_stage_changes_or_a_receiver_feeds_the_block():
     model = tiny_model(n_layers=2, n_heads=2, d_model=16)
     graph = Graph(Architecture.from_config(model.cfg))
-    cut = [[graph.visits[i][0] for i in block] for block in blocks(graph, "stage")]
+    cut = [[visits(graph)[i][0] for i in block] for block in blocks(graph, "stage")]
     assert cut[0] == ["resid_post"]
     assert cut[1] == ["m1"]
     assert cut[2] == ["a1.h1", "a1.h0"] * 3  # the q/k/v edges of layer 1's heads
     assert cut[3] == [f"a1.h{h}<{w}>" for w in "vkq" for h in (1, 0)]  # their inputs
-    assert sum(len(b) for b in cut) == len(graph.visits)
+    assert sum(len(b) for b in cut) == len(visits(graph))
     assert all(len(b) == 1 for b in blocks(graph, "receiver"))
 
 

@@ -100,8 +100,9 @@ def test_names_outside_the_graph_are_refused(tmp_path):
 
 @pytest.mark.parametrize("task", [
     ("task=tracr_reverse", "tau=0.001"),  # separate token and positional embeddings
-    ("task=pairs", f"task.path={EXAMPLE}", "model.pretrained=false", "model.n_layers=2", "model.n_heads=2",
-     "model.d_model=32", "tau=0.0001", "metric=logit_diff"),  # a custom task: no canonical circuit of its own
+    pytest.param(("task=pairs", f"task.path={EXAMPLE}", "model.pretrained=false", "model.n_layers=2", "model.n_heads=2",
+                  "model.d_model=32", "tau=0.0001", "metric=logit_diff"),  # a custom task: no canonical circuit of its own
+                 marks=pytest.mark.needs_gpt2_tokenizer),
 ])
 def test_a_runs_circuit_json_read_back_as_ground_truth_gives_tpr_1_fpr_0(tmp_path, task):
     first = run(config(*task), tmp_path / "first")

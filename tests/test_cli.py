@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from circuitfind.core.checkpoint import RunInterrupted
 from circuitfind.runs.pipeline import ConfigError, run
 from circuitfind.tasks import TaskData
 
@@ -95,9 +96,9 @@ def test_an_interrupted_run_leaves_no_summary(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline, "write_result", crash)  # the run is killed while its files are written
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(RunInterrupted, match="while writing the run folder; acdc's finished result is saved"):
         run(config(), tmp_path)
-    assert not (tmp_path / "summary.json").exists()
+    assert not (tmp_path / "summary.json").exists() and (tmp_path / "checkpoint.pt").is_file()
     assert not any(p.name.startswith(".") and "tmp" in p.name for p in tmp_path.iterdir())
 
 

@@ -10,7 +10,8 @@ from circuitfind.tasks.ground_truth import canonical_mask
 from circuitfind.core.graph import Architecture, Graph
 from circuitfind.methods import Problem, get_method
 from circuitfind.methods.components import Components
-from circuitfind.methods.hisp import component_attributions, layer_normalised, objective_per_prompt
+from circuitfind.methods.hisp import component_attributions, layer_normalised
+from circuitfind.methods.objective import objective_per_prompt
 from circuitfind.core.metrics import KL, Metric
 from circuitfind.runs.pipeline import ConfigError, run
 from circuitfind.tasks import build_task

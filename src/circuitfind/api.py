@@ -43,7 +43,9 @@ from .tasks.text import check_vocabulary
 ModelView = object
 
 # A metric on logits: fn(logits) or fn(logits, clean_logits), both [batch, k, vocab] at the metric
-# positions (clean: the full model's), returning one value per prompt [batch] (or their mean).
+# positions (clean: the full model's), returning one value per prompt [batch].  One number for all
+# prompts (their mean) is refused: circuitfind takes the mean itself, and HISP needs each prompt's
+# value (it averages the size of each prompt's gradient, which a mean would blur into one).
 LogitMetric = Callable[..., torch.Tensor]
 
 
@@ -104,11 +106,19 @@ def _metric(metric, available: dict[str, Metric], lower_is_better: bool) -> Metr
         raise TypeError(f"metric must be a name, a callable on logits or a Metric, not {type(metric).__name__}")
     with_clean = len(inspect.signature(metric).parameters) >= 2
 
+    name = getattr(metric, "__name__", "custom")
+
     def on_logits(logits, clean_logits, data):
         value = metric(logits, clean_logits) if with_clean else metric(logits)
-        return value.expand(logits.shape[0]) if value.dim() == 0 else value
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != (logits.shape[0],):
+            got = "one number" if not isinstance(value, torch.Tensor) or value.dim() == 0 else \
+                f"shape {tuple(value.shape)}"
+            raise ValueError(f"metric {name} returned {got} for {logits.shape[0]} prompts; return one value per "
+                             f"prompt (a tensor of shape [{logits.shape[0]}], e.g. without the final .mean()): "
+                             "circuitfind averages them itself")
+        return value
 
-    return Metric(getattr(metric, "__name__", "custom"), on_logits, lower_is_better=lower_is_better)
+    return Metric(name, on_logits, lower_is_better=lower_is_better)
 
 
 def _canonical(ground_truth) -> Callable[[Graph], set[str]] | None:

@@ -23,7 +23,6 @@ folder>`` reports exactly that sweep.  The pictures are drawn by ``plots``, as t
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -97,10 +96,9 @@ def report(roots: list[Path], out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="circuitfind-report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="folders holding run folders")
-    parser.add_argument("--out", type=Path, default=None, help="where to write (default: the first DIR)")
-    args = parser.parse_args(argv)
+    from .report_cli import build_parser  # the arguments (``circuitfind-report`` answers --help there)
+
+    args = build_parser().parse_args(argv)
     out = args.out or args.dirs[0]
     try:
         result = report(args.dirs, out)

@@ -53,10 +53,10 @@ from tqdm.auto import tqdm
 
 from ..core.checkpoint import Checkpointer
 from ..core.graph import EdgeMask, Graph
-from .acdc import auto_batch_edges
+from .acdc import auto_batch_edges, visits
 from .attribution import mask_gradient
 from .base import Problem
-from .hisp import resolve_objective
+from .objective import resolve_objective
 from .result import MethodResult
 from .specs.acdc_guided import check_guided_params
 
@@ -201,13 +201,13 @@ def group_size(keep_rate: float) -> int:
 
 
 def blocks(graph: Graph, group: str) -> list[list[int]]:
-    """ACDC's visits (indices into ``graph.visits``) cut into blocks tested together: consecutive
+    """ACDC's visits (indices into ``visits(graph)``) cut into blocks tested together: consecutive
     visits read at one stage, cut before a visit whose receiver sends an edge of the block (its
     feeding nothing depends on the block's decisions); ``group=receiver``: one visit each."""
     out: list[list[int]] = []
     senders: set[str] = set()
     stage = None
-    for index, (receiver, incoming) in enumerate(graph.visits):
+    for index, (receiver, incoming) in enumerate(visits(graph)):
         visit_stage = min(graph.edges[e].stage for e in incoming)
         if out and group != "receiver" and visit_stage == stage and receiver not in senders:
             out[-1].append(index)
@@ -337,14 +337,14 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
             recent += [bool(mask[e]) for e in newly if decided[e] and not before[e]]
             start += size
 
-    visits = graph.visits
+    graph_visits = visits(graph)
     initial: torch.Tensor | None = None
     for block in blocks(graph, group):
         if not budget_left():
             break
         candidates: list[int] = []
         for index in block:
-            receiver, incoming = visits[index]
+            receiver, incoming = graph_visits[index]
             if _feeds_nothing(graph, mask, receiver):
                 fresh = [e for e in incoming if not decided[e]]
                 mask[incoming] = 0
@@ -367,7 +367,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
             position = {e: i for i, e in enumerate(candidates)}
             candidates = sorted(candidates, key=lambda e: (float(weights[position[e]]), position[e]))
         settle_block(candidates, stage)
-        bar.set_postfix_str(f"{visits[block[0]][0]} | {int(mask.sum())} edges left", refresh=False)
+        bar.set_postfix_str(f"{graph_visits[block[0]][0]} | {int(mask.sum())} edges left", refresh=False)
     bar.close()
     stats["n_attribution_passes"] = len(attributions)
 

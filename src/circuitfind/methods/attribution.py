@@ -25,7 +25,7 @@ edge's score is its -dL/dm averaged over alpha.  Unlike the ``eap`` library's va
 difference in that product is the one of the interpolated run (``value_s(alpha) - ablated_s``), not
 the clean run's: the engine's mask gradient gives that product, never dL/d input_r alone.
 
-Objective: the same as HISP's (``methods/hisp.py``).  KL and l2 have zero gradient at the unpatched
+Objective: the same as HISP's (``methods/objective.py``).  KL and l2 have zero gradient at the unpatched
 model, so ``objective=auto`` scores the clean answer's logit there (``answer_logit``) and the task's
 metric otherwise.
 """
@@ -38,7 +38,7 @@ import torch
 
 from .result import MethodResult
 from .base import Problem
-from .hisp import DIVERGENCE_METRICS, objective_per_prompt, resolve_objective
+from .objective import DIVERGENCE_METRICS, objective_per_prompt, resolve_objective
 from .ranking import edge_ranking, ranked_result, tie_tolerance
 from .specs.eap import check_attribution_params
 

@@ -29,31 +29,12 @@ import time
 
 import torch
 
-from .result import MethodResult
 from .base import Problem
 from .components import Components
+from .objective import DIVERGENCE_METRICS, objective_per_prompt, resolve_objective
 from .ranking import component_ranking, ranked_result, tie_tolerance
-from .specs.hisp import OBJECTIVES, check_hisp_params  # noqa: F401  (OBJECTIVES: for the attribution methods)
-
-# Metrics that are divergences from the unpatched model: zero gradient at it.
-DIVERGENCE_METRICS = ("kl", "l2")
-
-
-def resolve_objective(problem: Problem, objective: str) -> str:
-    if objective == "auto":
-        return "answer_logit" if problem.metric.name in DIVERGENCE_METRICS else "metric"
-    return objective
-
-
-def objective_per_prompt(problem: Problem, logits: torch.Tensor, split: str, objective: str) -> torch.Tensor:
-    """F for each prompt ([batch]) from the logits at the split's metric positions."""
-    if objective == "metric":
-        return problem.per_prompt(logits, split)
-    if logits.shape[-1] == 1:  # a numerical output: its value
-        return logits[..., 0].sum(-1)
-    answer = problem.clean_logits(split).argmax(-1, keepdim=True)
-    return (logits.gather(-1, answer).squeeze(-1) - logits.mean(-1)).sum(-1)
-
+from .result import MethodResult
+from .specs.hisp import check_hisp_params
 
 def component_attributions(problem: Problem, components: Components, objective: str,
                            split: str = "validation") -> torch.Tensor:
