@@ -113,6 +113,7 @@ def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, result: Method
         return rows
     from ..methods.ranking import CircuitEvaluator
 
+    started = time.perf_counter()
     test = CircuitEvaluator(problem, "test")
     pruned = bool((result.details or {}).get("pruned", True))
     rows = []
@@ -122,6 +123,7 @@ def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, result: Method
                          fraction=p.fraction, **_rates(p.circuit, canonical), metric_validation=p.metric,
                          faithfulness_validation=p.faithfulness, metric_test=metric_test, faithfulness_test=f_test,
                          removed=p.removed))
+    curve_test_s = round(time.perf_counter() - started, 3)
     if canonical is not None:
         last = ranking.n_cuts - 1
         cuts = range(ranking.n_cuts) if ranking.n_cuts <= ROC_CUTS else \
@@ -133,7 +135,7 @@ def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, result: Method
                              faithfulness_validation=None, metric_test=None, faithfulness_test=None,
                              removed=ranking.added[cut]))
     if result.details is not None:
-        result.details["curve_test_forwards"] = test.n_forwards
+        result.details.update(curve_test_forwards=test.n_forwards, curve_test_s=curve_test_s)
     return rows
 
 
