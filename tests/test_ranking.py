@@ -16,8 +16,8 @@ def test_tie_groups_chain_scores_within_the_tolerance():
 
 def test_tolerance_follows_the_dtype():
     scores = torch.tensor([2.0, -4.0, 1.0])
-    assert tie_tolerance(scores, torch.float32) == 64 * torch.finfo(torch.float32).eps * 4.0
-    assert tie_tolerance(scores, torch.float64) == 64 * torch.finfo(torch.float64).eps * 4.0
+    assert tie_tolerance(scores, torch.float32) == 8 * torch.finfo(torch.float32).eps * 4.0
+    assert tie_tolerance(scores, torch.float64) == 8 * torch.finfo(torch.float64).eps * 4.0
 
 
 def _auc(graph, scores, truth, tolerance):
@@ -59,3 +59,14 @@ def test_curve_cuts_take_whole_groups_within_each_fraction():
     # fractions below 3 edges get the empty cut; up to the whole graph, the group of three
     assert [c for _, c in cuts] == [2, 1, 0]
     assert cuts[0][0] == 1.0
+
+
+def test_max_points_adds_evenly_spaced_cuts_up_to_that_many_points():
+    graph = Graph(Architecture(n_layers=2, n_heads=2, has_mlps=True, split_embed=False), "qkv")
+    scores = torch.arange(graph.n_edges, dtype=torch.float64)  # every edge its own group
+    ranking = edge_ranking(graph, scores, 0.0)
+    plain = curve_cuts(ranking)
+    assert len(curve_cuts(ranking, points=len(plain) + 6)) == len(plain) + 6
+    assert curve_cuts(ranking, points=2) == plain  # never fewer than MIB's fractions give
+    cuts = [c for _, c in curve_cuts(ranking, points=len(plain) + 6)]
+    assert cuts == sorted(set(cuts), reverse=True)

@@ -113,6 +113,7 @@ def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, result: Method
         return rows
     from ..methods.ranking import CircuitEvaluator
 
+    started = time.perf_counter()
     test = CircuitEvaluator(problem, "test")
     pruned = bool((result.details or {}).get("pruned", True))
     rows = []
@@ -122,6 +123,7 @@ def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, result: Method
                          fraction=p.fraction, **_rates(p.circuit, canonical), metric_validation=p.metric,
                          faithfulness_validation=p.faithfulness, metric_test=metric_test, faithfulness_test=f_test,
                          removed=p.removed))
+    curve_test_s = round(time.perf_counter() - started, 3)
     if canonical is not None:
         last = ranking.n_cuts - 1
         cuts = range(ranking.n_cuts) if ranking.n_cuts <= ROC_CUTS else \
@@ -133,7 +135,7 @@ def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, result: Method
                              faithfulness_validation=None, metric_test=None, faithfulness_test=None,
                              removed=ranking.added[cut]))
     if result.details is not None:
-        result.details["curve_test_forwards"] = test.n_forwards
+        result.details.update(curve_test_forwards=test.n_forwards, curve_test_s=curve_test_s)
     return rows
 
 
@@ -290,15 +292,15 @@ def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, me
     task, graph = problem.task, problem.graph
     with phases("evaluation", "evaluating the circuit on the validation and test prompts"):
         canonical = canonical_mask(task, graph)
-        rates = _rates(result.kept, canonical)
-        metrics = _split_metrics(problem, result.kept)
+        rates = _rates(result.circuit, canonical)
+        metrics = _split_metrics(problem, result.circuit)
         curve = _evaluate_curve(problem, canonical, result) if result.curve is not None else None
     n_forward = problem.n_forward
     spec = get_spec(method)
 
     with phases("writing", "writing the run folder"):
         write_result(folder, result, canonical, curve, d_model=task.model.cfg.d_model)
-    with phases("drawing", f"drawing the circuit ({result.kept.n_kept} of {graph.n_edges} {graph_unit(graph)})"):
+    with phases("drawing", f"drawing the circuit ({result.circuit.n_kept} of {graph.n_edges} {graph_unit(graph)})"):
         if draw is not False:  # auto: the edges while they stay readable, else the block summary
             draw_circuit(result, folder / "circuit.png", f"{task.name} {method} ({problem.corruption})",
                          detail=None if draw == "auto" else True)
@@ -327,7 +329,7 @@ def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, me
         parameter=result.parameter,
         seed=seed,
         n_edges_total=graph.n_edges,
-        n_edges_kept=result.kept.n_kept,
+        n_edges_kept=result.circuit.n_kept,
         **metrics["validation"],
         test=metrics["test"],
         # f = (m(C) - m(empty)) / (m(full) - m(empty)) per split; a ranking's CPR and CMD (MIB)
