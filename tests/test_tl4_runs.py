@@ -39,9 +39,10 @@ def test_induction_runs_on_a_bridge(tmp_path, shape, method):
     assert (tmp_path / "edges.csv").is_file()
 
 
-def test_shipped_weights_are_refused_with_one_line(tmp_path):
+@pytest.mark.parametrize("task", ["task=tracr_reverse", "task=induction"])
+def test_shipped_weights_are_refused_with_one_line(tmp_path, task):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-m", "circuitfind.cli", "progress=false", f"hydra.run.dir={tmp_path}"],
+    result = subprocess.run([sys.executable, "-m", "circuitfind.cli", task, "progress=false", f"hydra.run.dir={tmp_path}"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
