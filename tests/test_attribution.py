@@ -3,6 +3,7 @@ EAP-IG's completeness, and both methods through the pipeline."""
 
 import csv
 import json
+import re
 
 import pytest
 import torch
@@ -126,8 +127,15 @@ def test_pipeline_writes_scores_and_the_whole_curve(tmp_path, method, corruption
     assert summary["parameter_name"] == "k" and summary["curve"] == "curve.csv"
     with open(tmp_path / "curve.csv") as f:
         curve = list(csv.DictReader(f))
-    assert [int(row["n_edges"]) for row in curve] == list(range(38, -1, -1))  # every k from one run
-    assert float(curve[0]["edge_tpr"]) == 1.0 and float(curve[-1]["edge_tpr"]) == 0.0
+    fractions = [row for row in curve if row["fraction"]]
+    roc = [row for row in curve if not row["fraction"] and not row["metric_validation"]]  # rates only
+    # the curve at MIB's fractions (repeated cuts once), then every cut between tie groups
+    assert float(fractions[0]["fraction"]) == 1.0 and float(fractions[0]["faithfulness_validation"]) == 1.0
+    assert all(int(r["n_edges"]) <= int(r["n_edges_unpruned"]) <= float(r["fraction"]) * 38 for r in fractions)
+    assert float(roc[0]["edge_tpr"]) == 0.0 and float(roc[-1]["edge_tpr"]) == 1.0
+    assert int(roc[-1]["n_edges_unpruned"]) == 38
+    faithful = summary["faithfulness"]
+    assert faithful["curve"]["cpr"] <= 0.999 + 1e-9 or max(faithful["curve"]["faithfulness"]) > 1
     with open(tmp_path / "edges.csv") as f:
         edges = list(csv.DictReader(f))
     scores = [float(e["score"]) for e in edges]
@@ -138,16 +146,28 @@ def test_pipeline_writes_scores_and_the_whole_curve(tmp_path, method, corruption
 
 def test_signed_scores_and_k():
     problem = _tracr_problem("tracr_reverse", "zero")
-    signed = get_method("eap")(problem, absolute=False, k=7)
-    assert (signed.scores < 0).any() and signed.kept.n_kept == 7
-    top = torch.argsort(signed.scores, descending=True, stable=True)[:7]
-    assert set(top.tolist()) == set(torch.nonzero(signed.kept.kept).flatten().tolist())
+    signed = get_method("eap")(problem, absolute=False, k=7, pruned=False)
+    assert (signed.scores < 0).any() and signed.circuit.n_kept <= 7
+    # the top tie groups that fit in 7 edges: each kept edge outscores every other
+    kept = signed.circuit.kept
+    assert signed.scores[kept].min() > signed.scores[~kept].max()
+    assert "k=7" in signed.details["chosen_by"]
 
 
-@pytest.mark.parametrize("override", ["method.steps=0", "method.absolute=maybe", "method.ig=outputs",
-                                      "method.k=-1", "method.objective=loss", "method.max_points=1"])
-def test_bad_parameters_are_refused_before_loading(tmp_path, override):
-    with pytest.raises(ConfigError):
+@pytest.mark.parametrize("override, message", [
+    ("method.steps=0", "steps must be a positive integer, got 0"),
+    ("method.absolute=maybe", "absolute must be true or false, got 'maybe'"),
+    ("method.ig=outputs", "unknown ig path 'outputs'; choose one of masks, inputs"),
+    ("method.k=-1", "k must be auto, all or a non-negative integer, got -1"),
+    ("method.objective=loss", "unknown objective 'loss'; choose one of auto, metric, answer_logit"),
+    ("method.max_points=1", "max_points must be null or an integer of at least 2, got 1")])
+def test_bad_parameters_are_refused_before_loading(tmp_path, override, message, monkeypatch):
+    from circuitfind.runs import pipeline
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+    monkeypatch.setattr(pipeline, "build_problem", no_model)
+    with pytest.raises(ConfigError, match=re.escape(message)):
         run(config("method=eap_ig", override), tmp_path)
 
 
@@ -166,5 +186,8 @@ def test_report_lists_eap_and_eap_ig(tmp_path):
     report([tmp_path], tmp_path)
     aucs = pd.read_csv(tmp_path / "auc.csv")
     edge = aucs[aucs.level == "edge"].set_index("method").auc
-    assert set(edge.index) == {"eap", "eap_ig"} and (edge > 0.5).all()
+    assert set(edge.index) == {"eap", "eap_ig"} and edge["eap_ig"] > 0.5
+    # EAP under zero ablation scores 4 of the 10 canonical edges above rounding and the rest tie with
+    # every other edge: the staircase (0, 0) -> (0, 0.4) -> (1, 1) has area 0.4
+    assert edge["eap"] == pytest.approx(0.4)
     assert method_labels()["eap_ig"] == "EAP-IG" and (tmp_path / "roc_tracr_proportion.png").exists()

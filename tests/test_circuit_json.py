@@ -1,6 +1,7 @@
 """circuit.json in the eap / MIB graph format, and ground truth read back from circuit files."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ def test_attention_only_models_write_mlp_edges_out_of_the_graph():
     mlp = {name: info for name, info in circuit["edges"].items() if "m0" in name or "m1" in name}
     assert mlp and all(info == dict(score=0.0, in_graph=False) for info in mlp.values())
     assert all(info["in_graph"] for name, info in circuit["edges"].items() if name not in mlp)
-    assert circuit["nodes"]["m0"] is False and circuit["nodes"]["a1.h2"] is True
+    assert circuit["nodes"]["m0"] == {"in_graph": False} and circuit["nodes"]["a1.h2"] == {"in_graph": True}
     assert circuit["cfg"] == dict(n_layers=2, n_heads=3, parallel_attn_mlp=False)
 
 
@@ -54,7 +55,7 @@ def test_round_trip_gives_the_same_circuit(tmp_path, granularity, split_embed):
     path.write_text(json.dumps(mib_circuit(result)))
     qkv_graph = Graph(graph.arch, "qkv")
     truth = canonical_mask(type("T", (), {"canonical_edges": read_circuit_file(path).edge_names})(), graph)
-    assert torch.equal(truth.kept, result.kept.kept)
+    assert torch.equal(truth.kept, result.circuit.kept)
     assert read_circuit_file(path).edge_names(qkv_graph) == {n for n, (_, k) in qkv_view(result).items() if k}
 
 
@@ -99,8 +100,9 @@ def test_names_outside_the_graph_are_refused(tmp_path):
 
 @pytest.mark.parametrize("task", [
     ("task=tracr_reverse", "tau=0.001"),  # separate token and positional embeddings
-    ("task=pairs", f"task.path={EXAMPLE}", "model.pretrained=false", "model.n_layers=2", "model.n_heads=2",
-     "model.d_model=32", "tau=0.0001", "metric=logit_diff"),  # a custom task: no canonical circuit of its own
+    pytest.param(("task=pairs", f"task.path={EXAMPLE}", "model.pretrained=false", "model.n_layers=2", "model.n_heads=2",
+                  "model.d_model=32", "tau=0.0001", "metric=logit_diff"),  # a custom task: no canonical circuit of its own
+                 marks=pytest.mark.needs_gpt2_tokenizer),
 ])
 def test_a_runs_circuit_json_read_back_as_ground_truth_gives_tpr_1_fpr_0(tmp_path, task):
     first = run(config(*task), tmp_path / "first")
@@ -119,3 +121,83 @@ def test_a_runs_circuit_json_read_back_as_ground_truth_gives_tpr_1_fpr_0(tmp_pat
 def test_missing_ground_truth_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="task.ground_truth /nonexistent.json: no such file"):
         run(config("task.ground_truth=/nonexistent.json"), tmp_path / "run")
+
+
+# ---- the eap library's reader ----------------------------------------------------------------
+# What hannamw/EAP-IG's ``Graph.from_json`` (src/eap/graph.py, read at commit 795f560) needs of a file,
+# re-derived here without that library: ``Graph.from_model(d["cfg"], neuron_level=True,
+# node_scores=True)`` reads cfg's n_layers, n_heads, parallel_attn_mlp and d_model; then for every
+# node but "logits", ``g.nodes[name].in_graph = node_dict["in_graph"]`` (a node is a dict); then for
+# every edge, ``g.edges[name].score = info["score"]`` (a number: it is written into a float tensor)
+# and ``g.edges[name].in_graph = info["in_graph"]`` (a KeyError for a name outside its graph).
+def eap_graph_names(cfg: dict) -> tuple[set[str], set[str]]:
+    """Node and edge names of ``Graph.from_model(cfg)``: per layer, every earlier writer (input,
+    heads, MLPs) into each head's q, k and v, then (with that layer's heads, unless parallel) into
+    the MLP; every writer into the logits."""
+    writers, edges, nodes = ["input"], set(), {"input", "logits"}
+    for layer in range(cfg["n_layers"]):
+        heads = [f"a{layer}.h{h}" for h in range(cfg["n_heads"])]
+        nodes |= set(heads) | {f"m{layer}"}
+        edges |= {f"{w}->{h}<{x}>" for w in writers for h in heads for x in "qkv"}
+        if cfg["parallel_attn_mlp"]:
+            edges |= {f"{w}->m{layer}" for w in writers}
+            writers = writers + heads
+        else:
+            writers = writers + heads
+            edges |= {f"{w}->m{layer}" for w in writers}
+        writers.append(f"m{layer}")
+    edges |= {f"{w}->logits" for w in writers}
+    return nodes, edges
+
+
+def check_eap_from_json(d: dict) -> dict[str, tuple[float, bool]]:
+    """Every read ``Graph.from_json`` makes of ``d``, as assertions; returns the edges it sets."""
+    assert all(k in d for k in ("cfg", "nodes", "edges"))
+    cfg = d["cfg"]
+    for key in ("n_layers", "n_heads", "parallel_attn_mlp", "d_model"):
+        assert key in cfg, key
+    nodes, edges = eap_graph_names(cfg)
+    for name, node_dict in d["nodes"].items():
+        if name == "logits":
+            continue
+        assert name in nodes and isinstance(node_dict["in_graph"], bool)
+    out = {}
+    for name, info in d["edges"].items():
+        assert name in edges, name
+        assert isinstance(info["score"], (int, float)) and not isinstance(info["score"], bool)
+        assert math.isfinite(info["score"]) and isinstance(info["in_graph"], bool)
+        out[name] = (float(info["score"]), info["in_graph"])
+    return out
+
+
+def test_a_gpt2_sized_circuit_json_reads_back_through_eaps_reader(tmp_path):
+    from circuitfind.runs.circuit_json import write_circuit_json
+
+    graph = Graph(Architecture(12, 12, True, False), "qkv")
+    result = random_result(graph, seed=3)
+    result.scores[graph.edge_index["embed->resid_post"]] = math.inf  # a never-scored edge
+    write_circuit_json(tmp_path, result, d_model=768)
+    d = json.loads((tmp_path / "circuit.json").read_text())  # strict JSON: no NaN or Infinity
+    edges = check_eap_from_json(d)
+    assert len(edges) == 32_491 and d["cfg"]["d_model"] == 768
+    for e in graph.edges:
+        if "->" in e.name:
+            eap_name = e.name.replace("embed->", "input->").replace("->resid_post", "->logits")
+            score, in_graph = edges[eap_name]
+            assert in_graph == bool(result.circuit.kept[e.index])
+            if math.isfinite(float(result.scores[e.index])):
+                assert score == pytest.approx(float(result.scores[e.index]))
+    assert edges["input->logits"][0] > max(abs(s) for n, (s, _) in edges.items() if n != "input->logits")
+
+
+def test_a_hand_written_eap_file_is_read_as_the_library_writes_it():
+    """tests/data/eap_tiny.json: one layer, two heads, in ``Graph.to_json``'s layout (every node with
+    its in_graph dict, logits included; every edge with score and in_graph)."""
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / "eap_tiny.json"
+    d = json.loads(path.read_text())
+    check_eap_from_json(d)
+    graph = Graph(Architecture(1, 2, True, False), "qkv")
+    assert read_circuit_file(path).edge_names(graph) == {
+        "embed->a0.h1<v>", "a0.h1<v>", "a0.h1->m0", "m0->resid_post", "embed->resid_post"}

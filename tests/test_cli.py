@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from circuitfind.core.checkpoint import RunInterrupted
 from circuitfind.runs.pipeline import ConfigError, run
 from circuitfind.tasks import TaskData
 
@@ -40,7 +41,7 @@ def test_default_run_writes_a_complete_run_folder(tmp_path):
     assert len(edges) == 106 and sum(int(e["kept"]) for e in edges) == 15
     assert all(e["kept"] == e["canonical"] for e in edges)
     trace = list(csv.DictReader(open(folder / "trace.csv")))
-    assert list(trace[0]) == ["step", "edge", "delta", "metric", "kept", "n_edges"]
+    assert list(trace[0]) == ["step", "edge", "delta", "loss", "kept", "n_edges"]
     assert len(trace) == summary["n_edge_tests"] > 0
     batching = summary["method_details"]  # tracr is tiny: auto batches, fewer forwards than tests
     assert batching["batch_edges"] > 1 and 0 < batching["n_test_forwards"] < summary["n_edge_tests"]
@@ -55,7 +56,7 @@ def test_default_run_writes_a_complete_run_folder(tmp_path):
     (["tau=-0.5"], "tau must be a positive number, got -0.5"),
     (["tau=abc"], "tau must be a positive number, got 'abc'"),
     (["method=sp", "method.lambda_reg=-1"], "lambda_reg must be a non-negative number, got -1"),
-    (["method=hisp", "method.k=-3"], "k must be null or a non-negative integer, got -3"),
+    (["method=hisp", "method.k=-3"], "k must be auto, all or a non-negative integer, got -3"),
     (["model.activation_device=gpu"], "model.activation_device must be auto, model or cpu, got 'gpu'"),
 ])
 def test_bad_input_gets_one_line_and_a_nonzero_exit(tmp_path, args, message):
@@ -95,9 +96,9 @@ def test_an_interrupted_run_leaves_no_summary(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline, "write_result", crash)  # the run is killed while its files are written
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(RunInterrupted, match="while writing the run folder; acdc's finished result is saved"):
         run(config(), tmp_path)
-    assert not (tmp_path / "summary.json").exists()
+    assert not (tmp_path / "summary.json").exists() and (tmp_path / "checkpoint.pt").is_file()
     assert not any(p.name.startswith(".") and "tmp" in p.name for p in tmp_path.iterdir())
 
 

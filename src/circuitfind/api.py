@@ -43,7 +43,9 @@ from .tasks.text import check_vocabulary
 ModelView = object
 
 # A metric on logits: fn(logits) or fn(logits, clean_logits), both [batch, k, vocab] at the metric
-# positions (clean: the full model's), returning one value per prompt [batch] (or their mean).
+# positions (clean: the full model's), returning one value per prompt [batch].  One number for all
+# prompts (their mean) is refused: circuitfind takes the mean itself, and HISP needs each prompt's
+# value (it averages the size of each prompt's gradient, which a mean would blur into one).
 LogitMetric = Callable[..., torch.Tensor]
 
 
@@ -104,11 +106,19 @@ def _metric(metric, available: dict[str, Metric], lower_is_better: bool) -> Metr
         raise TypeError(f"metric must be a name, a callable on logits or a Metric, not {type(metric).__name__}")
     with_clean = len(inspect.signature(metric).parameters) >= 2
 
+    name = getattr(metric, "__name__", "custom")
+
     def on_logits(logits, clean_logits, data):
         value = metric(logits, clean_logits) if with_clean else metric(logits)
-        return value.expand(logits.shape[0]) if value.dim() == 0 else value
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != (logits.shape[0],):
+            got = "one number" if not isinstance(value, torch.Tensor) or value.dim() == 0 else \
+                f"shape {tuple(value.shape)}"
+            raise ValueError(f"metric {name} returned {got} for {logits.shape[0]} prompts; return one value per "
+                             f"prompt (a tensor of shape [{logits.shape[0]}], e.g. without the final .mean()): "
+                             "circuitfind averages them itself")
+        return value
 
-    return Metric(getattr(metric, "__name__", "custom"), on_logits, lower_is_better=lower_is_better)
+    return Metric(name, on_logits, lower_is_better=lower_is_better)
 
 
 def _canonical(ground_truth) -> Callable[[Graph], set[str]] | None:
@@ -138,7 +148,7 @@ class Circuit:
 
     @property
     def kept_edges(self) -> list[str]:
-        return self.result.kept.kept_names()
+        return self.result.circuit.kept_names()
 
     @property
     def scores(self) -> dict[str, float]:
@@ -155,12 +165,12 @@ class Circuit:
         return pd.DataFrame(dict(
             edge=[e.name for e in self.graph.edges], sender=[e.sender for e in self.graph.edges],
             receiver=[e.receiver for e in self.graph.edges], score=self.result.scores.tolist(),
-            kept=self.result.kept.kept.tolist(),
+            kept=self.result.circuit.kept.tolist(),
             canonical=canonical.kept.tolist() if canonical is not None else [None] * self.graph.n_edges))
 
     def metric(self, split: str = "validation") -> float:
         """The task's metric of the kept circuit (the full model's is ``problem.evaluate(graph.full_mask())``)."""
-        return self.problem.evaluate(self.result.kept, split)
+        return self.problem.evaluate(self.result.circuit, split)
 
     def save(self, folder: str | Path) -> dict:
         """Write the run folder the CLI writes (``edges.csv``, ``summary.json``, ``circuit.json``,

@@ -80,11 +80,11 @@ def model_unavailable(task: str, overrides: tuple[str, ...] = ()) -> str | None:
     if model.get("kind") != "hub" or not model.get("pretrained", True):
         return None  # shipped, compiled or random weights: always at hand
     try:
-        from ..models import loading
+        from ..models import hub, loading
 
-        if loading.cached_weights(model["repo"]) is not None or loading.hub_reachable():
+        if loading.cached_weights(model["repo"]) is not None or hub.hub_reachable():
             return None
-        return (f"the weights of {model['repo']} are not in the Hugging Face cache ({loading.hub_cache_dir()}) "
+        return (f"the weights of {model['repo']} are not in the Hugging Face cache ({hub.hub_cache_dir()}) "
                 "and the hub cannot be reached")
     except Exception:  # noqa: BLE001 - the probe must never stop a figure: let the run decide
         return None

@@ -53,10 +53,10 @@ from tqdm.auto import tqdm
 
 from ..core.checkpoint import Checkpointer
 from ..core.graph import EdgeMask, Graph
-from .acdc import auto_batch_edges
+from .acdc import auto_batch_edges, visits
 from .attribution import mask_gradient
 from .base import Problem
-from .hisp import resolve_objective
+from .objective import resolve_objective
 from .result import MethodResult
 from .specs.acdc_guided import check_guided_params
 
@@ -97,7 +97,7 @@ def guided_on_engine(problem: Problem, tau: float, order: str = "eap", group: st
                            on_test=on_test)
     # Verification: the final circuit's loss from one full forward (no restart, no cache), beside the
     # loss the search accepted it with.
-    final = float(problem.loss(engine.logits(result.kept.values.to(engine.dtype), data.positions), "validation"))
+    final = float(problem.loss(engine.logits(result.circuit.values.to(engine.dtype), data.positions), "validation"))
     searched = result.details["final_loss_search"]
     result.details["final_loss_verified"] = final
     if not math.isclose(final, searched, rel_tol=1e-4, abs_tol=1e-6):
@@ -185,14 +185,29 @@ class ExactLosses:
         return value, True
 
 
+# Group sizes: with a fraction p of the next edges kept, a group of 2^floor(log2((1 - p) / p)) edges
+# (Hwang's generalised binary splitting; one edge at a time once p >= 1/3) costs about the fewest
+# tests per edge.  p is estimated from the last WINDOW edges the block decided, with the keep rate of
+# everything decided before as PRIOR_WEIGHT edges' worth of evidence: where attribution orders well,
+# the weak end passes and the groups grow, the strong end fails and they shrink to single edges.
+WINDOW = 16
+PRIOR_WEIGHT = 2.0
+
+
+def group_size(keep_rate: float) -> int:
+    if keep_rate >= 1 / 3:
+        return 1
+    return 2 ** int(math.floor(math.log2((1 - keep_rate) / keep_rate)))
+
+
 def blocks(graph: Graph, group: str) -> list[list[int]]:
-    """ACDC's visits (indices into ``graph.visits``) cut into blocks tested together: consecutive
+    """ACDC's visits (indices into ``visits(graph)``) cut into blocks tested together: consecutive
     visits read at one stage, cut before a visit whose receiver sends an edge of the block (its
     feeding nothing depends on the block's decisions); ``group=receiver``: one visit each."""
     out: list[list[int]] = []
     senders: set[str] = set()
     stage = None
-    for index, (receiver, incoming) in enumerate(graph.visits):
+    for index, (receiver, incoming) in enumerate(visits(graph)):
         visit_stage = min(graph.edges[e].stage for e in incoming)
         if out and group != "receiver" and visit_stage == stage and receiver not in senders:
             out[-1].append(index)
@@ -255,7 +270,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
     scores = torch.full((graph.n_edges,), math.inf, dtype=torch.float64)
     decided = torch.zeros(graph.n_edges, dtype=torch.bool)
     trace: list[dict] = []
-    n_accepted = 0
+    n_accepted = n_decided = n_kept_decided = 0  # accepted group removals; edges decided by tests, kept of them
     removed_stage = 2 * graph.n_layers  # lowest stage of any removed edge: a restart may begin no later
     stats = dict(n_blocks=0, n_attribution_passes=0)
     bar = tqdm(total=graph.n_edges, desc="ACDC (guided)", unit="edge", disable=not progress, leave=False)
@@ -268,7 +283,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
 
     def test(edges: list[int], stage: int, plan_from: list[int]) -> bool:
         """Try removing ``edges`` (a group); True when removed."""
-        nonlocal current, n_accepted, removed_stage
+        nonlocal current, n_accepted, removed_stage, n_decided, n_kept_decided
         candidate = mask.clone()
         candidate[edges] = 0
         start = min(stage, removed_stage)
@@ -286,10 +301,12 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
             scores[edges] = delta
             decided[edges] = True
             bar.update(len(edges))
+            n_decided += len(edges)
+            n_kept_decided += 0 if accepted else 1
         if fresh:
             name = graph.edges[edges[0]].name if len(edges) == 1 else \
                 f"{len(edges)} edges: {graph.edges[edges[0]].name} .. {graph.edges[edges[-1]].name}"
-            trace.append(dict(step=len(trace) + 1, edge=name, delta=delta, metric=current, kept=not accepted,
+            trace.append(dict(step=len(trace) + 1, edge=name, delta=delta, loss=current, kept=not accepted,
                               n_edges=int(mask.sum())))
             if checkpointer is not None and not exact.replaying:
                 checkpointer.step(state)
@@ -305,14 +322,29 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
         settle(edges[:half], stage)
         settle(edges[half:], stage)
 
-    visits = graph.visits
+    def settle_block(ordered: list[int], stage: int) -> None:
+        """Groups of the next weakest edges, sized by the keep rate seen so far (``group_size``)."""
+        start = 0
+        recent: list[bool] = []  # kept (True) or removed, for each edge decided in this block
+        while start < len(ordered) and budget_left():
+            window = recent[-WINDOW:]
+            prior = (n_kept_decided + 1) / (n_decided + 2)  # every block so far, Laplace
+            rate = (sum(window) + PRIOR_WEIGHT * prior) / (len(window) + PRIOR_WEIGHT)
+            size = min(group_size(rate), len(ordered) - start)
+            before = decided.clone()
+            settle(ordered[start:start + size], stage)
+            newly = ordered[start:start + size]
+            recent += [bool(mask[e]) for e in newly if decided[e] and not before[e]]
+            start += size
+
+    graph_visits = visits(graph)
     initial: torch.Tensor | None = None
     for block in blocks(graph, group):
         if not budget_left():
             break
         candidates: list[int] = []
         for index in block:
-            receiver, incoming = visits[index]
+            receiver, incoming = graph_visits[index]
             if _feeds_nothing(graph, mask, receiver):
                 fresh = [e for e in incoming if not decided[e]]
                 mask[incoming] = 0
@@ -334,8 +366,8 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
                 weights = initial[candidates]
             position = {e: i for i, e in enumerate(candidates)}
             candidates = sorted(candidates, key=lambda e: (float(weights[position[e]]), position[e]))
-        settle(candidates, stage)
-        bar.set_postfix_str(f"{visits[block[0]][0]} | {int(mask.sum())} edges left", refresh=False)
+        settle_block(candidates, stage)
+        bar.set_postfix_str(f"{graph_visits[block[0]][0]} | {int(mask.sum())} edges left", refresh=False)
     bar.close()
     stats["n_attribution_passes"] = len(attributions)
 

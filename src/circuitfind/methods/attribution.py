@@ -15,7 +15,8 @@ estimate of what removing it (m: 1 -> 0) does to the loss,
 the second a midpoint-rule integrated gradient along the straight path from everything removed
 (m = 0) to nothing removed (m = 1), so its scores add up to L(0) - L(1) as ``steps`` grows
 (completeness).  ``absolute`` (the default, as the peers) ranks by |score|; otherwise by the signed
-score, highest first.  Keeping the top-k edges for every k gives the whole curve from one ranking.
+score, highest first.  The ranking's circuits (tie groups, pruned top-n circuits, the curve at MIB's
+fractions, the choice of ``k``) are ``methods/ranking.py``'s.
 
 ``ig=inputs`` integrates along the inputs instead: the mask is 1 on every edge but those leaving the
 embedding senders, which carry alpha (the engine then feeds every receiver
@@ -24,19 +25,21 @@ edge's score is its -dL/dm averaged over alpha.  Unlike the ``eap`` library's va
 difference in that product is the one of the interpolated run (``value_s(alpha) - ablated_s``), not
 the clean run's: the engine's mask gradient gives that product, never dL/d input_r alone.
 
-Objective: the same as HISP's (``methods/hisp.py``).  KL and l2 have zero gradient at the unpatched
+Objective: the same as HISP's (``methods/objective.py``).  KL and l2 have zero gradient at the unpatched
 model, so ``objective=auto`` scores the clean answer's logit there (``answer_logit``) and the task's
 metric otherwise.
 """
 
 from __future__ import annotations
 
+import time
+
 import torch
 
-from ..core.graph import EdgeMask
-from .result import CurvePoint, MethodResult
+from .result import MethodResult
 from .base import Problem
-from .hisp import DIVERGENCE_METRICS, curve_ks, objective_per_prompt, resolve_objective
+from .objective import DIVERGENCE_METRICS, objective_per_prompt, resolve_objective
+from .ranking import edge_ranking, ranked_result, tie_tolerance
 from .specs.eap import check_attribution_params
 
 
@@ -80,47 +83,35 @@ def attribution_scores(problem: Problem, objective: str, steps: int | None = Non
     return total / steps
 
 
-def ranked_circuits(problem: Problem, ranking_scores: torch.Tensor, k: int | None,
-                    max_points: int | None) -> tuple[EdgeMask, int, list[CurvePoint]]:
-    """The top-k circuit (k None: every edge with a positive score) and the curve of top-k circuits."""
-    graph, n = problem.graph, problem.graph.n_edges
-    # Ties keep the graph's edge order, so the ranking is deterministic.
-    order = sorted(range(n), key=lambda i: -float(ranking_scores[i]))
-    rank = torch.empty(n, dtype=torch.long)
-    rank[order] = torch.arange(n)
-
-    def top(n_kept: int) -> EdgeMask:
-        return EdgeMask(graph, rank < n_kept)
-
-    k = int((ranking_scores > 0).sum()) if k is None else min(k, n)
-    curve = [CurvePoint(n_kept, top(n_kept), graph.edges[order[n_kept]].name if n_kept < n else "")
-             for n_kept in curve_ks(n, max_points)]
-    return top(k), k, curve
-
-
-def _attribution(problem: Problem, steps: int | None, k, objective, max_points, absolute, ig) -> MethodResult:
-    check_attribution_params(k, objective, max_points, absolute, 1 if steps is None else steps, ig)
+def _attribution(problem: Problem, steps: int | None, k, objective, max_points, absolute, ig, target,
+                 pruned) -> MethodResult:
+    check_attribution_params(k, objective, max_points, absolute, 1 if steps is None else steps, ig, target, pruned)
     objective = resolve_objective(problem, objective)
     if objective == "metric" and problem.metric.name in DIVERGENCE_METRICS and steps is None:
         raise ValueError(f"metric {problem.metric.name} is a divergence from the unpatched model: its gradient there "
                          "is zero, so EAP would rank rounding noise; use method.objective=answer_logit (or auto)")
+    started = time.perf_counter()
     signed = attribution_scores(problem, objective, steps, ig)
+    scores_s = round(time.perf_counter() - started, 3)
     scores = signed.abs() if absolute else signed
-    kept, k, curve = ranked_circuits(problem, scores, k, max_points)
+    ranking = edge_ranking(problem.graph, scores, tie_tolerance(scores, problem.engine().dtype))
+    kept, n_kept, curve, chosen = ranked_result(problem, ranking, k, target, max_points, pruned)
     details = dict(objective=objective, absolute=absolute, sum_signed_scores=float(signed.sum()),
-                   n_backward=1 if steps is None else steps)
+                   n_backward=1 if steps is None else steps, scores_s=scores_s, **chosen)
     if steps is not None:
         details.update(steps=steps, ig=ig)
-    return MethodResult(problem.graph, scores.float(), kept, parameter=k, curve=curve, details=details)
+    return MethodResult(problem.graph, scores.float(), kept, parameter=n_kept, curve=curve, details=details,
+                        ranking=ranking)
 
 
-def eap(problem: Problem, k: int | None = None, objective: str = "auto", max_points: int | None = 500,
-        absolute: bool = True) -> MethodResult:
+def eap(problem: Problem, k: int | str = "auto", objective: str = "auto", max_points: int | None = None,
+        absolute: bool = True, target: float = 0.8, pruned: bool = True) -> MethodResult:
     """Edge attribution patching: one forward and one backward score every edge."""
-    return _attribution(problem, None, k, objective, max_points, absolute, "masks")
+    return _attribution(problem, None, k, objective, max_points, absolute, "masks", target, pruned)
 
 
-def eap_ig(problem: Problem, k: int | None = None, objective: str = "auto", max_points: int | None = 500,
-           absolute: bool = True, steps: int = 5, ig: str = "masks") -> MethodResult:
+def eap_ig(problem: Problem, k: int | str = "auto", objective: str = "auto", max_points: int | None = None,
+           absolute: bool = True, steps: int = 5, ig: str = "masks", target: float = 0.8,
+           pruned: bool = True) -> MethodResult:
     """EAP with integrated gradients: ``steps`` forwards and backwards along the path of masks (or inputs)."""
-    return _attribution(problem, steps, k, objective, max_points, absolute, ig)
+    return _attribution(problem, steps, k, objective, max_points, absolute, ig, target, pruned)

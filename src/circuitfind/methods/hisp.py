@@ -10,9 +10,9 @@ with x' the corrupted prompt (zero ablation: C in the one run with every sender 
 ablated values under any corruption).  The engine mixes z * C(x) + (1 - z) * C(x') through a
 component's gate z (a float mask on its edges), so the sum is dF/dz at z = 1: the engine's gradient
 with respect to the gates (``Problem.gate_gradients``: one forward, one backward per prompt,
-vectorised).  Scores are then divided by their layer's L2 norm.  Keeping the top-k components for
-every k from all to none gives the whole
-ROC curve from one ranking; each k is one circuit (every edge between kept nodes).
+vectorised).  Scores are then divided by their layer's L2 norm.  The top-k components (whole tie
+groups) make one circuit, every edge between kept components, pruned; the curve, its fractions and
+the choice of ``k`` are ``methods/ranking.py``'s.
 
 Objective.  KL and l2 measure how far the circuit is from the unpatched model itself, so their
 gradient there is exactly zero and would rank nothing.  ``objective=auto`` therefore uses the task
@@ -25,32 +25,16 @@ component moves: the model's evidence for its own clean answer.
 
 from __future__ import annotations
 
+import time
+
 import torch
 
-from .result import CurvePoint, MethodResult
 from .base import Problem
 from .components import Components
-from .specs.hisp import OBJECTIVES, check_hisp_params  # noqa: F401  (OBJECTIVES: for the attribution methods)
-
-# Metrics that are divergences from the unpatched model: zero gradient at it.
-DIVERGENCE_METRICS = ("kl", "l2")
-
-
-def resolve_objective(problem: Problem, objective: str) -> str:
-    if objective == "auto":
-        return "answer_logit" if problem.metric.name in DIVERGENCE_METRICS else "metric"
-    return objective
-
-
-def objective_per_prompt(problem: Problem, logits: torch.Tensor, split: str, objective: str) -> torch.Tensor:
-    """F for each prompt ([batch]) from the logits at the split's metric positions."""
-    if objective == "metric":
-        return problem.per_prompt(logits, split)
-    if logits.shape[-1] == 1:  # a numerical output: its value
-        return logits[..., 0].sum(-1)
-    answer = problem.clean_logits(split).argmax(-1, keepdim=True)
-    return (logits.gather(-1, answer).squeeze(-1) - logits.mean(-1)).sum(-1)
-
+from .objective import DIVERGENCE_METRICS, objective_per_prompt, resolve_objective
+from .ranking import component_ranking, ranked_result, tie_tolerance
+from .result import MethodResult
+from .specs.hisp import check_hisp_params
 
 def component_attributions(problem: Problem, components: Components, objective: str,
                            split: str = "validation") -> torch.Tensor:
@@ -72,18 +56,11 @@ def layer_normalised(scores: torch.Tensor, components: Components) -> torch.Tens
     return out
 
 
-def curve_ks(n: int, max_points: int | None) -> list[int]:
-    """k from n (everything kept) down to 0, thinned to at most ``max_points`` evenly spaced values."""
-    if max_points is None or max_points >= n + 1:
-        return list(range(n, -1, -1))
-    step = n / (max_points - 1)
-    return sorted({round(n - i * step) for i in range(max_points)}, reverse=True)
-
-
-def hisp(problem: Problem, k: int | None = None, objective: str = "auto", max_points: int | None = None) -> MethodResult:
-    """Rank components by importance; the circuit at ``k`` (null: every component with a non-zero
-    score) is the method's own, and ``curve`` holds the circuits of the whole sweep."""
-    check_hisp_params(k, objective, max_points)
+def hisp(problem: Problem, k: int | str = "auto", objective: str = "auto", max_points: int | None = None,
+         target: float = 0.8, pruned: bool = True) -> MethodResult:
+    """Rank components by importance; the circuit at ``k`` (see ``methods/ranking.py``) is the
+    method's own, and ``curve`` holds the circuits at MIB's fractions."""
+    check_hisp_params(k, objective, max_points, target, pruned)
     components = Components(problem.graph)
     if len(components) == 0:
         raise ValueError(f"the {problem.graph.describe()} has no component HISP can rank")
@@ -92,27 +69,23 @@ def hisp(problem: Problem, k: int | None = None, objective: str = "auto", max_po
         # Its gradient is zero up to rounding, which the per-layer normalisation would blow up to 1.
         raise ValueError(f"metric {problem.metric.name} is a divergence from the unpatched model: its gradient there "
                          "is zero, so HISP would rank rounding noise; use method.objective=answer_logit (or auto)")
+    started = time.perf_counter()
     attributions = component_attributions(problem, components, objective)
-    importance = layer_normalised(attributions.abs().mean(0).cpu(), components)
+    raw = attributions.abs().mean(0).cpu()
+    importance = layer_normalised(raw, components)
     if objective == "metric" and not importance.any():
         raise ValueError(f"the gradient of metric {problem.metric.name} is zero at the unpatched model, so HISP "
                          "ranks nothing; use method.objective=answer_logit")
-
-    # Ties (e.g. components that write nothing) keep layer order, so the ranking is deterministic.
+    scores_s = round(time.perf_counter() - started, 3)
+    # ties: judged on the raw scores' rounding, carried through the per-layer normalisation
+    tolerance = tie_tolerance(importance, problem.engine().dtype)
+    ranking = component_ranking(problem.graph, importance, tolerance, list(components.names),
+                                components.circuit)
+    kept, n_kept, curve, chosen = ranked_result(problem, ranking, k, target, max_points, pruned)
     order = sorted(range(len(components)), key=lambda i: -float(importance[i]))
-    rank = torch.empty(len(components), dtype=torch.long)
-    rank[order] = torch.arange(len(components))
-
-    def top(n_kept: int):
-        return components.circuit(rank < n_kept)
-
-    n = len(components)
-    if k is None:
-        k = int((importance > 0).sum())
-    k = min(k, n)
-    curve = [CurvePoint(n_kept, top(n_kept), components.names[order[n_kept]] if n_kept < n else "")
-             for n_kept in curve_ks(n, max_points)]
-    ranking = [dict(rank=r, component=components.names[i], importance=float(importance[i]),
-                    raw=float(attributions.abs().mean(0)[i])) for r, i in enumerate(order)]
-    return MethodResult(problem.graph, components.edge_scores(importance), top(k), parameter=k, curve=curve,
-                      tables={"ranking.csv": ranking}, details=dict(objective=objective, n_components=n))
+    table = [dict(rank=r, component=components.names[i], importance=float(importance[i]), raw=float(raw[i]))
+             for r, i in enumerate(order)]
+    return MethodResult(problem.graph, components.edge_scores(importance), kept, parameter=n_kept, curve=curve,
+                        tables={"ranking.csv": table}, ranking=ranking,
+                        details=dict(objective=objective, n_components=len(components), scores_s=scores_s,
+                                     **chosen))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import torch
 
@@ -13,30 +13,37 @@ from ..core.graph import EdgeMask, Graph
 
 class TraceRow(TypedDict):
     """One search step (ACDC's edge test): the edge, the loss change its removal caused, the loss
-    of the circuit after the decision, whether it was kept, and the edges left."""
+    of the circuit after the decision (the metric, or minus it where higher is better), whether it
+    was kept, and the edges left."""
 
     step: int
     edge: str
     delta: float
-    metric: float
+    loss: float
     kept: bool
     n_edges: int
 
 
 @dataclass
 class CurvePoint:
-    """One circuit of a curve read from a single run (HISP's top-k): the parameter's value there,
-    the circuit, and what changed from the previous point (the component dropped)."""
+    """One circuit of a curve read from a single run (a ranking's top-n): the parameter's value
+    there, the circuit, and what changed from the previous point (the component dropped).  A
+    ranking's points also carry the fraction of the edges they were cut at (None: an extra point),
+    the size before pruning, and the circuit's metric and faithfulness on the validation split."""
 
     parameter: float
     circuit: EdgeMask
     removed: str = ""
+    fraction: float | None = None
+    n_unpruned: int | None = None
+    metric: float | None = None
+    faithfulness: float | None = None
 
 
 @dataclass
 class MethodResult:
     """What every method returns: one number per edge, higher = more important to the task, and
-    ``kept``, the method's own circuit at its parameter's value ``parameter`` (ACDC's tau, SP's
+    ``circuit``, the method's own circuit at its parameter's value ``parameter`` (ACDC's tau, SP's
     lambda, HISP's k; the spec names it).  Optional: ``curve``, the circuits of a whole curve from
     this one run; ``trace``, the search's steps; ``tables``, the method's own tables (file name ->
     rows); ``details``, numbers for summary.json's ``method_details``; ``label``, a variant the
@@ -44,10 +51,11 @@ class MethodResult:
 
     graph: Graph
     scores: torch.Tensor
-    kept: EdgeMask
+    circuit: EdgeMask
     parameter: float | None = None
     curve: list[CurvePoint] | None = None
     trace: list[TraceRow] | None = None
     tables: dict[str, list[dict]] = field(default_factory=dict)
     details: dict = field(default_factory=dict)
     label: str | None = None
+    ranking: Any = None  # a ranking method's ``methods.ranking.Ranking`` (its cuts make the ROC)

@@ -345,3 +345,64 @@ def metric_figure(panels: list[Panel], title: str = "Test metric against circuit
     titles(fig, f"{title}: {common}" if common else title,
            "each marker a circuit; shade: the method's parameter (a colour bar each)")
     return fig
+
+
+# ---- faithfulness against the fraction of edges (MIB) ----------------------------------------------
+def faithfulness_panel(ax, panel: Panel, styles: dict, table: pd.DataFrame | None = None) -> None:
+    """One panel: each curve's test-split faithfulness against its circuits' fraction of the edges,
+    on a log axis with MIB's ten fractions marked; the legend gives each curve's CPR and CMD."""
+    from ..core.faithfulness import MIB_FRACTIONS
+
+    points = panel.points[panel.points["fraction"].notna() & panel.points["faithfulness"].notna()]
+    handles = []
+    for curve in curves_of(points):
+        group = curve_points(points, curve).sort_values("fraction", kind="stable")
+        style = styles[curve]
+        xs = group.fraction.clip(lower=MIB_FRACTIONS[0] / 2)  # the empty circuit drawn left of 0.1%
+        ax.plot(xs, group.faithfulness, color=style.color, ls=style.linestyle, lw=1.1, alpha=0.8,
+                marker=style.marker, ms=style.markersize * 0.7, mec="black", mew=0.4, zorder=style.zorder)
+        label = curve_label(*curve)
+        if table is not None:
+            row = table[(table.method == curve[0]) & (table.variant == curve[1])]
+            if len(row):
+                note = f", {row.range.iloc[0]}" if row.range.iloc[0] else ""
+                label += f" (CPR {row.cpr.iloc[0]:.3f}, CMD {row.cmd.iloc[0]:.3f}{note})"
+        handles.append(_handle(style, label))
+    for x in MIB_FRACTIONS:
+        ax.axvline(x, color="0.85", lw=0.6, zorder=0)
+    ax.axhline(1.0, color="black", ls=":", lw=0.9)
+    ax.axhline(0.0, color="grey", ls="--", lw=0.9)
+    ax.set_xscale("log")
+    ax.set_xlim(MIB_FRACTIONS[0] / 2.5, 1.3)
+    ax.set_xticks(list(MIB_FRACTIONS))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:g}%"))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+    ax.set_xlabel("fraction of the graph's edges", fontsize=8.5)
+    ax.set_ylabel("faithfulness on the test split", fontsize=8.5)
+    ax.grid(alpha=0.25, axis="y")
+    if points.empty:
+        ax.text(0.5, 0.5, "no faithfulness points", ha="center", va="center", color="grey", transform=ax.transAxes)
+    _legend(ax, handles, "best")
+
+
+def faithfulness_figure(panels: list[Panel], table: pd.DataFrame | None = None,
+                        title: str = "Faithfulness against circuit size (MIB's fractions)"):
+    """One row of panels (a task's ablations, metrics, graphs); ``table``: their CPR and CMD."""
+    panels = with_curves(panels)
+    points = pd.concat([p.points for p in panels])
+    styles = curve_styles(curves_of(points))
+    fig, axes = plt.subplots(1, len(panels), squeeze=False, sharey=True, layout="constrained",
+                             figsize=(4.6 * len(panels) + 0.6, 4.0))
+    common, own = split_facts(panels)
+    for c, (panel, text) in enumerate(zip(panels, own)):
+        ax = axes[0][c]
+        sub = None
+        if table is not None:
+            sub = table[(table.corruption == panel.facts.get("corruption")) & (table.metric == panel.facts.get("metric"))
+                        & (table.graph == panel.facts.get("graph"))]
+        faithfulness_panel(ax, panel, styles, sub)
+        ax.set_title("\n".join(textwrap.wrap(text, 48)), fontsize=9)
+    titles(fig, f"{title}: {common}" if common else title,
+           "f = (m(C) - m(empty)) / (m(full) - m(empty)); rankings at MIB's fractions (pruned), sweeps at their runs' own")
+    return fig

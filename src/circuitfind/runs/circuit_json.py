@@ -1,11 +1,19 @@
 """Circuits as files other tools read: the MIB circuit track's / ``eap`` library's graph JSON, and
 ground-truth circuits read back from such a file or from a plain edge list.
 
-The ``eap`` graph (``Graph.to_json`` of hannamw/EAP-IG, which MIB's circuit track exchanges)::
+The ``eap`` graph (``Graph.to_json`` of hannamw/EAP-IG, which MIB's circuit track exchanges and
+reads back with ``Graph.from_json``)::
 
-    {"cfg":   {"n_layers": L, "n_heads": H, "parallel_attn_mlp": false},
-     "nodes": {"input": true, "a0.h0": false, ..., "m0": true, ..., "logits": true},
+    {"cfg":   {"n_layers": L, "n_heads": H, "parallel_attn_mlp": false, "d_model": D},
+     "nodes": {"input": {"in_graph": true}, "a0.h0": {"in_graph": false}, ..., "logits": {"in_graph": true}},
      "edges": {"input->a0.h0<q>": {"score": 0.12, "in_graph": true}, ..., "m11->logits": {...}}}
+
+``from_json`` builds the graph from ``cfg`` (it needs all four keys: ``d_model`` sizes its neuron
+tables), sets each node's ``in_graph`` from its dict (every node but ``logits``) and each edge's
+``score`` and ``in_graph`` by name; every edge name must be one of its graph's (GPT-2 small: 32,491),
+and every score a number.  An edge a method never scored (infinite score: always kept, e.g. HISP's
+ungated ``embed->resid_post``) is written with a finite score above every other, so it still ranks
+first.
 
 Names map one to one except at the ends: circuitfind's ``embed`` is their ``input`` and
 ``resid_post`` their ``logits``; heads (``a3.h0``), their q/k/v inputs (``a3.h0<q>``) and MLPs
@@ -90,7 +98,7 @@ def qkv_view(result: MethodResult) -> dict[str, tuple[float, bool]]:
     from ..core.graph import Graph
 
     graph = result.graph
-    own = {e.name: (s, bool(k)) for e, s, k in zip(graph.edges, result.scores.tolist(), result.kept.kept.tolist())}
+    own = {e.name: (s, bool(k)) for e, s, k in zip(graph.edges, result.scores.tolist(), result.circuit.kept.tolist())}
     if graph.granularity == "qkv":
         return own
     qkv_graph = Graph(graph.arch, "qkv")
@@ -107,10 +115,13 @@ def qkv_view(result: MethodResult) -> dict[str, tuple[float, bool]]:
     return {edge.name: value(edge) for edge in qkv_graph.edges}
 
 
-def mib_circuit(result: MethodResult) -> dict:
-    """The ``eap`` / MIB graph JSON of ``result`` (see the module docstring)."""
+def mib_circuit(result: MethodResult, d_model: int | None = None) -> dict:
+    """The ``eap`` / MIB graph JSON of ``result`` (see the module docstring); ``d_model``: the
+    model's width (``eap``'s reader needs it; omitted when None)."""
     graph = result.graph
     view = qkv_view(result)
+    finite = [abs(s) for s, _ in view.values() if math.isfinite(s)]
+    never_scored = 1.0 + 2.0 * max(finite, default=0.0)
     senders_of_input = graph.embed_names
     edges, exact = {}, {}
     all_edges = mib_edges(graph.n_layers, graph.n_heads, graph.arch.parallel)
@@ -119,7 +130,8 @@ def mib_circuit(result: MethodResult) -> dict:
                 for s in (senders_of_input if parent == MIB_INPUT else (parent,))]
         found = [view[name] for name in ours if name in view]  # none: an MLP of an attention-only model
         score = max((s for s, _ in found), default=0.0)
-        edges[f"{parent}->{child}"] = dict(score=_json_number(score), in_graph=any(k for _, k in found))
+        edges[f"{parent}->{child}"] = dict(score=score if math.isfinite(score) else math.copysign(never_scored, score),
+                                           in_graph=any(k for _, k in found))
         if len(ours) > 1:
             exact.update({name: view[name] for name in ours})
     exact.update({name: value for name, value in view.items() if "->" not in name})
@@ -129,9 +141,13 @@ def mib_circuit(result: MethodResult) -> dict:
         if info["in_graph"]:
             parent, child = name.split("->")
             nodes[parent] = nodes[child.split("<")[0]] = True
+    nodes[MIB_OUTPUT] = True  # eap's logits node is always in the graph
+    cfg = dict(n_layers=graph.n_layers, n_heads=graph.n_heads, parallel_attn_mlp=graph.arch.parallel)
+    if d_model is not None:
+        cfg["d_model"] = int(d_model)
     return dict(
-        cfg=dict(n_layers=graph.n_layers, n_heads=graph.n_heads, parallel_attn_mlp=graph.arch.parallel),
-        nodes=nodes,
+        cfg=cfg,
+        nodes={name: dict(in_graph=flag) for name, flag in nodes.items()},
         edges=edges,
         **{EXTRA_KEY: dict(granularity=graph.granularity,
                            edges={n: dict(score=_json_number(s), in_graph=k) for n, (s, k) in exact.items()})},
@@ -144,9 +160,8 @@ def _json_number(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def write_circuit_json(folder: Path, result: MethodResult) -> None:
-
-    atomic_write_text(Path(folder) / CIRCUIT_JSON, json.dumps(mib_circuit(result)) + "\n")
+def write_circuit_json(folder: Path, result: MethodResult, d_model: int | None = None) -> None:
+    atomic_write_text(Path(folder) / CIRCUIT_JSON, json.dumps(mib_circuit(result, d_model), allow_nan=False) + "\n")
 
 
 # ---- reading -----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..core.faithfulness import areas, describe as describe_faithfulness, faithfulness, full_model_metric
 from ..evaluation.rates import edge_and_node_rates
 from ..tasks.ground_truth import canonical_mask
 from .circuit_json import CircuitFileError, ground_truth, read_circuit_file
@@ -24,8 +25,10 @@ from ..core.graph import GRANULARITIES, Architecture, EdgeMask, Graph
 from ..methods.result import CurvePoint, MethodResult
 from ..methods import Problem
 from ..methods.spec import get_spec, load_specs
-from ..core.checkpoint import Checkpointer
+from ..core.checkpoint import Checkpointer, RunInterrupted
+from ..core.signals import Interrupted, signal_name, signals_raise
 from ..plots.circuit import circuit_dot, draw_circuit
+from .finished import result_from_state, result_state
 from .phases import Phases
 from ..core.files import atomic_write_text
 from .rundir import (CURVE, SUMMARY, config_hash, copy_run, folder_state, publish_run,
@@ -88,14 +91,68 @@ def _rates(found: EdgeMask, canonical: EdgeMask | None) -> dict:
     return edge_and_node_rates(found, canonical)
 
 
-def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, curve: list[CurvePoint]) -> list[dict]:
-    """One row per circuit of a method that yields a whole curve from one run (HISP's top-k):
-    the same numbers a run's summary has for its own circuit, the test metric included."""
+ROC_CUTS = 500  # a ranking's ROC: at most this many of its cuts (every cut up to that many)
+
+
+def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, result: MethodResult) -> list[dict]:
+    """One row per circuit of a method that yields a whole curve from one run.
+
+    A ranking (EAP, EAP-IG, HISP): its circuits at MIB's fractions with their metric and
+    faithfulness on the test split (one forward per distinct circuit; the empty and the full one
+    are known) and on the validation split where k=auto measured them, the circuits k=auto bisected
+    with, and their rates; where the task has a ground truth, also one row per cut between tie
+    groups (rates only, no forward: the ROC), at most ``ROC_CUTS`` evenly spaced cuts.  Any other
+    curve: every point with its rates and its test metric."""
+    ranking = result.ranking
+    if ranking is None:
+        rows = []
+        for point in tqdm(result.curve, desc="curve", unit="circuit", disable=not problem.progress, leave=False):
+            rows.append(dict(parameter=point.parameter, n_edges=point.circuit.n_kept,
+                             **_rates(point.circuit, canonical),
+                             metric_test=problem.evaluate(point.circuit, "test"), removed=point.removed))
+        return rows
+    from ..methods.ranking import CircuitEvaluator
+
+    started = time.perf_counter()
+    test = CircuitEvaluator(problem, "test")
+    pruned = bool((result.details or {}).get("pruned", True))
     rows = []
-    for point in tqdm(curve, desc="curve", unit="circuit", disable=not problem.progress, leave=False):
-        rows.append(dict(parameter=point.parameter, n_edges=point.circuit.n_kept, **_rates(point.circuit, canonical),
-                         metric_test=problem.evaluate(point.circuit, "test"), removed=point.removed))
+    for p in tqdm(result.curve, desc="curve", unit="circuit", disable=not problem.progress, leave=False):
+        metric_test, f_test = test.faithfulness(p.circuit.kept) if p.fraction is not None else (None, None)
+        rows.append(dict(parameter=p.parameter, n_edges=p.circuit.n_kept, n_edges_unpruned=p.n_unpruned,
+                         fraction=p.fraction, **_rates(p.circuit, canonical), metric_validation=p.metric,
+                         faithfulness_validation=p.faithfulness, metric_test=metric_test, faithfulness_test=f_test,
+                         removed=p.removed))
+    curve_test_s = round(time.perf_counter() - started, 3)
+    if canonical is not None:
+        last = ranking.n_cuts - 1
+        cuts = range(ranking.n_cuts) if ranking.n_cuts <= ROC_CUTS else \
+            sorted({round(last * i / (ROC_CUTS - 1)) for i in range(ROC_CUTS)})
+        for cut in tqdm(cuts, desc="roc", unit="cut", disable=not problem.progress, leave=False):
+            circuit = EdgeMask(problem.graph, ranking.circuit(cut, pruned))
+            rows.append(dict(parameter=circuit.n_kept, n_edges=circuit.n_kept, n_edges_unpruned=ranking.sizes[cut],
+                             fraction=None, **_rates(circuit, canonical), metric_validation=None,
+                             faithfulness_validation=None, metric_test=None, faithfulness_test=None,
+                             removed=ranking.added[cut]))
+    if result.details is not None:
+        result.details.update(curve_test_forwards=test.n_forwards, curve_test_s=curve_test_s)
     return rows
+
+
+def _faithfulness_summary(problem: Problem, result: MethodResult, metrics: dict, curve: list[dict] | None) -> dict:
+    """The circuit's faithfulness on each split and, for a ranking, its curve's CPR and CMD (test split)."""
+    out = dict(metric=problem.metric.name, formula=describe_faithfulness(problem.metric.name))
+    for split, values in metrics.items():
+        m_full = full_model_metric(problem.metric.name, values["metric_full"])
+        out[split] = faithfulness(values["metric_circuit"], values["metric_empty"], m_full)
+    if result.ranking is not None and curve:
+        points = [row for row in curve if row.get("fraction") is not None]
+        area = areas([row["fraction"] for row in points], [row["faithfulness_test"] for row in points])
+        out["curve"] = dict(split="test", fractions=[row["fraction"] for row in points],
+                            n_edges=[row["n_edges"] for row in points],
+                            faithfulness=[row["faithfulness_test"] for row in points], cpr=area.cpr, cmd=area.cmd,
+                            pruned=bool((result.details or {}).get("pruned", True)))
+    return out
 
 
 def run(cfg: DictConfig, folder: Path) -> dict:
@@ -103,7 +160,12 @@ def run(cfg: DictConfig, folder: Path) -> dict:
 
     A folder is keyed by its config: one holding a complete run of this config is reused as it is
     (``force=true`` recomputes it), one holding a checkpoint of it resumes (``resume=false`` starts
-    over), and one holding another config's results is refused, never overwritten."""
+    over), and one holding another config's results is refused, never overwritten.
+
+    SIGINT (Ctrl-C) or SIGTERM at any phase raises ``RunInterrupted`` with one line that says what
+    was kept: a checkpointing method's last checkpoint, or the method's finished result when the
+    stop came after it (the next run evaluates that result rather than running the method again);
+    ``summary.json`` is never written by an interrupted run."""
     validate(cfg)
     folder = Path(folder)
     identity = config_hash(cfg)
@@ -126,20 +188,62 @@ def run(cfg: DictConfig, folder: Path) -> dict:
                                 every_seconds=every.get("every_seconds", 60.0))
     if state == "resumable" and not cfg.get("resume", True):
         checkpointer.clear()
+    checkpointer.read()  # an unreadable checkpoint is refused now, before the model loads
 
     phases = Phases(progress=cfg.progress)
-    with phases("model", f"building the {cfg.task.name} task and its {cfg.model.name} model"):
-        problem = build_problem(cfg)
-    with torch_threads(cfg.get("threads", "auto"), problem.task.model) as threads:
-        result = _search(cfg, problem, checkpointer, phases)
-        summary = write_run_folder(folder, problem, result, method=cfg.method.name, tau=cfg.tau, seed=cfg.seed,
-                                   device=cfg.device, identity=identity, started=started, phases=phases,
-                                   threads=threads, data=OmegaConf.select(cfg, "task.data"),
-                                   draw=cfg.get("draw", "auto"))
+    finished: list[MethodResult] = []  # the method's result, once it has one
+    try:
+        with signals_raise():
+            with phases("model", f"building the {cfg.task.name} task and its {cfg.model.name} model"):
+                problem = build_problem(cfg)
+            with torch_threads(cfg.get("threads", "auto"), problem) as threads:
+                result = _search(cfg, problem, checkpointer, phases)
+                finished.append(result)
+                if checkpointer.stop_signal is not None:  # the signal came after the method's last step
+                    raise Interrupted(checkpointer.stop_signal)
+                summary = write_run_folder(folder, problem, result, method=cfg.method.name, tau=cfg.tau,
+                                           seed=cfg.seed, device=cfg.device, identity=identity, started=started,
+                                           phases=phases, threads=threads, data=OmegaConf.select(cfg, "task.data"),
+                                           draw=cfg.get("draw", "auto"), resumed=_resumed(checkpointer))
+    except (KeyboardInterrupt, RunInterrupted) as stop:
+        raise _interrupted(stop, cfg.method.name, checkpointer, phases, finished) from None
     checkpointer.clear()
     if store_run is not None:
         publish_run(folder, store_run, identity)
     return summary
+
+
+def _resumed(checkpointer: Checkpointer) -> dict:
+    """What this run owes to earlier, interrupted runs of its config: the step it resumed from
+    (None: it started fresh) and their method's seconds."""
+    return dict(resumed_from=checkpointer.resumed_from, earlier_method_s=checkpointer.earlier_method_s)
+
+
+def _interrupted(stop: BaseException, method: str, checkpointer: Checkpointer, phases: Phases,
+                 finished: list[MethodResult]) -> RunInterrupted:
+    """The one line an interrupted run ends with, after keeping what it finished."""
+    name = signal_name(stop) if isinstance(stop, KeyboardInterrupt) else stop.signal_name
+    folder = checkpointer.folder
+    if isinstance(stop, RunInterrupted):  # the method stopped at a step and saved it
+        return RunInterrupted(folder, name, stop.steps,
+                              f"interrupted by {name} after {stop.steps} steps of {method}; checkpoint saved in {folder}")
+    doing = phases.stopped_in[1] if phases.stopped_in else "between phases"
+    state = result_state(finished[0]) if finished and not checkpointer.resumed_finished else None
+    if state is not None:
+        checkpointer.save(state, finished=True)
+    if finished and (state is not None or checkpointer.resumed_finished):
+        return RunInterrupted(folder, name, checkpointer.steps,
+                              f"interrupted by {name} while {doing}; {method}'s finished result is saved in "
+                              f"{checkpointer.path}, and the next run evaluates it")
+    if checkpointer.saved_steps is not None:
+        return RunInterrupted(folder, name, checkpointer.saved_steps,
+                              f"interrupted by {name} while {doing}; the checkpoint of step "
+                              f"{checkpointer.saved_steps} stays in {checkpointer.path}")
+    if finished:  # a ranking method's result holds its ranking, which a checkpoint cannot: seconds of work
+        return RunInterrupted(folder, name, 0, f"interrupted by {name} while {doing}; {method}'s scores are not "
+                              "kept (seconds of work): the next run computes them again", resumable=False)
+    return RunInterrupted(folder, name, 0, f"interrupted by {name} while {doing}; nothing was finished to keep",
+                          resumable=False)
 
 
 def sweep_store_run(cfg: DictConfig, identity: str) -> Path | None:
@@ -156,40 +260,47 @@ def sweep_store_run(cfg: DictConfig, identity: str) -> Path | None:
 
 
 def _search(cfg: DictConfig, problem: Problem, checkpointer: Checkpointer, phases: Phases) -> MethodResult:
-    """The engine's caches, then the configured method (checkpointed where it can be)."""
+    """The engine's caches, then the configured method (checkpointed where it can be), or the
+    method's result that an interrupted run of this config finished."""
     with phases("caches", "running the unpatched and ablated models once (the engine's caches)"):
         problem.clean_logits("validation")  # builds the engine (the ablated run), then the unpatched run
+    saved = checkpointer.finished()
+    if saved is not None:
+        return result_from_state(problem.graph, saved)
     spec = get_spec(cfg.method.name)
     params = dataclasses.asdict(method_params(cfg, spec))
-    if spec.checkpoints:
-        params["checkpointer"] = checkpointer
-    with phases("method", f"running {cfg.method.name}"), checkpointer.stop_on_signals():
+    if not spec.checkpoints:  # a signal stops it at once (the pipeline keeps nothing of it)
+        with phases("method", f"running {cfg.method.name}"), checkpointer.timing():
+            return spec.function()(problem, **params)
+    params["checkpointer"] = checkpointer
+    with phases("method", f"running {cfg.method.name}"), checkpointer.timing(), checkpointer.stop_on_signals():
         return spec.function()(problem, **params)
 
 
 def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, method: str, tau: float | None,
                      seed: int, device, identity: str | None, started: float, phases: Phases | None = None,
-                     threads: dict | None = None, data: str | None = None, draw: bool | str = "auto") -> dict:
+                     threads: dict | None = None, data: str | None = None, draw: bool | str = "auto",
+                     resumed: dict | None = None) -> dict:
     """Evaluate ``result`` (metrics on both splits, rates against the canonical circuit, a method's
     curve) and write every file of the run folder, ``summary.json`` last; returns the summary.
     The CLI and the Python API (``circuitfind.api``) both finish a run here.  ``phases``: the run's
-    timings so far (this adds evaluation, writing and drawing); ``threads`` and ``data`` (the prompt
-    set) are recorded as given."""
+    timings so far (this adds evaluation, writing and drawing); ``threads``, ``data`` (the prompt
+    set) and ``resumed`` (``resumed_from``, ``method_total_s``) are recorded as given."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     phases = phases if phases is not None else Phases(progress=problem.progress)
     task, graph = problem.task, problem.graph
     with phases("evaluation", "evaluating the circuit on the validation and test prompts"):
         canonical = canonical_mask(task, graph)
-        rates = _rates(result.kept, canonical)
-        metrics = _split_metrics(problem, result.kept)
-        curve = _evaluate_curve(problem, canonical, result.curve) if result.curve is not None else None
-    n_forward = sum(engine.n_forward for engine in problem._engines.values())
+        rates = _rates(result.circuit, canonical)
+        metrics = _split_metrics(problem, result.circuit)
+        curve = _evaluate_curve(problem, canonical, result) if result.curve is not None else None
+    n_forward = problem.n_forward
     spec = get_spec(method)
 
     with phases("writing", "writing the run folder"):
-        write_result(folder, result, canonical, curve)
-    with phases("drawing", f"drawing the circuit ({result.kept.n_kept} of {graph.n_edges} {graph_unit(graph)})"):
+        write_result(folder, result, canonical, curve, d_model=task.model.cfg.d_model)
+    with phases("drawing", f"drawing the circuit ({result.circuit.n_kept} of {graph.n_edges} {graph_unit(graph)})"):
         if draw is not False:  # auto: the edges while they stay readable, else the block summary
             draw_circuit(result, folder / "circuit.png", f"{task.name} {method} ({problem.corruption})",
                          detail=None if draw == "auto" else True)
@@ -209,7 +320,7 @@ def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, me
         position_order=problem.engine("validation").ablation.position_order,
         # where each split's engine kept its stored activations: model (its device) or cpu
         activation_device=dict(setting=problem.activation_device,
-                               **{split: engine.activation_device for split, engine in problem._engines.items()}),
+                               **problem.activation_devices()),
         graph=graph.granularity,
         model=task.model.cfg.model_name,
         metric=problem.metric.name,
@@ -218,9 +329,11 @@ def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, me
         parameter=result.parameter,
         seed=seed,
         n_edges_total=graph.n_edges,
-        n_edges_kept=result.kept.n_kept,
+        n_edges_kept=result.circuit.n_kept,
         **metrics["validation"],
         test=metrics["test"],
+        # f = (m(C) - m(empty)) / (m(full) - m(empty)) per split; a ranking's CPR and CMD (MIB)
+        faithfulness=_faithfulness_summary(problem, result, metrics, curve),
         **rates,
         n_forward=n_forward,
         n_edge_tests=len(result.trace) if result.trace is not None else None,
@@ -229,6 +342,10 @@ def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, me
         warnings=warnings,
         threads=threads,
         timings=dict(phases.seconds),  # seconds per phase; wall_s also counts what lies between
+        # an interrupted run's resumption: the step it went on from (null: none) and the method's
+        # time in all runs of this config (this run's alone is timings.method)
+        resumed_from=(resumed or {}).get("resumed_from"),
+        method_total_s=_method_total(phases, resumed),
         wall_s=round(time.time() - started, 3),
         device=str(device),
         config_hash=identity,
@@ -237,6 +354,13 @@ def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, me
     )
     write_summary(folder, summary)  # last: its presence marks the run complete
     return summary
+
+
+def _method_total(phases: Phases, resumed: dict | None) -> float | None:
+    """The method's seconds over this run and the interrupted runs it resumed."""
+    if "method" not in phases.seconds and not resumed:
+        return None
+    return round(phases.seconds.get("method", 0.0) + (resumed or {}).get("earlier_method_s", 0.0), 3)
 
 
 def graph_unit(graph: Graph) -> str:

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from ..core.metrics import KL, Metric
-from ..models.loading import load_model, read_shipped
+from ..models.loading import load_model
+from ..models.shipped import read_shipped
 from .base import Task, TaskData
 from .text import check_vocabulary, load_model_and_tokenizer, require_count
 from .tracr import derangement

@@ -5,17 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..spec import MethodSpec, is_int, register
-from .hisp import OBJECTIVES, check_hisp_params
+from .hisp import OBJECTIVES, check_ranking_params
 
 IG_PATHS = ("masks", "inputs")
 
 
-def check_attribution_params(k=None, objective="auto", max_points=None, absolute=True, steps=5,
-                             ig="masks") -> None:
+def check_attribution_params(k="auto", objective="auto", max_points=None, absolute=True, steps=5,
+                             ig="masks", target=0.8, pruned=True) -> None:
     """One-line errors for bad EAP / EAP-IG settings."""
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
-    check_hisp_params(k, "auto", max_points)
+    check_ranking_params(k, max_points, target, pruned)
     if not isinstance(absolute, bool):
         raise ValueError(f"absolute must be true or false, got {absolute!r}")
     if not is_int(steps, 1):
@@ -26,15 +26,26 @@ def check_attribution_params(k=None, objective="auto", max_points=None, absolute
 
 @dataclass(frozen=True)
 class EAPParams:
-    k: int | None = None
+    k: int | str = "auto"
     objective: str = "auto"
-    max_points: int | None = 500
+    max_points: int | None = None
     absolute: bool = True
+    target: float = 0.8
+    pruned: bool = True
 
     def __post_init__(self):
-        check_attribution_params(self.k, self.objective, self.max_points, self.absolute)
+        check_attribution_params(self.k, self.objective, self.max_points, self.absolute, target=self.target,
+                                 pruned=self.pruned)
+
+
+def check_eap_metric(params: EAPParams, metric: str, divergence: bool) -> None:
+    """EAP reads the objective's gradient at the unpatched model, where a divergence's is zero."""
+    if divergence and params.objective == "metric":
+        raise ValueError(f"metric {metric} is a divergence from the unpatched model: its gradient there is zero, so "
+                         "EAP would rank rounding noise; use method.objective=answer_logit (or auto)")
 
 
 SPEC = register(MethodSpec(
     name="eap", label="EAP", params=EAPParams, run="circuitfind.methods.attribution:eap",
-    parameter="k", parameter_label="EAP edges kept k", curve="ranking", order=40, cmap="Purples", marker="^"))
+    parameter="k", parameter_label="EAP edges kept k", curve="ranking", order=40, cmap="Purples", marker="^",
+    check_metric=check_eap_metric))

@@ -16,7 +16,8 @@ class EAPIGParams(EAPParams):
     ig: str = "masks"
 
     def __post_init__(self):
-        check_attribution_params(self.k, self.objective, self.max_points, self.absolute, self.steps, self.ig)
+        check_attribution_params(self.k, self.objective, self.max_points, self.absolute, self.steps, self.ig,
+                                 self.target, self.pruned)
 
 
 SPEC = register(MethodSpec(

@@ -1,0 +1,272 @@
+"""Circuits from a ranking (EAP, EAP-IG, HISP): tie groups, pruned top-n circuits, the faithfulness
+curve at MIB's fractions, and the choice of the method's own circuit.
+
+**Ties.**  Scores come from float computations, so two scores that differ by less than the
+computation's rounding are not ordered by anything but noise.  Sorted from the highest, consecutive
+scores that differ by at most ``tolerance`` form one tie group, with
+
+    tolerance = 8 x machine epsilon of the engine's dtype (capped at 1e-3) x the largest |score|
+
+(float32: 9.5e-7 of the largest score; float64: 1.8e-15).  A ranking is cut only between tie groups,
+so every circuit it yields, and every ROC point, is the same whatever the noise inside a group.
+
+**Top-n circuits.**  The circuit of a fraction p of the graph's edges is the largest run of whole tie
+groups (from the top) with at most ``floor(p * n_edges)`` edges (MIB: ``int(pct * n_edges)``), then
+pruned to the edges on an input-to-output path (``core.pruning``); its size is the pruned count.  A
+ranking of components (HISP) cuts between tie groups of components, and a cut's circuit is every edge
+between kept components.
+
+**The curve** is read at MIB's ten fractions (0.1% ... 100%; ``points``: evenly spaced cuts added up
+to that many points in all).
+Each distinct circuit costs one patched forward; the empty circuit and the full model are known
+without one (the run's caches).  ``k`` picks the method's own circuit: ``auto`` the smallest circuit
+of the curve whose faithfulness on the validation split reaches ``target``, an integer n the pruned
+top-n circuit, ``all`` the whole graph.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from bisect import bisect_right
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..core.faithfulness import MIB_FRACTIONS, faithfulness, full_model_metric
+from ..core.graph import EdgeMask, Graph
+from ..core.pruning import prune
+from .base import Problem
+from .result import CurvePoint
+
+RELATIVE_TIE_TOLERANCE_EPS = 8  # machine epsilons
+MAX_RELATIVE_TIE_TOLERANCE = 1e-3
+
+
+def tie_tolerance(scores: torch.Tensor, dtype: torch.dtype) -> float:
+    """The absolute tolerance under which two of ``scores`` (computed in ``dtype``) are tied."""
+    relative = min(RELATIVE_TIE_TOLERANCE_EPS * torch.finfo(dtype).eps, MAX_RELATIVE_TIE_TOLERANCE)
+    largest = float(scores.abs().max()) if scores.numel() else 0.0
+    return relative * largest
+
+
+def tie_groups(scores: torch.Tensor, tolerance: float) -> tuple[list[int], torch.Tensor]:
+    """(order, group): the items from the highest score down (ties in index order) and each item's
+    tie group (0 = the top group): consecutive sorted scores at most ``tolerance`` apart share one."""
+    values = [float(s) for s in scores]
+    order = sorted(range(len(values)), key=lambda i: -values[i])
+    group = torch.empty(len(values), dtype=torch.long)
+    current = 0
+    for position, i in enumerate(order):
+        if position and values[order[position - 1]] - values[i] > tolerance:
+            current += 1
+        group[i] = current
+    # inside a group, index order (so the order itself does not depend on noise either)
+    order = sorted(range(len(values)), key=lambda i: (int(group[i]), i))
+    return order, group
+
+
+@dataclass
+class Ranking:
+    """Nested circuits: cut j keeps the first j tie groups (j = 0 .. n_groups)."""
+
+    graph: Graph
+    sizes: list[int]  # unpruned edges kept at each cut, nondecreasing, sizes[0] = 0
+    circuit_of_cut: Callable[[int], torch.Tensor]  # j -> bool [n_edges], unpruned
+    added: list[str]  # what cut j adds over cut j - 1 (j >= 1), for the curve's "removed" column
+    tolerance: float
+    unit: str = "edges"  # what the method ranks: edges or components
+    items: list[int] | None = None  # ranked items kept at each cut (None: = sizes, edges)
+
+    @property
+    def n_cuts(self) -> int:
+        return len(self.sizes)
+
+    def cut_for(self, n_edges: int) -> int:
+        """The largest cut with at most ``n_edges`` (unpruned) edges."""
+        return max(bisect_right(self.sizes, n_edges) - 1, 0)
+
+    def cut_for_items(self, k: int) -> int:
+        """The largest cut with at most ``k`` ranked items (edges or components)."""
+        return max(bisect_right(self.items or self.sizes, k) - 1, 0)
+
+    def circuit(self, cut: int, pruned: bool = True) -> torch.Tensor:
+        kept = self.circuit_of_cut(cut)
+        return prune(self.graph, kept) if pruned else kept
+
+
+def edge_ranking(graph: Graph, scores: torch.Tensor, tolerance: float) -> Ranking:
+    """Rank edges by ``scores`` (higher first) in tie groups."""
+    order, group = tie_groups(scores, tolerance)
+    n_groups = int(group.max()) + 1 if len(order) else 0
+    counts = torch.bincount(group, minlength=n_groups).tolist()
+    sizes = [0]
+    for c in counts:
+        sizes.append(sizes[-1] + c)
+    added = [""]
+    for j in range(n_groups):
+        first = order[sizes[j]]
+        extra = counts[j] - 1
+        added.append(graph.edges[first].name + (f" +{extra} tied" if extra else ""))
+    return Ranking(graph, sizes, lambda j: group < j, added, tolerance, "edges")
+
+
+def component_ranking(graph: Graph, scores: torch.Tensor, tolerance: float, names: list[str],
+                      circuit_of: Callable[[torch.Tensor], EdgeMask]) -> Ranking:
+    """Rank components by ``scores``; ``circuit_of(kept components)`` is a set of components' circuit."""
+    order, group = tie_groups(scores, tolerance)
+    n_groups = int(group.max()) + 1 if len(order) else 0
+    circuits = [circuit_of(group < j).kept.cpu() for j in range(n_groups + 1)]
+    added, items = [""], [0]
+    for j in range(n_groups):
+        members = [names[i] for i in order if int(group[i]) == j]
+        added.append(members[0] + (f" +{len(members) - 1} tied" if len(members) > 1 else ""))
+        items.append(items[-1] + len(members))
+    return Ranking(graph, [int(c.sum()) for c in circuits], lambda j: circuits[j], added, tolerance,
+                   "components", items)
+
+
+def curve_cuts(ranking: Ranking, fractions=MIB_FRACTIONS, points: int | None = None) -> list[tuple[float | None, int]]:
+    """(fraction or None, cut) of the curve: one per fraction, then evenly spaced cuts until it has
+    ``points`` points in all (if more than the fractions give), without repeats, largest first."""
+    n = ranking.graph.n_edges
+    chosen: dict[int, float | None] = {}
+    for p in fractions:
+        chosen.setdefault(ranking.cut_for(int(p * n)), p)
+    if points:  # evenly spaced cuts, from the top, until the curve has ``points`` points
+        last = ranking.n_cuts - 1
+        for i in range(points):
+            if len(chosen) >= points:
+                break
+            chosen.setdefault(last - round(last * i / max(points - 1, 1)), None)
+    return sorted(((p, j) for j, p in chosen.items()), key=lambda t: -t[1])
+
+
+class CircuitEvaluator:
+    """Mean metric of circuits on one split, one patched forward per distinct circuit; the empty
+    circuit and the full model are read from the run's caches (m(empty): the empty mask's run, which
+    the engine computes without a forward)."""
+
+    def __init__(self, problem: Problem, split: str = "validation"):
+        self.problem, self.split = problem, split
+        graph = problem.graph
+        self.m_full = full_model_metric(problem.metric.name,
+                                        float(problem.per_prompt(problem.clean_logits(split), split).mean()))
+        self.m_empty = problem.evaluate(torch.zeros(graph.n_edges), split)
+        self.n_forwards = 0
+        self._seen: dict[bytes, float] = {}
+
+    def metric(self, kept: torch.Tensor) -> float:
+        kept = kept.bool()
+        if not kept.any():
+            return self.m_empty
+        if kept.all():
+            return self.m_full
+        key = bytes(kept.numpy().tobytes())
+        if key not in self._seen:
+            self._seen[key] = self.problem.evaluate(kept.to(torch.float32), self.split)
+            self.n_forwards += 1
+        return self._seen[key]
+
+    def faithfulness(self, kept: torch.Tensor) -> tuple[float, float]:
+        m = self.metric(kept)
+        return m, faithfulness(m, self.m_empty, self.m_full)
+
+
+def parse_k(k) -> int | str:
+    """``k``: a non-negative integer, ``auto`` or ``all``."""
+    if isinstance(k, str) and k in ("auto", "all"):
+        return k
+    if not isinstance(k, bool) and isinstance(k, int) and k >= 0:
+        return k
+    raise ValueError(f"k must be auto, all or a non-negative integer, got {k!r}")
+
+
+def ranked_result(problem: Problem, ranking: Ranking, k, target: float, points: int | None,
+                  pruned: bool, refine: int = 2) -> tuple[EdgeMask, int, list[CurvePoint], dict]:
+    """The method's circuit, its size, the curve's points (MIB's fractions, each with the validation
+    metric and faithfulness where k=auto measured it) and details for the summary (how the circuit
+    was chosen, the forwards and seconds spent).
+
+    ``k=auto`` measures the curve's circuits on the validation split from the largest down, until
+    one falls short of the target, then bisects with at most ``refine`` more forwards between that
+    one and the smallest reaching it (MIB's fractions are a factor 2 to 2.5 apart); the circuits it
+    bisects with join the curve as extra points (no fraction).  The pipeline evaluates the points at
+    MIB's fractions on the test split (CPR and CMD)."""
+    k = parse_k(k)
+    graph = ranking.graph
+    started = time.perf_counter()
+    evaluator = CircuitEvaluator(problem, "validation")
+    curve: list[CurvePoint] = []
+    cut_of: dict[int, int] = {}  # id of a curve point -> its cut
+
+    def point(cut: int, fraction: float | None) -> CurvePoint:
+        kept = ranking.circuit(cut, pruned)
+        metric, f = evaluator.faithfulness(kept)
+        p = CurvePoint(int(kept.sum()), EdgeMask(graph, kept), ranking.added[cut] if cut else "",
+                       fraction=fraction, n_unpruned=ranking.sizes[cut], metric=metric, faithfulness=f)
+        curve.append(p)
+        cut_of[id(p)] = cut
+        return p
+
+    fraction_cuts = curve_cuts(ranking, MIB_FRACTIONS, points)
+    lazy: list[CurvePoint] = []  # the curve's points, measured on the validation split only where k=auto needs it
+    for fraction, cut in fraction_cuts:
+        kept = ranking.circuit(cut, pruned)
+        p = CurvePoint(int(kept.sum()), EdgeMask(graph, kept), ranking.added[cut] if cut else "",
+                       fraction=fraction, n_unpruned=ranking.sizes[cut])
+        cut_of[id(p)] = cut
+        lazy.append(p)
+    curve.extend(lazy)
+
+    def reaches(p: CurvePoint) -> bool:
+        return p.faithfulness is not None and not math.isnan(p.faithfulness) and p.faithfulness >= target
+
+    def measure(p: CurvePoint) -> CurvePoint:
+        if p.metric is None:
+            p.metric, p.faithfulness = evaluator.faithfulness(p.circuit.kept)
+        return p
+
+    if k == "all":
+        kept = torch.ones(graph.n_edges, dtype=torch.bool)
+        how = "k=all: every edge"
+    elif k == "auto":
+        # from the largest circuit down, until one falls short of the target
+        chosen, lo = None, 0
+        for p in sorted(lazy, key=lambda p: -cut_of[id(p)]):
+            if reaches(measure(p)):
+                chosen = p
+            else:
+                lo = cut_of[id(p)]
+                break
+        if chosen is not None:
+            hi = cut_of[id(chosen)]
+            for _ in range(refine):
+                if hi - lo <= 1:
+                    break
+                middle = point((lo + hi) // 2, None)
+                if reaches(middle):
+                    hi, chosen = cut_of[id(middle)], middle
+                else:
+                    lo = cut_of[id(middle)]
+            kept = chosen.circuit.kept.clone()
+            where = f"top {100 * chosen.fraction:g}% of edges" if chosen.fraction is not None \
+                else f"top {chosen.n_unpruned} {ranking.unit if ranking.unit == 'edges' else 'edges by component'}"
+            how = (f"k=auto: the smallest pruned circuit of the curve ({where}) with validation "
+                   f"faithfulness >= {target:g} (f = {chosen.faithfulness:.3f})")
+        else:
+            kept = torch.ones(graph.n_edges, dtype=torch.bool)
+            how = f"k=auto: no circuit of the curve reached faithfulness {target:g}; every edge kept"
+    else:
+        cut = ranking.cut_for_items(k)
+        kept = ranking.circuit(cut, pruned)
+        how = (f"k={k}: the top {(ranking.items or ranking.sizes)[cut]} {ranking.unit} (whole tie groups)"
+               f"{', pruned' if pruned else ''}")
+    if not pruned:
+        how = how.replace("smallest pruned circuit", "smallest (unpruned) circuit")
+    curve.sort(key=lambda p: -cut_of[id(p)])
+    details = dict(chosen_by=how, tie_tolerance=ranking.tolerance, n_tie_groups=ranking.n_cuts - 1,
+                   pruned=pruned, target=target if k == "auto" else None,
+                   curve_forwards=evaluator.n_forwards, curve_s=round(time.perf_counter() - started, 3))
+    return EdgeMask(graph, kept), int(kept.sum()), curve, details
