@@ -23,7 +23,7 @@ from conftest import config  # noqa: E402
 
 SHAPES = {  # model.name and a small size of it (Llama keeps 8 key/value heads: 16 query heads share them)
     "gpt2": ["model.name=gpt2", "model.n_heads=4", "model.d_model=32"],
-    "llama": ["model.name=llama-3.2-1b", "model.n_heads=16", "model.d_model=128"],
+    "llama": ["model.name=meta-llama/Llama-3.2-1B", "model.n_heads=16", "model.d_model=128"],
     "qwen": ["model.name=qwen2.5-0.5b", "model.n_heads=4", "model.d_model=32"],
 }
 SMALL_INDUCTION = ["task=induction", "model=hf", "model.pretrained=false", "model.n_layers=2", "task.n_prompts=4",
