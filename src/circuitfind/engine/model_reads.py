@@ -85,6 +85,9 @@ class ModelReads:
         # attribute lookup is slow on the hot path
         self.blocks = list(model.blocks)
         self.attns = [block.attn for block in self.blocks]
+        # a view's attention may take the softmax in another dtype, as its model does (a bridge's
+        # Llama: float32); TransformerLens 3's attention has none of its own
+        self.softmaxes = [getattr(attn, "softmax", None) for attn in self.attns]
         self.device = next(model.parameters()).device
         self.dtype = cfg.dtype
         self.shortformer = cfg.positional_embedding_type == "shortformer"
@@ -140,8 +143,8 @@ class ModelReads:
         scores = attn.calculate_attention_scores(queries, keys)
         if self.causal:
             scores = attn.apply_causal_mask(scores)
-        # a view may take the softmax in another dtype, as its model does (a bridge's Llama: float32)
-        pattern = attn.softmax(scores) if hasattr(attn, "softmax") else F.softmax(scores, dim=-1)
+        softmax = self.softmaxes[layer]
+        pattern = F.softmax(scores, dim=-1) if softmax is None else softmax(scores)
         pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
         return attn.calculate_z_scores(values, pattern)
 
