@@ -96,7 +96,7 @@ def whole_run(name: str, problem: Problem, tau: float, device: str, batch_edges)
     slow, slow_s = timed(device, lambda: acdc_search(problem.graph, slow_losses, tau, progress=False,
                                                      dtype=problem.task.model.cfg.dtype))
     n_tests = len(slow.trace)
-    same = sequential.kept.kept_names() == slow.kept.kept_names() == batched.kept.kept_names()
+    same = sequential.circuit.kept_names() == slow.circuit.kept_names() == batched.circuit.kept_names()
     return dict(case=name, edges=problem.graph.n_edges, tests=n_tests, slow_s=slow_s, fast_s=sequential_s,
                 batched_s=batched_s, slow_per_test=slow_s / n_tests, fast_per_test=sequential_s / n_tests,
                 batched_per_test=batched_s / n_tests, same=same, peak_mb=engine_peak,

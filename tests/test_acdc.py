@@ -31,8 +31,8 @@ def test_tracr_reverse_zero_ablation_recovers_exactly_the_canonical_circuit():
     result = get_method("acdc")(problem, tau=0.001)
     canonical = canonical_mask(problem.task, problem.graph)
     assert problem.graph.n_edges == 106 and canonical.n_kept == 15
-    assert sorted(result.kept.kept_names()) == sorted(canonical.kept_names())
-    assert edge_and_node_rates(result.kept, canonical) == dict(edge_tpr=1.0, edge_fpr=0.0, node_tpr=1.0, node_fpr=0.0)
+    assert sorted(result.circuit.kept_names()) == sorted(canonical.kept_names())
+    assert edge_and_node_rates(result.circuit, canonical) == dict(edge_tpr=1.0, edge_fpr=0.0, node_tpr=1.0, node_fpr=0.0)
 
 
 def test_tracr_proportion_zero_ablation_on_the_papers_prompts_recovers_exactly_the_canonical_circuit():
@@ -40,7 +40,7 @@ def test_tracr_proportion_zero_ablation_on_the_papers_prompts_recovers_exactly_t
     result = get_method("acdc")(problem, tau=0.001)
     canonical = canonical_mask(problem.task, problem.graph)
     assert problem.graph.n_edges == 38 and canonical.n_kept == 10
-    assert sorted(result.kept.kept_names()) == sorted(canonical.kept_names())
+    assert sorted(result.circuit.kept_names()) == sorted(canonical.kept_names())
 
 
 @pytest.mark.parametrize("name, n_canonical, tpr", [("tracr_reverse", 15, 0.6), ("tracr_proportion", 10, 0.9)])
@@ -49,9 +49,9 @@ def test_tracr_interchange_ablation_with_shuffled_positions_keeps_nine_canonical
     problem = tracr_problem(name, corruption="corrupted", shuffle_positions=True)
     result = get_method("acdc")(problem, tau=0.001)
     canonical = canonical_mask(problem.task, problem.graph)
-    assert canonical.n_kept == n_canonical and result.kept.n_kept == 9
-    assert set(result.kept.kept_names()) <= set(canonical.kept_names())
-    rates = edge_and_node_rates(result.kept, canonical)
+    assert canonical.n_kept == n_canonical and result.circuit.n_kept == 9
+    assert set(result.circuit.kept_names()) <= set(canonical.kept_names())
+    rates = edge_and_node_rates(result.circuit, canonical)
     assert (rates["edge_tpr"], rates["edge_fpr"]) == (pytest.approx(tpr), 0.0)
 
 
@@ -61,8 +61,8 @@ def test_tracr_proportion_on_valid_prompts_cannot_see_the_bos_default():
     problem = tracr_problem("tracr_proportion", data="valid")
     result = get_method("acdc")(problem, tau=0.001)
     canonical = canonical_mask(problem.task, problem.graph)
-    missing = set(canonical.kept_names()) - set(result.kept.kept_names())
-    assert set(result.kept.kept_names()) <= set(canonical.kept_names())
+    missing = set(canonical.kept_names()) - set(result.circuit.kept_names())
+    assert set(result.circuit.kept_names()) <= set(canonical.kept_names())
     assert missing == {"tok_embed->a1.h0<q>", "tok_embed->a1.h0<k>"}
     assert all(result.scores[problem.graph.edge_index[name]] == 0 for name in missing)
 
@@ -146,8 +146,8 @@ def test_fast_acdc_keeps_the_same_edges_as_the_slow_reference(seed, granularity,
     tau = typical_single_edge_effect(problem)
     fast = get_method("acdc")(problem, tau=tau)
     slow = reference_acdc(problem, tau=tau)
-    assert 0 < fast.kept.n_kept < graph.n_edges  # a real mix of kept and removed edges
-    assert fast.kept.kept_names() == slow.kept
+    assert 0 < fast.circuit.n_kept < graph.n_edges  # a real mix of kept and removed edges
+    assert fast.circuit.kept_names() == slow.kept
     finite = torch.isfinite(slow.scores)
     assert torch.equal(finite, torch.isfinite(fast.scores))
     torch.testing.assert_close(fast.scores[finite], slow.scores[finite], rtol=1e-6, atol=1e-9)
@@ -166,7 +166,7 @@ def test_batched_edge_tests_take_exactly_the_sequential_decisions(seed, granular
     assert sequential.details["n_test_forwards"] == len(sequential.trace)
     for batch_edges in (2, 3, 64):
         batched = get_method("acdc")(problem, tau=tau, batch_edges=batch_edges)
-        assert batched.kept.kept_names() == sequential.kept.kept_names()
+        assert batched.circuit.kept_names() == sequential.circuit.kept_names()
         assert [(r["edge"], r["kept"]) for r in batched.trace] == \
                [(r["edge"], r["kept"]) for r in sequential.trace]
         torch.testing.assert_close(batched.scores, sequential.scores, rtol=0, atol=1e-12)
@@ -193,7 +193,7 @@ def test_batched_acdc_on_tracr_keeps_the_same_edges(name):
     problem = tracr_problem(name)
     sequential = get_method("acdc")(problem, tau=0.001, batch_edges=1)
     batched = get_method("acdc")(problem, tau=0.001, batch_edges=16)
-    assert batched.kept.kept_names() == sequential.kept.kept_names()
+    assert batched.circuit.kept_names() == sequential.circuit.kept_names()
     assert [r["edge"] for r in batched.trace] == [r["edge"] for r in sequential.trace]
 
 
@@ -211,9 +211,9 @@ def test_receivers_that_feed_nothing_lose_their_inputs_untested():
     skipped = [e for e in problem.graph.edges if math.isinf(result.scores[e.index]) and result.scores[e.index] < 0]
     assert skipped, "expected some receiver to be cut off"
     for e in skipped:
-        assert e.name not in tested and not result.kept.kept[e.index]
+        assert e.name not in tested and not result.circuit.kept[e.index]
     # no kept edge ends at a receiver that feeds nothing
-    kept = set(result.kept.kept_names())
+    kept = set(result.circuit.kept_names())
     for e in problem.graph.edges:
         if e.name in kept and e.receiver != "resid_post":
             assert any(problem.graph.edges[o].name in kept for o in problem.graph.outgoing[e.receiver])
@@ -236,7 +236,7 @@ def test_each_edge_is_removed_exactly_when_its_delta_is_below_tau(abs_delta):
     for r in trace:
         delta = abs(r["delta"]) if abs_delta else r["delta"]
         assert r["kept"] == (delta >= 0.003)
-        assert bool(result.kept.kept[problem.graph.edge_index[r["edge"]]]) == r["kept"]
+        assert bool(result.circuit.kept[problem.graph.edge_index[r["edge"]]]) == r["kept"]
 
 
 def test_max_edge_tests_stops_early_and_marks_the_rest_untested():
@@ -252,7 +252,7 @@ def test_max_edge_tests_stops_early_and_marks_the_rest_untested():
     untested[tested] = False
     assert torch.isposinf(result.scores[untested]).all() and torch.isfinite(result.scores[tested]).all()
     removed = {r["edge"] for r in result.trace if not r["kept"]}
-    assert removed and set(result.kept.kept_names()) == {e.name for e in problem.graph.edges} - removed
+    assert removed and set(result.circuit.kept_names()) == {e.name for e in problem.graph.edges} - removed
 
 
 @pytest.mark.parametrize("tau", [0, -1, float("nan"), "0.1", None])
@@ -267,7 +267,7 @@ def test_tracr_reverse_coarser_graphs_recover_the_projected_canonical_circuit(gr
     result = get_method("acdc")(problem, tau=0.001)
     canonical = canonical_mask(problem.task, problem.graph)
     assert (problem.graph.n_edges, canonical.n_kept) == (n_edges, n_canonical)
-    assert sorted(result.kept.kept_names()) == sorted(canonical.kept_names())
+    assert sorted(result.circuit.kept_names()) == sorted(canonical.kept_names())
 
 
 @pytest.mark.parametrize("corruption", ["mean", "mean_all"])
@@ -275,7 +275,7 @@ def test_mean_ablation_runs_end_to_end_and_keeps_only_canonical_edges(corruption
     problem = tracr_problem("tracr_reverse", corruption=corruption)
     result = get_method("acdc")(problem, tau=0.001)
     canonical = canonical_mask(problem.task, problem.graph)
-    rates = edge_and_node_rates(result.kept, canonical)
+    rates = edge_and_node_rates(result.circuit, canonical)
     assert rates["edge_fpr"] == 0.0 and rates["edge_tpr"] > 0
 
 

@@ -147,9 +147,9 @@ def test_pipeline_writes_scores_and_the_whole_curve(tmp_path, method, corruption
 def test_signed_scores_and_k():
     problem = _tracr_problem("tracr_reverse", "zero")
     signed = get_method("eap")(problem, absolute=False, k=7, pruned=False)
-    assert (signed.scores < 0).any() and signed.kept.n_kept <= 7
+    assert (signed.scores < 0).any() and signed.circuit.n_kept <= 7
     # the top tie groups that fit in 7 edges: each kept edge outscores every other
-    kept = signed.kept.kept
+    kept = signed.circuit.kept
     assert signed.scores[kept].min() > signed.scores[~kept].max()
     assert "k=7" in signed.details["chosen_by"]
 

@@ -55,7 +55,7 @@ def test_round_trip_gives_the_same_circuit(tmp_path, granularity, split_embed):
     path.write_text(json.dumps(mib_circuit(result)))
     qkv_graph = Graph(graph.arch, "qkv")
     truth = canonical_mask(type("T", (), {"canonical_edges": read_circuit_file(path).edge_names})(), graph)
-    assert torch.equal(truth.kept, result.kept.kept)
+    assert torch.equal(truth.kept, result.circuit.kept)
     assert read_circuit_file(path).edge_names(qkv_graph) == {n for n, (_, k) in qkv_view(result).items() if k}
 
 
@@ -184,7 +184,7 @@ def test_a_gpt2_sized_circuit_json_reads_back_through_eaps_reader(tmp_path):
         if "->" in e.name:
             eap_name = e.name.replace("embed->", "input->").replace("->resid_post", "->logits")
             score, in_graph = edges[eap_name]
-            assert in_graph == bool(result.kept.kept[e.index])
+            assert in_graph == bool(result.circuit.kept[e.index])
             if math.isfinite(float(result.scores[e.index])):
                 assert score == pytest.approx(float(result.scores[e.index]))
     assert edges["input->logits"][0] > max(abs(s) for n, (s, _) in edges.items() if n != "input->logits")

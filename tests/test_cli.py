@@ -41,7 +41,7 @@ def test_default_run_writes_a_complete_run_folder(tmp_path):
     assert len(edges) == 106 and sum(int(e["kept"]) for e in edges) == 15
     assert all(e["kept"] == e["canonical"] for e in edges)
     trace = list(csv.DictReader(open(folder / "trace.csv")))
-    assert list(trace[0]) == ["step", "edge", "delta", "metric", "kept", "n_edges"]
+    assert list(trace[0]) == ["step", "edge", "delta", "loss", "kept", "n_edges"]
     assert len(trace) == summary["n_edge_tests"] > 0
     batching = summary["method_details"]  # tracr is tiny: auto batches, fewer forwards than tests
     assert batching["batch_edges"] > 1 and 0 < batching["n_test_forwards"] < summary["n_edge_tests"]

@@ -95,8 +95,8 @@ def test_acdc_on_the_engine_keeps_the_same_edges_as_acdc_on_the_reference(family
     tau = typical_single_edge_effect(problem)
     fast = get_method("acdc")(problem, tau=tau)
     slow = reference_acdc(problem, tau=tau)
-    assert 0 < fast.kept.n_kept < graph.n_edges
-    assert fast.kept.kept_names() == slow.kept
+    assert 0 < fast.circuit.n_kept < graph.n_edges
+    assert fast.circuit.kept_names() == slow.kept
 
 
 def test_a_shared_key_edge_gives_every_query_head_of_its_group_the_ablated_key():

@@ -44,7 +44,7 @@ def test_an_api_metric_must_give_one_value_per_prompt():
         return logits[:, -1].max(-1).values
 
     task = circuitfind.make_task(model, clean, corrupted, metric=top_logit, lower_is_better=False)
-    assert circuitfind.find_circuit(task, "hisp", k=3).result.kept.n_kept > 0
+    assert circuitfind.find_circuit(task, "hisp", k=3).result.circuit.n_kept > 0
 
 
 def test_circuitfind_builds_its_models_without_the_deprecation_warning():

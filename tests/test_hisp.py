@@ -93,7 +93,7 @@ def test_the_curve_keeps_whole_tie_groups_of_top_components_at_mibs_fractions():
         assert not (smaller.circuit.kept & ~bigger.circuit.kept).any()  # nested circuits
     names = [row["component"] for row in result.tables["ranking.csv"]]
     keep = torch.tensor([name in names[:3] for name in components.names])
-    assert torch.equal(result.kept.kept, components.circuit(keep).kept)  # the run's own circuit: top 3
+    assert torch.equal(result.circuit.kept, components.circuit(keep).kept)  # the run's own circuit: top 3
 
 
 def test_tracr_reverse_ranks_the_canonical_mlps_and_value_first():

@@ -165,7 +165,7 @@ def test_a_finished_result_survives_the_checkpoint_unchanged(tmp_path, method):
     result = spec.function()(problem, **dataclasses.asdict(pipeline.method_params(cfg, spec)))
     Checkpointer(tmp_path, "abc").save(result_state(result), finished=True)
     back = result_from_state(problem.graph, Checkpointer(tmp_path, "abc").finished())
-    assert back.scores.equal(result.scores) and back.kept.values.equal(result.kept.values)
+    assert back.scores.equal(result.scores) and back.circuit.values.equal(result.circuit.values)
     assert (back.parameter, back.trace, back.tables, back.details, back.label) == \
         (result.parameter, result.trace, result.tables, result.details, result.label)
     assert result.trace or result.tables  # something beyond the scores went through

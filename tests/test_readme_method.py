@@ -34,7 +34,7 @@ command, sys.argv = sys.argv[2], ["circuitfind", *sys.argv[3:]]
 if command == "run":
     from circuitfind.cli import main
 else:
-    from circuitfind.report import main
+    from circuitfind.report_cli import main
 main()
 """
 

@@ -8,7 +8,7 @@ import pytest
 
 from circuitfind.evaluation.rates import pareto_front, roc_auc, roc_staircase
 from circuitfind.runs.pipeline import run
-from circuitfind.report import main
+from circuitfind.report_cli import main
 
 from conftest import config
 

@@ -148,7 +148,7 @@ class Circuit:
 
     @property
     def kept_edges(self) -> list[str]:
-        return self.result.kept.kept_names()
+        return self.result.circuit.kept_names()
 
     @property
     def scores(self) -> dict[str, float]:
@@ -165,12 +165,12 @@ class Circuit:
         return pd.DataFrame(dict(
             edge=[e.name for e in self.graph.edges], sender=[e.sender for e in self.graph.edges],
             receiver=[e.receiver for e in self.graph.edges], score=self.result.scores.tolist(),
-            kept=self.result.kept.kept.tolist(),
+            kept=self.result.circuit.kept.tolist(),
             canonical=canonical.kept.tolist() if canonical is not None else [None] * self.graph.n_edges))
 
     def metric(self, split: str = "validation") -> float:
         """The task's metric of the kept circuit (the full model's is ``problem.evaluate(graph.full_mask())``)."""
-        return self.problem.evaluate(self.result.kept, split)
+        return self.problem.evaluate(self.result.circuit, split)
 
     def save(self, folder: str | Path) -> dict:
         """Write the run folder the CLI writes (``edges.csv``, ``summary.json``, ``circuit.json``,

@@ -95,13 +95,12 @@ def report(roots: list[Path], out: Path) -> dict:
                 unfinished=unfinished, failed=failed)
 
 
-def main(argv: list[str] | None = None) -> None:
-    from .report_cli import build_parser  # the arguments (``circuitfind-report`` answers --help there)
-
-    args = build_parser().parse_args(argv)
-    out = args.out or args.dirs[0]
+def command(dirs: list[Path], out: Path | None = None) -> None:
+    """``circuitfind-report DIR ... [--out OUT]`` once its arguments are parsed (``report_cli``):
+    the report, its tables on stdout, one line and exit code 2 for a bad folder."""
+    out = out or dirs[0]
     try:
-        result = report(args.dirs, out)
+        result = report(dirs, out)
     except (ReportError, OSError, ValueError, KeyError) as error:
         print(f"circuitfind-report: error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -118,7 +117,3 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {out / 'roc_points.csv'}, {out / 'auc.csv'}, {out / 'faithfulness.csv'} and "
           f"{len(result['plots'])} plot files "
           f"(PNG and PDF) to {out}")
-
-
-if __name__ == "__main__":
-    main()

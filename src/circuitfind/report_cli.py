@@ -21,10 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    build_parser().parse_args(argv)  # --help and bad arguments end here, before the imports below
-    from .report import main as report_main
+    args = build_parser().parse_args(argv)  # --help and bad arguments end here, before the imports below
+    from .report import command
 
-    report_main(argv)
+    command(args.dirs, args.out)
 
 
 if __name__ == "__main__":

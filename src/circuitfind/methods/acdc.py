@@ -302,7 +302,7 @@ def acdc_search(graph: Graph, losses: LossFn, tau: float, abs_delta: bool = Fals
                 n_kept_tests += 1
             n_tests += 1
             scores[e] = delta
-            trace.append(dict(step=n_tests, edge=graph.edges[e].name, delta=delta, metric=current,
+            trace.append(dict(step=n_tests, edge=graph.edges[e].name, delta=delta, loss=current,
                               kept=not removed, n_edges=int(mask.sum())))
             bar.update(1)
             bar.set_postfix_str(f"{receiver} | {int(mask.sum())} edges left", refresh=False)

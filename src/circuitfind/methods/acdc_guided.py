@@ -97,7 +97,7 @@ def guided_on_engine(problem: Problem, tau: float, order: str = "eap", group: st
                            on_test=on_test)
     # Verification: the final circuit's loss from one full forward (no restart, no cache), beside the
     # loss the search accepted it with.
-    final = float(problem.loss(engine.logits(result.kept.values.to(engine.dtype), data.positions), "validation"))
+    final = float(problem.loss(engine.logits(result.circuit.values.to(engine.dtype), data.positions), "validation"))
     searched = result.details["final_loss_search"]
     result.details["final_loss_verified"] = final
     if not math.isclose(final, searched, rel_tol=1e-4, abs_tol=1e-6):
@@ -306,7 +306,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
         if fresh:
             name = graph.edges[edges[0]].name if len(edges) == 1 else \
                 f"{len(edges)} edges: {graph.edges[edges[0]].name} .. {graph.edges[edges[-1]].name}"
-            trace.append(dict(step=len(trace) + 1, edge=name, delta=delta, metric=current, kept=not accepted,
+            trace.append(dict(step=len(trace) + 1, edge=name, delta=delta, loss=current, kept=not accepted,
                               n_edges=int(mask.sum())))
             if checkpointer is not None and not exact.replaying:
                 checkpointer.step(state)

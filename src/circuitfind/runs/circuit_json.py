@@ -98,7 +98,7 @@ def qkv_view(result: MethodResult) -> dict[str, tuple[float, bool]]:
     from ..core.graph import Graph
 
     graph = result.graph
-    own = {e.name: (s, bool(k)) for e, s, k in zip(graph.edges, result.scores.tolist(), result.kept.kept.tolist())}
+    own = {e.name: (s, bool(k)) for e, s, k in zip(graph.edges, result.scores.tolist(), result.circuit.kept.tolist())}
     if graph.granularity == "qkv":
         return own
     qkv_graph = Graph(graph.arch, "qkv")

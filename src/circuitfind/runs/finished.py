@@ -47,11 +47,11 @@ def _point_state(point: CurvePoint) -> dict:
 def result_state(result: MethodResult) -> dict | None:
     """``result`` as tensors and JSON text (the graph is the run's own: rebuilt from the config), or
     None where it holds something a checkpoint cannot."""
-    state = dict(n_edges=result.graph.n_edges, kept=result.kept.values)
+    state = dict(n_edges=result.graph.n_edges, circuit=result.circuit.values)
     try:
         for f in dataclasses.fields(result):
             value = getattr(result, f.name)
-            if f.name in ("graph", "kept"):
+            if f.name in ("graph", "circuit"):
                 continue
             if f.name in TENSORS:
                 state[f.name] = value
@@ -70,7 +70,7 @@ def result_from_state(graph: Graph, state: dict) -> MethodResult:
     """The ``MethodResult`` that ``result_state`` stored, on ``graph``."""
     if state["n_edges"] != graph.n_edges:
         raise ValueError(f"the saved result has {state['n_edges']} edges, the graph {graph.n_edges}")
-    values = dict(graph=graph, kept=EdgeMask(graph, state["kept"]))
+    values = dict(graph=graph, circuit=EdgeMask(graph, state["circuit"]))
     for f in dataclasses.fields(MethodResult):
         if f.name in values or f.name not in state:
             continue

@@ -292,15 +292,15 @@ def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, me
     task, graph = problem.task, problem.graph
     with phases("evaluation", "evaluating the circuit on the validation and test prompts"):
         canonical = canonical_mask(task, graph)
-        rates = _rates(result.kept, canonical)
-        metrics = _split_metrics(problem, result.kept)
+        rates = _rates(result.circuit, canonical)
+        metrics = _split_metrics(problem, result.circuit)
         curve = _evaluate_curve(problem, canonical, result) if result.curve is not None else None
     n_forward = problem.n_forward
     spec = get_spec(method)
 
     with phases("writing", "writing the run folder"):
         write_result(folder, result, canonical, curve, d_model=task.model.cfg.d_model)
-    with phases("drawing", f"drawing the circuit ({result.kept.n_kept} of {graph.n_edges} {graph_unit(graph)})"):
+    with phases("drawing", f"drawing the circuit ({result.circuit.n_kept} of {graph.n_edges} {graph_unit(graph)})"):
         if draw is not False:  # auto: the edges while they stay readable, else the block summary
             draw_circuit(result, folder / "circuit.png", f"{task.name} {method} ({problem.corruption})",
                          detail=None if draw == "auto" else True)
@@ -329,7 +329,7 @@ def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, me
         parameter=result.parameter,
         seed=seed,
         n_edges_total=graph.n_edges,
-        n_edges_kept=result.kept.n_kept,
+        n_edges_kept=result.circuit.n_kept,
         **metrics["validation"],
         test=metrics["test"],
         # f = (m(C) - m(empty)) / (m(full) - m(empty)) per split; a ranking's CPR and CMD (MIB)
