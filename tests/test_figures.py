@@ -257,8 +257,8 @@ def test_fig3_runs_its_sweeps_through_the_cli_then_reuses_them(tmp_path, monkeyp
     # lambda -1 is refused by its job (a config error): the figure must still be drawn without it.
     config, out, lines = tiny_fig3(tmp_path, [-1.0, 1.0]), tmp_path / "figures", []
     result = build("fig3", ["tracr_proportion"], "zero", config=str(config), out=out, echo=lines.append)
-    assert [p.name for p in result["outputs"]] == ["fig3_zero.png", "fig3_zero.pdf"]
-    assert all(p.stat().st_size > 1000 for p in result["outputs"])
+    assert [p.name for p in result["outputs"]] == ["fig3_zero.png", "fig3_zero.pdf", "fig3_zero_faithfulness.csv"]
+    assert all(p.stat().st_size > 1000 for p in result["outputs"] if p.suffix != ".csv")
     manifest = json.loads(result["manifest"].read_text())
     assert manifest["figure_spec"]["presets"]["quick"]["acdc"]["values"] == [0.001, 0.5]
     ranking = ("hisp", "eap", "eap_ig")  # one run each, its parameter the run's own k
