@@ -162,7 +162,7 @@ def test_a_finished_result_survives_the_checkpoint_unchanged(tmp_path, method):
     cfg = config(*method)
     problem = pipeline.build_problem(cfg)
     spec = get_spec(cfg.method.name)
-    result = spec.function()(problem, **dataclasses.asdict(pipeline.method_params(cfg, spec)))
+    result = spec.function()(problem, **dataclasses.asdict(pipeline.validate(cfg)))
     Checkpointer(tmp_path, "abc").save(result_state(result), finished=True)
     back = result_from_state(problem.graph, Checkpointer(tmp_path, "abc").finished())
     assert back.scores.equal(result.scores) and back.circuit.values.equal(result.circuit.values)

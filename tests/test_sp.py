@@ -12,7 +12,8 @@ from circuitfind.tasks.ground_truth import canonical_mask
 from circuitfind.core.graph import Architecture, Graph
 from circuitfind.methods import Problem, get_method
 from circuitfind.methods.components import Components
-from circuitfind.methods.sp import HardConcrete, check_sp_params
+from circuitfind.methods.sp import HardConcrete
+from circuitfind.methods.specs.sp import check_sp_params
 from circuitfind.core.metrics import KL
 from circuitfind.runs.pipeline import ConfigError, run
 from circuitfind.tasks import TaskData, build_task

@@ -137,7 +137,6 @@ class Circuit:
     problem: Problem
     result: MethodResult
     method: str
-    tau: float | None
     seed: int
     search_s: float  # wall time of the search
     _summary: dict | None = field(default=None, repr=False)
@@ -176,29 +175,33 @@ class Circuit:
         """Write the run folder the CLI writes (``edges.csv``, ``summary.json``, ``circuit.json``,
         ``circuit.dot``, ``circuit.png``, a method's own tables); returns the summary."""
         device = next(self.problem.task.model.parameters()).device
-        self._summary = write_run_folder(Path(folder), self.problem, self.result, method=self.method, tau=self.tau,
+        self._summary = write_run_folder(Path(folder), self.problem, self.result, method=self.method,
                                          seed=self.seed, device=device, identity=None,
                                          started=time.time() - self.search_s)
         return self._summary
 
 
 def find_circuit(task: Task, method: str = "acdc", *, corruption: str = "corrupted", graph: str = "qkv",
-                 tau: float = 0.01, seed: int = 0, progress: bool = False, shuffle_positions: bool = False,
+                 tau: float | None = None, seed: int = 0, progress: bool = False, shuffle_positions: bool = False,
                  **params) -> Circuit:
     """Run a registered method (``acdc``, ``sp``, ``hisp``, ``canonical``, ...) on ``task``.
 
     ``corruption``: what a removed edge carries (``corrupted``: the sender on the corrupted prompts;
     ``zero``; ``mean``/``mean_all``); ``graph``: ``qkv``, ``heads`` or ``nodes``; ``tau``: ACDC's
-    threshold; ``shuffle_positions``: the corrupted run's positional embedding at shuffled positions
+    threshold, which ACDC needs (no default here: the command line's is each task's own, in
+    ``configs/task/``); ``shuffle_positions``: the corrupted run's positional embedding at shuffled positions
     (split-embedding models, as ``corruption.shuffle_positions``); further keyword arguments go to
     the method (``lambda_reg=``, ``epochs=``, ``k=``, ...)."""
     if corruption not in CORRUPTIONS:
         raise ValueError(f"unknown corruption {corruption!r}; choose one of {', '.join(CORRUPTIONS)}")
     spec = get_spec(method)
-    checked = dataclasses.asdict(spec.check(params, dict(tau=tau, seed=seed)))  # the method's typed parameters
+    if "tau" in spec.top_level and tau is None:
+        raise ValueError(f"{spec.label} needs tau= (its threshold; e.g. find_circuit(task, {method!r}, tau=0.01))")
+    top = dict(seed=seed, **({} if tau is None else dict(tau=tau)))
+    checked = dataclasses.asdict(spec.check(params, top))  # the method's typed parameters
     problem = Problem(task, Graph(Architecture.from_config(task.model.cfg, split_embed=task.split_embed), graph),
                       corruption, task.metric(None), progress=progress, shuffle_positions=shuffle_positions)
     seed_everything(seed)
     started = time.time()
     result = spec.function()(problem, **checked)
-    return Circuit(problem, result, method, tau if "tau" in spec.top_level else None, seed, time.time() - started)
+    return Circuit(problem, result, method, seed, time.time() - started)

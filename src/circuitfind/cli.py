@@ -84,8 +84,6 @@ def format_summary(summary: dict) -> str:
     return ", ".join(parts)
 
 
-_format_summary = format_summary  # the name other modules used
-
 
 def unknown_choice(argv: list[str]) -> str | None:
     """Hydra answers an unknown option with a multi-line composition error; say it in one line."""

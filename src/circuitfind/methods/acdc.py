@@ -51,7 +51,6 @@ from ..core.checkpoint import Checkpointer
 from ..core.graph import EdgeMask, Graph
 from .result import MethodResult
 from .base import Problem
-from .specs.acdc import check_acdc_params
 
 
 # Forwards of candidate circuits: (mask values [k, n_edges], the stage at which they first differ
@@ -70,7 +69,6 @@ def acdc(problem: Problem, tau: float, abs_delta: bool = False, max_edge_tests: 
          batch_edges: int | str = "auto", checkpointer: Checkpointer | None = None) -> MethodResult:
     """ACDC on the fast engine: each edge test restarts at the stage its edge is read, and the
     circuits of the next tests at that stage run together, up to ``batch_edges`` per forward."""
-    check_acdc_params(tau, max_edge_tests, abs_delta, batch_edges)
     engine, data = problem.engine("validation"), problem.data("validation")
     logits, cache = engine.run(problem.graph.full_mask(), data.positions, record=True)
 
@@ -248,7 +246,6 @@ def acdc_search(graph: Graph, losses: LossFn, tau: float, abs_delta: bool = Fals
     With a ``checkpointer`` the state (mask, scores, trace, current loss) is saved between edge
     tests and a resumed run skips every edge already decided, so it ends exactly as an
     uninterrupted run would (the current loss is restored, not recomputed)."""
-    check_acdc_params(tau, max_edge_tests, abs_delta, batch_edges)
     saved = checkpointer.restore() if checkpointer is not None else None
     if saved is None:
         mask = torch.ones(graph.n_edges, dtype=dtype)

@@ -58,7 +58,6 @@ from .attribution import mask_gradient
 from .base import Problem
 from .objective import resolve_objective
 from .result import MethodResult
-from .specs.acdc_guided import check_guided_params
 
 # (candidate masks [k, n_edges], the stage at which they first differ from the unpatched run) -> losses
 LossFn = Callable[[torch.Tensor, int], Sequence[float]]
@@ -80,7 +79,6 @@ def guided_on_engine(problem: Problem, tau: float, order: str = "eap", group: st
                      batch_edges: int | str = "auto", checkpointer: Checkpointer | None = None,
                      on_test: Callable | None = None) -> MethodResult:
     """``acdc_guided``, telling ``on_test`` every decision (see ``guided_search``)."""
-    check_guided_params(tau, order, group, rescore, ig_steps, seed, abs_delta, max_edge_tests, batch_edges)
     engine, data, graph = problem.engine("validation"), problem.data("validation"), problem.graph
     logits, cache = engine.run(graph.full_mask(), data.positions, record=True)
 

@@ -40,7 +40,6 @@ from .result import MethodResult
 from .base import Problem
 from .objective import DIVERGENCE_METRICS, objective_per_prompt, resolve_objective
 from .ranking import edge_ranking, ranked_result, tie_tolerance
-from .specs.eap import check_attribution_params
 
 
 def objective_loss(problem: Problem, logits: torch.Tensor, objective: str, split: str = "validation") -> torch.Tensor:
@@ -85,7 +84,6 @@ def attribution_scores(problem: Problem, objective: str, steps: int | None = Non
 
 def _attribution(problem: Problem, steps: int | None, k, objective, max_points, absolute, ig, target,
                  pruned) -> MethodResult:
-    check_attribution_params(k, objective, max_points, absolute, 1 if steps is None else steps, ig, target, pruned)
     objective = resolve_objective(problem, objective)
     if objective == "metric" and problem.metric.name in DIVERGENCE_METRICS and steps is None:
         raise ValueError(f"metric {problem.metric.name} is a divergence from the unpatched model: its gradient there "

@@ -34,7 +34,6 @@ from .components import Components
 from .objective import DIVERGENCE_METRICS, objective_per_prompt, resolve_objective
 from .ranking import component_ranking, ranked_result, tie_tolerance
 from .result import MethodResult
-from .specs.hisp import check_hisp_params
 
 def component_attributions(problem: Problem, components: Components, objective: str,
                            split: str = "validation") -> torch.Tensor:
@@ -60,7 +59,6 @@ def hisp(problem: Problem, k: int | str = "auto", objective: str = "auto", max_p
          target: float = 0.8, pruned: bool = True) -> MethodResult:
     """Rank components by importance; the circuit at ``k`` (see ``methods/ranking.py``) is the
     method's own, and ``curve`` holds the circuits at MIB's fractions."""
-    check_hisp_params(k, objective, max_points, target, pruned)
     components = Components(problem.graph)
     if len(components) == 0:
         raise ValueError(f"the {problem.graph.describe()} has no component HISP can rank")

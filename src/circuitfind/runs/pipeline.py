@@ -36,7 +36,7 @@ from .rundir import (CURVE, SUMMARY, config_hash, copy_run, folder_state, publis
 from ..tasks.pairs_file import PairsFileError, read_pairs
 from ..tasks.registry import TASKS, build_task
 from .threads import torch_threads
-from .validate import GROUND_TRUTH_WORDS, ConfigError, check_config, compose_config, ground_truth_path, method_params
+from .validate import GROUND_TRUTH_WORDS, ConfigError, check_config, compose_config, ground_truth_path
 
 log = logging.getLogger("circuitfind")
 CORRUPTIONS = ("corrupted", "zero", "mean", "mean_all")
@@ -48,14 +48,16 @@ def _choice(kind: str, value, valid) -> None:
         raise ConfigError(f"unknown {kind} {value!r}; choose one of {', '.join(sorted(valid))}")
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig):
     """Check every config value before any model is loaded: the torch-free checks the CLI ran
-    already (``validate.check_config``), then the registries a config file could name wrongly."""
-    check_config(cfg)
+    already (``validate.check_config``, not repeated), then the registries a config file could name
+    wrongly.  Returns the method's typed parameters."""
+    params = check_config(cfg)
     _choice("task", cfg.task.name, TASKS)
     _choice("method", cfg.method.name, load_specs())
     _choice("corruption", cfg.corruption.name, CORRUPTIONS)
     _choice("graph", cfg.graph.granularity, GRANULARITIES)
+    return params
 
 
 def build_problem(cfg: DictConfig) -> Problem:
@@ -166,7 +168,7 @@ def run(cfg: DictConfig, folder: Path) -> dict:
     was kept: a checkpointing method's last checkpoint, or the method's finished result when the
     stop came after it (the next run evaluates that result rather than running the method again);
     ``summary.json`` is never written by an interrupted run."""
-    validate(cfg)
+    params = validate(cfg)
     folder = Path(folder)
     identity = config_hash(cfg)
     state = folder_state(folder, identity)
@@ -197,11 +199,11 @@ def run(cfg: DictConfig, folder: Path) -> dict:
             with phases("model", f"building the {cfg.task.name} task and its {cfg.model.name} model"):
                 problem = build_problem(cfg)
             with torch_threads(cfg.get("threads", "auto"), problem) as threads:
-                result = _search(cfg, problem, checkpointer, phases)
+                result = _search(cfg, problem, params, checkpointer, phases)
                 finished.append(result)
                 if checkpointer.stop_signal is not None:  # the signal came after the method's last step
                     raise Interrupted(checkpointer.stop_signal)
-                summary = write_run_folder(folder, problem, result, method=cfg.method.name, tau=cfg.tau,
+                summary = write_run_folder(folder, problem, result, method=cfg.method.name,
                                            seed=cfg.seed, device=cfg.device, identity=identity, started=started,
                                            phases=phases, threads=threads, data=OmegaConf.select(cfg, "task.data"),
                                            draw=cfg.get("draw", "auto"), resumed=_resumed(checkpointer))
@@ -259,16 +261,17 @@ def sweep_store_run(cfg: DictConfig, identity: str) -> Path | None:
     return store_folder(Path(cfg.store), cfg, identity)
 
 
-def _search(cfg: DictConfig, problem: Problem, checkpointer: Checkpointer, phases: Phases) -> MethodResult:
+def _search(cfg: DictConfig, problem: Problem, checked, checkpointer: Checkpointer, phases: Phases) -> MethodResult:
     """The engine's caches, then the configured method (checkpointed where it can be), or the
-    method's result that an interrupted run of this config finished."""
+    method's result that an interrupted run of this config finished.  ``checked``: the method's typed
+    parameters (``validate``)."""
     with phases("caches", "running the unpatched and ablated models once (the engine's caches)"):
         problem.clean_logits("validation")  # builds the engine (the ablated run), then the unpatched run
     saved = checkpointer.finished()
     if saved is not None:
         return result_from_state(problem.graph, saved)
     spec = get_spec(cfg.method.name)
-    params = dataclasses.asdict(method_params(cfg, spec))
+    params = dataclasses.asdict(checked)
     if not spec.checkpoints:  # a signal stops it at once (the pipeline keeps nothing of it)
         with phases("method", f"running {cfg.method.name}"), checkpointer.timing():
             return spec.function()(problem, **params)
@@ -277,7 +280,7 @@ def _search(cfg: DictConfig, problem: Problem, checkpointer: Checkpointer, phase
         return spec.function()(problem, **params)
 
 
-def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, method: str, tau: float | None,
+def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, method: str,
                      seed: int, device, identity: str | None, started: float, phases: Phases | None = None,
                      threads: dict | None = None, data: str | None = None, draw: bool | str = "auto",
                      resumed: dict | None = None) -> dict:
@@ -324,7 +327,7 @@ def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, me
         graph=graph.granularity,
         model=task.model.cfg.model_name,
         metric=problem.metric.name,
-        tau=tau if "tau" in spec.top_level else None,
+        tau=result.parameter if spec.parameter == "tau" else None,  # ACDC's threshold: its parameter
         parameter_name=spec.parameter,  # what this method's curve varies (tau, lambda_reg, k)
         parameter=result.parameter,
         seed=seed,

@@ -102,8 +102,25 @@ def check_paper_sweep(cfg: DictConfig) -> None:
                           f"(task.sweeps.{spec.name} is not set)")
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Every check a composed config can pass or fail without loading anything."""
+# Configs already checked (their text without Hydra's own node) -> their method's typed parameters.
+# The command line checks a run's config before Hydra starts, the job and the pipeline then ask for
+# the same config again: each setting is validated once, by the spec that defines it.
+_CHECKED: dict[str, object] = {}
+_MAX_CHECKED = 256
+
+
+def check_config(cfg: DictConfig):
+    """Every check a composed config can pass or fail without loading anything; returns the
+    method's typed parameters (``method_params``).  A config is checked once per process."""
+    key = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"})
+    if key not in _CHECKED:
+        if len(_CHECKED) >= _MAX_CHECKED:
+            _CHECKED.clear()
+        _CHECKED[key] = _check_config(cfg)
+    return _CHECKED[key]
+
+
+def _check_config(cfg: DictConfig):
     _choice("task", cfg.task.name, "task")
     specs = load_specs()  # a method is one with a spec (and, to be chosen by name, a config file)
     if cfg.method.name not in specs:
@@ -112,7 +129,8 @@ def check_config(cfg: DictConfig) -> None:
     _choice("graph", cfg.graph.granularity, "graph")
     _check_task(cfg)
     spec = get_spec(cfg.method.name)
-    check_method_metric(cfg, spec, method_params(cfg, spec))
+    params = method_params(cfg, spec)
+    check_method_metric(cfg, spec, params)
     check_model_name(cfg)
     if OmegaConf.select(cfg, "threshold.name") == "paper" and spec.sweep is not None:
         check_paper_sweep(cfg)
@@ -129,6 +147,7 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.get("draw", "auto") not in ("auto", True, False):  # draw.DRAW_OPTIONS (draw.py needs matplotlib)
         raise ConfigError(f"draw must be auto, true or false, got {cfg.get('draw')!r}")
     _check_files(cfg)
+    return params
 
 
 def _check_shuffle_positions(cfg: DictConfig) -> None:
@@ -141,7 +160,7 @@ def _check_shuffle_positions(cfg: DictConfig) -> None:
                           f"models); model {cfg.model.name} has none")
 
 
-# task.ground_truth values that name a task's own circuit rather than a file (tracr: issue 16).
+# task.ground_truth values that name a task's own circuit rather than a file (tracr: the paper's or the program's).
 GROUND_TRUTH_WORDS = ("paper", "program")
 
 
