@@ -1,7 +1,7 @@
 """``threads=auto`` against one thread and torch's default, on a quiet machine and beside busy loops.
 
     python benchmarks/threads_auto.py                  # both cases, load 0 and 4 busy loops (a few minutes)
-    python benchmarks/threads_auto.py --busy 4 --edge-tests 0 --repeats 2   # uncapped runs, best of 2
+    python benchmarks/threads_auto.py --busy 4 --edge-tests 0 --repeats 3   # uncapped runs, best of 3
 
 Cases (the README's lines)
   pairs      task=pairs task.path=examples/ioi_pairs.csv metric=logit_diff tau=0.0001
@@ -11,7 +11,8 @@ Cases (the README's lines)
              capped at --edge-tests edge tests (0: the whole run) to keep the table to minutes
 
 Each case runs in this process through ``pipeline.run`` (a fresh run folder, ``draw=false``) with
-``threads=1``, ``threads=<cores>`` (torch's default: one thread per core) and ``threads=auto``, first on
+``threads=1``, ``threads=<cores>`` (torch's default: one thread per core) and ``threads=auto``, in
+``--repeats`` interleaved rounds (each cell: its fastest), first on
 the machine as it is, then with ``--busy`` processes of ``while True: pass`` started beside it (the
 "loaded" rows).  The time is the run's caches + method + evaluation phases (``summary.json``
 timings: where the thread count applies; the model's build is the same for all).  ``auto/best`` is
@@ -23,6 +24,7 @@ default is one thread per core as a user's would be.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -68,9 +70,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--busy", type=int, default=4, help="busy loops beside the loaded rows (0: quiet rows only)")
-    parser.add_argument("--edge-tests", type=int, default=150, help="cap on induction's ACDC edge tests (0: none)")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per cell; the table shows the fastest")
+    parser.add_argument("--edge-tests", type=int, default=60, help="cap on induction's ACDC edge tests (0: none)")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of the three settings; each cell shows its "
+                                                               "fastest")
     args = parser.parse_args()
+    logging.getLogger("circuitfind").setLevel(logging.WARNING)  # the table, not each run's phases
 
     import torch
 
@@ -89,12 +93,11 @@ def main() -> None:
                 time.sleep(3 if busy else 0)  # the loops are running before the first reading
                 before = loadavg()
                 cell = {}
-                for threads in (1, cores, "auto"):
-                    best, record = None, None
-                    for _ in range(args.repeats):
+                for _ in range(args.repeats):  # rounds of all three, so that a change of load hits each
+                    for threads in (1, cores, "auto"):
                         seconds, record = timed_run(overrides, threads)
-                        best = seconds if best is None else min(best, seconds)
-                    cell[threads] = (best, record)
+                        if threads not in cell or seconds < cell[threads][0]:
+                            cell[threads] = (seconds, record)
                 after = loadavg()
             finally:
                 for loop in loops:

@@ -23,7 +23,7 @@ from conftest import config  # noqa: E402
 
 SHAPES = {  # model.name and a small size of it (Llama keeps 8 key/value heads: 16 query heads share them)
     "gpt2": ["model.name=gpt2", "model.n_heads=4", "model.d_model=32"],
-    "llama": ["model.name=llama-3.2-1b", "model.n_heads=16", "model.d_model=128"],
+    "llama": ["model.name=meta-llama/Llama-3.2-1B", "model.n_heads=16", "model.d_model=128"],
     "qwen": ["model.name=qwen2.5-0.5b", "model.n_heads=4", "model.d_model=32"],
 }
 SMALL_INDUCTION = ["task=induction", "model=hf", "model.pretrained=false", "model.n_layers=2", "task.n_prompts=4",
@@ -39,9 +39,10 @@ def test_induction_runs_on_a_bridge(tmp_path, shape, method):
     assert (tmp_path / "edges.csv").is_file()
 
 
-def test_shipped_weights_are_refused_with_one_line(tmp_path):
+@pytest.mark.parametrize("task", ["task=tracr_reverse", "task=induction"])
+def test_shipped_weights_are_refused_with_one_line(tmp_path, task):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-m", "circuitfind.cli", "progress=false", f"hydra.run.dir={tmp_path}"],
+    result = subprocess.run([sys.executable, "-m", "circuitfind.cli", task, "progress=false", f"hydra.run.dir={tmp_path}"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
