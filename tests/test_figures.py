@@ -257,7 +257,7 @@ def test_fig3_runs_its_sweeps_through_the_cli_then_reuses_them(tmp_path, monkeyp
     # lambda -1 is refused by its job (a config error): the figure must still be drawn without it.
     config, out, lines = tiny_fig3(tmp_path, [-1.0, 1.0]), tmp_path / "figures", []
     result = build("fig3", ["tracr_proportion"], "zero", config=str(config), out=out, echo=lines.append)
-    assert [p.name for p in result["outputs"]] == ["fig3_zero.png", "fig3_zero.pdf"]
+    assert [p.name for p in result["outputs"]] == ["fig3_zero.png", "fig3_zero.pdf", "fig3_zero_faithfulness.csv"]
     manifest = json.loads(result["manifest"].read_text())
     fig, drawn, _ = draw_roc(result["points"], ["tracr_proportion"], ["zero"])  # what the files show
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
