@@ -49,13 +49,14 @@ def norm_kind(ln) -> str | None:
     """Which of TransformerLens' four norms ``ln`` computes, or None: a view's norm says so in
     ``norm_kind``; TransformerLens 3's own classes are known by name (the engine does not import
     TransformerLens)."""
-    kind = getattr(ln, "norm_kind", None)
-    if kind is not None:
-        return kind
-    for cls in type(ln).__mro__:
-        if cls.__module__.startswith("transformer_lens.") and cls.__name__ in NORM_KINDS:
-            return cls.__name__
-    return None
+    cls = type(ln)
+    if cls not in _CLASS_KINDS:  # each class looked at once (this runs in every backward)
+        _CLASS_KINDS[cls] = next((c.__name__ for c in cls.__mro__
+                                  if c.__module__.startswith("transformer_lens.") and c.__name__ in NORM_KINDS), None)
+    return _CLASS_KINDS[cls] or getattr(ln, "norm_kind", None)
+
+
+_CLASS_KINDS: dict[type, str | None] = {}
 
 
 def norm_parts(ln) -> NormParts | None:
