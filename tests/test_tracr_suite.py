@@ -208,8 +208,8 @@ def test_paper_tasks_ground_truth_choice():
     paper = build_task("tracr_reverse")
     program = build_task("tracr_reverse", ground_truth="program")
     graph = qkv_graph(paper.model)
-    assert paper.canonical_edges(graph) == reverse_canonical(graph)
-    assert program.canonical_edges(graph) == derive_canonical(paper.model, graph)
+    assert paper.ground_truth_edges(graph) == reverse_canonical(graph)
+    assert program.ground_truth_edges(graph) == derive_canonical(paper.model, graph)
     with pytest.raises(ValueError, match="ground_truth"):
         build_task("tracr_proportion", ground_truth="acdc")
 
@@ -234,7 +234,7 @@ def test_ground_truth_reaches_the_task_through_the_config(overrides, expected):
     from circuitfind.runs.pipeline import build_problem, compose_config
 
     problem = build_problem(compose_config("progress=false", "task=tracr_reverse", *overrides))
-    assert len(problem.task.canonical_edges(problem.graph)) == expected
+    assert len(problem.task.ground_truth_edges(problem.graph)) == expected
 
 
 def test_suite_task_composes_and_builds_from_its_config():
