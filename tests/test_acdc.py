@@ -8,7 +8,7 @@ import torch
 
 from circuitfind.engine import make_ablation
 from circuitfind.evaluation.rates import edge_and_node_rates
-from circuitfind.tasks.ground_truth import canonical_mask
+from circuitfind.tasks.ground_truth import ground_truth_mask
 from circuitfind.core.graph import Architecture, EdgeMask, Graph
 from circuitfind.methods import Problem, get_method
 from circuitfind.methods.acdc import Step, candidate_masks
@@ -29,7 +29,7 @@ def tracr_problem(name, corruption="zero", granularity="qkv", shuffle_positions=
 def test_tracr_reverse_zero_ablation_recovers_exactly_the_canonical_circuit():
     problem = tracr_problem("tracr_reverse")
     result = get_method("acdc")(problem, tau=0.001)
-    canonical = canonical_mask(problem.task, problem.graph)
+    canonical = ground_truth_mask(problem.task, problem.graph)
     assert problem.graph.n_edges == 106 and canonical.n_kept == 15
     assert sorted(result.circuit.kept_names()) == sorted(canonical.kept_names())
     assert edge_and_node_rates(result.circuit, canonical) == dict(edge_tpr=1.0, edge_fpr=0.0, node_tpr=1.0, node_fpr=0.0)
@@ -38,7 +38,7 @@ def test_tracr_reverse_zero_ablation_recovers_exactly_the_canonical_circuit():
 def test_tracr_proportion_zero_ablation_on_the_papers_prompts_recovers_exactly_the_canonical_circuit():
     problem = tracr_problem("tracr_proportion", data="paper")
     result = get_method("acdc")(problem, tau=0.001)
-    canonical = canonical_mask(problem.task, problem.graph)
+    canonical = ground_truth_mask(problem.task, problem.graph)
     assert problem.graph.n_edges == 38 and canonical.n_kept == 10
     assert sorted(result.circuit.kept_names()) == sorted(canonical.kept_names())
 
@@ -48,7 +48,7 @@ def test_tracr_interchange_ablation_with_shuffled_positions_keeps_nine_canonical
     """As the reference implementation: the corrupted run's positions shuffled, tau 0.001."""
     problem = tracr_problem(name, corruption="corrupted", shuffle_positions=True)
     result = get_method("acdc")(problem, tau=0.001)
-    canonical = canonical_mask(problem.task, problem.graph)
+    canonical = ground_truth_mask(problem.task, problem.graph)
     assert canonical.n_kept == n_canonical and result.circuit.n_kept == 9
     assert set(result.circuit.kept_names()) <= set(canonical.kept_names())
     rates = edge_and_node_rates(result.circuit, canonical)
@@ -60,7 +60,7 @@ def test_tracr_proportion_on_valid_prompts_cannot_see_the_bos_default():
     tok_embed -> q/k never changes the output (delta exactly 0): 8 of the 10 canonical edges."""
     problem = tracr_problem("tracr_proportion", data="valid")
     result = get_method("acdc")(problem, tau=0.001)
-    canonical = canonical_mask(problem.task, problem.graph)
+    canonical = ground_truth_mask(problem.task, problem.graph)
     missing = set(canonical.kept_names()) - set(result.circuit.kept_names())
     assert set(result.circuit.kept_names()) <= set(canonical.kept_names())
     assert missing == {"tok_embed->a1.h0<q>", "tok_embed->a1.h0<k>"}
@@ -265,7 +265,7 @@ def test_tau_must_be_a_positive_number(tau):
 def test_tracr_reverse_coarser_graphs_recover_the_projected_canonical_circuit(granularity, n_edges, n_canonical):
     problem = tracr_problem("tracr_reverse", granularity=granularity)
     result = get_method("acdc")(problem, tau=0.001)
-    canonical = canonical_mask(problem.task, problem.graph)
+    canonical = ground_truth_mask(problem.task, problem.graph)
     assert (problem.graph.n_edges, canonical.n_kept) == (n_edges, n_canonical)
     assert sorted(result.circuit.kept_names()) == sorted(canonical.kept_names())
 
@@ -274,7 +274,7 @@ def test_tracr_reverse_coarser_graphs_recover_the_projected_canonical_circuit(gr
 def test_mean_ablation_runs_end_to_end_and_keeps_only_canonical_edges(corruption):
     problem = tracr_problem("tracr_reverse", corruption=corruption)
     result = get_method("acdc")(problem, tau=0.001)
-    canonical = canonical_mask(problem.task, problem.graph)
+    canonical = ground_truth_mask(problem.task, problem.graph)
     rates = edge_and_node_rates(result.circuit, canonical)
     assert rates["edge_fpr"] == 0.0 and rates["edge_tpr"] > 0
 

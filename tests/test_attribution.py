@@ -190,4 +190,10 @@ def test_report_lists_eap_and_eap_ig(tmp_path):
     # EAP under zero ablation scores 4 of the 10 canonical edges above rounding and the rest tie with
     # every other edge: the staircase (0, 0) -> (0, 0.4) -> (1, 1) has area 0.4
     assert edge["eap"] == pytest.approx(0.4)
-    assert method_labels()["eap_ig"] == "EAP-IG" and (tmp_path / "roc_tracr_proportion.png").exists()
+    assert method_labels()["eap_ig"] == "EAP-IG"
+    from circuitfind.report import task_roc_figure
+    from circuitfind.runs.points import collect_points
+
+    edge_panel = task_roc_figure("tracr_proportion", collect_points(sorted(p.parent for p in tmp_path.rglob("summary.json")))).axes[0]
+    assert [t.get_text() for t in edge_panel.get_legend().get_texts()] == [
+        f"EAP (AUC {edge['eap']:.2f})", f"EAP-IG (AUC {edge['eap_ig']:.2f})"]  # what roc_tracr_proportion.png shows

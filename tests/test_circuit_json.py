@@ -10,7 +10,7 @@ import torch
 from circuitfind.runs.circuit_json import (CircuitFileError, mib_circuit, mib_edges, qkv_view, read_circuit_file)
 from circuitfind.core.graph import Architecture, EdgeMask, Graph
 from circuitfind.methods.result import MethodResult
-from circuitfind.tasks.ground_truth import canonical_mask
+from circuitfind.tasks.ground_truth import ground_truth_mask
 from circuitfind.runs.pipeline import ConfigError, run
 
 from conftest import config
@@ -54,7 +54,7 @@ def test_round_trip_gives_the_same_circuit(tmp_path, granularity, split_embed):
     path = tmp_path / "circuit.json"
     path.write_text(json.dumps(mib_circuit(result)))
     qkv_graph = Graph(graph.arch, "qkv")
-    truth = canonical_mask(type("T", (), {"canonical_edges": read_circuit_file(path).edge_names})(), graph)
+    truth = ground_truth_mask(type("T", (), {"ground_truth_edges": read_circuit_file(path).edge_names})(), graph)
     assert torch.equal(truth.kept, result.circuit.kept)
     assert read_circuit_file(path).edge_names(qkv_graph) == {n for n, (_, k) in qkv_view(result).items() if k}
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from circuitfind.evaluation.rates import edge_and_node_rates
-from circuitfind.tasks.ground_truth import canonical_mask
+from circuitfind.tasks.ground_truth import ground_truth_mask
 from circuitfind.core.graph import Architecture, Graph
 from circuitfind.methods import Problem, get_method
 from circuitfind.methods.components import Components
@@ -110,7 +110,7 @@ def test_tracr_reverse_ranks_the_canonical_mlps_and_value_first():
     # component whose importance is zero up to rounding (it ties with the zeros)
     ranking = result.ranking
     above_noise = ranking.circuit(ranking.n_cuts - 2)
-    canonical = canonical_mask(task, graph).kept
+    canonical = ground_truth_mask(task, graph).kept
     missed = canonical & ~above_noise
     components = Components(graph)
     assert missed.any()  # (rounding decided where these fell before ties were grouped)

@@ -8,7 +8,7 @@ import torch
 
 from circuitfind.engine import gather_positions
 from circuitfind.evaluation.rates import edge_and_node_rates
-from circuitfind.tasks.ground_truth import canonical_mask
+from circuitfind.tasks.ground_truth import ground_truth_mask
 from circuitfind.core.graph import Architecture, Graph
 from circuitfind.methods import Problem, get_method
 from circuitfind.methods.components import Components
@@ -141,7 +141,7 @@ def test_sp_finds_the_tracr_reverse_components_and_a_large_lambda_closes_every_g
     small = get_method("sp")(problem, lambda_reg=0.01, epochs=500, lr=0.01)
     gates = {row["gate"]: row["kept"] for row in small.tables["gates.csv"]}
     assert {g for g, kept in gates.items() if kept} == {"a0.h0<v>", "m0", "m1", "m2", "a3.h0<q>", "a3.h0<k>", "a3.h0<v>"}
-    rates = edge_and_node_rates(small.circuit, canonical_mask(problem.task, problem.graph))
+    rates = edge_and_node_rates(small.circuit, ground_truth_mask(problem.task, problem.graph))
     assert rates["edge_tpr"] == 1.0 and rates["node_tpr"] == 1.0 and rates["node_fpr"] == 0.0
     assert 0 < rates["edge_fpr"] < 0.5  # every edge between kept nodes: also non-canonical ones
     # each edge scores its gates' open probability

@@ -52,7 +52,7 @@ def test_induction_task_reads_the_predictable_positions():
     assert not torch.equal(task.validation.clean, task.test.clean)
     again = build_task("induction", seed=3, model=INDUCTION_2L, n_prompts=20, seq_len=40, span_len=8)
     assert torch.equal(again.validation.clean, data.clean) and torch.equal(again.test.corrupted, task.test.corrupted)
-    assert task.canonical_edges is None
+    assert task.ground_truth_edges is None
 
 
 def test_the_shipped_model_does_induction():

@@ -176,7 +176,7 @@ def test_docstring_metric_is_the_answer_minus_the_best_wrong_logit():
 def test_docstring_on_random_attn_only_4l_reads_gpt2_tokens_offline(docstring):
     # attn-only-4l's own tokenizer is not cached here: the random stand-in's vocabulary fits GPT-2's ids
     assert docstring.model.cfg.d_vocab >= int(docstring.validation.clean.max()) + 1
-    assert docstring.canonical_edges is not None
+    assert docstring.ground_truth_edges is not None
 
 
 @pytest.mark.parametrize("task, value", [("ioi", 0), ("greaterthan", "many"), ("docstring", True), ("induction", 1)])

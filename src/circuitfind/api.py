@@ -80,7 +80,7 @@ def make_task(model: ModelView, clean: torch.Tensor, corrupted: torch.Tensor,
     default = _metric(metric, metrics, lower_is_better)
     metrics[default.name] = default
     return Task(name, model, validation=data, test=data, metrics=metrics, default_metric=default.name,
-                split_embed=split_embed, canonical_edges=_canonical(ground_truth))
+                split_embed=split_embed, ground_truth_edges=_canonical(ground_truth))
 
 
 def _positions(positions, clean: torch.Tensor) -> torch.Tensor:
@@ -158,9 +158,9 @@ class Circuit:
         """Every edge as a pandas DataFrame, the columns of ``edges.csv``."""
         import pandas as pd
 
-        from .tasks.ground_truth import canonical_mask
+        from .tasks.ground_truth import ground_truth_mask
 
-        canonical = canonical_mask(self.problem.task, self.graph)
+        canonical = ground_truth_mask(self.problem.task, self.graph)
         return pd.DataFrame(dict(
             edge=[e.name for e in self.graph.edges], sender=[e.sender for e in self.graph.edges],
             receiver=[e.receiver for e in self.graph.edges], score=self.result.scores.tolist(),

@@ -128,19 +128,22 @@ def component_ranking(graph: Graph, scores: torch.Tensor, tolerance: float, name
 
 
 def curve_cuts(ranking: Ranking, fractions=MIB_FRACTIONS, points: int | None = None) -> list[tuple[float | None, int]]:
-    """(fraction or None, cut) of the curve: one per fraction, then evenly spaced cuts until it has
-    ``points`` points in all (if more than the fractions give), without repeats, largest first."""
+    """(fraction or None, cut) of the curve: one per fraction (fractions that fall on the same cut
+    share its circuit, but each is a point of the curve, as MIB integrates over all ten), then
+    evenly spaced cuts not yet on it until it has ``points`` points in all, largest first."""
     n = ranking.graph.n_edges
-    chosen: dict[int, float | None] = {}
-    for p in fractions:
-        chosen.setdefault(ranking.cut_for(int(p * n)), p)
+    out: list[tuple[float | None, int]] = [(p, ranking.cut_for(int(p * n))) for p in fractions]
     if points:  # evenly spaced cuts, from the top, until the curve has ``points`` points
         last = ranking.n_cuts - 1
+        taken = {cut for _, cut in out}
         for i in range(points):
-            if len(chosen) >= points:
+            if len(out) >= points:
                 break
-            chosen.setdefault(last - round(last * i / max(points - 1, 1)), None)
-    return sorted(((p, j) for j, p in chosen.items()), key=lambda t: -t[1])
+            cut = last - round(last * i / max(points - 1, 1))
+            if cut not in taken:
+                taken.add(cut)
+                out.append((None, cut))
+    return sorted(out, key=lambda t: (-t[1], -(t[0] if t[0] is not None else -1.0)))
 
 
 class CircuitEvaluator:

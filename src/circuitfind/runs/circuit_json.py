@@ -272,5 +272,5 @@ def _read_edges_csv(path: Path, text: str) -> CircuitFile:
 
 
 def ground_truth(path: str | Path) -> Callable[[Graph], set[str]]:
-    """A task's ``canonical_edges`` from a circuit file, read (and its format checked) now."""
+    """A task's ``ground_truth_edges`` from a circuit file, read (and its format checked) now."""
     return read_circuit_file(path).edge_names

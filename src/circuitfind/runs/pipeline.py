@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..core.faithfulness import areas, describe as describe_faithfulness, faithfulness, full_model_metric
 from ..evaluation.rates import edge_and_node_rates
-from ..tasks.ground_truth import canonical_mask
+from ..tasks.ground_truth import ground_truth_mask
 from .circuit_json import CircuitFileError, ground_truth, read_circuit_file
 from ..core.graph import GRANULARITIES, Architecture, EdgeMask, Graph
 from ..methods.result import CurvePoint, MethodResult
@@ -64,8 +64,8 @@ def build_problem(cfg: DictConfig) -> Problem:
     """The task, model, graph and metric a config names, bundled for a method."""
     task = build_task(cfg.task.name, **_task_params(cfg))
     circuit_file = ground_truth_path(cfg)
-    if circuit_file is not None:  # a circuit file replaces the task's own canonical circuit
-        task.canonical_edges = ground_truth(circuit_file)
+    if circuit_file is not None:  # a circuit file replaces the task's own ground-truth circuit
+        task.ground_truth_edges = ground_truth(circuit_file)
     graph = Graph(Architecture.from_config(task.model.cfg, split_embed=task.split_embed), cfg.graph.granularity)
     return Problem(task, graph, cfg.corruption.name, task.metric(cfg.metric), progress=cfg.progress,
                    shuffle_positions=OmegaConf.select(cfg, "corruption.shuffle_positions", default=False),
@@ -87,7 +87,7 @@ def _task_params(cfg: DictConfig) -> dict:
 
 
 def _rates(found: EdgeMask, canonical: EdgeMask | None) -> dict:
-    """Edge and node TPR/FPR against the canonical circuit (None where the task has none)."""
+    """Edge and node TPR/FPR against the ground-truth circuit (None where the task has none)."""
     if canonical is None:
         return dict.fromkeys(("edge_tpr", "edge_fpr", "node_tpr", "node_fpr"), None)
     return edge_and_node_rates(found, canonical)
@@ -284,7 +284,7 @@ def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, me
                      seed: int, device, identity: str | None, started: float, phases: Phases | None = None,
                      threads: dict | None = None, data: str | None = None, draw: bool | str = "auto",
                      resumed: dict | None = None) -> dict:
-    """Evaluate ``result`` (metrics on both splits, rates against the canonical circuit, a method's
+    """Evaluate ``result`` (metrics on both splits, rates against the ground-truth circuit, a method's
     curve) and write every file of the run folder, ``summary.json`` last; returns the summary.
     The CLI and the Python API (``circuitfind.api``) both finish a run here.  ``phases``: the run's
     timings so far (this adds evaluation, writing and drawing); ``threads``, ``data`` (the prompt
@@ -294,7 +294,7 @@ def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, me
     phases = phases if phases is not None else Phases(progress=problem.progress)
     task, graph = problem.task, problem.graph
     with phases("evaluation", "evaluating the circuit on the validation and test prompts"):
-        canonical = canonical_mask(task, graph)
+        canonical = ground_truth_mask(task, graph)
         rates = _rates(result.circuit, canonical)
         metrics = _split_metrics(problem, result.circuit)
         curve = _evaluate_curve(problem, canonical, result) if result.curve is not None else None

@@ -1,5 +1,5 @@
 """What a task gives circuitfind: a model, clean and corrupted prompts, positions, metrics, and
-(where known) the canonical circuit.  Methods see only this interface."""
+(where known) the ground-truth circuit.  Methods see only this interface."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ class Task:
     metrics: dict[str, Metric]
     default_metric: str
     split_embed: bool = False  # token and positional embeddings as two graph nodes (tracr)
-    # The canonical circuit as edge names of the qkv graph, or None where the task has none.
-    canonical_edges: Callable[[Graph], set[str]] | None = None
+    # The ground-truth circuit as edge names of the qkv graph, or None where the task has none.
+    ground_truth_edges: Callable[[Graph], set[str]] | None = None
 
     def metric(self, name: str | None) -> Metric:
         name = name or self.default_metric
