@@ -81,11 +81,10 @@ class Checkpointer:
             saved = torch.load(self.path, map_location="cpu", weights_only=True)
             if not isinstance(saved, dict) or "state" not in saved:
                 raise ValueError("not a circuitfind checkpoint")
-        except Exception as error:  # torch reports a truncated or foreign file in many ways
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        except Exception as error:  # torch words a truncated or foreign file in many ways (error.txt has it)
             raise CheckpointUnreadable(
-                f"cannot read the checkpoint {self.path} ({reason}): start over with resume=false "
-                "(or delete the file)") from None
+                f"cannot read the checkpoint {self.path}: the file is truncated or damaged; start over with "
+                "resume=false (or delete the file)") from error
         if saved.get("config_hash") != self.config_hash:
             raise ValueError(
                 f"{self.path} belongs to a run of a different config (hash {saved.get('config_hash')}, "
