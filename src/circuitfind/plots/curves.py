@@ -166,7 +166,7 @@ def titles(fig, title: str, note: str = "") -> None:
     """The figure's title and, smaller and grey below it, how to read the picture; both wrapped to
     the figure's width."""
     width_pt = fig.get_figwidth() * 72
-    title = "\n".join(textwrap.wrap(title, max(int(width_pt / (0.55 * 11)), 20), break_on_hyphens=False))
+    title = "\n".join(textwrap.wrap(title, max(int(width_pt / (0.5 * 11)), 20), break_on_hyphens=False))
     note = "\n".join(textwrap.wrap(note, max(int(width_pt / (0.55 * 8)), 20), break_on_hyphens=False)) if note else ""
     fig.suptitle(title, fontsize=11)
     if note:
