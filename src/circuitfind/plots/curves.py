@@ -37,7 +37,7 @@ FACTS = ("task", "corruption", "metric", "graph", "level")
 # Metric values this far below the panel's largest magnitude are rounding (a KL of -4.7e-17): zero.
 ROUNDING = 1e-9
 PANEL_INCHES = 3.3  # the side of a square ROC panel
-BAR_INCHES = 0.75  # one parameter colour bar with its label
+BAR_INCHES = 0.6  # one parameter colour bar with its label
 
 
 @dataclass
@@ -153,8 +153,8 @@ def parameter_colorbars(fig, axes, points: pd.DataFrame, norms: dict[str, mcolor
         values = sorted({float(v) for v in points[points.method == method]["parameter"].dropna()})
         norm = norms[method]
         bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=shade_map(method)), ax=axes,
-                           location="right", shrink=0.85, aspect=28, pad=0.01, fraction=0.03)
-        bar.set_label(spec.parameter_label or spec.parameter, fontsize=8.5)
+                           location="right", shrink=0.8, aspect=40, pad=0.005, fraction=0.02)
+        bar.set_label(spec.parameter_label or spec.parameter, fontsize=8, labelpad=2)
         if isinstance(norm, mcolors.LogNorm) and len(values) <= 8:
             bar.set_ticks(values)  # a few values: label each (a log bar over less than a decade has no ticks)
         bar.ax.yaxis.set_major_formatter(_parameter_ticks(norm))
