@@ -68,7 +68,7 @@ FIGURES := $(PY) -m circuitfind.figures
 FIGURE_ARGS = $(if $(PRESET),--preset $(PRESET)) $(if $(JOBS),--jobs $(JOBS)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(OUT),--out $(OUT))
 .PHONY: fig3 fig4 tables tracr-suite
 
-fig3: setup  ## paper fig. 3: edge-level ROC per task, ACDC/SP/HISP (TASKS=..., CORRUPTION=zero|corrupted)
+fig3: setup  ## paper fig. 3: edge-level ROC per task, every method (TASKS=..., CORRUPTION=zero|corrupted)
 	$(FIGURES) fig3 $(if $(TASKS),--tasks $(TASKS)) $(if $(CORRUPTION),--corruption $(CORRUPTION)) $(FIGURE_ARGS)
 
 fig4: setup  ## paper fig. 4: Induction, test KL against edges kept, zero and corrupted ablation

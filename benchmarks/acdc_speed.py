@@ -96,7 +96,7 @@ def whole_run(name: str, problem: Problem, tau: float, device: str, batch_edges)
     slow, slow_s = timed(device, lambda: acdc_search(problem.graph, slow_losses, tau, progress=False,
                                                      dtype=problem.task.model.cfg.dtype))
     n_tests = len(slow.trace)
-    same = sequential.kept.kept_names() == slow.kept.kept_names() == batched.kept.kept_names()
+    same = sequential.circuit.kept_names() == slow.circuit.kept_names() == batched.circuit.kept_names()
     return dict(case=name, edges=problem.graph.n_edges, tests=n_tests, slow_s=slow_s, fast_s=sequential_s,
                 batched_s=batched_s, slow_per_test=slow_s / n_tests, fast_per_test=sequential_s / n_tests,
                 batched_per_test=batched_s / n_tests, same=same, peak_mb=engine_peak,
@@ -117,7 +117,7 @@ def sampled_tests(name: str, problem: Problem, n_tests: int, device: str, tau: f
     """Time a fixed, evenly spread sample of single-edge tests on both paths, and the engine's
     batched tests: each sampled edge with the k-1 edges after it in its receiver, removed cumulatively."""
     graph = problem.graph
-    order = [e for _, edges in graph.visits for e in edges]  # ACDC's visiting order
+    order = list(range(graph.n_edges))  # ACDC visits edges by id
     sample = [order[i] for i in torch.linspace(0, len(order) - 1, n_tests).round().long().tolist()]
     engine, data = problem.engine(), problem.data("validation")
     full = torch.ones(graph.n_edges, dtype=engine.dtype)  # masks live on the CPU, as in ACDC; the engine moves them

@@ -91,7 +91,8 @@ def phase(name: str, rows: list, device: str, repeats: int, fn) -> None:
 def acdc_test_seconds(problem: Problem, n_tests: int, device: str) -> float:
     """Mean time of one ACDC edge test (one edge removed from the full circuit, restarted at its stage)."""
     graph, engine, data = problem.graph, problem.engine(), problem.data("validation")
-    order = [e for r in graph.receivers_in_order for e in graph.incoming[r]]
+    receivers = dict.fromkeys(e.receiver for e in graph.edges)  # as ACDC first meets them
+    order = [e for r in receivers for e in graph.incoming[r]]
     sample = [order[i] for i in torch.linspace(0, len(order) - 1, n_tests).round().long().tolist()]
     full = torch.ones(graph.n_edges, dtype=engine.dtype)
     with torch.no_grad():

@@ -166,7 +166,7 @@ def seconds_per_test(model: HookedTransformer, n_prompts: int, seq: int, n_tests
     corrupted = torch.randint(0, model.cfg.d_vocab, (n_prompts, seq), generator=g).to(device)
     positions = torch.full((n_prompts, 1), seq - 1, device=device)
     engine = PatchEngine(model, graph, clean, make_ablation("corrupted", model, graph, clean, corrupted))
-    order = [e for _, edges in graph.visits for e in edges]  # ACDC's visiting order
+    order = list(range(graph.n_edges))  # ACDC visits edges by id
     sample = [order[i] for i in torch.linspace(0, len(order) - 1, n_tests).round().long().tolist()]
     with torch.no_grad():
         logits, cache = engine.run(graph.full_mask().values.float(), positions, record=True)

@@ -16,7 +16,7 @@ import csv
 import sys
 
 from circuitfind.evaluation.exact_effects import compare_attributions
-from circuitfind.methods.hisp import resolve_objective
+from circuitfind.methods.objective import resolve_objective
 from circuitfind.runs.pipeline import build_problem, compose_config
 
 

@@ -67,3 +67,42 @@ def config(*overrides):
     from circuitfind.runs.pipeline import compose_config
 
     return compose_config("progress=false", *overrides)
+
+
+# ---- tests that need GPT-2's BPE --------------------------------------------------------------
+# GPT-2's tokenizer is not part of the project: `make test` and CI find it in ../shared (through
+# $CIRCUITFIND_GPT2_TOKENIZER), a fresh clone may have no such folder.  Tests marked
+# `needs_gpt2_tokenizer` then skip with one reason; CI sets CIRCUITFIND_REQUIRE_GPT2_TOKENIZER=1 so
+# that they fail there instead of skipping.
+GPT2_TOKENIZER_REASON = ("needs GPT-2's BPE tokenizer: set CIRCUITFIND_GPT2_TOKENIZER to a folder holding its "
+                         "vocab.json and merges.txt (make test uses ../shared/gpt2-tokenizer)")
+_gpt2_tokenizer_found: list[bool] = []
+
+
+def gpt2_tokenizer_found() -> bool:
+    if not _gpt2_tokenizer_found:
+        from circuitfind.models.loading import ModelUnavailableError, gpt2_tokenizer
+
+        try:
+            gpt2_tokenizer()
+            _gpt2_tokenizer_found.append(True)
+        except ModelUnavailableError:
+            _gpt2_tokenizer_found.append(False)
+    return _gpt2_tokenizer_found[0]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_gpt2_tokenizer: skips (one reason) where GPT-2's BPE cannot be found")
+
+
+def require_gpt2_tokenizer() -> None:
+    """Skip the calling test (fail it under CIRCUITFIND_REQUIRE_GPT2_TOKENIZER=1) without GPT-2's BPE."""
+    if not gpt2_tokenizer_found():
+        if os.environ.get("CIRCUITFIND_REQUIRE_GPT2_TOKENIZER") == "1":
+            pytest.fail(f"CIRCUITFIND_REQUIRE_GPT2_TOKENIZER=1, but this test {GPT2_TOKENIZER_REASON}")
+        pytest.skip(GPT2_TOKENIZER_REASON)
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("needs_gpt2_tokenizer"):
+        require_gpt2_tokenizer()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from circuitfind.core.checkpoint import Checkpointer, RunInterrupted
 from circuitfind.core.graph import Architecture, EdgeMask, Graph
 from circuitfind.methods import Problem, get_method
-from circuitfind.methods.acdc import acdc_search
+from circuitfind.methods.acdc import acdc_search, visits
 from circuitfind.methods.acdc_guided import blocks, guided_on_engine, guided_search
 from circuitfind.core.metrics import KL
 from circuitfind.engine.reference import reference_ablation, reference_logits
@@ -72,7 +72,7 @@ def test_a_group_goes_exactly_when_the_hook_reference_says_the_loss_rose_by_less
         rise = reference_kl(problem, ablated, after) - reference_kl(problem, ablated, before)
         assert abs(rise - tau) > 1e-9, "too close to tau to tell"
         assert accepted == (rise < tau)
-    assert 0 < result.kept.n_kept < problem.graph.n_edges
+    assert 0 < result.circuit.n_kept < problem.graph.n_edges
 
 
 @pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)])
@@ -82,9 +82,9 @@ def test_with_a_random_order_the_circuit_stays_within_its_tau_steps_of_the_full_
     result = get_method("acdc_guided")(problem, tau=tau, order="random", seed=seed)
     ablated = reference_ablation(problem.task.model, problem.task.validation.corrupted, "corrupted")
     full = reference_kl(problem, ablated, torch.ones(problem.graph.n_edges))
-    circuit = reference_kl(problem, ablated, result.kept.values.double())
+    circuit = reference_kl(problem, ablated, result.circuit.values.double())
     steps = result.details["n_accepted_groups"]
-    assert 0 < result.kept.n_kept < problem.graph.n_edges and steps > 0
+    assert 0 < result.circuit.n_kept < problem.graph.n_edges and steps > 0
     assert circuit - full < steps * tau
     assert result.details["final_loss_verified"] == pytest.approx(circuit, abs=1e-9)
 
@@ -118,19 +118,19 @@ def test_on_independent_edges_that_never_help_the_kept_set_is_plain_acdcs(granul
             (lambda mask, edges: -torch.tensor(edges, dtype=torch.float64))
         plain = acdc_search(graph, losses, 1.0, progress=False, dtype=torch.float64)
         guided = guided_search(graph, losses, shuffle, 1.0, progress=False, dtype=torch.float64)
-        assert 0 < plain.kept.n_kept < graph.n_edges
-        assert guided.kept.kept_names() == plain.kept.kept_names()
+        assert 0 < plain.circuit.n_kept < graph.n_edges
+        assert guided.circuit.kept_names() == plain.circuit.kept_names()
 
 
 def test_blocks_cut_acdcs_visits_where_the_stage_changes_or_a_receiver_feeds_the_block():
     model = tiny_model(n_layers=2, n_heads=2, d_model=16)
     graph = Graph(Architecture.from_config(model.cfg))
-    cut = [[graph.visits[i][0] for i in block] for block in blocks(graph, "stage")]
+    cut = [[visits(graph)[i][0] for i in block] for block in blocks(graph, "stage")]
     assert cut[0] == ["resid_post"]
     assert cut[1] == ["m1"]
     assert cut[2] == ["a1.h1", "a1.h0"] * 3  # the q/k/v edges of layer 1's heads
     assert cut[3] == [f"a1.h{h}<{w}>" for w in "vkq" for h in (1, 0)]  # their inputs
-    assert sum(len(b) for b in cut) == len(graph.visits)
+    assert sum(len(b) for b in cut) == len(visits(graph))
     assert all(len(b) == 1 for b in blocks(graph, "receiver"))
 
 
@@ -140,7 +140,7 @@ def test_batched_candidates_take_exactly_the_sequential_decisions(batch_edges):
     tau = single_edge_tau(problem, 0.5)
     sequential = get_method("acdc_guided")(problem, tau=tau, batch_edges=1)
     batched = get_method("acdc_guided")(problem, tau=tau, batch_edges=batch_edges)
-    assert batched.kept.kept_names() == sequential.kept.kept_names()
+    assert batched.circuit.kept_names() == sequential.circuit.kept_names()
     assert [(r["edge"], r["kept"]) for r in batched.trace] == [(r["edge"], r["kept"]) for r in sequential.trace]
     assert batched.details["n_test_forwards"] < sequential.details["n_test_forwards"] == len(sequential.trace)
 
@@ -154,7 +154,7 @@ def test_an_interrupted_run_resumes_to_the_same_circuit(tmp_path):
     with pytest.raises(RunInterrupted):
         get_method("acdc_guided")(problem, tau=tau, checkpointer=checkpointer)
     resumed = get_method("acdc_guided")(problem, tau=tau, checkpointer=Checkpointer(tmp_path, "h"))
-    assert resumed.kept.kept_names() == whole.kept.kept_names()
+    assert resumed.circuit.kept_names() == whole.circuit.kept_names()
     assert resumed.trace == whole.trace
     assert torch.equal(resumed.scores, whole.scores)
 
@@ -164,7 +164,7 @@ def test_max_edge_tests_stops_the_search_and_keeps_what_is_untested():
     result = get_method("acdc_guided")(problem, tau=single_edge_tau(problem, 0.5), max_edge_tests=3)
     assert len(result.trace) == 3
     assert bool(torch.isposinf(result.scores).any())
-    assert bool(result.kept.kept[torch.isposinf(result.scores)].all())
+    assert bool(result.circuit.kept[torch.isposinf(result.scores)].all())
 
 
 @pytest.mark.parametrize("bad, message", [(dict(order="best"), "unknown order"), (dict(group="layer"), "unknown group"),

@@ -123,7 +123,7 @@ def compare(model_kind: str, corruption: str, n_taus: int) -> None:
                                  shuffle_positions=problem.shuffle_positions)
     kept_counts = []
     for tau in spread_taus(problem, n_taus):
-        fast = set(get_method("acdc")(problem, tau=tau).kept.kept_names())  # the pipeline's ACDC, batched
+        fast = set(get_method("acdc")(problem, tau=tau).circuit.kept_names())  # the pipeline's ACDC, batched
         assert fast == naive_acdc(model, problem.graph, problem.task.validation, ablated, tau), tau
         kept_counts.append(len(fast))
     assert len(set(kept_counts)) > 1 and 0 < min(kept_counts) and max(kept_counts) < problem.graph.n_edges

@@ -104,6 +104,6 @@ def test_acdc_keeps_the_same_edges_with_activations_on_the_cpu(family):
         problem = dataclasses.replace(random_problem(model, "corrupted"), activation_device=where)
         results.append(get_method("acdc")(problem, tau=1e-3))
         assert problem.engine("validation").activation_device == where
-    assert 0 < results[0].kept.n_kept < results[0].kept.graph.n_edges
-    assert results[1].kept.kept_names() == results[0].kept.kept_names()
+    assert 0 < results[0].circuit.n_kept < results[0].circuit.graph.n_edges
+    assert results[1].circuit.kept_names() == results[0].circuit.kept_names()
     torch.testing.assert_close(results[1].scores, results[0].scores, rtol=0, atol=0)

@@ -3,6 +3,7 @@ EAP-IG's completeness, and both methods through the pipeline."""
 
 import csv
 import json
+import re
 
 import pytest
 import torch
@@ -146,17 +147,27 @@ def test_pipeline_writes_scores_and_the_whole_curve(tmp_path, method, corruption
 def test_signed_scores_and_k():
     problem = _tracr_problem("tracr_reverse", "zero")
     signed = get_method("eap")(problem, absolute=False, k=7, pruned=False)
-    assert (signed.scores < 0).any() and signed.kept.n_kept <= 7
+    assert (signed.scores < 0).any() and signed.circuit.n_kept <= 7
     # the top tie groups that fit in 7 edges: each kept edge outscores every other
-    kept = signed.kept.kept
+    kept = signed.circuit.kept
     assert signed.scores[kept].min() > signed.scores[~kept].max()
     assert "k=7" in signed.details["chosen_by"]
 
 
-@pytest.mark.parametrize("override", ["method.steps=0", "method.absolute=maybe", "method.ig=outputs",
-                                      "method.k=-1", "method.objective=loss", "method.max_points=1"])
-def test_bad_parameters_are_refused_before_loading(tmp_path, override):
-    with pytest.raises(ConfigError):
+@pytest.mark.parametrize("override, message", [
+    ("method.steps=0", "steps must be a positive integer, got 0"),
+    ("method.absolute=maybe", "absolute must be true or false, got 'maybe'"),
+    ("method.ig=outputs", "unknown ig path 'outputs'; choose one of masks, inputs"),
+    ("method.k=-1", "k must be auto, all or a non-negative integer, got -1"),
+    ("method.objective=loss", "unknown objective 'loss'; choose one of auto, metric, answer_logit"),
+    ("method.max_points=1", "max_points must be null or an integer of at least 2, got 1")])
+def test_bad_parameters_are_refused_before_loading(tmp_path, override, message, monkeypatch):
+    from circuitfind.runs import pipeline
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+    monkeypatch.setattr(pipeline, "build_problem", no_model)
+    with pytest.raises(ConfigError, match=re.escape(message)):
         run(config("method=eap_ig", override), tmp_path)
 
 
@@ -179,4 +190,10 @@ def test_report_lists_eap_and_eap_ig(tmp_path):
     # EAP under zero ablation scores 4 of the 10 canonical edges above rounding and the rest tie with
     # every other edge: the staircase (0, 0) -> (0, 0.4) -> (1, 1) has area 0.4
     assert edge["eap"] == pytest.approx(0.4)
-    assert method_labels()["eap_ig"] == "EAP-IG" and (tmp_path / "roc_tracr_proportion.png").exists()
+    assert method_labels()["eap_ig"] == "EAP-IG"
+    from circuitfind.report import task_roc_figure
+    from circuitfind.runs.points import collect_points
+
+    edge_panel = task_roc_figure("tracr_proportion", collect_points(sorted(p.parent for p in tmp_path.rglob("summary.json")))).axes[0]
+    assert [t.get_text() for t in edge_panel.get_legend().get_texts()] == [
+        f"EAP (AUC {edge['eap']:.2f})", f"EAP-IG (AUC {edge['eap_ig']:.2f})"]  # what roc_tracr_proportion.png shows

@@ -35,7 +35,7 @@ def test_interrupted_acdc_resumes_to_the_uninterrupted_result(tmp_path, stop_aft
         get_method("acdc")(problem(), tau=0.001, checkpointer=StopAfter(tmp_path, "abc", stop_after=stop_after))
     assert stopped.value.steps == stop_after and (tmp_path / "checkpoint.pt").is_file()
     resumed = get_method("acdc")(problem(), tau=0.001, checkpointer=Checkpointer(tmp_path, "abc"))
-    assert resumed.kept.kept_names() == reference.kept.kept_names()
+    assert resumed.circuit.kept_names() == reference.circuit.kept_names()
     assert torch.equal(resumed.scores, reference.scores)
     assert resumed.trace == reference.trace
 

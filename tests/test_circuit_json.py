@@ -10,7 +10,7 @@ import torch
 from circuitfind.runs.circuit_json import (CircuitFileError, mib_circuit, mib_edges, qkv_view, read_circuit_file)
 from circuitfind.core.graph import Architecture, EdgeMask, Graph
 from circuitfind.methods.result import MethodResult
-from circuitfind.tasks.ground_truth import canonical_mask
+from circuitfind.tasks.ground_truth import ground_truth_mask
 from circuitfind.runs.pipeline import ConfigError, run
 
 from conftest import config
@@ -54,8 +54,8 @@ def test_round_trip_gives_the_same_circuit(tmp_path, granularity, split_embed):
     path = tmp_path / "circuit.json"
     path.write_text(json.dumps(mib_circuit(result)))
     qkv_graph = Graph(graph.arch, "qkv")
-    truth = canonical_mask(type("T", (), {"canonical_edges": read_circuit_file(path).edge_names})(), graph)
-    assert torch.equal(truth.kept, result.kept.kept)
+    truth = ground_truth_mask(type("T", (), {"ground_truth_edges": read_circuit_file(path).edge_names})(), graph)
+    assert torch.equal(truth.kept, result.circuit.kept)
     assert read_circuit_file(path).edge_names(qkv_graph) == {n for n, (_, k) in qkv_view(result).items() if k}
 
 
@@ -100,8 +100,9 @@ def test_names_outside_the_graph_are_refused(tmp_path):
 
 @pytest.mark.parametrize("task", [
     ("task=tracr_reverse", "tau=0.001"),  # separate token and positional embeddings
-    ("task=pairs", f"task.path={EXAMPLE}", "model.pretrained=false", "model.n_layers=2", "model.n_heads=2",
-     "model.d_model=32", "tau=0.0001", "metric=logit_diff"),  # a custom task: no canonical circuit of its own
+    pytest.param(("task=pairs", f"task.path={EXAMPLE}", "model.pretrained=false", "model.n_layers=2", "model.n_heads=2",
+                  "model.d_model=32", "tau=0.0001", "metric=logit_diff"),  # a custom task: no canonical circuit of its own
+                 marks=pytest.mark.needs_gpt2_tokenizer),
 ])
 def test_a_runs_circuit_json_read_back_as_ground_truth_gives_tpr_1_fpr_0(tmp_path, task):
     first = run(config(*task), tmp_path / "first")
@@ -183,7 +184,7 @@ def test_a_gpt2_sized_circuit_json_reads_back_through_eaps_reader(tmp_path):
         if "->" in e.name:
             eap_name = e.name.replace("embed->", "input->").replace("->resid_post", "->logits")
             score, in_graph = edges[eap_name]
-            assert in_graph == bool(result.kept.kept[e.index])
+            assert in_graph == bool(result.circuit.kept[e.index])
             if math.isfinite(float(result.scores[e.index])):
                 assert score == pytest.approx(float(result.scores[e.index]))
     assert edges["input->logits"][0] > max(abs(s) for n, (s, _) in edges.items() if n != "input->logits")

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from circuitfind.core.checkpoint import RunInterrupted
 from circuitfind.runs.pipeline import ConfigError, run
 from circuitfind.tasks import TaskData
 
@@ -40,7 +41,7 @@ def test_default_run_writes_a_complete_run_folder(tmp_path):
     assert len(edges) == 106 and sum(int(e["kept"]) for e in edges) == 15
     assert all(e["kept"] == e["canonical"] for e in edges)
     trace = list(csv.DictReader(open(folder / "trace.csv")))
-    assert list(trace[0]) == ["step", "edge", "delta", "metric", "kept", "n_edges"]
+    assert list(trace[0]) == ["step", "edge", "delta", "loss", "kept", "n_edges"]
     assert len(trace) == summary["n_edge_tests"] > 0
     batching = summary["method_details"]  # tracr is tiny: auto batches, fewer forwards than tests
     assert batching["batch_edges"] > 1 and 0 < batching["n_test_forwards"] < summary["n_edge_tests"]
@@ -95,9 +96,9 @@ def test_an_interrupted_run_leaves_no_summary(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline, "write_result", crash)  # the run is killed while its files are written
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(RunInterrupted, match="while writing the run folder; acdc's finished result is saved"):
         run(config(), tmp_path)
-    assert not (tmp_path / "summary.json").exists()
+    assert not (tmp_path / "summary.json").exists() and (tmp_path / "checkpoint.pt").is_file()
     assert not any(p.name.startswith(".") and "tmp" in p.name for p in tmp_path.iterdir())
 
 

@@ -12,7 +12,7 @@ def test_tracr_reverse_picture_shows_exactly_its_15_edges(tmp_path):
     dot = circuit_dot(result)
     edge_lines = [line for line in dot.splitlines() if "->" in line]
     assert len(edge_lines) == 15
-    kept = {(e.sender, e.receiver) for e in graph.edges if result.kept.kept[e.index]}
+    kept = {(e.sender, e.receiver) for e in graph.edges if result.circuit.kept[e.index]}
     assert {(line.split('"')[1], line.split('"')[3]) for line in edge_lines} == kept
     png = draw_circuit(result, tmp_path / "circuit.png", "tracr_reverse")
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
@@ -120,7 +120,7 @@ def test_node_graph_draws_nodes_without_qkv_legend_or_colour_bar():
 def test_large_circuits_are_drawn_as_block_counts_unless_forced(tmp_path):
     graph = Graph(Architecture(n_layers=6, n_heads=12, has_mlps=True, split_embed=False))
     result = scored(graph, lambda e: e.index % 2 == 0, lambda e: e.index)
-    n_kept = result.kept.n_kept
+    n_kept = result.circuit.n_kept
     assert n_kept > DETAIL_MAX_EDGES
     assert circuit_figure(result).kind == "summary"
     senders, receivers, counts, inside = summary_counts(graph, kept_edges(result))

@@ -257,9 +257,13 @@ def test_fig3_runs_its_sweeps_through_the_cli_then_reuses_them(tmp_path, monkeyp
     # lambda -1 is refused by its job (a config error): the figure must still be drawn without it.
     config, out, lines = tiny_fig3(tmp_path, [-1.0, 1.0]), tmp_path / "figures", []
     result = build("fig3", ["tracr_proportion"], "zero", config=str(config), out=out, echo=lines.append)
-    assert [p.name for p in result["outputs"]] == ["fig3_zero.png", "fig3_zero.pdf"]
-    assert all(p.stat().st_size > 1000 for p in result["outputs"])
+    assert [p.name for p in result["outputs"]] == ["fig3_zero.png", "fig3_zero.pdf", "fig3_zero_faithfulness.csv"]
     manifest = json.loads(result["manifest"].read_text())
+    fig, drawn, _ = draw_roc(result["points"], ["tracr_proportion"], ["zero"])  # what the files show
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert [label.split(" (AUC")[0] for label in legend] == ["ACDC", "ACDC (guided)", "SP", "HISP", "EAP", "EAP-IG"]
+    assert drawn == manifest["auc"]
+    plt.close(fig)
     assert manifest["figure_spec"]["presets"]["quick"]["acdc"]["values"] == [0.001, 0.5]
     ranking = ("hisp", "eap", "eap_ig")  # one run each, its parameter the run's own k
     assert sorted((r["method"], r["parameter"]) for r in manifest["runs"] if r["method"] not in ranking) == [
@@ -273,7 +277,7 @@ def test_fig3_runs_its_sweeps_through_the_cli_then_reuses_them(tmp_path, monkeyp
     config = tiny_fig3(tmp_path, [1.0])  # without the failing value every sweep is complete
     again = build("fig3", ["tracr_proportion"], "zero", config=str(config), out=out, echo=lines.append)
     assert {o.status for o in again["outcomes"]} == {"reused"}
-    assert len(json.loads(again["manifest"].read_text())["runs"]) == 6
+    assert len(json.loads(again["manifest"].read_text())["runs"]) == 7  # two taus, guided ACDC, SP, three rankings
 
 
 def test_figure_text_stays_inside_and_methods_on_one_point_stay_visible(tmp_path):

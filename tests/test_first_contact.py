@@ -9,13 +9,14 @@ import subprocess
 import sys
 import textwrap
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 import torch
 
 from circuitfind.cli import format_summary
 from circuitfind.runs.pipeline import run
-from circuitfind.runs.threads import SMALL_MODEL_PARAMETERS, choose_threads
+from circuitfind.runs.threads import SMALL_WORK, choose_threads
 from circuitfind.runs.validate import ConfigError, check_config, check_output_folder, compose_config
 
 from conftest import config
@@ -78,11 +79,21 @@ def test_version_names_circuitfind_and_its_dependencies_without_importing_torch(
     (["threads=0"], "threads must be auto or a positive integer, got 0"),
     (["task=induction", "task.n_prompts=0"], "task.n_prompts must be a positive integer, got 0"),
     (["method=sp", "method.epochs=-1"], "epochs must be a non-negative integer, got -1"),
-    (["no_such_key=1"], "Could not override 'no_such_key'"),
+    (["sed=1"], "sed is not a setting; did you mean seed? the top-level keys: checkpoint, corruption, debug"),
+    (["task=induction", "task.nprompts=9"], "task.nprompts is not a setting; did you mean task.n_prompts? task's "
+                                            "keys: ground_truth, n_prompts, name, seq_len, span_len, sweeps, tau"),
+    (["model.name=nosuchmodel"], "task tracr_reverse runs on its own compiled model (model=tracr_reverse), not "
+                                 "model=nosuchmodel"),
+    (["task=pairs", "task.path=PAIRS", "model.name=gtp2"], "model.name='gtp2' is not a TransformerLens model "
+                                                           "name (did you mean gpt2?)"),
+    (["method=eap", "method.objective=metric"], "metric null (task tracr_reverse's default) is a divergence from "
+                                                "the unpatched model"),
+    (["task=pairs"], "task=pairs needs task.path=<a CSV, JSON or JSONL file of prompt pairs>"),
     (["method=eap", "tau=0.1"], "tau is ACDC's setting; method eap does not read it"),  # not silently ignored
 ])
 def test_bad_input_is_refused_before_torch_is_imported(tmp_path, args, message):
-    result, errors, imported = circuitfind(*args, cwd=tmp_path)
+    pairs = Path(__file__).resolve().parents[1] / "examples" / "ioi_pairs.csv"
+    result, errors, imported = circuitfind(*(a.replace("PAIRS", str(pairs)) for a in args), cwd=tmp_path)
     assert result.returncode == 2 and imported == [], result.stderr
     assert len(errors) == 1 and message in errors[0], result.stderr
     assert not (tmp_path / "outputs").exists()  # nothing written for a config that cannot run
@@ -188,10 +199,17 @@ def test_a_full_disk_gets_one_line_and_a_later_success_clears_the_error(tmp_path
 
 # ---- threads --------------------------------------------------------------------------------
 
-def test_auto_threads_is_one_for_small_models_and_torch_default_for_big_ones():
-    assert choose_threads("auto", 1_000, default=8) == 1
-    assert choose_threads("auto", SMALL_MODEL_PARAMETERS, default=8) == 8
-    assert choose_threads(3, 1_000, default=8) == 3
+def test_auto_threads_is_one_for_small_ops_or_a_busy_machine_and_torch_default_otherwise():
+    big = SMALL_WORK
+    assert choose_threads("auto", big - 1, default=8, cores=8, others=0)[0] == 1  # ops too small to split
+    assert choose_threads("auto", big, default=8, cores=8, others=0)[0] == 8  # torch's default
+    assert choose_threads("auto", big, default=8, cores=8, others=3)[0] == 5  # the cores the others leave
+    assert choose_threads("auto", big, default=2, cores=2, others=4)[0] == 1  # four busy loops on two cores
+    assert choose_threads("auto", big, default=2, cores=2, others=1)[0] == 1
+    assert choose_threads("auto", big, default=1, cores=8, others=0)[0] == 1  # OMP_NUM_THREADS=1
+    assert choose_threads(3, 10, default=8, cores=8, others=9) == (3, "threads=3 was set")
+    used, reason = choose_threads("auto", 5_760, default=2, cores=2, others=0)
+    assert used == 1 and "5,760 activations" in reason
 
 
 def test_a_run_records_its_threads_and_timings_and_restores_torch(tmp_path):
@@ -199,8 +217,11 @@ def test_a_run_records_its_threads_and_timings_and_restores_torch(tmp_path):
     summary = run(config("threads=2"), tmp_path / "two")
     assert torch.get_num_threads() == before
     assert summary["threads"]["setting"] == 2 and summary["threads"]["used"] == 2
-    summary = run(config(), tmp_path / "auto")  # tracr-reverse: a few thousand parameters
-    assert summary["threads"]["used"] == 1 and summary["threads"]["model_parameters"] < SMALL_MODEL_PARAMETERS
+    summary = run(config(), tmp_path / "auto")  # tracr-reverse: ops of a few hundred activations
+    threads = summary["threads"]
+    assert threads["used"] == 1 and threads["activations_per_forward"] < SMALL_WORK and "too small" in threads["reason"]
+    work = threads["work"]
+    assert work["activations"] == work["prompts"] * work["positions"] * work["d_model"]
     timings = summary["timings"]
     assert list(timings) == ["model", "caches", "method", "evaluation", "writing", "drawing"]
     assert all(t >= 0 for t in timings.values()) and sum(timings.values()) <= summary["wall_s"] + 0.01
@@ -244,7 +265,8 @@ def test_every_shipped_option_passes_the_light_checks():
     from pathlib import Path
 
     from circuitfind.runs.validate import group_options
-    needs = {"task=pairs": [f"task.path={Path(__file__).parents[1] / 'examples' / 'ioi_pairs.csv'}"]}
+    needs = {"task=pairs": [f"task.path={Path(__file__).parents[1] / 'examples' / 'ioi_pairs.csv'}"],
+             "model=tracr_proportion": ["task=tracr_proportion"]}  # a compiled program runs its own task only
     for group in ("task", "model", "method", "corruption", "graph"):
         for option in group_options(group):
             check_config(compose_config(f"{group}={option}", *needs.get(f"{group}={option}", [])))

@@ -2,6 +2,7 @@ import pytest
 from transformer_lens import HookedTransformerConfig
 
 from circuitfind.core.graph import Architecture, Graph
+from circuitfind.methods.acdc import visits as acdc_visits
 
 
 def config(n_layers, n_heads, attn_only=False, d_model=64):
@@ -39,16 +40,16 @@ def test_edge_names_are_readable_and_unique():
 
 def test_acdc_visits_edges_in_the_reference_implementations_order():
     g = Graph(Architecture(n_layers=2, n_heads=2, has_mlps=True, split_embed=True))
-    visits = [(receiver, [g.edges[e].name for e in edges]) for receiver, edges in g.visits]
-    assert [r for r, _ in visits[:2]] == ["resid_post", "m1"]
+    named = [(receiver, [g.edges[e].name for e in edges]) for receiver, edges in acdc_visits(g)]
+    assert [r for r, _ in named[:2]] == ["resid_post", "m1"]
     # layer 1 after its MLP: the q/k/v nodes letter-major (v, k, q), heads high to low, then the inputs
-    assert visits[2:8] == [("a1.h1", ["a1.h1<v>"]), ("a1.h0", ["a1.h0<v>"]), ("a1.h1", ["a1.h1<k>"]),
+    assert named[2:8] == [("a1.h1", ["a1.h1<v>"]), ("a1.h0", ["a1.h0<v>"]), ("a1.h1", ["a1.h1<k>"]),
                            ("a1.h0", ["a1.h0<k>"]), ("a1.h1", ["a1.h1<q>"]), ("a1.h0", ["a1.h0<q>"])]
-    assert [r for r, _ in visits[8:15]] == ["a1.h1<v>", "a1.h0<v>", "a1.h1<k>", "a1.h0<k>", "a1.h1<q>", "a1.h0<q>", "m0"]
+    assert [r for r, _ in named[8:15]] == ["a1.h1<v>", "a1.h0<v>", "a1.h1<k>", "a1.h0<k>", "a1.h1<q>", "a1.h0<q>", "m0"]
     # senders: later layers first, a layer's MLP before its heads, heads high to low, token before position
     into_m1 = [g.edges[i].sender for i in g.incoming["m1"]]
     assert into_m1 == ["a1.h1", "a1.h0", "m0", "a0.h1", "a0.h0", "tok_embed", "pos_embed"]
-    assert [e for _, edges in g.visits for e in edges] == list(range(g.n_edges))
+    assert [e for _, edges in acdc_visits(g) for e in edges] == list(range(g.n_edges))
 
 
 def test_every_slot_belongs_to_at_most_one_edge_and_stages_are_consistent():

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from circuitfind.evaluation.rates import edge_and_node_rates
-from circuitfind.tasks.ground_truth import canonical_mask
+from circuitfind.tasks.ground_truth import ground_truth_mask
 from circuitfind.core.graph import Architecture, Graph
 from circuitfind.methods import Problem, get_method
 from circuitfind.methods.components import Components
-from circuitfind.methods.hisp import component_attributions, layer_normalised, objective_per_prompt
+from circuitfind.methods.hisp import component_attributions, layer_normalised
+from circuitfind.methods.objective import objective_per_prompt
 from circuitfind.core.metrics import KL, Metric
 from circuitfind.runs.pipeline import ConfigError, run
 from circuitfind.tasks import build_task
@@ -92,7 +93,7 @@ def test_the_curve_keeps_whole_tie_groups_of_top_components_at_mibs_fractions():
         assert not (smaller.circuit.kept & ~bigger.circuit.kept).any()  # nested circuits
     names = [row["component"] for row in result.tables["ranking.csv"]]
     keep = torch.tensor([name in names[:3] for name in components.names])
-    assert torch.equal(result.kept.kept, components.circuit(keep).kept)  # the run's own circuit: top 3
+    assert torch.equal(result.circuit.kept, components.circuit(keep).kept)  # the run's own circuit: top 3
 
 
 def test_tracr_reverse_ranks_the_canonical_mlps_and_value_first():
@@ -109,7 +110,7 @@ def test_tracr_reverse_ranks_the_canonical_mlps_and_value_first():
     # component whose importance is zero up to rounding (it ties with the zeros)
     ranking = result.ranking
     above_noise = ranking.circuit(ranking.n_cuts - 2)
-    canonical = canonical_mask(task, graph).kept
+    canonical = ground_truth_mask(task, graph).kept
     missed = canonical & ~above_noise
     components = Components(graph)
     assert missed.any()  # (rounding decided where these fell before ties were grouped)

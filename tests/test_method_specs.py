@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from circuitfind.core.graph import EdgeMask
 from circuitfind.methods.result import CurvePoint, MethodResult
 from circuitfind.methods.spec import SPECS, MethodSpec, get_spec, is_int, load_specs, method_labels, register
-from circuitfind.runs.pipeline import ConfigError, method_params, run, validate
+from circuitfind.runs.pipeline import ConfigError, run, validate
+from circuitfind.runs.validate import method_params
 from circuitfind.report import report
 
 from conftest import config
@@ -114,3 +115,42 @@ def test_a_spec_is_registered_once():
         register(dataclasses.replace(get_spec("acdc"), label="other"))
     with pytest.raises(ValueError, match="a per_run curve needs a sweep"):
         MethodSpec(name="x", label="x", params=RandomRankingParams, run="m:f", curve="per_run")
+
+
+# ---- each setting validated once, where it is defined ----------------------------------------
+def test_one_command_line_run_checks_tau_once_and_reports_it_as_its_parameter(tmp_path, monkeypatch):
+    import json
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from circuitfind import cli
+    from circuitfind.methods.specs import acdc as acdc_spec
+    from circuitfind.runs import validate as validate_module
+
+    calls = []
+    real = acdc_spec.check_tau
+    monkeypatch.setattr(acdc_spec, "check_tau", lambda tau: calls.append(tau) or real(tau))
+    monkeypatch.setattr(validate_module, "_CHECKED", {})  # nothing checked yet in this process
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["circuitfind", "task=tracr_reverse", "tau=0.05", "progress=false", "draw=false",
+                                      f"hydra.run.dir={tmp_path / 'run'}"])
+    try:
+        cli.main()
+    finally:
+        GlobalHydra.instance().clear()
+    assert calls == [0.05]  # the command line, the job, the pipeline and ACDC share one check
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["tau"] == summary["parameter"] == 0.05 and summary["parameter_name"] == "tau"
+
+
+def test_find_circuit_asks_for_tau_rather_than_guess_it():
+    from conftest import tiny_model
+
+    import circuitfind
+
+    tokens = torch.zeros(3, 4, dtype=torch.long)
+    task = circuitfind.make_task(tiny_model(), tokens, tokens)
+    with pytest.raises(ValueError, match=r"ACDC needs tau="):
+        circuitfind.find_circuit(task, "acdc")
+    with pytest.raises(ValueError, match="tau must be a positive number, got -1"):
+        circuitfind.find_circuit(task, "acdc", tau=-1)

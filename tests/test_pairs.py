@@ -76,6 +76,7 @@ def test_csv_and_jsonl_read_alike(tmp_path):
 
 
 # ---- tokenising ------------------------------------------------------------------------------
+@pytest.mark.needs_gpt2_tokenizer
 def test_answers_as_text_or_ids_give_the_same_task(tmp_path):
     tok = gpt2_tokenizer()
     text_pairs = read_pairs(EXAMPLE, "logit_diff")
@@ -87,6 +88,7 @@ def test_answers_as_text_or_ids_give_the_same_task(tmp_path):
     assert torch.equal(by_text.clean, by_id.clean) and (by_text.positions == by_text.clean.shape[1] - 1).all()
 
 
+@pytest.mark.needs_gpt2_tokenizer
 def test_left_padding_keeps_each_metric_on_its_prompts_token(tmp_path):
     tok = gpt2_tokenizer()
     path = write(tmp_path, "clean,corrupted,position\nThe cat sat,The dog sat down,\n"
@@ -104,6 +106,7 @@ def test_left_padding_keeps_each_metric_on_its_prompts_token(tmp_path):
         assert row[: length - len(own)].eq(tok.eos_token_id).all() and row[length - len(own):].tolist() == own
 
 
+@pytest.mark.needs_gpt2_tokenizer
 def test_rows_of_different_lengths_and_long_answers_name_the_row(tmp_path):
     tok = gpt2_tokenizer()
     with pytest.raises(PairsFileError, match="row 2: its prompts are 2 tokens, row 1's 3"):
@@ -115,6 +118,7 @@ def test_rows_of_different_lengths_and_long_answers_name_the_row(tmp_path):
 
 
 # ---- the pipeline: checks before any model loads ------------------------------------------------
+@pytest.mark.needs_gpt2_tokenizer
 def test_tokenizer_checks_come_before_the_model_loads(tmp_path, monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded")
@@ -137,8 +141,11 @@ def test_config_errors_before_loading(tmp_path, overrides, message):
 
 @pytest.mark.parametrize("overrides, message", [
     (("model.name=no-such-model", "model.pretrained=false"), "model.name='no-such-model' is not a TransformerLens model name"),
-    (("model.n_layers=2",), "model.n_layers changes the architecture, which only random weights can do"),
-    (("model.name=pythia-410m", "model.pretrained=false"), "the config of EleutherAI/pythia-410m is not in the Hugging Face cache"),
+    pytest.param(("model.n_layers=2",), "model.n_layers changes the architecture, which only random weights can do",
+                 marks=pytest.mark.needs_gpt2_tokenizer),
+    pytest.param(("model.name=pythia-410m", "model.pretrained=false"),
+                 "the config of EleutherAI/pythia-410m is not in the Hugging Face cache",
+                 marks=pytest.mark.needs_gpt2_tokenizer),
 ])
 def test_hf_model_errors_are_one_line(tmp_path, overrides, message):
     with pytest.raises((ValueError, loading.ModelUnavailableError), match=message) as error:
@@ -146,6 +153,7 @@ def test_hf_model_errors_are_one_line(tmp_path, overrides, message):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.needs_gpt2_tokenizer
 def test_hf_names_known_offline_build_the_same_model_as_their_own_config():
     from transformer_lens import HookedTransformerConfig  # noqa: F401
 
@@ -173,6 +181,7 @@ def test_cli_bad_input_is_one_line_and_exit_2_fast(tmp_path):
 
 
 # ---- whole runs ---------------------------------------------------------------------------------
+@pytest.mark.needs_gpt2_tokenizer
 @pytest.mark.parametrize("method, metric, extra", [
     ("acdc", "logit_diff", ("tau=0.0001",)),
     ("acdc", "kl", ("tau=0.0001", "task.pad=true")),
@@ -191,6 +200,7 @@ def test_every_method_runs_on_the_example_offline(tmp_path, method, metric, extr
 
 
 @pytest.mark.slow  # a subprocess (imports and a model); its in-process twin is the test above
+@pytest.mark.needs_gpt2_tokenizer
 def test_cli_runs_acdc_on_the_shipped_example(tmp_path):
     result = cli("task=pairs", f"task.path={EXAMPLE}", *SMALL, "tau=0.0001", "progress=false",
                  f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
@@ -198,3 +208,19 @@ def test_cli_runs_acdc_on_the_shipped_example(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["task"] == "pairs" and summary["n_edges_total"] > 0
     assert (tmp_path / "run" / "circuit.json").is_file()
+
+
+def test_metric_full_is_the_full_circuits_metric_where_that_is_not_zero(tmp_path):
+    """The logit difference of the model itself is not zero by construction (as KL or L2 against the
+    clean logits would be): ``metric_full`` must be the full circuit's, computed by a patched forward
+    with nothing removed, on each split."""
+    from circuitfind.runs.pipeline import build_problem
+
+    cfg = config("task=pairs", f"task.path={EXAMPLE}", "metric=logit_diff", "method=acdc",
+                 "method.max_edge_tests=1", *SMALL)
+    summary = run(cfg, tmp_path)
+    problem = build_problem(cfg)
+    for split, numbers in (("validation", summary), ("test", summary["test"])):
+        full = problem.evaluate(problem.graph.full_mask(), split)
+        assert abs(full) > 1e-3, split
+        assert numbers["metric_full"] == pytest.approx(full, rel=1e-6, abs=1e-9), split

@@ -4,6 +4,7 @@ import torch
 
 from circuitfind.core.graph import Architecture, EdgeMask, Graph
 from circuitfind.evaluation.rates import edge_and_node_rates, roc_auc
+from circuitfind.core.faithfulness import MIB_FRACTIONS
 from circuitfind.methods.ranking import curve_cuts, edge_ranking, tie_groups, tie_tolerance
 
 
@@ -16,8 +17,8 @@ def test_tie_groups_chain_scores_within_the_tolerance():
 
 def test_tolerance_follows_the_dtype():
     scores = torch.tensor([2.0, -4.0, 1.0])
-    assert tie_tolerance(scores, torch.float32) == 64 * torch.finfo(torch.float32).eps * 4.0
-    assert tie_tolerance(scores, torch.float64) == 64 * torch.finfo(torch.float64).eps * 4.0
+    assert tie_tolerance(scores, torch.float32) == 8 * torch.finfo(torch.float32).eps * 4.0
+    assert tie_tolerance(scores, torch.float64) == 8 * torch.finfo(torch.float64).eps * 4.0
 
 
 def _auc(graph, scores, truth, tolerance):
@@ -56,6 +57,19 @@ def test_curve_cuts_take_whole_groups_within_each_fraction():
     ranking = edge_ranking(graph, scores, 1e-9)
     assert ranking.sizes == [0, 3, graph.n_edges]
     cuts = curve_cuts(ranking)
-    # fractions below 3 edges get the empty cut; up to the whole graph, the group of three
-    assert [c for _, c in cuts] == [2, 1, 0]
-    assert cuts[0][0] == 1.0
+    # every fraction is a point; below 3 edges the empty cut, then the group of three, the whole graph at 100%
+    n = graph.n_edges
+    expected = sorted([(p, 2 if p == 1.0 else (1 if int(p * n) >= 3 else 0)) for p in MIB_FRACTIONS],
+                      key=lambda t: (-t[1], -t[0]))
+    assert cuts == expected and len(cuts) == 10
+
+
+def test_max_points_adds_evenly_spaced_cuts_up_to_that_many_points():
+    graph = Graph(Architecture(n_layers=2, n_heads=2, has_mlps=True, split_embed=False), "qkv")
+    scores = torch.arange(graph.n_edges, dtype=torch.float64)  # every edge its own group
+    ranking = edge_ranking(graph, scores, 0.0)
+    plain = curve_cuts(ranking)
+    assert len(curve_cuts(ranking, points=len(plain) + 6)) == len(plain) + 6
+    assert curve_cuts(ranking, points=2) == plain  # never fewer than MIB's fractions give
+    extra = [c for p, c in curve_cuts(ranking, points=len(plain) + 6) if p is None]
+    assert len(extra) == 6 and not set(extra) & {c for _, c in plain}

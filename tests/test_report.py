@@ -8,7 +8,7 @@ import pytest
 
 from circuitfind.evaluation.rates import pareto_front, roc_auc, roc_staircase
 from circuitfind.runs.pipeline import run
-from circuitfind.report import main
+from circuitfind.report_cli import main
 
 from conftest import config
 
@@ -216,3 +216,25 @@ def test_metric_full_read_off_the_clean_logits_equals_the_full_circuits_forward(
     problem = build_problem(cfg)
     for split, numbers in (("validation", summary), ("test", summary["test"])):
         assert numbers["metric_full"] == pytest.approx(problem.evaluate(problem.graph.full_mask(), split), abs=1e-12)
+
+
+def test_report_gives_cpr_and_cmd_per_method(tmp_path, capsys):
+    for i, tau in enumerate((0.001, 100.0)):  # a circuit, and the empty one
+        run(config("corruption=zero", f"tau={tau}"), tmp_path / "runs" / "acdc" / str(i))
+    run(config("corruption=zero", "method=eap"), tmp_path / "runs" / "eap" / "0")
+    main([str(tmp_path / "runs")])
+    printed = capsys.readouterr().out
+    assert "CPR" in printed and "CMD" in printed
+    table = pd.read_csv(tmp_path / "runs" / "faithfulness.csv").set_index("method")
+    # EAP: the trapezoid rule by hand over its curve's points at MIB's fractions (test split)
+    curve = pd.read_csv(tmp_path / "runs" / "eap" / "0" / "curve.csv")
+    at = curve[curve.fraction.notna()].sort_values("fraction")
+    xs, fs = at.fraction.tolist(), at.faithfulness_test.tolist()
+    cpr = sum((x2 - x1) * (f1 + f2) / 2 for x1, x2, f1, f2 in zip(xs, xs[1:], fs, fs[1:]))
+    cmd = sum((x2 - x1) * (abs(1 - f1) + abs(1 - f2)) / 2 for x1, x2, f1, f2 in zip(xs, xs[1:], fs, fs[1:]))
+    assert xs[0] == 0.001 and xs[-1] == 1.0
+    assert table.loc["eap", "cpr"] == pytest.approx(cpr) and table.loc["eap", "cmd"] == pytest.approx(cmd)
+    assert pd.isna(table.loc["eap", "range"])  # the whole range
+    # ACDC: its two runs' circuits at their own fractions, integrated over what they cover
+    assert table.loc["acdc", "n_points"] == 2 and isinstance(table.loc["acdc", "range"], str)
+    assert (tmp_path / "runs" / "faithfulness_tracr_reverse.png").exists()

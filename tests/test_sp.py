@@ -8,11 +8,12 @@ import torch
 
 from circuitfind.engine import gather_positions
 from circuitfind.evaluation.rates import edge_and_node_rates
-from circuitfind.tasks.ground_truth import canonical_mask
+from circuitfind.tasks.ground_truth import ground_truth_mask
 from circuitfind.core.graph import Architecture, Graph
 from circuitfind.methods import Problem, get_method
 from circuitfind.methods.components import Components
-from circuitfind.methods.sp import HardConcrete, check_sp_params
+from circuitfind.methods.sp import HardConcrete
+from circuitfind.methods.specs.sp import check_sp_params
 from circuitfind.core.metrics import KL
 from circuitfind.runs.pipeline import ConfigError, run
 from circuitfind.tasks import TaskData, build_task
@@ -125,8 +126,12 @@ def test_coarser_graphs_gate_head_outputs(granularity):
     kept = set(components.circuit(keep).kept_names())
     assert not any("a0.h1" in name for name in kept)
     assert len(kept) == graph.n_edges - sum("a0.h1" in e.name for e in graph.edges)
+    # SP learns one gate per component, and its circuit is exactly the components whose gates stay open
     result = get_method("sp")(random_problem(model, granularity=granularity), lambda_reg=1.0, epochs=3)
-    assert result.details["n_gates"] == 6
+    gates = result.tables["gates.csv"]
+    assert [row["gate"] for row in gates] == components.names
+    open_gates = torch.tensor([row["log_alpha"] > 0 for row in gates])
+    assert torch.equal(result.circuit.kept, components.circuit(open_gates).kept)
 
 
 # ---- training -------------------------------------------------------------------------------
@@ -136,16 +141,16 @@ def test_sp_finds_the_tracr_reverse_components_and_a_large_lambda_closes_every_g
     small = get_method("sp")(problem, lambda_reg=0.01, epochs=500, lr=0.01)
     gates = {row["gate"]: row["kept"] for row in small.tables["gates.csv"]}
     assert {g for g, kept in gates.items() if kept} == {"a0.h0<v>", "m0", "m1", "m2", "a3.h0<q>", "a3.h0<k>", "a3.h0<v>"}
-    rates = edge_and_node_rates(small.kept, canonical_mask(problem.task, problem.graph))
+    rates = edge_and_node_rates(small.circuit, ground_truth_mask(problem.task, problem.graph))
     assert rates["edge_tpr"] == 1.0 and rates["node_tpr"] == 1.0 and rates["node_fpr"] == 0.0
     assert 0 < rates["edge_fpr"] < 0.5  # every edge between kept nodes: also non-canonical ones
     # each edge scores its gates' open probability
     assert small.scores.min() >= 0 and small.scores.max() <= 1
-    assert torch.equal(small.kept.kept, small.scores > HardConcrete().prob_open(torch.zeros(1)).item())
+    assert torch.equal(small.circuit.kept, small.scores > HardConcrete().prob_open(torch.zeros(1)).item())
 
     large = get_method("sp")(problem, lambda_reg=100.0, epochs=300, lr=0.01)
     assert large.details["n_gates_kept"] == 0
-    assert set(large.kept.kept_names()) == {"tok_embed->resid_post", "pos_embed->resid_post"}
+    assert set(large.circuit.kept_names()) == {"tok_embed->resid_post", "pos_embed->resid_post"}
     log = large.tables["training.csv"]
     assert log[0]["step"] == 0 and log[-1]["step"] == 299 and log[-1]["expected_open"] < log[0]["expected_open"]
 
@@ -155,7 +160,7 @@ def test_sp_is_seeded():
     a = get_method("sp")(random_problem(model), lambda_reg=0.5, epochs=30, lr=0.05, seed=3)
     b = get_method("sp")(random_problem(model), lambda_reg=0.5, epochs=30, lr=0.05, seed=3)
     c = get_method("sp")(random_problem(model), lambda_reg=0.5, epochs=30, lr=0.05, seed=4)
-    assert torch.equal(a.scores, b.scores) and torch.equal(a.kept.kept, b.kept.kept)
+    assert torch.equal(a.scores, b.scores) and torch.equal(a.circuit.kept, b.circuit.kept)
     assert not torch.equal(a.scores, c.scores)
 
 
@@ -165,7 +170,7 @@ def test_edge_level_gates_train_one_gate_per_edge():
     result = get_method("sp")(problem, lambda_reg=2.0, epochs=200, lr=0.05, gates="edges")
     assert result.details["n_gates"] == problem.graph.n_edges == len(result.tables["gates.csv"])
     kept = [row["kept"] for row in result.tables["gates.csv"]]
-    assert result.kept.kept.tolist() == kept and 0 < sum(kept) < len(kept)
+    assert result.circuit.kept.tolist() == kept and 0 < sum(kept) < len(kept)
     assert result.label == "sp_edges"  # the report draws it as its own method
 
 

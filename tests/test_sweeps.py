@@ -11,7 +11,7 @@ import pytest
 
 from circuitfind.cli import group_options
 from circuitfind.runs.pipeline import ConfigError, compose_config, run
-from circuitfind.report import main as report_main
+from circuitfind.report_cli import main as report_main
 
 from conftest import config
 

@@ -3,7 +3,7 @@ reference implementation gives, and the structure the papers describe."""
 
 import pytest
 
-from circuitfind.tasks.ground_truth import canonical_mask
+from circuitfind.tasks.ground_truth import ground_truth_mask
 from circuitfind.core.graph import Architecture, Graph
 from circuitfind.tasks.base import Task
 from circuitfind.tasks.docstring import docstring_canonical
@@ -70,8 +70,8 @@ def test_canonical_circuits_refuse_other_graphs(canonical):
 @pytest.mark.parametrize("granularity", ["heads", "nodes"])
 def test_ioi_circuit_projects_onto_coarser_graphs(granularity):
     task = Task("ioi", model=None, validation=None, test=None, metrics={}, default_metric="kl",
-                canonical_edges=ioi_canonical)
-    mask = canonical_mask(task, Graph(GPT2_SMALL.arch, granularity))
+                ground_truth_edges=ioi_canonical)
+    mask = ground_truth_mask(task, Graph(GPT2_SMALL.arch, granularity))
     assert 0 < mask.n_kept < mask.graph.n_edges
     assert {n for n in mask.nodes() if n.startswith("a")} == {
         f"a{layer}.h{head}" for members in IOI_CIRCUIT.values() for layer, head in members}

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from circuitfind.models.loading import ModelUnavailableError, gpt2_tokenizer, load_model, read_shipped
+from circuitfind.models.loading import load_model
+from circuitfind.models.shipped import read_shipped
 from circuitfind.runs.pipeline import run
 from circuitfind.tasks import build_task
 from circuitfind.tasks.induction import METRICS, repeated_span_tokens
@@ -51,7 +52,7 @@ def test_induction_task_reads_the_predictable_positions():
     assert not torch.equal(task.validation.clean, task.test.clean)
     again = build_task("induction", seed=3, model=INDUCTION_2L, n_prompts=20, seq_len=40, span_len=8)
     assert torch.equal(again.validation.clean, data.clean) and torch.equal(again.test.corrupted, task.test.corrupted)
-    assert task.canonical_edges is None
+    assert task.ground_truth_edges is None
 
 
 def test_the_shipped_model_does_induction():
@@ -99,11 +100,8 @@ def test_acdc_on_induction_runs_offline_on_the_trained_model(tmp_path):
     assert (tmp_path / "trace.csv").is_file()
 
 
+@pytest.mark.needs_gpt2_tokenizer
 def test_the_papers_shortformer_induction_model_runs_with_random_weights(tmp_path):
-    try:
-        gpt2_tokenizer()
-    except ModelUnavailableError as error:
-        pytest.skip(f"needs GPT-2's tokenizer: {error}")
     summary = run(config("task=induction", "model=redwood_attn_2l", "model.pretrained=false", "task.n_prompts=4",
                          "task.seq_len=24", "task.span_len=6", "tau=0.01", "method.max_edge_tests=40"), tmp_path)
     assert summary["model"].startswith("redwood_attn_2l") and summary["n_edges_total"] == 305

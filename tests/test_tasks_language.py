@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from circuitfind.models.loading import ModelUnavailableError, gpt2_tokenizer
+from circuitfind.models.loading import gpt2_tokenizer
 from circuitfind.runs.pipeline import run
 from circuitfind.tasks import build_task
 from circuitfind.tasks import docstring as docstring_module
@@ -16,7 +16,7 @@ from circuitfind.tasks import ioi as ioi_module
 from circuitfind.tasks.base import TaskData
 from circuitfind.tasks.text import encode_prompts
 
-from conftest import config
+from conftest import config, require_gpt2_tokenizer
 
 GPT2 = dict(name="gpt2", kind="hub", repo="gpt2", tokenizer="gpt2", pretrained=False, fold_ln=True,
             center_writing_weights=True, center_unembed=True)
@@ -27,10 +27,8 @@ ATTN_ONLY_4L = dict(name="attn_only_4l", kind="hub", repo="NeelNanda/Attn_Only_4
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    try:
-        return gpt2_tokenizer()
-    except ModelUnavailableError as error:
-        pytest.skip(f"needs GPT-2's tokenizer: {error}")
+    require_gpt2_tokenizer()
+    return gpt2_tokenizer()
 
 
 def words(tokenizer, ids: torch.Tensor) -> list[str]:
@@ -178,7 +176,7 @@ def test_docstring_metric_is_the_answer_minus_the_best_wrong_logit():
 def test_docstring_on_random_attn_only_4l_reads_gpt2_tokens_offline(docstring):
     # attn-only-4l's own tokenizer is not cached here: the random stand-in's vocabulary fits GPT-2's ids
     assert docstring.model.cfg.d_vocab >= int(docstring.validation.clean.max()) + 1
-    assert docstring.canonical_edges is not None
+    assert docstring.ground_truth_edges is not None
 
 
 @pytest.mark.parametrize("task, value", [("ioi", 0), ("greaterthan", "many"), ("docstring", True), ("induction", 1)])

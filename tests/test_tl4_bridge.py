@@ -110,8 +110,8 @@ def test_acdc_on_the_engine_keeps_the_same_edges_as_acdc_on_the_reference(models
     tau = typical_single_edge_effect(problem)
     fast = get_method("acdc")(problem, tau=tau)
     slow = reference_acdc(problem, tau=tau)
-    assert 0 < fast.kept.n_kept < graph.n_edges
-    assert fast.kept.kept_names() == slow.kept.kept_names()
+    assert 0 < fast.circuit.n_kept < graph.n_edges
+    assert fast.circuit.kept_names() == slow.kept
 
 
 def test_the_view_reads_rope_theta_and_the_post_norms_from_the_model_not_the_bridge_cfg(models):

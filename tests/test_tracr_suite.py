@@ -7,6 +7,7 @@ to the hook reference; one program is also checked through the reference itself.
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -207,8 +208,8 @@ def test_paper_tasks_ground_truth_choice():
     paper = build_task("tracr_reverse")
     program = build_task("tracr_reverse", ground_truth="program")
     graph = qkv_graph(paper.model)
-    assert paper.canonical_edges(graph) == reverse_canonical(graph)
-    assert program.canonical_edges(graph) == derive_canonical(paper.model, graph)
+    assert paper.ground_truth_edges(graph) == reverse_canonical(graph)
+    assert program.ground_truth_edges(graph) == derive_canonical(paper.model, graph)
     with pytest.raises(ValueError, match="ground_truth"):
         build_task("tracr_proportion", ground_truth="acdc")
 
@@ -233,7 +234,7 @@ def test_ground_truth_reaches_the_task_through_the_config(overrides, expected):
     from circuitfind.runs.pipeline import build_problem, compose_config
 
     problem = build_problem(compose_config("progress=false", "task=tracr_reverse", *overrides))
-    assert len(problem.task.canonical_edges(problem.graph)) == expected
+    assert len(problem.task.ground_truth_edges(problem.graph)) == expected
 
 
 def test_suite_task_composes_and_builds_from_its_config():
@@ -242,3 +243,24 @@ def test_suite_task_composes_and_builds_from_its_config():
     problem = build_problem(compose_config("progress=false", "task=tracr_sort", "task.n_prompts=6"))
     assert problem.task.model.cfg.model_name == "tracr_sort" and problem.task.validation.clean.shape == (6, 5)
     assert problem.metric.name == "kl"
+
+
+@pytest.mark.slow  # every method's sweep on one program (a few minutes); the README row it checks
+def test_the_readmes_suite_row_for_token_plus_index_regenerates_as_printed(tmp_path):
+    import re
+
+    import pandas as pd
+
+    from circuitfind.figures.build import build
+
+    build("tracr_suite", ["tracr_token_plus_index"], out=tmp_path, echo=lambda *_: None)
+    long = pd.read_csv(tmp_path / "tracr_suite_auc_long.csv")
+    edge = long[long.level == "edge"]
+
+    def cell(method):
+        z, c = (float(edge[(edge.method == method) & (edge.corruption == k)].auc.iloc[0]) for k in ("zero", "corrupted"))
+        return f"{z:.3f} / {c:.3f}"
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    row = re.search(r"^\| token_plus_index \| (.+) \|$", readme, re.M).group(1).split(" | ")
+    assert row == [cell(m) for m in ("acdc", "sp", "hisp", "eap", "eap_ig")]

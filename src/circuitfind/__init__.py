@@ -12,7 +12,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0+source"
 
-_API = {"make_task": "api", "find_circuit": "api", "Circuit": "api", "read_circuit_file": "circuit_json",
+_API = {"make_task": "api", "find_circuit": "api", "Circuit": "api", "read_circuit_file": "runs.circuit_json",
         "load_specs": "methods"}  # every method's spec, by name
 __all__ = ["__version__", *_API]
 

@@ -43,7 +43,9 @@ from .tasks.text import check_vocabulary
 ModelView = object
 
 # A metric on logits: fn(logits) or fn(logits, clean_logits), both [batch, k, vocab] at the metric
-# positions (clean: the full model's), returning one value per prompt [batch] (or their mean).
+# positions (clean: the full model's), returning one value per prompt [batch].  One number for all
+# prompts (their mean) is refused: circuitfind takes the mean itself, and HISP needs each prompt's
+# value (it averages the size of each prompt's gradient, which a mean would blur into one).
 LogitMetric = Callable[..., torch.Tensor]
 
 
@@ -78,7 +80,7 @@ def make_task(model: ModelView, clean: torch.Tensor, corrupted: torch.Tensor,
     default = _metric(metric, metrics, lower_is_better)
     metrics[default.name] = default
     return Task(name, model, validation=data, test=data, metrics=metrics, default_metric=default.name,
-                split_embed=split_embed, canonical_edges=_canonical(ground_truth))
+                split_embed=split_embed, ground_truth_edges=_canonical(ground_truth))
 
 
 def _positions(positions, clean: torch.Tensor) -> torch.Tensor:
@@ -104,11 +106,19 @@ def _metric(metric, available: dict[str, Metric], lower_is_better: bool) -> Metr
         raise TypeError(f"metric must be a name, a callable on logits or a Metric, not {type(metric).__name__}")
     with_clean = len(inspect.signature(metric).parameters) >= 2
 
+    name = getattr(metric, "__name__", "custom")
+
     def on_logits(logits, clean_logits, data):
         value = metric(logits, clean_logits) if with_clean else metric(logits)
-        return value.expand(logits.shape[0]) if value.dim() == 0 else value
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != (logits.shape[0],):
+            got = "one number" if not isinstance(value, torch.Tensor) or value.dim() == 0 else \
+                f"shape {tuple(value.shape)}"
+            raise ValueError(f"metric {name} returned {got} for {logits.shape[0]} prompts; return one value per "
+                             f"prompt (a tensor of shape [{logits.shape[0]}], e.g. without the final .mean()): "
+                             "circuitfind averages them itself")
+        return value
 
-    return Metric(getattr(metric, "__name__", "custom"), on_logits, lower_is_better=lower_is_better)
+    return Metric(name, on_logits, lower_is_better=lower_is_better)
 
 
 def _canonical(ground_truth) -> Callable[[Graph], set[str]] | None:
@@ -127,7 +137,6 @@ class Circuit:
     problem: Problem
     result: MethodResult
     method: str
-    tau: float | None
     seed: int
     search_s: float  # wall time of the search
     _summary: dict | None = field(default=None, repr=False)
@@ -138,7 +147,7 @@ class Circuit:
 
     @property
     def kept_edges(self) -> list[str]:
-        return self.result.kept.kept_names()
+        return self.result.circuit.kept_names()
 
     @property
     def scores(self) -> dict[str, float]:
@@ -149,46 +158,50 @@ class Circuit:
         """Every edge as a pandas DataFrame, the columns of ``edges.csv``."""
         import pandas as pd
 
-        from .tasks.ground_truth import canonical_mask
+        from .tasks.ground_truth import ground_truth_mask
 
-        canonical = canonical_mask(self.problem.task, self.graph)
+        canonical = ground_truth_mask(self.problem.task, self.graph)
         return pd.DataFrame(dict(
             edge=[e.name for e in self.graph.edges], sender=[e.sender for e in self.graph.edges],
             receiver=[e.receiver for e in self.graph.edges], score=self.result.scores.tolist(),
-            kept=self.result.kept.kept.tolist(),
+            kept=self.result.circuit.kept.tolist(),
             canonical=canonical.kept.tolist() if canonical is not None else [None] * self.graph.n_edges))
 
     def metric(self, split: str = "validation") -> float:
         """The task's metric of the kept circuit (the full model's is ``problem.evaluate(graph.full_mask())``)."""
-        return self.problem.evaluate(self.result.kept, split)
+        return self.problem.evaluate(self.result.circuit, split)
 
     def save(self, folder: str | Path) -> dict:
         """Write the run folder the CLI writes (``edges.csv``, ``summary.json``, ``circuit.json``,
         ``circuit.dot``, ``circuit.png``, a method's own tables); returns the summary."""
         device = next(self.problem.task.model.parameters()).device
-        self._summary = write_run_folder(Path(folder), self.problem, self.result, method=self.method, tau=self.tau,
+        self._summary = write_run_folder(Path(folder), self.problem, self.result, method=self.method,
                                          seed=self.seed, device=device, identity=None,
                                          started=time.time() - self.search_s)
         return self._summary
 
 
 def find_circuit(task: Task, method: str = "acdc", *, corruption: str = "corrupted", graph: str = "qkv",
-                 tau: float = 0.01, seed: int = 0, progress: bool = False, shuffle_positions: bool = False,
+                 tau: float | None = None, seed: int = 0, progress: bool = False, shuffle_positions: bool = False,
                  **params) -> Circuit:
     """Run a registered method (``acdc``, ``sp``, ``hisp``, ``canonical``, ...) on ``task``.
 
     ``corruption``: what a removed edge carries (``corrupted``: the sender on the corrupted prompts;
     ``zero``; ``mean``/``mean_all``); ``graph``: ``qkv``, ``heads`` or ``nodes``; ``tau``: ACDC's
-    threshold; ``shuffle_positions``: the corrupted run's positional embedding at shuffled positions
+    threshold, which ACDC needs (no default here: the command line's is each task's own, in
+    ``configs/task/``); ``shuffle_positions``: the corrupted run's positional embedding at shuffled positions
     (split-embedding models, as ``corruption.shuffle_positions``); further keyword arguments go to
     the method (``lambda_reg=``, ``epochs=``, ``k=``, ...)."""
     if corruption not in CORRUPTIONS:
         raise ValueError(f"unknown corruption {corruption!r}; choose one of {', '.join(CORRUPTIONS)}")
     spec = get_spec(method)
-    checked = dataclasses.asdict(spec.check(params, dict(tau=tau, seed=seed)))  # the method's typed parameters
+    if "tau" in spec.top_level and tau is None:
+        raise ValueError(f"{spec.label} needs tau= (its threshold; e.g. find_circuit(task, {method!r}, tau=0.01))")
+    top = dict(seed=seed, **({} if tau is None else dict(tau=tau)))
+    checked = dataclasses.asdict(spec.check(params, top))  # the method's typed parameters
     problem = Problem(task, Graph(Architecture.from_config(task.model.cfg, split_embed=task.split_embed), graph),
                       corruption, task.metric(None), progress=progress, shuffle_positions=shuffle_positions)
     seed_everything(seed)
     started = time.time()
     result = spec.function()(problem, **checked)
-    return Circuit(problem, result, method, tau if "tau" in spec.top_level else None, seed, time.time() - started)
+    return Circuit(problem, result, method, seed, time.time() - started)

@@ -36,10 +36,11 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from .clihelp import help_text, version_text  # noqa: E402
-from .core.files import atomic_write_text
+from .core.files import atomic_write_text  # noqa: E402
+from .core.signals import exit_code, signal_name, signals_raise  # noqa: E402
 from .runs.rundir import config_hash  # noqa: E402
 from .runs.validate import (ConfigError, check_config, check_output_folder, compose_config,  # noqa: E402
-                       describe_os_error, group_options)
+                       describe_os_error, group_options, unknown_key)
 
 log = logging.getLogger("circuitfind")
 ERROR_FILE = "error.txt"
@@ -82,8 +83,6 @@ def format_summary(summary: dict) -> str:
     parts.append(f"{summary['wall_s']:.2f} s")
     return ", ".join(parts)
 
-
-_format_summary = format_summary  # the name other modules used
 
 
 def unknown_choice(argv: list[str]) -> str | None:
@@ -131,7 +130,9 @@ def precheck(argv: list[str]) -> None:
     try:
         cfg = compose_config(*overrides, return_hydra_config=True)
     except Exception as error:  # Hydra's override and composition errors: their first line says it
-        raise ConfigError(str(error).strip().splitlines()[0] if str(error).strip() else repr(error)) from None
+        first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        key = re.fullmatch(r"Could not override '([^']+)'\.?", first)
+        raise ConfigError(unknown_key(key[1], overrides) if key else first) from None
     check_shorthands(argv, cfg.method.name)
     if sweeping:
         check_output_folder(OmegaConf.select(cfg, "hydra.sweep.dir"), create=False)
@@ -175,6 +176,18 @@ def main() -> None:
     if any(arg in ("-V", "--version") for arg in argv):
         return _print_quietly(version_text())
     try:
+        with signals_raise():  # Ctrl-C or SIGTERM before a run starts (imports, Hydra): one line too
+            check_command_line(argv)
+            hydra_main()
+    except KeyboardInterrupt as stop:
+        print(f"circuitfind: interrupted by {signal_name(stop)} before the run started; nothing was written",
+              file=sys.stderr)
+        sys.exit(exit_code(signal_name(stop)))
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Everything the command line alone can be refused for: one line on stderr and exit code 2."""
+    try:
         problem = unknown_choice(argv)
         if problem:
             raise ConfigError(problem)
@@ -184,7 +197,6 @@ def main() -> None:
             raise
         print(f"circuitfind: error: {error}", file=sys.stderr)
         sys.exit(2)
-    hydra_main()
 
 
 def _fail(error: Exception, folder: Path, sweeping: bool) -> None:
@@ -218,9 +230,10 @@ def run_job(cfg: DictConfig, folder: Path, sweeping: bool = False) -> dict | Non
     try:
         summary = run(cfg, folder)
     except RunInterrupted as stop:
-        print(f"circuitfind: {stop}. Run the same command again to resume "
-              f"(or add resume=true hydra.run.dir={folder}).", file=sys.stderr)
-        sys.exit(130 if stop.signal_name == "SIGINT" else 143)
+        then = (f"Run the same command again to resume (or add hydra.run.dir={folder})" if stop.resumable
+                else "Run the same command again to start over")
+        print(f"circuitfind: {stop}. {then}.", file=sys.stderr)
+        sys.exit(exit_code(stop.signal_name))
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as error:  # one line for the user; the traceback on request or in the folder

@@ -20,7 +20,7 @@ DEPENDENCIES = ("torch", "transformer-lens", "transformers", "hydra-core", "omeg
 # ``key: value   # comment`` at the top level of a config file.
 SETTING = re.compile(r"^([a-z_]+):[ \t]*([^#\n]*?)[ \t]*(?:#[ \t]*(.*))?$")
 GROUP_HELP = {
-    "task": "what the circuit does (prompts, metric, canonical circuit); picks its usual model and corruption",
+    "task": "what the circuit does (prompts, metric, ground-truth circuit); picks its usual model and corruption",
     "model": "the model (tracr and induction_2l ship with the package; gpt2 and attn_only_4l need the hub "
              "or model.pretrained=false)",
     "method": "how the circuit is found (canonical: the task's known circuit)",

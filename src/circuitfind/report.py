@@ -11,6 +11,9 @@ DIR):
     roc_<task>.png, .pdf    the ROC curves: a row of panels per ablation, metric and graph, edge and
                             node level side by side
     metric_vs_edges_<task>.png, .pdf   the test metric against the number of edges kept
+    faithfulness.csv        per curve: CPR and CMD (MIB's areas under the test-split faithfulness
+                            against the fraction of edges; ``evaluation.faithfulness``)
+    faithfulness_<task>.png, .pdf   faithfulness against the fraction of edges, MIB's fractions marked
 
 Folders with no summary.json are unfinished (or failed: error.txt) runs; they are counted and
 skipped.  Runs make one curve when their configs differ only in the swept parameter (see
@@ -20,13 +23,13 @@ folder>`` reports exactly that sweep.  The pictures are drawn by ``plots``, as t
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from .plots.curves import Panel, metric_figure, roc_figure
+from .evaluation.faithfulness import faithfulness_table, faithfulness_text
+from .plots.curves import Panel, faithfulness_figure, metric_figure, roc_figure
 from .plots.style import save
 from .plots.tables import LEVELS, auc_table, auc_text
 from .runs.points import collect_points, find_run_folders
@@ -56,7 +59,17 @@ def task_roc_figure(task: str, points: pd.DataFrame):
 
 def task_metric_figure(task: str, points: pd.DataFrame):
     """A task's test metric against circuit size: a panel per ablation, metric and graph."""
-    return metric_figure([Panel(group, dict(task=task, **facts)) for facts, group in _panel_groups(points)])
+    measured = points[points["test_metric"].notna()]  # a ranking's ROC-only rows have no metric
+    return metric_figure([Panel(group, dict(task=task, **facts)) for facts, group in _panel_groups(measured)])
+
+
+def task_faithfulness_figure(task: str, points: pd.DataFrame, table: pd.DataFrame):
+    """A task's faithfulness against the fraction of edges; None where no point has one."""
+    placed = points[points["fraction"].notna() & points["faithfulness"].notna()]
+    if placed.empty:
+        return None
+    return faithfulness_figure([Panel(group, dict(task=task, **facts)) for facts, group in _panel_groups(placed)],
+                               table[table.task == task])
 
 
 def report(roots: list[Path], out: Path) -> dict:
@@ -66,26 +79,28 @@ def report(roots: list[Path], out: Path) -> dict:
                           f"({len(unfinished)} unfinished, {len(failed)} failed)")
     points = collect_points(complete)
     aucs = auc_table(points)
+    faithful = faithfulness_table(points)
     out.mkdir(parents=True, exist_ok=True)
     points.to_csv(out / "roc_points.csv", index=False)
     aucs.to_csv(out / "auc.csv", index=False)
+    faithful.to_csv(out / "faithfulness.csv", index=False)
     plots = []
     for task, task_points in points.groupby("task"):
         roc = task_roc_figure(task, task_points)
         plots += (save(roc, out / f"roc_{task}") if roc is not None else [])
         plots += save(task_metric_figure(task, task_points), out / f"metric_vs_edges_{task}")
-    return dict(points=points, aucs=aucs, plots=plots, n_runs=len(complete), unfinished=unfinished,
-                failed=failed)
+        curve = task_faithfulness_figure(task, task_points, faithful)
+        plots += (save(curve, out / f"faithfulness_{task}") if curve is not None else [])
+    return dict(points=points, aucs=aucs, faithfulness=faithful, plots=plots, n_runs=len(complete),
+                unfinished=unfinished, failed=failed)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="circuitfind-report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="folders holding run folders")
-    parser.add_argument("--out", type=Path, default=None, help="where to write (default: the first DIR)")
-    args = parser.parse_args(argv)
-    out = args.out or args.dirs[0]
+def command(dirs: list[Path], out: Path | None = None) -> None:
+    """``circuitfind-report DIR ... [--out OUT]`` once its arguments are parsed (``report_cli``):
+    the report, its tables on stdout, one line and exit code 2 for a bad folder."""
+    out = out or dirs[0]
     try:
-        result = report(args.dirs, out)
+        result = report(dirs, out)
     except (ReportError, OSError, ValueError, KeyError) as error:
         print(f"circuitfind-report: error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -97,9 +112,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"warning: skipped {len(result['failed'])} failed run folder(s) (error.txt): {listed}", file=sys.stderr)
     print(f"{result['n_runs']} runs, {len(result['points'])} ROC points")
     print(auc_text(result["aucs"]))
-    print(f"wrote {out / 'roc_points.csv'}, {out / 'auc.csv'} and {len(result['plots'])} plot files "
+    print("faithfulness (test split): CPR = area under f, CMD = area under |1 - f|, over 0.1%-100% of the edges")
+    print(faithfulness_text(result["faithfulness"]))
+    print(f"wrote {out / 'roc_points.csv'}, {out / 'auc.csv'}, {out / 'faithfulness.csv'} and "
+          f"{len(result['plots'])} plot files "
           f"(PNG and PDF) to {out}")
-
-
-if __name__ == "__main__":
-    main()

@@ -157,9 +157,12 @@ class Graph:
         # Flat slot ids: resid slots are row * n_senders + col, then the qkv slots.
         self.n_slots = self.n_rows * self.n_senders + self.n_qkv_slots
 
-        self.edges: tuple[Edge, ...]
-        self._edge_slots: list[list[int]]
-        self._build_edges()
+        edges = _numbered_edges(self)
+        self.edges: tuple[Edge, ...] = tuple(
+            Edge(index=i, name=name, sender=sender, receiver=receiver,
+                 stage=min(self.slot_stage(slot) for slot in slots))
+            for i, (name, sender, receiver, slots) in enumerate(edges))
+        self._edge_slots: list[list[int]] = [slots for *_, slots in edges]
         self.edge_index = {e.name: e.index for e in self.edges}
 
     # ---- which senders a receiver row can read ------------------------------------------------
@@ -224,10 +227,10 @@ class Graph:
             return range(self.n_senders_before_heads(layer))
         return range(self.n_senders_before_mlp(layer))
 
-    def senders_in_visiting_order(self, row: int) -> list[int]:
-        """The sender slots receiver ``row`` reads, in the order ACDC tests them: later layers first
-        (a layer's MLP before its heads, heads high to low), the embeddings last, token before
-        positional."""
+    def senders_latest_first(self, row: int) -> list[int]:
+        """The sender slots receiver ``row`` reads, in the order its incoming edges are numbered:
+        later layers first (a layer's MLP before its heads, heads high to low), the embeddings last,
+        token before positional."""
         visible = list(self._row_senders(row))
         n_embed = len(self.embed_names)
         return visible[n_embed:][::-1] + visible[:n_embed]
@@ -245,58 +248,6 @@ class Graph:
         return 2 * layer + (0 if offset < 3 * self.n_heads else 1)
 
     # ---- edges -----------------------------------------------------------------------------
-    def _build_edges(self) -> None:
-        """Edges in ACDC's visiting order (the reference implementation's, described once, in
-        ``methods/acdc.py``): methods rely on this order, so it is built here and nowhere else."""
-        edges: list[tuple[str, str, str, list[int]]] = []  # name, sender, receiver, slots
-        heads = list(reversed(range(self.n_heads)))  # high index first
-        letters = tuple(reversed(QKV))  # v, k, q: the reverse of the order the forward computes them
-
-        def resid_edges(rows: Sequence[int], receiver: str):
-            for s in self.senders_in_visiting_order(rows[0]):
-                sender = self.senders[s]
-                slots = [r * self.n_senders + s for r in rows]
-                edges.append((f"{sender}->{receiver}", sender, receiver, slots))
-
-        resid_edges([self.resid_post_row], "resid_post")
-        for layer in reversed(range(self.n_layers)):
-            if self.arch.has_mlps:
-                resid_edges([self.mlp_row(layer)], f"m{layer}")
-            if self.granularity == "qkv":
-                # the q/k/v "nodes" letter-major, then the q/k/v inputs in the same order (under
-                # grouped-query attention the k and v letters run over the key/value heads)
-                for which in letters:
-                    for i in reversed(range(self.n_heads_reading(which))):
-                        name = self.input_name(layer, i, which)
-                        edges.append((name, name, self.input_owner(layer, i, which), [self.qkv_slot(layer, i, which)]))
-                for which in letters:
-                    for i in reversed(range(self.n_heads_reading(which))):
-                        resid_edges([self.head_input_row(layer, i, which)], self.input_name(layer, i, which))
-            else:  # the inputs one head reads share an input: one edge covers their rows
-                group = self.n_heads // self.n_kv_heads
-                for h in heads:
-                    # (which, head or key/value head); GQA: a key/value head's input after its first query head's
-                    inputs = [("q", h)] + ([("k", h // group), ("v", h // group)] if h % group == 0 else [])
-                    owners = [self.input_owner(layer, i, which) for which, i in inputs]
-                    for owner in dict.fromkeys(owners):
-                        rows = [self.head_input_row(layer, i, which) for (which, i), o in zip(inputs, owners) if o == owner]
-                        resid_edges(rows, owner)
-
-        if self.granularity == "nodes":
-            # A node is one "edge" that owns every outgoing slot of its sender.
-            by_sender: dict[str, list[int]] = {s: [] for s in self.senders}
-            for _, sender, _, slots in edges:
-                by_sender[sender] += slots
-            edges = [(self.senders[s], self.senders[s], self.senders[s], sorted(by_sender[self.senders[s]]))
-                     for s in self.senders_in_visiting_order(self.resid_post_row)]
-
-        self.edges = tuple(
-            Edge(index=i, name=name, sender=sender, receiver=receiver,
-                 stage=min(self.slot_stage(slot) for slot in slots))
-            for i, (name, sender, receiver, slots) in enumerate(edges)
-        )
-        self._edge_slots = [slots for *_, slots in edges]
-
     @property
     def n_edges(self) -> int:
         return len(self.edges)
@@ -343,27 +294,6 @@ class Graph:
                     out[kv_head_name(layer, kv)] = [i for h in range(kv * group, (kv + 1) * group)
                                                     for i in out.get(head_name(layer, h), [])]
         return out
-
-    @cached_property
-    def visits(self) -> list[tuple[str, list[int]]]:
-        """ACDC's visits in order: (receiver, the incoming edges it tests there), one per run of
-        consecutive edges into one receiver.  A head is visited three times in the qkv graph (its
-        v, k and q edges sit in their letter's group), every other receiver once."""
-        out: list[tuple[str, list[int]]] = []
-        for e in self.edges:
-            if out and out[-1][0] == e.receiver:
-                out[-1][1].append(e.index)
-            else:
-                out.append((e.receiver, [e.index]))
-        return out
-
-    @cached_property
-    def receivers_in_order(self) -> list[str]:
-        """Receivers in reverse topological order (the order ACDC visits them)."""
-        seen: dict[str, None] = {}
-        for e in self.edges:
-            seen.setdefault(e.receiver, None)
-        return list(seen)
 
     def component(self, node: str) -> str:
         """The model component a node belongs to (``a3.h0<q>`` -> ``a3.h0``): node-level ROC
@@ -427,3 +357,55 @@ class EdgeMask:
             out.add(self.graph.component(e.sender))
             out.add(self.graph.component(e.receiver))
         return out
+
+
+def _numbered_edges(graph: Graph) -> list[tuple[str, str, str, list[int]]]:
+    """The graph's edges as (name, sender, receiver, slots), numbered from the output back: the
+    final residual's inputs first, then each layer from the last down (its MLP's inputs; under
+    ``graph=qkv`` the q/k/v edges letter-major, v k q, heads high to low, then the q/k/v inputs in
+    the same order; under ``graph=heads`` each head's shared input, high index first), and at every
+    receiver the senders latest first (``senders_latest_first``).  An edge's id is its place here:
+    edges.csv, masks and scores follow it, and ACDC visits edges in this order (``methods/acdc.py``,
+    the reference implementation's order)."""
+    edges: list[tuple[str, str, str, list[int]]] = []  # name, sender, receiver, slots
+    heads = list(reversed(range(graph.n_heads)))  # high index first
+    letters = tuple(reversed(QKV))  # v, k, q: the reverse of the order the forward computes them
+
+    def resid_edges(rows: Sequence[int], receiver: str):
+        for s in graph.senders_latest_first(rows[0]):
+            sender = graph.senders[s]
+            slots = [r * graph.n_senders + s for r in rows]
+            edges.append((f"{sender}->{receiver}", sender, receiver, slots))
+
+    resid_edges([graph.resid_post_row], "resid_post")
+    for layer in reversed(range(graph.n_layers)):
+        if graph.arch.has_mlps:
+            resid_edges([graph.mlp_row(layer)], f"m{layer}")
+        if graph.granularity == "qkv":
+            # the q/k/v "nodes" letter-major, then the q/k/v inputs in the same order (under
+            # grouped-query attention the k and v letters run over the key/value heads)
+            for which in letters:
+                for i in reversed(range(graph.n_heads_reading(which))):
+                    name = graph.input_name(layer, i, which)
+                    edges.append((name, name, graph.input_owner(layer, i, which), [graph.qkv_slot(layer, i, which)]))
+            for which in letters:
+                for i in reversed(range(graph.n_heads_reading(which))):
+                    resid_edges([graph.head_input_row(layer, i, which)], graph.input_name(layer, i, which))
+        else:  # the inputs one head reads share an input: one edge covers their rows
+            group = graph.n_heads // graph.n_kv_heads
+            for h in heads:
+                # (which, head or key/value head); GQA: a key/value head's input after its first query head's
+                inputs = [("q", h)] + ([("k", h // group), ("v", h // group)] if h % group == 0 else [])
+                owners = [graph.input_owner(layer, i, which) for which, i in inputs]
+                for owner in dict.fromkeys(owners):
+                    rows = [graph.head_input_row(layer, i, which) for (which, i), o in zip(inputs, owners) if o == owner]
+                    resid_edges(rows, owner)
+
+    if graph.granularity == "nodes":
+        # A node is one "edge" that owns every outgoing slot of its sender.
+        by_sender: dict[str, list[int]] = {s: [] for s in graph.senders}
+        for _, sender, _, slots in edges:
+            by_sender[sender] += slots
+        edges = [(graph.senders[s], graph.senders[s], graph.senders[s], sorted(by_sender[graph.senders[s]]))
+                 for s in graph.senders_latest_first(graph.resid_post_row)]
+    return edges

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from ..tasks.base import TaskData
+from .data import TaskData
 
 # patched logits [batch, k, vocab], clean logits of the full model [batch, k, vocab], the split the
 # logits come from (task metrics read its extras: answer ids, labels) -> [batch]

@@ -49,13 +49,14 @@ def norm_kind(ln) -> str | None:
     """Which of TransformerLens' four norms ``ln`` computes, or None: a view's norm says so in
     ``norm_kind``; TransformerLens 3's own classes are known by name (the engine does not import
     TransformerLens)."""
-    kind = getattr(ln, "norm_kind", None)
-    if kind is not None:
-        return kind
-    for cls in type(ln).__mro__:
-        if cls.__module__.startswith("transformer_lens.") and cls.__name__ in NORM_KINDS:
-            return cls.__name__
-    return None
+    cls = type(ln)
+    if cls not in _CLASS_KINDS:  # each class looked at once (this runs in every backward)
+        _CLASS_KINDS[cls] = next((c.__name__ for c in cls.__mro__
+                                  if c.__module__.startswith("transformer_lens.") and c.__name__ in NORM_KINDS), None)
+    return _CLASS_KINDS[cls] or getattr(ln, "norm_kind", None)
+
+
+_CLASS_KINDS: dict[type, str | None] = {}
 
 
 def norm_parts(ln) -> NormParts | None:
@@ -85,6 +86,9 @@ class ModelReads:
         # attribute lookup is slow on the hot path
         self.blocks = list(model.blocks)
         self.attns = [block.attn for block in self.blocks]
+        # a view's attention may take the softmax in another dtype, as its model does (a bridge's
+        # Llama: float32); TransformerLens 3's attention has none of its own
+        self.softmaxes = [getattr(attn, "softmax", None) for attn in self.attns]
         self.device = next(model.parameters()).device
         self.dtype = cfg.dtype
         self.shortformer = cfg.positional_embedding_type == "shortformer"
@@ -140,8 +144,8 @@ class ModelReads:
         scores = attn.calculate_attention_scores(queries, keys)
         if self.causal:
             scores = attn.apply_causal_mask(scores)
-        # a view may take the softmax in another dtype, as its model does (a bridge's Llama: float32)
-        pattern = attn.softmax(scores) if hasattr(attn, "softmax") else F.softmax(scores, dim=-1)
+        softmax = self.softmaxes[layer]
+        pattern = F.softmax(scores, dim=-1) if softmax is None else softmax(scores)
         pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
         return attn.calculate_z_scores(values, pattern)
 

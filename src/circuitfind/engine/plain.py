@@ -46,6 +46,9 @@ def plain_forward(model, graph: Graph, tokens: torch.Tensor, ablation: Ablation,
 
     diffs: list[torch.Tensor] = []  # value_s - ablated_s, in sender order
     attn_sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # post-norms: S_l, ln1_post(S_l)
+    is_head = torch.zeros(g.n_senders, dtype=torch.bool, device=ops.device)
+    for layer in range(g.n_layers):
+        is_head[g.head_slots(layer)] = True
 
     def read(resid: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """The inputs [n, batch, pos, d_model] of receivers with removed-mask rows ``rows`` [n, s]
@@ -60,10 +63,6 @@ def plain_forward(model, graph: Graph, tokens: torch.Tensor, ablation: Ablation,
             mixed = summed - torch.einsum("rs,sbpd->rbpd", rows[:, span], stacked[span])
             x = x + ops.blocks[layer].ln1_post(mixed) - normed
         return x
-
-    is_head = torch.zeros(g.n_senders, dtype=torch.bool, device=ops.device)
-    for layer in range(g.n_layers):
-        is_head[g.head_slots(layer)] = True
 
     embeds = ops.embed(tokens)
     diffs += [value - ablated for value, ablated in zip(embeds, senders_ablated)]

@@ -19,6 +19,7 @@ from ..runs.points import collect_points
 from .manifest import write_manifest
 from .plan import FIGURES, PRESETS, FigureError, load_figure_spec, plan
 from .sweeps import LAUNCHERS, missing_values, relative, run_sweeps, used_runs
+from ..evaluation.faithfulness import faithfulness_table, faithfulness_text
 from .tables import auc_long, auc_markdown, auc_wide, table_columns
 
 
@@ -121,6 +122,14 @@ def build(name: str, tasks: list[str] | None = None, corruption: str | None = No
         echo(auc_markdown(long, spec, plan_.corruptions))
     else:
         raise FigureError(f"{spec.name}: unknown figure kind {spec.figure!r} (roc, metric_vs_edges, auc_tables)")
+    # every figure's runs also give MIB's CPR and CMD per curve (evaluation.faithfulness)
+    faithful = faithfulness_table(points)
+    outputs = list(outputs) + [out / f"{stem}_faithfulness.csv"]
+    faithful.to_csv(outputs[-1], index=False)
+    if spec.figure == "auc_tables":
+        with open(out / f"{stem}_auc.md", "a", encoding="utf-8") as md:
+            md.write("\n### Faithfulness: CPR / CMD (test split)\n\n```\n" + faithfulness_text(faithful) + "\n```\n")
+    echo(faithfulness_text(faithful))
     manifest = out / f"{stem}.manifest.json"
     write_manifest(manifest, plan_, outcomes, outputs, argv or [], started, **extra_manifest)
     failed = [o for o in outcomes if o.status == "failed"]

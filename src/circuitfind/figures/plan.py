@@ -14,6 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from ..runs.validate import compose_config  # torch-free: a figure is planned without torch
 from .sweeps import Sweep, swept
 
 FIGURES = ("fig3", "fig4", "tables", "tracr_suite")
@@ -57,8 +58,6 @@ def task_metrics(spec: DictConfig, task: str) -> dict[str, str]:
 # ---- the circuitfind config, composed without running it --------------------------------------------
 @functools.lru_cache(maxsize=None)
 def _composed(overrides: tuple[str, ...]) -> DictConfig:
-    from ..runs.pipeline import compose_config  # imports torch: only when a figure needs a config
-
     return compose_config(*overrides, return_hydra_config=True)
 
 
@@ -80,11 +79,11 @@ def model_unavailable(task: str, overrides: tuple[str, ...] = ()) -> str | None:
     if model.get("kind") != "hub" or not model.get("pretrained", True):
         return None  # shipped, compiled or random weights: always at hand
     try:
-        from ..models import loading
+        from ..models import hub, loading
 
-        if loading.cached_weights(model["repo"]) is not None or loading.hub_reachable():
+        if loading.cached_weights(model["repo"]) is not None or hub.hub_reachable():
             return None
-        return (f"the weights of {model['repo']} are not in the Hugging Face cache ({loading.hub_cache_dir()}) "
+        return (f"the weights of {model['repo']} are not in the Hugging Face cache ({hub.hub_cache_dir()}) "
                 "and the hub cannot be reached")
     except Exception:  # noqa: BLE001 - the probe must never stop a figure: let the run decide
         return None

@@ -73,7 +73,7 @@ class Sweep:
 
 
 # Reuse is decided here and only here: a job is done when the sweep folder holds a complete run
-# (summary.json) for its value.  When run folders become keyed by config hash, this is what changes.
+# (summary.json) for its value.
 def complete_runs(sweep: Sweep) -> dict[float | None, Path]:
     """The sweep's complete run folders by parameter value (HISP, not swept: under None)."""
     found: dict[float | None, Path] = {}

@@ -8,8 +8,8 @@
             if delta < tau: remove the edge for good
 
 **The visiting order** is the reference implementation's (ACDC is greedy, so the order changes
-which edges are kept).  ``Graph._build_edges`` lists the edges in exactly this order and
-``Graph.visits`` cuts that list into visits; nothing else orders edges.
+which edges are kept).  The graph numbers its edges in exactly this order (``core/graph.py``), so ACDC
+visits edges by id, and ``visits`` cuts that list into visits: a receiver and its run of edges.
   receivers   the final residual (``resid_post``), then each layer from the last down to layer 0:
               1. the MLP's input (``m2``);
               2. the q/k/v "nodes", letter-major: the edge ``a2.h<v>`` (v input -> the head) of
@@ -51,7 +51,6 @@ from ..core.checkpoint import Checkpointer
 from ..core.graph import EdgeMask, Graph
 from .result import MethodResult
 from .base import Problem
-from .specs.acdc import check_acdc_params
 
 
 # Forwards of candidate circuits: (mask values [k, n_edges], the stage at which they first differ
@@ -70,7 +69,6 @@ def acdc(problem: Problem, tau: float, abs_delta: bool = False, max_edge_tests: 
          batch_edges: int | str = "auto", checkpointer: Checkpointer | None = None) -> MethodResult:
     """ACDC on the fast engine: each edge test restarts at the stage its edge is read, and the
     circuits of the next tests at that stage run together, up to ``batch_edges`` per forward."""
-    check_acdc_params(tau, max_edge_tests, abs_delta, batch_edges)
     engine, data = problem.engine("validation"), problem.data("validation")
     logits, cache = engine.run(problem.graph.full_mask(), data.positions, record=True)
 
@@ -129,16 +127,29 @@ class Step:
     dropped: list[int]
 
 
-def upcoming_tests(graph: Graph, mask: torch.Tensor, decided: torch.Tensor, visit_index: int,
-                   edge: int, limit: float) -> list[Step]:
-    """The tests ACDC will run from ``edge`` (an edge of the ``visit_index``-th visit) on, at most
-    ``limit``, all read at ``edge``'s stage, should it remove every edge it tests."""
-    visits, stage = graph.visits, graph.edges[edge].stage
+def visits(graph: Graph) -> list[tuple[str, list[int]]]:
+    """ACDC's visits in order: (receiver, the incoming edges it tests there), one per run of
+    consecutive edge ids into one receiver.  A head is visited three times in the qkv graph (its
+    v, k and q edges sit in their letter's group), every other receiver once."""
+    out: list[tuple[str, list[int]]] = []
+    for e in graph.edges:
+        if out and out[-1][0] == e.receiver:
+            out[-1][1].append(e.index)
+        else:
+            out.append((e.receiver, [e.index]))
+    return out
+
+
+def upcoming_tests(graph: Graph, order: list[tuple[str, list[int]]], mask: torch.Tensor, decided: torch.Tensor,
+                   visit_index: int, edge: int, limit: float) -> list[Step]:
+    """The tests ACDC will run from ``edge`` (an edge of the ``visit_index``-th visit of ``order``)
+    on, at most ``limit``, all read at ``edge``'s stage, should it remove every edge it tests."""
+    stage = graph.edges[edge].stage
     assumed = mask.clone()  # the circuit as it would be after those removals
     steps: list[Step] = []
     dropped: list[int] = []
-    for index in range(visit_index, len(visits)):
-        receiver, incoming = visits[index]
+    for index in range(visit_index, len(order)):
+        receiver, incoming = order[index]
         if index == visit_index:
             edges = incoming[incoming.index(edge):]
         elif any(graph.edges[e].stage != stage for e in incoming):
@@ -235,7 +246,6 @@ def acdc_search(graph: Graph, losses: LossFn, tau: float, abs_delta: bool = Fals
     With a ``checkpointer`` the state (mask, scores, trace, current loss) is saved between edge
     tests and a resumed run skips every edge already decided, so it ends exactly as an
     uninterrupted run would (the current loss is restored, not recomputed)."""
-    check_acdc_params(tau, max_edge_tests, abs_delta, batch_edges)
     saved = checkpointer.restore() if checkpointer is not None else None
     if saved is None:
         mask = torch.ones(graph.n_edges, dtype=dtype)
@@ -259,7 +269,8 @@ def acdc_search(graph: Graph, losses: LossFn, tau: float, abs_delta: bool = Fals
 
     bar = tqdm(total=graph.n_edges, initial=int(decided.sum()), desc="ACDC", unit="edge",
                disable=not progress, leave=False)
-    for index, (receiver, incoming) in enumerate(graph.visits):
+    order = visits(graph)
+    for index, (receiver, incoming) in enumerate(order):
         if not budget_left():
             break
         if bool(decided[incoming].all()):  # done before a resume
@@ -277,7 +288,7 @@ def acdc_search(graph: Graph, losses: LossFn, tau: float, abs_delta: bool = Fals
             mask[e] = 0
             limit = math.inf if max_edge_tests is None else max_edge_tests - n_tests
             candidate = tests.loss(mask, graph.edges[e].stage,
-                                   upcoming=lambda: upcoming_tests(graph, mask, decided, index, e, limit),
+                                   upcoming=lambda: upcoming_tests(graph, order, mask, decided, index, e, limit),
                                    keep_rate=(n_kept_tests + 1) / (n_tests + 2))  # Laplace: never 0 or 1
             delta = candidate - current
             removed = (abs(delta) if abs_delta else delta) < tau
@@ -288,7 +299,7 @@ def acdc_search(graph: Graph, losses: LossFn, tau: float, abs_delta: bool = Fals
                 n_kept_tests += 1
             n_tests += 1
             scores[e] = delta
-            trace.append(dict(step=n_tests, edge=graph.edges[e].name, delta=delta, metric=current,
+            trace.append(dict(step=n_tests, edge=graph.edges[e].name, delta=delta, loss=current,
                               kept=not removed, n_edges=int(mask.sum())))
             bar.update(1)
             bar.set_postfix_str(f"{receiver} | {int(mask.sum())} edges left", refresh=False)

@@ -53,12 +53,11 @@ from tqdm.auto import tqdm
 
 from ..core.checkpoint import Checkpointer
 from ..core.graph import EdgeMask, Graph
-from .acdc import auto_batch_edges
+from .acdc import auto_batch_edges, visits
 from .attribution import mask_gradient
 from .base import Problem
-from .hisp import resolve_objective
+from .objective import resolve_objective
 from .result import MethodResult
-from .specs.acdc_guided import check_guided_params
 
 # (candidate masks [k, n_edges], the stage at which they first differ from the unpatched run) -> losses
 LossFn = Callable[[torch.Tensor, int], Sequence[float]]
@@ -80,7 +79,6 @@ def guided_on_engine(problem: Problem, tau: float, order: str = "eap", group: st
                      batch_edges: int | str = "auto", checkpointer: Checkpointer | None = None,
                      on_test: Callable | None = None) -> MethodResult:
     """``acdc_guided``, telling ``on_test`` every decision (see ``guided_search``)."""
-    check_guided_params(tau, order, group, rescore, ig_steps, seed, abs_delta, max_edge_tests, batch_edges)
     engine, data, graph = problem.engine("validation"), problem.data("validation"), problem.graph
     logits, cache = engine.run(graph.full_mask(), data.positions, record=True)
 
@@ -97,7 +95,7 @@ def guided_on_engine(problem: Problem, tau: float, order: str = "eap", group: st
                            on_test=on_test)
     # Verification: the final circuit's loss from one full forward (no restart, no cache), beside the
     # loss the search accepted it with.
-    final = float(problem.loss(engine.logits(result.kept.values.to(engine.dtype), data.positions), "validation"))
+    final = float(problem.loss(engine.logits(result.circuit.values.to(engine.dtype), data.positions), "validation"))
     searched = result.details["final_loss_search"]
     result.details["final_loss_verified"] = final
     if not math.isclose(final, searched, rel_tol=1e-4, abs_tol=1e-6):
@@ -201,13 +199,13 @@ def group_size(keep_rate: float) -> int:
 
 
 def blocks(graph: Graph, group: str) -> list[list[int]]:
-    """ACDC's visits (indices into ``graph.visits``) cut into blocks tested together: consecutive
+    """ACDC's visits (indices into ``visits(graph)``) cut into blocks tested together: consecutive
     visits read at one stage, cut before a visit whose receiver sends an edge of the block (its
     feeding nothing depends on the block's decisions); ``group=receiver``: one visit each."""
     out: list[list[int]] = []
     senders: set[str] = set()
     stage = None
-    for index, (receiver, incoming) in enumerate(graph.visits):
+    for index, (receiver, incoming) in enumerate(visits(graph)):
         visit_stage = min(graph.edges[e].stage for e in incoming)
         if out and group != "receiver" and visit_stage == stage and receiver not in senders:
             out[-1].append(index)
@@ -306,7 +304,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
         if fresh:
             name = graph.edges[edges[0]].name if len(edges) == 1 else \
                 f"{len(edges)} edges: {graph.edges[edges[0]].name} .. {graph.edges[edges[-1]].name}"
-            trace.append(dict(step=len(trace) + 1, edge=name, delta=delta, metric=current, kept=not accepted,
+            trace.append(dict(step=len(trace) + 1, edge=name, delta=delta, loss=current, kept=not accepted,
                               n_edges=int(mask.sum())))
             if checkpointer is not None and not exact.replaying:
                 checkpointer.step(state)
@@ -337,14 +335,14 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
             recent += [bool(mask[e]) for e in newly if decided[e] and not before[e]]
             start += size
 
-    visits = graph.visits
+    graph_visits = visits(graph)
     initial: torch.Tensor | None = None
     for block in blocks(graph, group):
         if not budget_left():
             break
         candidates: list[int] = []
         for index in block:
-            receiver, incoming = visits[index]
+            receiver, incoming = graph_visits[index]
             if _feeds_nothing(graph, mask, receiver):
                 fresh = [e for e in incoming if not decided[e]]
                 mask[incoming] = 0
@@ -367,7 +365,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
             position = {e: i for i, e in enumerate(candidates)}
             candidates = sorted(candidates, key=lambda e: (float(weights[position[e]]), position[e]))
         settle_block(candidates, stage)
-        bar.set_postfix_str(f"{visits[block[0]][0]} | {int(mask.sum())} edges left", refresh=False)
+        bar.set_postfix_str(f"{graph_visits[block[0]][0]} | {int(mask.sum())} edges left", refresh=False)
     bar.close()
     stats["n_attribution_passes"] = len(attributions)
 

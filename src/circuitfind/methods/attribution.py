@@ -25,7 +25,7 @@ edge's score is its -dL/dm averaged over alpha.  Unlike the ``eap`` library's va
 difference in that product is the one of the interpolated run (``value_s(alpha) - ablated_s``), not
 the clean run's: the engine's mask gradient gives that product, never dL/d input_r alone.
 
-Objective: the same as HISP's (``methods/hisp.py``).  KL and l2 have zero gradient at the unpatched
+Objective: the same as HISP's (``methods/objective.py``).  KL and l2 have zero gradient at the unpatched
 model, so ``objective=auto`` scores the clean answer's logit there (``answer_logit``) and the task's
 metric otherwise.
 """
@@ -38,9 +38,8 @@ import torch
 
 from .result import MethodResult
 from .base import Problem
-from .hisp import DIVERGENCE_METRICS, objective_per_prompt, resolve_objective
+from .objective import DIVERGENCE_METRICS, objective_per_prompt, resolve_objective
 from .ranking import edge_ranking, ranked_result, tie_tolerance
-from .specs.eap import check_attribution_params
 
 
 def objective_loss(problem: Problem, logits: torch.Tensor, objective: str, split: str = "validation") -> torch.Tensor:
@@ -85,7 +84,6 @@ def attribution_scores(problem: Problem, objective: str, steps: int | None = Non
 
 def _attribution(problem: Problem, steps: int | None, k, objective, max_points, absolute, ig, target,
                  pruned) -> MethodResult:
-    check_attribution_params(k, objective, max_points, absolute, 1 if steps is None else steps, ig, target, pruned)
     objective = resolve_objective(problem, objective)
     if objective == "metric" and problem.metric.name in DIVERGENCE_METRICS and steps is None:
         raise ValueError(f"metric {problem.metric.name} is a divergence from the unpatched model: its gradient there "

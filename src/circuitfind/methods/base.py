@@ -44,6 +44,15 @@ class Problem:
             self._engines[split] = PatchEngine(model, self.graph, data.clean, ablation, activation_device=where)
         return self._engines[split]
 
+    @property
+    def n_forward(self) -> int:
+        """Forward passes run so far by this problem's engines (every split)."""
+        return sum(engine.n_forward for engine in self._engines.values())
+
+    def activation_devices(self) -> dict[str, str]:
+        """Where each split's engine (those built so far) keeps its stored activations."""
+        return {split: engine.activation_device for split, engine in self._engines.items()}
+
     @torch.no_grad()
     def clean_logits(self, split: str = "validation") -> torch.Tensor:
         """The full model's logits at the metric positions: what KL compares against."""

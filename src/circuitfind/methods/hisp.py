@@ -29,31 +29,11 @@ import time
 
 import torch
 
-from .result import MethodResult
 from .base import Problem
 from .components import Components
+from .objective import DIVERGENCE_METRICS, objective_per_prompt, resolve_objective
 from .ranking import component_ranking, ranked_result, tie_tolerance
-from .specs.hisp import OBJECTIVES, check_hisp_params  # noqa: F401  (OBJECTIVES: for the attribution methods)
-
-# Metrics that are divergences from the unpatched model: zero gradient at it.
-DIVERGENCE_METRICS = ("kl", "l2")
-
-
-def resolve_objective(problem: Problem, objective: str) -> str:
-    if objective == "auto":
-        return "answer_logit" if problem.metric.name in DIVERGENCE_METRICS else "metric"
-    return objective
-
-
-def objective_per_prompt(problem: Problem, logits: torch.Tensor, split: str, objective: str) -> torch.Tensor:
-    """F for each prompt ([batch]) from the logits at the split's metric positions."""
-    if objective == "metric":
-        return problem.per_prompt(logits, split)
-    if logits.shape[-1] == 1:  # a numerical output: its value
-        return logits[..., 0].sum(-1)
-    answer = problem.clean_logits(split).argmax(-1, keepdim=True)
-    return (logits.gather(-1, answer).squeeze(-1) - logits.mean(-1)).sum(-1)
-
+from .result import MethodResult
 
 def component_attributions(problem: Problem, components: Components, objective: str,
                            split: str = "validation") -> torch.Tensor:
@@ -79,7 +59,6 @@ def hisp(problem: Problem, k: int | str = "auto", objective: str = "auto", max_p
          target: float = 0.8, pruned: bool = True) -> MethodResult:
     """Rank components by importance; the circuit at ``k`` (see ``methods/ranking.py``) is the
     method's own, and ``curve`` holds the circuits at MIB's fractions."""
-    check_hisp_params(k, objective, max_points, target, pruned)
     components = Components(problem.graph)
     if len(components) == 0:
         raise ValueError(f"the {problem.graph.describe()} has no component HISP can rank")

@@ -5,9 +5,9 @@ curve at MIB's fractions, and the choice of the method's own circuit.
 computation's rounding are not ordered by anything but noise.  Sorted from the highest, consecutive
 scores that differ by at most ``tolerance`` form one tie group, with
 
-    tolerance = 64 x machine epsilon of the engine's dtype (capped at 1e-3) x the largest |score|
+    tolerance = 8 x machine epsilon of the engine's dtype (capped at 1e-3) x the largest |score|
 
-(float32: 7.6e-6 of the largest score; float64: 1.4e-14).  A ranking is cut only between tie groups,
+(float32: 9.5e-7 of the largest score; float64: 1.8e-15).  A ranking is cut only between tie groups,
 so every circuit it yields, and every ROC point, is the same whatever the noise inside a group.
 
 **Top-n circuits.**  The circuit of a fraction p of the graph's edges is the largest run of whole tie
@@ -16,7 +16,8 @@ pruned to the edges on an input-to-output path (``core.pruning``); its size is t
 ranking of components (HISP) cuts between tie groups of components, and a cut's circuit is every edge
 between kept components.
 
-**The curve** is read at MIB's ten fractions (0.1% ... 100%; ``points`` adds evenly spaced cuts).
+**The curve** is read at MIB's ten fractions (0.1% ... 100%; ``points``: evenly spaced cuts added up
+to that many points in all).
 Each distinct circuit costs one patched forward; the empty circuit and the full model are known
 without one (the run's caches).  ``k`` picks the method's own circuit: ``auto`` the smallest circuit
 of the curve whose faithfulness on the validation split reaches ``target``, an integer n the pruned
@@ -39,7 +40,7 @@ from ..core.pruning import prune
 from .base import Problem
 from .result import CurvePoint
 
-RELATIVE_TIE_TOLERANCE_EPS = 64  # machine epsilons
+RELATIVE_TIE_TOLERANCE_EPS = 8  # machine epsilons
 MAX_RELATIVE_TIE_TOLERANCE = 1e-3
 
 
@@ -127,17 +128,22 @@ def component_ranking(graph: Graph, scores: torch.Tensor, tolerance: float, name
 
 
 def curve_cuts(ranking: Ranking, fractions=MIB_FRACTIONS, points: int | None = None) -> list[tuple[float | None, int]]:
-    """(fraction or None, cut) of the curve: one per fraction, plus up to ``points`` evenly spaced
-    cuts, without repeats, largest first."""
+    """(fraction or None, cut) of the curve: one per fraction (fractions that fall on the same cut
+    share its circuit, but each is a point of the curve, as MIB integrates over all ten), then
+    evenly spaced cuts not yet on it until it has ``points`` points in all, largest first."""
     n = ranking.graph.n_edges
-    chosen: dict[int, float | None] = {}
-    for p in fractions:
-        chosen.setdefault(ranking.cut_for(int(p * n)), p)
-    if points:
+    out: list[tuple[float | None, int]] = [(p, ranking.cut_for(int(p * n))) for p in fractions]
+    if points:  # evenly spaced cuts, from the top, until the curve has ``points`` points
         last = ranking.n_cuts - 1
+        taken = {cut for _, cut in out}
         for i in range(points):
-            chosen.setdefault(round(last * i / max(points - 1, 1)), None)
-    return sorted(((p, j) for j, p in chosen.items()), key=lambda t: -t[1])
+            if len(out) >= points:
+                break
+            cut = last - round(last * i / max(points - 1, 1))
+            if cut not in taken:
+                taken.add(cut)
+                out.append((None, cut))
+    return sorted(out, key=lambda t: (-t[1], -(t[0] if t[0] is not None else -1.0)))
 
 
 class CircuitEvaluator:

@@ -13,12 +13,13 @@ from ..core.graph import EdgeMask, Graph
 
 class TraceRow(TypedDict):
     """One search step (ACDC's edge test): the edge, the loss change its removal caused, the loss
-    of the circuit after the decision, whether it was kept, and the edges left."""
+    of the circuit after the decision (the metric, or minus it where higher is better), whether it
+    was kept, and the edges left."""
 
     step: int
     edge: str
     delta: float
-    metric: float
+    loss: float
     kept: bool
     n_edges: int
 
@@ -42,7 +43,7 @@ class CurvePoint:
 @dataclass
 class MethodResult:
     """What every method returns: one number per edge, higher = more important to the task, and
-    ``kept``, the method's own circuit at its parameter's value ``parameter`` (ACDC's tau, SP's
+    ``circuit``, the method's own circuit at its parameter's value ``parameter`` (ACDC's tau, SP's
     lambda, HISP's k; the spec names it).  Optional: ``curve``, the circuits of a whole curve from
     this one run; ``trace``, the search's steps; ``tables``, the method's own tables (file name ->
     rows); ``details``, numbers for summary.json's ``method_details``; ``label``, a variant the
@@ -50,7 +51,7 @@ class MethodResult:
 
     graph: Graph
     scores: torch.Tensor
-    kept: EdgeMask
+    circuit: EdgeMask
     parameter: float | None = None
     curve: list[CurvePoint] | None = None
     trace: list[TraceRow] | None = None

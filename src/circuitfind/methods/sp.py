@@ -29,7 +29,6 @@ from ..core.graph import EdgeMask
 from .result import MethodResult
 from .base import Problem
 from .components import Components
-from .specs.sp import check_sp_params
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,6 @@ def subnetwork_probing(problem: Problem, lambda_reg: float = 1.0, epochs: int = 
                        gates: str = "components", init_open: float = 0.9, beta: float = 2 / 3,
                        gamma: float = -0.1, zeta: float = 1.1, log_every: int = 10, seed: int = 0,
                        checkpointer: Checkpointer | None = None) -> MethodResult:
-    check_sp_params(lambda_reg, epochs, lr, gates, init_open, log_every)
     graph = problem.graph
     engine, data = problem.engine("validation"), problem.data("validation")
     device, dtype = engine.device, engine.dtype

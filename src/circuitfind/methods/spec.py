@@ -54,6 +54,10 @@ class MethodSpec:
     cmap: str = "Greys"  # its colour map in every picture: the method is the hue, its parameter the shade
     marker: str = "o"  # its marker in every picture
     cost: int = 1  # relative cost of one job (the figures start the costliest sweeps first)
+    # check_metric(params, metric, divergence): refuse (ValueError) parameters that cannot work with
+    # the run's metric (``metric``: its name; ``divergence``: whether it is measured against the
+    # unpatched model, so that its gradient there is zero), from the config alone
+    check_metric: Callable[[Any, str, bool], None] | None = None
 
     def __post_init__(self):
         if self.curve not in CURVES:

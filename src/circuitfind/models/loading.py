@@ -30,15 +30,15 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-import socket
-import threading
-from importlib.resources import files
 from types import SimpleNamespace
-from urllib.parse import urlparse
 
 import torch
 
 from ..core.architecture import check_supported
+# GPT2_TOKENIZER_ENV, HUB_PROBE_TIMEOUT_S, ModelUnavailableError: what a load reads, waits for, raises
+from .hub import (GPT2_TOKENIZER_ENV, HUB_PROBE_TIMEOUT_S, ModelUnavailableError, cached_file,  # noqa: F401
+                  gpt2_tokenizer, hub_cache_dir, hub_reachable, unavailable_error)
+from .shipped import read_shipped
 from .view import backend, tl3
 
 log = logging.getLogger(__name__)
@@ -108,106 +108,10 @@ HUB_ARCHITECTURES: dict[str, dict] = {
 GRAPH_FACTS = {"n_layers": None, "n_heads": None, "attn_only": False, "positional_embedding_type": "standard",
                "n_key_value_heads": None, "parallel_attn_mlp": False}
 
-# Where GPT-2's tokenizer files (vocab.json, merges.txt) live when the cache does not hold them.
-GPT2_TOKENIZER_ENV = "CIRCUITFIND_GPT2_TOKENIZER"
-SHIPPED_FORMAT_VERSION = 1
-HUB_PROBE_TIMEOUT_S = 3.0
-
-
-class ModelUnavailableError(RuntimeError):
-    """The weights or tokenizer a run needs are neither cached nor downloadable."""
-
-
-# ---- hub access ----------------------------------------------------------------------------------
-def hub_cache_dir() -> str:
-    """The Hugging Face hub cache, read at call time (HF_HUB_CACHE / HF_HOME / the default)."""
-    from huggingface_hub import constants
-
-    return constants.HF_HUB_CACHE
-
-
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE as set now; huggingface_hub reads it only once, at import."""
-    from huggingface_hub import constants
-
-    value = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
-    return value in {"1", "ON", "YES", "TRUE"} or constants.HF_HUB_OFFLINE
-
-
-def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
-    """Whether a TCP connection to the hub opens within ``timeout`` seconds.
-
-    Without network every Hugging Face call retries for tens of seconds before failing; one bounded
-    probe lets a run that needs the hub stop at once instead.  The probe runs in a daemon thread
-    because name resolution itself has no timeout."""
-    if hub_offline():
-        return False
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    address = (url.hostname, url.port or (443 if url.scheme == "https" else 80))
-    opened = threading.Event()
-
-    def probe():
-        try:
-            socket.create_connection(address, timeout=timeout).close()
-            opened.set()
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)  # a refused connection ends the probe at once; a silent network, the timeout
-    return opened.is_set()
-
-
-def _cached_file(repo: str, filename: str) -> pathlib.Path | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo, filename, cache_dir=hub_cache_dir())
-    return pathlib.Path(found) if isinstance(found, str) else None
-
-
-def _unavailable(model: str, what: str, plural: bool) -> ModelUnavailableError:
-    """The one line a run without the files it needs stops with."""
-    are, them = ("are", "them") if plural else ("is", "it")
-    return ModelUnavailableError(
-        f"{model}: {what} {are} not in the Hugging Face cache ({hub_cache_dir()}) and the hub cannot be "
-        f"reached; run once online to download {them} (or set HF_HOME to a cache that holds {them}), "
-        "or use model.pretrained=false for random weights"
-    )
 
 
 # ---- tokenizers ----------------------------------------------------------------------------------
-_TOKENIZERS: dict[tuple, object] = {}
-
-
-def gpt2_tokenizer():
-    """GPT-2's BPE tokenizer: from the folder named by $CIRCUITFIND_GPT2_TOKENIZER (vocab.json and
-    merges.txt), else the Hugging Face cache, else the hub."""
-    from transformers import GPT2TokenizerFast
-
-    folder = os.environ.get(GPT2_TOKENIZER_ENV)
-    key = ("gpt2", folder, hub_cache_dir())
-    if key in _TOKENIZERS:
-        return _TOKENIZERS[key]
-    if folder:
-        missing = [f for f in ("vocab.json", "merges.txt") if not (pathlib.Path(folder) / f).is_file()]
-        if missing:
-            raise ModelUnavailableError(f"${GPT2_TOKENIZER_ENV}={folder} lacks {' and '.join(missing)}")
-        # from_pretrained(folder): transformers 5 ignores vocab_file=/merges_file= keyword arguments.
-        tokenizer = GPT2TokenizerFast.from_pretrained(folder)
-    elif _cached_file("gpt2", "vocab.json") and _cached_file("gpt2", "merges.txt"):
-        tokenizer = GPT2TokenizerFast.from_pretrained("gpt2", cache_dir=hub_cache_dir(), local_files_only=True)
-    elif hub_reachable():
-        tokenizer = GPT2TokenizerFast.from_pretrained("gpt2", cache_dir=hub_cache_dir())
-    else:
-        raise ModelUnavailableError(
-            f"GPT-2's tokenizer was not found: set {GPT2_TOKENIZER_ENV} to a folder holding its vocab.json "
-            "and merges.txt, or run once online to cache it"
-        )
-    _TOKENIZERS[key] = tokenizer
-    return tokenizer
+_TOKENIZERS: dict[tuple, object] = {}  # (name, cache) -> the tokenizer
 
 
 def load_tokenizer(model_cfg: dict):
@@ -231,7 +135,7 @@ def _load_hub_tokenizer(model_cfg: dict):
         return _TOKENIZERS[key]
     from transformers import AutoTokenizer
 
-    if _cached_file(name, "tokenizer_config.json") or _cached_file(name, "tokenizer.json"):
+    if cached_file(name, "tokenizer_config.json") or cached_file(name, "tokenizer.json"):
         tokenizer = AutoTokenizer.from_pretrained(name, cache_dir=hub_cache_dir(), local_files_only=True)
     elif hub_reachable():
         tokenizer = AutoTokenizer.from_pretrained(name, cache_dir=hub_cache_dir())
@@ -240,7 +144,7 @@ def _load_hub_tokenizer(model_cfg: dict):
                     model_cfg["name"], name)
         return gpt2_tokenizer()
     else:
-        raise _unavailable(model_cfg["name"], f"the tokenizer {name}", plural=False)
+        raise unavailable_error(model_cfg["name"], f"the tokenizer {name}", plural=False)
     _TOKENIZERS[key] = tokenizer
     return tokenizer
 
@@ -326,11 +230,11 @@ def _weight_files(repo: str) -> tuple[list[str], pathlib.Path | None]:
 
     HF-format repos (GPT-2) hold ``model.safetensors``; TransformerLens-format repos (NeelNanda's,
     Redwood's) hold ``config.json`` and a ``*final.pth`` state dict."""
-    config = _cached_file(repo, "config.json")
+    config = cached_file(repo, "config.json")
     if _transformer_lens_format(repo):
         weights = next(iter(sorted(config.parent.glob("*final.pth"))), None) if config else None
         return ["config.json", "*final.pth"], weights
-    weights = _cached_file(repo, "model.safetensors") or _cached_file(repo, "pytorch_model.bin")
+    weights = cached_file(repo, "model.safetensors") or cached_file(repo, "pytorch_model.bin")
     return ["config.json", "model.safetensors", "generation_config.json"], weights if config else None
 
 
@@ -349,7 +253,7 @@ def _load_pretrained(model_cfg: dict, device) -> ModelView:
     patterns, weights = _weight_files(repo)
     if weights is None:
         if not hub_reachable():
-            raise _unavailable(name, f"the weights of {repo}", plural=True)
+            raise unavailable_error(name, f"the weights of {repo}", plural=True)
         snapshot_download(repo, allow_patterns=patterns, cache_dir=hub_cache_dir())
         _, weights = _weight_files(repo)
         if weights is None:
@@ -460,7 +364,7 @@ def _transformer_lens_config(spec: dict, device):
     tl_loading = tl3.loading_from_pretrained()
 
     repo = spec["repo"]
-    if _cached_file(repo, "config.json") is None and not hub_reachable():
+    if cached_file(repo, "config.json") is None and not hub_reachable():
         raise ModelUnavailableError(f"{spec['name']}: the config of {repo} is not in the Hugging Face cache "
                                     f"({hub_cache_dir()}) and the hub cannot be reached; TransformerLens builds "
                                     "even random weights from it. Offline, model.name=gpt2, attn-only-4l or "
@@ -476,7 +380,7 @@ def _load_with_transformer_lens(spec: dict, device) -> ModelView:
     cfg = _transformer_lens_config(spec, device)
     check_supported(cfg)  # before fetching any weights
     if cached_weights_any(repo) is None and not hub_reachable():
-        raise _unavailable(spec["name"], f"the weights of {repo}", plural=True)
+        raise unavailable_error(spec["name"], f"the weights of {repo}", plural=True)
     model = tl3.from_pretrained(
         repo, fold_ln=bool(spec.get("fold_ln", False)),
         center_writing_weights=bool(spec.get("center_writing_weights", False)),
@@ -484,30 +388,7 @@ def _load_with_transformer_lens(spec: dict, device) -> ModelView:
     return model
 
 
-def cached_weights_any(repo: str) -> pathlib.Path | None:
-    """A weights file of a transformers-format ``repo`` in the cache, or None."""
-    return _cached_file(repo, "model.safetensors") or _cached_file(repo, "pytorch_model.bin")
-
-
 # ---- models the project ships --------------------------------------------------------------------
-def shipped_weights_path(name: str) -> pathlib.Path:
-    """Where the package keeps the weights of the self-trained model ``name`` (may not exist)."""
-    return pathlib.Path(str(files("circuitfind.models") / "weights" / f"{name}.pt"))
-
-
-def read_shipped(name: str) -> dict:
-    """The shipped weights file of ``name``: ``cfg`` (HookedTransformerConfig fields), ``state_dict``
-    and whatever its training script recorded (``bos``, training settings, induction measurements)."""
-    path = shipped_weights_path(name)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; train it with `python scripts/train_{name.split('_')[0]}.py`")
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if data.get("format_version") != SHIPPED_FORMAT_VERSION or data.get("name") != name:
-        raise ValueError(f"{path}: expected format_version {SHIPPED_FORMAT_VERSION} for model {name!r}, got "
-                         f"format_version {data.get('format_version')!r} for {data.get('name')!r}")
-    return data
-
-
 def _load_shipped_model(model_cfg: dict, device, seed: int) -> ModelView:
     name = model_cfg["name"]
     data = read_shipped(name)
@@ -576,7 +457,7 @@ def _load_through_bridge(model_cfg: dict, device, seed: int, tokenizer) -> Model
         raise ValueError(f"model {name}: {repo} is a TransformerLens-format model with no Hugging Face "
                          "architecture; under TransformerLens 4 it does not load (use TransformerLens 3.9)")
     if cached_weights_any(repo) is None and not hub_reachable():
-        raise _unavailable(name, f"the weights of {repo}", plural=True)
+        raise unavailable_error(name, f"the weights of {repo}", plural=True)
     view = tl4.pretrained_bridge(repo, device, dtype)
     check_supported(view)
     return view

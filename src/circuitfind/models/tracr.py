@@ -23,7 +23,7 @@ from .view import backend, tl3
 
 FORMAT_VERSION = 1
 TRACR_PROGRAMS = ("tracr_reverse", "tracr_proportion",
-                  # the suite (tasks/tracr_suite.py): canonical circuits derived from the weights
+                  # the suite (tasks/tracr_suite.py): ground-truth circuits derived from the weights
                   "tracr_sort_unique", "tracr_sort", "tracr_hist", "tracr_pair_balance", "tracr_shuffle_dyck",
                   "tracr_shuffle_dyck2", "tracr_token_plus_index", "tracr_frac_prevs_a")
 

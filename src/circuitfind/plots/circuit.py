@@ -104,7 +104,7 @@ def edge_path(start: tuple[float, float], end: tuple[float, float], n_points: in
 
 
 def kept_edges(result: MethodResult) -> list[tuple[str, str, float]]:
-    kept = result.kept.kept.tolist()
+    kept = result.circuit.kept.tolist()
     scores = result.scores.tolist()
     return [(e.sender, e.receiver, s) for e, k, s in zip(result.graph.edges, kept, scores) if k]
 
@@ -205,7 +205,7 @@ def _edge_figure(graph: Graph, edges: list[tuple[str, str, float]], title: str) 
 def _node_figure(result: MethodResult, title: str) -> Drawing:
     graph = result.graph
     fig, ax = _figure(graph, [node_position(graph, e.sender)[0] for e in graph.edges])
-    kept = {e.sender for e, k in zip(graph.edges, result.kept.kept.tolist()) if k}
+    kept = {e.sender for e, k in zip(graph.edges, result.circuit.kept.tolist()) if k}
     for edge in graph.edges:
         _label_node(ax, graph, edge.sender, faint=edge.sender not in kept)
     _label_node(ax, graph, "resid_post")

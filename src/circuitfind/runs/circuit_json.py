@@ -98,7 +98,7 @@ def qkv_view(result: MethodResult) -> dict[str, tuple[float, bool]]:
     from ..core.graph import Graph
 
     graph = result.graph
-    own = {e.name: (s, bool(k)) for e, s, k in zip(graph.edges, result.scores.tolist(), result.kept.kept.tolist())}
+    own = {e.name: (s, bool(k)) for e, s, k in zip(graph.edges, result.scores.tolist(), result.circuit.kept.tolist())}
     if graph.granularity == "qkv":
         return own
     qkv_graph = Graph(graph.arch, "qkv")
@@ -272,5 +272,5 @@ def _read_edges_csv(path: Path, text: str) -> CircuitFile:
 
 
 def ground_truth(path: str | Path) -> Callable[[Graph], set[str]]:
-    """A task's ``canonical_edges`` from a circuit file, read (and its format checked) now."""
+    """A task's ``ground_truth_edges`` from a circuit file, read (and its format checked) now."""
     return read_circuit_file(path).edge_names

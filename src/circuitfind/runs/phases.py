@@ -18,6 +18,7 @@ class Phases:
     def __init__(self, progress: bool = True):
         self.progress = progress
         self.seconds: dict[str, float] = {}
+        self.stopped_in: tuple[str, str] | None = None  # the phase an exception (Ctrl-C) left
 
     @contextmanager
     def __call__(self, name: str, doing: str) -> Iterator[None]:
@@ -26,6 +27,9 @@ class Phases:
         started = time.perf_counter()
         try:
             yield
+        except BaseException:
+            self.stopped_in = self.stopped_in or (name, doing)
+            raise
         finally:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - started, 3)
 

@@ -19,14 +19,16 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..core.faithfulness import areas, describe as describe_faithfulness, faithfulness, full_model_metric
 from ..evaluation.rates import edge_and_node_rates
-from ..tasks.ground_truth import canonical_mask
+from ..tasks.ground_truth import ground_truth_mask
 from .circuit_json import CircuitFileError, ground_truth, read_circuit_file
 from ..core.graph import GRANULARITIES, Architecture, EdgeMask, Graph
 from ..methods.result import CurvePoint, MethodResult
 from ..methods import Problem
 from ..methods.spec import get_spec, load_specs
-from ..core.checkpoint import Checkpointer
+from ..core.checkpoint import Checkpointer, RunInterrupted
+from ..core.signals import Interrupted, signal_name, signals_raise
 from ..plots.circuit import circuit_dot, draw_circuit
+from .finished import result_from_state, result_state
 from .phases import Phases
 from ..core.files import atomic_write_text
 from .rundir import (CURVE, SUMMARY, config_hash, copy_run, folder_state, publish_run,
@@ -34,7 +36,7 @@ from .rundir import (CURVE, SUMMARY, config_hash, copy_run, folder_state, publis
 from ..tasks.pairs_file import PairsFileError, read_pairs
 from ..tasks.registry import TASKS, build_task
 from .threads import torch_threads
-from .validate import GROUND_TRUTH_WORDS, ConfigError, check_config, compose_config, ground_truth_path, method_params
+from .validate import GROUND_TRUTH_WORDS, ConfigError, check_config, compose_config, ground_truth_path
 
 log = logging.getLogger("circuitfind")
 CORRUPTIONS = ("corrupted", "zero", "mean", "mean_all")
@@ -46,22 +48,24 @@ def _choice(kind: str, value, valid) -> None:
         raise ConfigError(f"unknown {kind} {value!r}; choose one of {', '.join(sorted(valid))}")
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig):
     """Check every config value before any model is loaded: the torch-free checks the CLI ran
-    already (``validate.check_config``), then the registries a config file could name wrongly."""
-    check_config(cfg)
+    already (``validate.check_config``, not repeated), then the registries a config file could name
+    wrongly.  Returns the method's typed parameters."""
+    params = check_config(cfg)
     _choice("task", cfg.task.name, TASKS)
     _choice("method", cfg.method.name, load_specs())
     _choice("corruption", cfg.corruption.name, CORRUPTIONS)
     _choice("graph", cfg.graph.granularity, GRANULARITIES)
+    return params
 
 
 def build_problem(cfg: DictConfig) -> Problem:
     """The task, model, graph and metric a config names, bundled for a method."""
     task = build_task(cfg.task.name, **_task_params(cfg))
     circuit_file = ground_truth_path(cfg)
-    if circuit_file is not None:  # a circuit file replaces the task's own canonical circuit
-        task.canonical_edges = ground_truth(circuit_file)
+    if circuit_file is not None:  # a circuit file replaces the task's own ground-truth circuit
+        task.ground_truth_edges = ground_truth(circuit_file)
     graph = Graph(Architecture.from_config(task.model.cfg, split_embed=task.split_embed), cfg.graph.granularity)
     return Problem(task, graph, cfg.corruption.name, task.metric(cfg.metric), progress=cfg.progress,
                    shuffle_positions=OmegaConf.select(cfg, "corruption.shuffle_positions", default=False),
@@ -83,7 +87,7 @@ def _task_params(cfg: DictConfig) -> dict:
 
 
 def _rates(found: EdgeMask, canonical: EdgeMask | None) -> dict:
-    """Edge and node TPR/FPR against the canonical circuit (None where the task has none)."""
+    """Edge and node TPR/FPR against the ground-truth circuit (None where the task has none)."""
     if canonical is None:
         return dict.fromkeys(("edge_tpr", "edge_fpr", "node_tpr", "node_fpr"), None)
     return edge_and_node_rates(found, canonical)
@@ -111,6 +115,7 @@ def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, result: Method
         return rows
     from ..methods.ranking import CircuitEvaluator
 
+    started = time.perf_counter()
     test = CircuitEvaluator(problem, "test")
     pruned = bool((result.details or {}).get("pruned", True))
     rows = []
@@ -120,6 +125,7 @@ def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, result: Method
                          fraction=p.fraction, **_rates(p.circuit, canonical), metric_validation=p.metric,
                          faithfulness_validation=p.faithfulness, metric_test=metric_test, faithfulness_test=f_test,
                          removed=p.removed))
+    curve_test_s = round(time.perf_counter() - started, 3)
     if canonical is not None:
         last = ranking.n_cuts - 1
         cuts = range(ranking.n_cuts) if ranking.n_cuts <= ROC_CUTS else \
@@ -131,7 +137,7 @@ def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, result: Method
                              faithfulness_validation=None, metric_test=None, faithfulness_test=None,
                              removed=ranking.added[cut]))
     if result.details is not None:
-        result.details["curve_test_forwards"] = test.n_forwards
+        result.details.update(curve_test_forwards=test.n_forwards, curve_test_s=curve_test_s)
     return rows
 
 
@@ -156,8 +162,13 @@ def run(cfg: DictConfig, folder: Path) -> dict:
 
     A folder is keyed by its config: one holding a complete run of this config is reused as it is
     (``force=true`` recomputes it), one holding a checkpoint of it resumes (``resume=false`` starts
-    over), and one holding another config's results is refused, never overwritten."""
-    validate(cfg)
+    over), and one holding another config's results is refused, never overwritten.
+
+    SIGINT (Ctrl-C) or SIGTERM at any phase raises ``RunInterrupted`` with one line that says what
+    was kept: a checkpointing method's last checkpoint, or the method's finished result when the
+    stop came after it (the next run evaluates that result rather than running the method again);
+    ``summary.json`` is never written by an interrupted run."""
+    params = validate(cfg)
     folder = Path(folder)
     identity = config_hash(cfg)
     state = folder_state(folder, identity)
@@ -179,20 +190,62 @@ def run(cfg: DictConfig, folder: Path) -> dict:
                                 every_seconds=every.get("every_seconds", 60.0))
     if state == "resumable" and not cfg.get("resume", True):
         checkpointer.clear()
+    checkpointer.read()  # an unreadable checkpoint is refused now, before the model loads
 
     phases = Phases(progress=cfg.progress)
-    with phases("model", f"building the {cfg.task.name} task and its {cfg.model.name} model"):
-        problem = build_problem(cfg)
-    with torch_threads(cfg.get("threads", "auto"), problem.task.model) as threads:
-        result = _search(cfg, problem, checkpointer, phases)
-        summary = write_run_folder(folder, problem, result, method=cfg.method.name, tau=cfg.tau, seed=cfg.seed,
-                                   device=cfg.device, identity=identity, started=started, phases=phases,
-                                   threads=threads, data=OmegaConf.select(cfg, "task.data"),
-                                   draw=cfg.get("draw", "auto"))
+    finished: list[MethodResult] = []  # the method's result, once it has one
+    try:
+        with signals_raise():
+            with phases("model", f"building the {cfg.task.name} task and its {cfg.model.name} model"):
+                problem = build_problem(cfg)
+            with torch_threads(cfg.get("threads", "auto"), problem) as threads:
+                result = _search(cfg, problem, params, checkpointer, phases)
+                finished.append(result)
+                if checkpointer.stop_signal is not None:  # the signal came after the method's last step
+                    raise Interrupted(checkpointer.stop_signal)
+                summary = write_run_folder(folder, problem, result, method=cfg.method.name,
+                                           seed=cfg.seed, device=cfg.device, identity=identity, started=started,
+                                           phases=phases, threads=threads, data=OmegaConf.select(cfg, "task.data"),
+                                           draw=cfg.get("draw", "auto"), resumed=_resumed(checkpointer))
+    except (KeyboardInterrupt, RunInterrupted) as stop:
+        raise _interrupted(stop, cfg.method.name, checkpointer, phases, finished) from None
     checkpointer.clear()
     if store_run is not None:
         publish_run(folder, store_run, identity)
     return summary
+
+
+def _resumed(checkpointer: Checkpointer) -> dict:
+    """What this run owes to earlier, interrupted runs of its config: the step it resumed from
+    (None: it started fresh) and their method's seconds."""
+    return dict(resumed_from=checkpointer.resumed_from, earlier_method_s=checkpointer.earlier_method_s)
+
+
+def _interrupted(stop: BaseException, method: str, checkpointer: Checkpointer, phases: Phases,
+                 finished: list[MethodResult]) -> RunInterrupted:
+    """The one line an interrupted run ends with, after keeping what it finished."""
+    name = signal_name(stop) if isinstance(stop, KeyboardInterrupt) else stop.signal_name
+    folder = checkpointer.folder
+    if isinstance(stop, RunInterrupted):  # the method stopped at a step and saved it
+        return RunInterrupted(folder, name, stop.steps,
+                              f"interrupted by {name} after {stop.steps} steps of {method}; checkpoint saved in {folder}")
+    doing = phases.stopped_in[1] if phases.stopped_in else "between phases"
+    state = result_state(finished[0]) if finished and not checkpointer.resumed_finished else None
+    if state is not None:
+        checkpointer.save(state, finished=True)
+    if finished and (state is not None or checkpointer.resumed_finished):
+        return RunInterrupted(folder, name, checkpointer.steps,
+                              f"interrupted by {name} while {doing}; {method}'s finished result is saved in "
+                              f"{checkpointer.path}, and the next run evaluates it")
+    if checkpointer.saved_steps is not None:
+        return RunInterrupted(folder, name, checkpointer.saved_steps,
+                              f"interrupted by {name} while {doing}; the checkpoint of step "
+                              f"{checkpointer.saved_steps} stays in {checkpointer.path}")
+    if finished:  # a ranking method's result holds its ranking, which a checkpoint cannot: seconds of work
+        return RunInterrupted(folder, name, 0, f"interrupted by {name} while {doing}; {method}'s scores are not "
+                              "kept (seconds of work): the next run computes them again", resumable=False)
+    return RunInterrupted(folder, name, 0, f"interrupted by {name} while {doing}; nothing was finished to keep",
+                          resumable=False)
 
 
 def sweep_store_run(cfg: DictConfig, identity: str) -> Path | None:
@@ -208,41 +261,49 @@ def sweep_store_run(cfg: DictConfig, identity: str) -> Path | None:
     return store_folder(Path(cfg.store), cfg, identity)
 
 
-def _search(cfg: DictConfig, problem: Problem, checkpointer: Checkpointer, phases: Phases) -> MethodResult:
-    """The engine's caches, then the configured method (checkpointed where it can be)."""
+def _search(cfg: DictConfig, problem: Problem, checked, checkpointer: Checkpointer, phases: Phases) -> MethodResult:
+    """The engine's caches, then the configured method (checkpointed where it can be), or the
+    method's result that an interrupted run of this config finished.  ``checked``: the method's typed
+    parameters (``validate``)."""
     with phases("caches", "running the unpatched and ablated models once (the engine's caches)"):
         problem.clean_logits("validation")  # builds the engine (the ablated run), then the unpatched run
+    saved = checkpointer.finished()
+    if saved is not None:
+        return result_from_state(problem.graph, saved)
     spec = get_spec(cfg.method.name)
-    params = dataclasses.asdict(method_params(cfg, spec))
-    if spec.checkpoints:
-        params["checkpointer"] = checkpointer
-    with phases("method", f"running {cfg.method.name}"), checkpointer.stop_on_signals():
+    params = dataclasses.asdict(checked)
+    if not spec.checkpoints:  # a signal stops it at once (the pipeline keeps nothing of it)
+        with phases("method", f"running {cfg.method.name}"), checkpointer.timing():
+            return spec.function()(problem, **params)
+    params["checkpointer"] = checkpointer
+    with phases("method", f"running {cfg.method.name}"), checkpointer.timing(), checkpointer.stop_on_signals():
         return spec.function()(problem, **params)
 
 
-def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, method: str, tau: float | None,
+def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, method: str,
                      seed: int, device, identity: str | None, started: float, phases: Phases | None = None,
-                     threads: dict | None = None, data: str | None = None, draw: bool | str = "auto") -> dict:
-    """Evaluate ``result`` (metrics on both splits, rates against the canonical circuit, a method's
+                     threads: dict | None = None, data: str | None = None, draw: bool | str = "auto",
+                     resumed: dict | None = None) -> dict:
+    """Evaluate ``result`` (metrics on both splits, rates against the ground-truth circuit, a method's
     curve) and write every file of the run folder, ``summary.json`` last; returns the summary.
     The CLI and the Python API (``circuitfind.api``) both finish a run here.  ``phases``: the run's
-    timings so far (this adds evaluation, writing and drawing); ``threads`` and ``data`` (the prompt
-    set) are recorded as given."""
+    timings so far (this adds evaluation, writing and drawing); ``threads``, ``data`` (the prompt
+    set) and ``resumed`` (``resumed_from``, ``method_total_s``) are recorded as given."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     phases = phases if phases is not None else Phases(progress=problem.progress)
     task, graph = problem.task, problem.graph
     with phases("evaluation", "evaluating the circuit on the validation and test prompts"):
-        canonical = canonical_mask(task, graph)
-        rates = _rates(result.kept, canonical)
-        metrics = _split_metrics(problem, result.kept)
+        canonical = ground_truth_mask(task, graph)
+        rates = _rates(result.circuit, canonical)
+        metrics = _split_metrics(problem, result.circuit)
         curve = _evaluate_curve(problem, canonical, result) if result.curve is not None else None
-    n_forward = sum(engine.n_forward for engine in problem._engines.values())
+    n_forward = problem.n_forward
     spec = get_spec(method)
 
     with phases("writing", "writing the run folder"):
         write_result(folder, result, canonical, curve, d_model=task.model.cfg.d_model)
-    with phases("drawing", f"drawing the circuit ({result.kept.n_kept} of {graph.n_edges} {graph_unit(graph)})"):
+    with phases("drawing", f"drawing the circuit ({result.circuit.n_kept} of {graph.n_edges} {graph_unit(graph)})"):
         if draw is not False:  # auto: the edges while they stay readable, else the block summary
             draw_circuit(result, folder / "circuit.png", f"{task.name} {method} ({problem.corruption})",
                          detail=None if draw == "auto" else True)
@@ -262,16 +323,16 @@ def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, me
         position_order=problem.engine("validation").ablation.position_order,
         # where each split's engine kept its stored activations: model (its device) or cpu
         activation_device=dict(setting=problem.activation_device,
-                               **{split: engine.activation_device for split, engine in problem._engines.items()}),
+                               **problem.activation_devices()),
         graph=graph.granularity,
         model=task.model.cfg.model_name,
         metric=problem.metric.name,
-        tau=tau if "tau" in spec.top_level else None,
+        tau=result.parameter if spec.parameter == "tau" else None,  # ACDC's threshold: its parameter
         parameter_name=spec.parameter,  # what this method's curve varies (tau, lambda_reg, k)
         parameter=result.parameter,
         seed=seed,
         n_edges_total=graph.n_edges,
-        n_edges_kept=result.kept.n_kept,
+        n_edges_kept=result.circuit.n_kept,
         **metrics["validation"],
         test=metrics["test"],
         # f = (m(C) - m(empty)) / (m(full) - m(empty)) per split; a ranking's CPR and CMD (MIB)
@@ -284,6 +345,10 @@ def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, me
         warnings=warnings,
         threads=threads,
         timings=dict(phases.seconds),  # seconds per phase; wall_s also counts what lies between
+        # an interrupted run's resumption: the step it went on from (null: none) and the method's
+        # time in all runs of this config (this run's alone is timings.method)
+        resumed_from=(resumed or {}).get("resumed_from"),
+        method_total_s=_method_total(phases, resumed),
         wall_s=round(time.time() - started, 3),
         device=str(device),
         config_hash=identity,
@@ -292,6 +357,13 @@ def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, me
     )
     write_summary(folder, summary)  # last: its presence marks the run complete
     return summary
+
+
+def _method_total(phases: Phases, resumed: dict | None) -> float | None:
+    """The method's seconds over this run and the interrupted runs it resumed."""
+    if "method" not in phases.seconds and not resumed:
+        return None
+    return round(phases.seconds.get("method", 0.0) + (resumed or {}).get("earlier_method_s", 0.0), 3)
 
 
 def graph_unit(graph: Graph) -> str:

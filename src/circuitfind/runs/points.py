@@ -26,7 +26,7 @@ from .rundir import NOT_HASHED, NOT_HASHED_METHOD, SUMMARY
 
 POINT_COLUMNS = ["task", "method", "corruption", "metric", "parameter", "n_edges", "edge_tpr", "edge_fpr",
                  "node_tpr", "node_fpr", "test_metric", "parameter_name", "graph", "seed", "variant", "run",
-                 "test_metric_empty", "test_metric_full"]
+                 "test_metric_empty", "test_metric_full", "fraction", "faithfulness"]
 # Config keys that the points' own columns show already (from each run's summary, which resolves
 # the task's default metric), or that are not part of what one run computes.
 _NOT_VARIANT = ("metric", "corruption.name", "graph.granularity", "method.name", "task.name", "task.sweeps")
@@ -108,14 +108,37 @@ def run_points(folder: Path) -> list[dict]:
                 test_metric_empty=test.get("metric_empty"), test_metric_full=test.get("metric_full"))
     if summary.get("curve"):
         curve = pd.read_csv(folder / summary["curve"])
+
+        def column(row, name):  # a ranking's curve.csv: fraction and faithfulness_test (NaN off MIB's fractions)
+            return float(row[name]) if name in row and not pd.isna(row[name]) else float("nan")
+
         return [dict(base, parameter=row["parameter"], n_edges=int(row["n_edges"]),
                      **{k: _rate(None if pd.isna(row[k]) else row[k])
                         for k in ("edge_tpr", "edge_fpr", "node_tpr", "node_fpr")},
-                     test_metric=float(row["metric_test"]))
+                     test_metric=float(row["metric_test"]), fraction=column(row, "fraction"),
+                     faithfulness=column(row, "faithfulness_test"))
                 for _, row in curve.iterrows()]
+    n_total = summary.get("n_edges_total")
     return [dict(base, parameter=summary.get("parameter"), n_edges=summary["n_edges_kept"],
                  **{k: _rate(summary.get(k)) for k in ("edge_tpr", "edge_fpr", "node_tpr", "node_fpr")},
-                 test_metric=test["metric_circuit"])]
+                 test_metric=test["metric_circuit"],
+                 fraction=summary["n_edges_kept"] / n_total if n_total else float("nan"),
+                 faithfulness=_test_faithfulness(summary))]
+
+
+def _test_faithfulness(summary: dict) -> float:
+    """A run's own circuit's faithfulness on the test split (from its metrics where an older
+    summary.json does not hold it)."""
+    from ..core.faithfulness import faithfulness, full_model_metric
+
+    held = (summary.get("faithfulness") or {}).get("test")
+    if held is not None:
+        return float(held)
+    test = summary.get("test") or {}
+    if not all(isinstance(test.get(k), (int, float)) for k in ("metric_circuit", "metric_empty", "metric_full")):
+        return float("nan")
+    return faithfulness(test["metric_circuit"], test["metric_empty"],
+                        full_model_metric(summary.get("metric", ""), test["metric_full"]))
 
 
 def collect_points(folders: list[Path]) -> pd.DataFrame:

@@ -2,7 +2,7 @@
 
     edges.csv     every edge of the graph: edge, sender, receiver, score, kept, canonical (score
                   empty where the method never scored the edge)
-    trace.csv     one row per search step (ACDC's edge tests): step, edge, delta, metric, kept, n_edges
+    trace.csv     one row per search step (ACDC's edge tests): step, edge, delta, loss, kept, n_edges
     curve.csv     one row per circuit of a curve read from one run (HISP's top-k)
     <table>.csv   the method's own tables (SP's training.csv, gates.csv; HISP's ranking.csv)
     circuit.png, circuit.dot   the kept graph
@@ -37,7 +37,7 @@ SUMMARY = "summary.json"
 EDGES = "edges.csv"
 TRACE = "trace.csv"
 CURVE = "curve.csv"
-TRACE_COLUMNS = ("step", "edge", "delta", "metric", "kept", "n_edges")
+TRACE_COLUMNS = ("step", "edge", "delta", "loss", "kept", "n_edges")
 
 
 def _csv(header: Iterable[str], rows: Iterable[Iterable]) -> str:
@@ -62,7 +62,7 @@ def _score(x: float) -> str:
 
 def write_edges(folder: Path, result: MethodResult, canonical: EdgeMask | None) -> None:
     graph = result.graph
-    kept = result.kept.kept.tolist()
+    kept = result.circuit.kept.tolist()
     truth = canonical.kept.tolist() if canonical is not None else [None] * graph.n_edges
     rows = (
         (e.name, e.sender, e.receiver, _score(s), int(k), "" if c is None else int(c))
@@ -72,7 +72,7 @@ def write_edges(folder: Path, result: MethodResult, canonical: EdgeMask | None) 
 
 
 def write_trace(folder: Path, trace: list[dict]) -> None:
-    rows = ((r["step"], r["edge"], _number(r["delta"]), _number(r["metric"]), int(r["kept"]), r["n_edges"])
+    rows = ((r["step"], r["edge"], _number(r["delta"]), _number(r["loss"]), int(r["kept"]), r["n_edges"])
             for r in trace)
     atomic_write_text(folder / TRACE, _csv(TRACE_COLUMNS, rows))
 

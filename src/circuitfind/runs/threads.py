@@ -1,41 +1,102 @@
 """How many CPU threads torch may use for one run (the ``threads`` setting).
 
-Torch starts one intra-op thread per core.  On a tiny model (tracr, a few thousand parameters;
-``induction_2l``, a quarter of a million) every op is a few microseconds of work, and splitting it
-over threads costs more in synchronisation than it saves; on a machine shared with other jobs the
-threads also wait for each other's cores.  Measured on this project's 2-core machine under load:
-SP on tracr-reverse ran 2.35 steps/s with torch's default and 44.7 steps/s with one thread.  Big
-models (GPT-2's 124M parameters) do gain from more threads.  So ``threads=auto`` (the default)
-uses one thread for models below ``SMALL_MODEL_PARAMETERS`` and torch's default above; an integer
-sets the count.  The count is restored when the run ends, so calling ``pipeline.run`` from a notebook
-leaves torch as it was.
+Torch starts one intra-op thread per core, and splits an op over them when the op is big enough.
+Whether that pays depends on two things, and ``threads=auto`` (the default) looks at both:
+
+- **the work per op**: a forward's ops handle ``prompts x positions x d_model`` activations at a
+  time (``activations per forward``).  Below ``SMALL_WORK`` (tracr: a few hundred; a prompt-pairs
+  file of six prompts on a 64-wide model: a few thousand) each op is microseconds of work that
+  more threads only split and synchronise.  The parameter count says nothing about this: a 2-layer
+  GPT-2 of width 64 has 6.6M parameters, nearly all of them its vocabulary's embedding, and ops of
+  a few thousand activations.  Such runs get one thread.
+- **the other jobs on the machine**: torch's threads wait for each other at the end of every op, so
+  one of them that waits for a core (because other processes hold them) stalls the rest.  Measured
+  on this project's 2-core machine with four busy processes beside the run: ACDC on a random 2-layer
+  GPT-2 took 22.4 s with two threads and 2.5 s with one.  ``auto`` counts the processes that are
+  running or waiting to run now (``/proc/loadavg``, sampled a few times; the 1-minute load average
+  where that file is missing) and uses at most the cores they leave free, and at least one.
+
+A run big enough and a machine free enough get torch's own count (``torch_default``, one per core,
+or what ``OMP_NUM_THREADS`` said).  An integer ``threads=N`` sets N.  ``summary.json`` records the
+setting, the count used, torch's default, what ``auto`` looked at and, in words, why (``reason``).
+The count is restored when the run ends, so calling ``pipeline.run`` from a notebook leaves torch as
+it was.  ``benchmarks/threads_auto.py`` measures ``auto`` against one thread and torch's default,
+on a quiet machine and beside four busy loops.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
 
-SMALL_MODEL_PARAMETERS = 2_000_000
+# Activations per forward below which every op is too small to split (see the module's docstring).
+SMALL_WORK = 100_000
+LOADAVG = "/proc/loadavg"
 
 
-def choose_threads(setting: str | int, n_parameters: int, default: int) -> int:
-    """The thread count for a model of ``n_parameters`` (``default``: torch's own count)."""
-    if setting == "auto":
-        return 1 if n_parameters < SMALL_MODEL_PARAMETERS else default
-    return int(setting)
+def activations_per_forward(problem) -> dict:
+    """The size of a forward's ops: prompts x positions x d_model of the split a method searches."""
+    tokens = problem.data("validation").clean
+    prompts, positions = int(tokens.shape[0]), int(tokens.shape[-1])
+    d_model = int(problem.task.model.cfg.d_model)
+    return dict(prompts=prompts, positions=positions, d_model=d_model, activations=prompts * positions * d_model)
+
+
+def other_runnable(samples: int = 5, interval: float = 0.01) -> float:
+    """How many processes besides this one are running or waiting for a core now: the median of a
+    few readings of ``/proc/loadavg``'s running count (this process's own thread excluded); the
+    1-minute load average where the file is missing."""
+    readings = []
+    for i in range(samples):
+        try:
+            with open(LOADAVG) as f:
+                running = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return max(0.0, os.getloadavg()[0] - 1) if hasattr(os, "getloadavg") else 0.0
+        readings.append(max(0, running - 1))
+        if i + 1 < samples:
+            time.sleep(interval)
+    return float(sorted(readings)[len(readings) // 2])
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def choose_threads(setting: str | int, activations: int, default: int, cores: int, others: float) -> tuple[int, str]:
+    """The thread count and why: ``activations`` per forward, torch's ``default`` count, the
+    ``cores`` this process may use and the ``others`` processes running beside it."""
+    if setting != "auto":
+        return int(setting), f"threads={setting} was set"
+    if activations < SMALL_WORK:
+        return 1, (f"ops of {activations:,} activations per forward (under {SMALL_WORK:,}) are too small to "
+                   "gain from more threads")
+    if default <= 1:
+        return 1, "torch's default is one thread (OMP_NUM_THREADS or one core)"
+    free = int(cores - others)
+    if free < 2:
+        return 1, (f"{others:g} other processes running on {cores} cores: threads would wait for each other's "
+                   "cores")
+    used = min(default, free)
+    return used, (f"ops of {activations:,} activations per forward and {free} of {cores} cores free: "
+                  f"{used} threads" + (" (torch's default)" if used == default else ""))
 
 
 @contextmanager
-def torch_threads(setting: str | int, model: torch.nn.Module) -> Iterator[dict]:
+def torch_threads(setting: str | int, problem) -> Iterator[dict]:
     """Run the block with the chosen thread count; yields what to record in the summary."""
     before = torch.get_num_threads()
-    n_parameters = sum(p.numel() for p in model.parameters())
-    used = choose_threads(setting, n_parameters, before)
+    work = activations_per_forward(problem)
+    cores = available_cores()
+    others = other_runnable() if setting == "auto" else None
+    used, reason = choose_threads(setting, work["activations"], before, cores, others or 0.0)
     torch.set_num_threads(used)
     try:
-        yield dict(setting=setting, used=used, torch_default=before, model_parameters=n_parameters)
+        yield dict(setting=setting, used=used, torch_default=before, reason=reason,
+                   activations_per_forward=work["activations"], work=work, cores=cores, other_processes=others)
     finally:
         torch.set_num_threads(before)

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .circuit_json import CircuitFileError, read_circuit_file
 from ..methods.spec import get_spec, load_specs
+from ..models.view import backend
 from ..tasks.pairs_file import PairsFileError, read_pairs
 
 class ConfigError(ValueError):
@@ -102,8 +103,25 @@ def check_paper_sweep(cfg: DictConfig) -> None:
                           f"(task.sweeps.{spec.name} is not set)")
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Every check a composed config can pass or fail without loading anything."""
+# Configs already checked (their text without Hydra's own node) -> their method's typed parameters.
+# The command line checks a run's config before Hydra starts, the job and the pipeline then ask for
+# the same config again: each setting is validated once, by the spec that defines it.
+_CHECKED: dict[str, object] = {}
+_MAX_CHECKED = 256
+
+
+def check_config(cfg: DictConfig):
+    """Every check a composed config can pass or fail without loading anything; returns the
+    method's typed parameters (``method_params``).  A config is checked once per process."""
+    key = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"})
+    if key not in _CHECKED:
+        if len(_CHECKED) >= _MAX_CHECKED:
+            _CHECKED.clear()
+        _CHECKED[key] = _check_config(cfg)
+    return _CHECKED[key]
+
+
+def _check_config(cfg: DictConfig):
     _choice("task", cfg.task.name, "task")
     specs = load_specs()  # a method is one with a spec (and, to be chosen by name, a config file)
     if cfg.method.name not in specs:
@@ -112,7 +130,9 @@ def check_config(cfg: DictConfig) -> None:
     _choice("graph", cfg.graph.granularity, "graph")
     _check_task(cfg)
     spec = get_spec(cfg.method.name)
-    method_params(cfg, spec)
+    params = method_params(cfg, spec)
+    check_method_metric(cfg, spec, params)
+    check_model_name(cfg)
     if OmegaConf.select(cfg, "threshold.name") == "paper" and spec.sweep is not None:
         check_paper_sweep(cfg)
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
@@ -128,6 +148,7 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.get("draw", "auto") not in ("auto", True, False):  # draw.DRAW_OPTIONS (draw.py needs matplotlib)
         raise ConfigError(f"draw must be auto, true or false, got {cfg.get('draw')!r}")
     _check_files(cfg)
+    return params
 
 
 def _check_shuffle_positions(cfg: DictConfig) -> None:
@@ -140,7 +161,7 @@ def _check_shuffle_positions(cfg: DictConfig) -> None:
                           f"models); model {cfg.model.name} has none")
 
 
-# task.ground_truth values that name a task's own circuit rather than a file (tracr: issue 16).
+# task.ground_truth values that name a task's own circuit rather than a file (tracr: the paper's or the program's).
 GROUND_TRUTH_WORDS = ("paper", "program")
 
 
@@ -155,7 +176,7 @@ def _check_files(cfg: DictConfig) -> None:
     try:
         if cfg.task.name == "pairs":
             if not OmegaConf.select(cfg, "task.path"):
-                raise ConfigError("task=pairs needs task.path=<a CSV or JSONL file of prompt pairs>")
+                raise ConfigError("task=pairs needs task.path=<a CSV, JSON or JSONL file of prompt pairs>")
             read_pairs(cfg.task.path, cfg.metric)
         if ground_truth_path(cfg) is not None:
             read_circuit_file(ground_truth_path(cfg))
@@ -203,3 +224,108 @@ def describe_os_error(error: OSError) -> str:
               errno.EEXIST: "a file is in the way"}.get(error.errno, error.strerror or str(error))
     where = f" ({error.filename})" if error.filename else ""
     return f"{reason}{where}"
+
+
+# ---- the method against the metric, the model's name, unknown keys -------------------------------
+# Metrics measured against the unpatched model (their gradient there is zero).  metric=null is the
+# task's default, which is one of them for every task: KL, or l2 on tracr's numerical programs
+# (tests/test_first_contact.py checks it on the tasks that build in seconds).
+DIVERGENCES = ("kl", "l2")
+
+
+def check_method_metric(cfg: DictConfig, spec, params) -> None:
+    """The method's own check of its parameters against the run's metric (``MethodSpec.check_metric``)."""
+    if spec.check_metric is None:
+        return
+    metric = OmegaConf.select(cfg, "metric")
+    name = metric if metric is not None else f"null (task {cfg.task.name}'s default)"
+    try:
+        spec.check_metric(params, name, metric is None or metric in DIVERGENCES)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def written_down_names() -> dict[str, str]:
+    """The hub models circuitfind's model configs name (``configs/model/*.yaml`` of kind hub): their
+    config names, repos and repos' last parts (lower case) -> repo, which the loader takes under
+    TransformerLens 4 (``models.loading.hub_repo``)."""
+    names = {}
+    for path in (files("circuitfind.configs") / "model").iterdir():
+        if not path.name.endswith(".yaml"):
+            continue
+        model = OmegaConf.load(str(path))
+        if model.get("kind") == "hub" and model.get("repo"):
+            repo = str(model.repo)
+            for alias in (str(model.get("name", repo)), repo, repo.split("/")[-1]):
+                names[alias.lower()] = repo
+    return names
+
+
+def transformer_lens_names() -> dict[str, str] | None:
+    """TransformerLens' model names and aliases (lower case) -> official names, read from its
+    ``supported_models.py`` without importing TransformerLens (seconds of torch); None where that
+    file is not found (then the name is checked as the model loads)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("transformer_lens")
+    except (ImportError, ValueError):
+        return None
+    if found is None or not found.submodule_search_locations:
+        return None
+    path = Path(list(found.submodule_search_locations)[0]) / "supported_models.py"
+    if not path.is_file():
+        return None
+    module_spec = importlib.util.spec_from_file_location("_circuitfind_tl_supported_models", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+        official, aliases = module.OFFICIAL_MODEL_NAMES, module.MODEL_ALIASES
+    except Exception:  # another TransformerLens layout: leave the check to the loader
+        return None
+    names = {}
+    for name in official:
+        names.update({alias.lower(): name for alias in aliases.get(name, [])})
+        names[name.lower()] = name
+    return names
+
+
+def check_model_name(cfg: DictConfig) -> None:
+    """``model.name`` where the config alone can tell it is wrong: a compiled tracr program runs only
+    its own task, and ``model=hf`` takes TransformerLens' names and aliases."""
+    kind, name = OmegaConf.select(cfg, "model.kind"), OmegaConf.select(cfg, "model.name")
+    if kind == "tracr" and name != cfg.task.name:
+        raise ConfigError(f"task {cfg.task.name} runs on its own compiled model (model={cfg.task.name}), "
+                          f"not model={name}")
+    if kind != "hf" or not name or (Path(str(name)) / "config.json").exists():
+        return
+    names = transformer_lens_names()
+    if names is not None and backend() == "tl4":
+        names = {**names, **written_down_names()}  # TransformerLens 4's list has no short aliases
+    if names is None or str(name).lower() in names:
+        return
+    import difflib
+
+    near = difflib.get_close_matches(str(name).lower(), list(names), n=1, cutoff=0.6)
+    hint = f" (did you mean {names[near[0]]}?)" if near else ""
+    raise ConfigError(f"model.name={name!r} is not a TransformerLens model name{hint}; see "
+                      "transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES")
+
+
+def unknown_key(key: str, overrides: list[str]) -> str:
+    """The one line for ``key=...`` that names no setting: the keys there are, and the nearest."""
+    import difflib
+
+    parent, _, leaf = key.rpartition(".")
+    kept = [o for o in overrides if o.lstrip("+~").partition("=")[0] != key]
+    try:
+        cfg = compose_config(*kept)
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+    except Exception:  # another override is wrong too: list the defaults' keys
+        cfg = compose_config()
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+    keys = sorted(str(k) for k in node) if OmegaConf.is_dict(node) else []
+    near = difflib.get_close_matches(leaf, keys, n=1, cutoff=0.5)
+    where = f"{parent}'s keys" if parent else "the top-level keys"
+    hint = f"did you mean {parent + '.' if parent else ''}{near[0]}? " if near else ""
+    return f"{key} is not a setting; {hint}{where}: {', '.join(keys)}"

@@ -127,4 +127,4 @@ def docstring_task(seed: int = 0, device="cpu", model: dict | None = None, n_pro
     is_attn_only_4l = (tl_model.cfg.n_layers, tl_model.cfg.n_heads, tl_model.cfg.attn_only) == (4, 8, True)
     return Task("docstring", tl_model, validation=split(rows[:n_prompts]), test=split(rows[n_prompts:]),
                 metrics=METRICS, default_metric="kl",
-                canonical_edges=docstring_canonical if is_attn_only_4l else None)
+                ground_truth_edges=docstring_canonical if is_attn_only_4l else None)

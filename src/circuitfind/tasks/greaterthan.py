@@ -141,4 +141,4 @@ def greaterthan_task(seed: int = 0, device="cpu", model: dict | None = None, n_p
 
     return Task("greaterthan", tl_model, validation=split(chosen[:n_prompts]), test=split(chosen[n_prompts:]),
                 metrics=METRICS, default_metric="kl",
-                canonical_edges=greaterthan_canonical if is_gpt2_small(tl_model) else None)
+                ground_truth_edges=greaterthan_canonical if is_gpt2_small(tl_model) else None)

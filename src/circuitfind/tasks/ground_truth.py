@@ -33,8 +33,8 @@ def project_edges(names: set[str], graph: Graph) -> set[str]:
     return out
 
 
-def canonical_mask(task: Task, graph: Graph) -> EdgeMask | None:
-    if task.canonical_edges is None:
+def ground_truth_mask(task: Task, graph: Graph) -> EdgeMask | None:
+    if task.ground_truth_edges is None:
         return None
     qkv_graph = graph if graph.granularity == "qkv" else Graph(graph.arch, "qkv")
-    return graph.mask_from_names(project_edges(task.canonical_edges(qkv_graph), graph))
+    return graph.mask_from_names(project_edges(task.ground_truth_edges(qkv_graph), graph))

@@ -8,7 +8,7 @@ the current token the first time; the metrics read only those positions.
 
 The task runs on ``induction_2l``, a 2-layer attention-only model the project trains on such
 sequences (``scripts/train_induction.py``); ``model=redwood_attn_2l`` asks for the paper's model.
-There is no canonical circuit: runs report the metric against the number of edges.
+There is no ground-truth circuit: runs report the metric against the number of edges.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from ..core.metrics import KL, Metric
-from ..models.loading import load_model, read_shipped
+from ..models.loading import load_model
+from ..models.shipped import read_shipped
 from .base import Task, TaskData
 from .text import check_vocabulary, load_model_and_tokenizer, require_count
 from .tracr import derangement

@@ -156,4 +156,4 @@ def ioi_task(seed: int = 0, device="cpu", model: dict | None = None, n_prompts: 
     validation = _split(prompts[:n_prompts], tokenizer, name_ids).to(device)
     test = _split(prompts[n_prompts:], tokenizer, name_ids).to(device)
     return Task("ioi", tl_model, validation=validation, test=test, metrics=METRICS, default_metric="kl",
-                canonical_edges=ioi_canonical if is_gpt2_small(tl_model) else None)
+                ground_truth_edges=ioi_canonical if is_gpt2_small(tl_model) else None)

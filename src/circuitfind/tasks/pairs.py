@@ -1,4 +1,4 @@
-"""``task=pairs``: your own prompt pairs from a CSV or JSONL file (``pairs_file.py`` reads it).
+"""``task=pairs``: your own prompt pairs from a CSV, JSON or JSONL file (``pairs_file.py`` reads it).
 
 Each row gives a clean and a corrupted prompt and, for the answer metrics, the correct next token
 (and a wrong one).  The metrics read the logits at one position per prompt (the clean prompt's last
@@ -141,7 +141,7 @@ def pairs_task(seed: int = 0, device="cpu", model: dict | None = None, path: str
                pad: bool = False, prepend_bos: bool = False, **_) -> Task:
     """The pairs in ``path``, as both the validation split (searched) and the test split (reported)."""
     if not path:
-        raise ValueError("task=pairs needs task.path=<a CSV or JSONL file of prompt pairs>")
+        raise ValueError("task=pairs needs task.path=<a CSV, JSON or JSONL file of prompt pairs>")
     pairs = read_pairs(path)
     tl_model, data = load_pairs_model(model, device, seed, lambda tok: encode_pairs(tok, pairs, pad, prepend_bos))
     check_vocabulary(tl_model, data.clean, data.corrupted, *data.extras.values())

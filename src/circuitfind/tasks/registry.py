@@ -21,7 +21,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "docstring": docstring_task,
     "induction": induction_task,
     "pairs": pairs_task,
-    **SUITE_TASKS,  # tracr programs with canonical circuits derived from their weights
+    **SUITE_TASKS,  # tracr programs with ground-truth circuits derived from their weights
 }
 
 

@@ -87,7 +87,7 @@ def tracr_reverse(seed: int = 0, device="cpu", model: dict | None = None, ground
     data = _split(tracr.encode(rows), generator).to(device)
     return Task("tracr_reverse", tracr.model, validation=data, test=data,
                 metrics={"kl": KL, "l2": L2}, default_metric="kl", split_embed=True,
-                canonical_edges=_ground_truth("tracr_reverse", ground_truth, reverse_canonical, tracr.model))
+                ground_truth_edges=_ground_truth("tracr_reverse", ground_truth, reverse_canonical, tracr.model))
 
 
 PROPORTION_DATA = ("paper", "valid")
@@ -100,7 +100,7 @@ def tracr_proportion(seed: int = 0, n_prompts: int = 50, data: str = "paper", de
     output is a number (the running fraction of "x"), so the metric is the l2 distance at
     positions 1-3.
 
-    ``data="paper"``: the ACDC reference's prompts, against which its canonical circuit was
+    ``data="paper"``: the ACDC reference's prompts, against which its ground-truth circuit was
     recorded (an ACDC run): the 4^4 rows of token ids 0-3, shuffled, first ``n_prompts`` for
     validation, the next for test.  The compiled encoder maps those ids to BOS, pad, w and x, so
     the prompts hold BOS and pad tokens anywhere and no leading BOS.  ``data="valid"``: BOS then
@@ -128,5 +128,5 @@ def tracr_proportion(seed: int = 0, n_prompts: int = 50, data: str = "paper", de
         validation, test = draw(), draw()
     return Task("tracr_proportion", tracr.model, validation=validation, test=test,
                 metrics={"l2": L2}, default_metric="l2", split_embed=True,
-                canonical_edges=_ground_truth("tracr_proportion", ground_truth, proportion_canonical,
+                ground_truth_edges=_ground_truth("tracr_proportion", ground_truth, proportion_canonical,
                                               tracr.model))

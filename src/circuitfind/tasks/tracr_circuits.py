@@ -86,9 +86,9 @@ def _head_of(receiver: str) -> str | None:
 
 
 def derive_canonical(model: ModelView, graph: Graph, atol: float = DEFAULT_ATOL) -> set[str]:
-    """The program's canonical circuit as edge names of the qkv ``graph`` (see the module doc)."""
+    """The program's ground-truth circuit as edge names of the qkv ``graph`` (see the module doc)."""
     if graph.granularity != "qkv" or not graph.arch.split_embed:
-        raise ValueError("canonical circuits are derived on the qkv graph of a tracr model (split embeddings)")
+        raise ValueError("ground-truth circuits are derived on the qkv graph of a tracr model (split embeddings)")
     connected = connected_edges(model, graph, atol)
     incoming: dict[str, list[str]] = {}
     for edge in graph.edges:

@@ -1,4 +1,4 @@
-"""The tracr suite: compiled RASP programs whose canonical circuits come from their weights.
+"""The tracr suite: compiled RASP programs whose ground-truth circuits come from their weights.
 
 Each program (``scripts/compile_tracr.py`` compiles it; ``models/weights/<name>.pt`` ships it) is a
 task on the inputs it is defined on: BOS, then ``length`` tokens of its vocabulary (sort_unique:
@@ -9,7 +9,7 @@ some position (the compiled model is exact on its inputs, checked at compile tim
 decoded output is the program's answer).  The metrics read every position but BOS: KL for a
 categorical output, l2 for a numerical one.
 
-The canonical circuit is derived from the compiled weights (``circuitfind.tasks.tracr_circuits``), not
+The ground-truth circuit is derived from the compiled weights (``circuitfind.tasks.tracr_circuits``), not
 from any discovery run.
 """
 
@@ -40,7 +40,7 @@ SUITE: dict[str, str] = {
 
 
 def program_canonical(model) -> "functools.partial[set[str]]":
-    """The canonical circuit of a compiled program, as a task's ``canonical_edges``."""
+    """The ground-truth circuit of a compiled program, as a task's ``ground_truth_edges``."""
     return functools.partial(_derive_on, model)
 
 
@@ -132,7 +132,7 @@ def suite_task(name: str, seed: int = 0, n_prompts: int = 50, length: int = 4, g
     metrics = {"l2": L2} if numerical else {"kl": KL, "l2": L2}
     return Task(name, tracr.model, validation=validation, test=test, metrics=metrics,
                 default_metric="l2" if numerical else "kl", split_embed=True,
-                canonical_edges=program_canonical(tracr.model))
+                ground_truth_edges=program_canonical(tracr.model))
 
 
 SUITE_TASKS = {name: functools.partial(suite_task, name) for name in SUITE}

@@ -38,6 +38,14 @@ class EAPParams:
                                  pruned=self.pruned)
 
 
+def check_eap_metric(params: EAPParams, metric: str, divergence: bool) -> None:
+    """EAP reads the objective's gradient at the unpatched model, where a divergence's is zero."""
+    if divergence and params.objective == "metric":
+        raise ValueError(f"metric {metric} is a divergence from the unpatched model: its gradient there is zero, so "
+                         "EAP would rank rounding noise; use method.objective=answer_logit (or auto)")
+
+
 SPEC = register(MethodSpec(
     name="eap", label="EAP", params=EAPParams, run="circuitfind.methods.attribution:eap",
-    parameter="k", parameter_label="EAP edges kept k", curve="ranking", order=40, cmap="Purples", marker="^"))
+    parameter="k", parameter_label="EAP edges kept k", curve="ranking", order=40, cmap="Purples", marker="^",
+    check_metric=check_eap_metric))

@@ -461,7 +461,7 @@ def bridge_view(hf_model, name: str, tokenizer=None, dtype: torch.dtype | None =
     from transformer_lens.model_bridge import TransformerBridge
 
     if tokenizer is None:
-        from ..loading import gpt2_tokenizer
+        from ..hub import gpt2_tokenizer
 
         tokenizer = gpt2_tokenizer()
     dtype = dtype or next(hf_model.parameters()).dtype
