@@ -62,11 +62,11 @@ def run_method(base: Problem, method: str, tau: float, **params) -> dict:
     started = time.time()
     result = get_method(method)(problem, tau=tau, **params)
     wall = time.time() - started
-    n, k = base.graph.n_edges, result.kept.n_kept
+    n, k = base.graph.n_edges, result.circuit.n_kept
     return dict(method=method, tau=tau, kept=k, tests=len(result.trace), wall_s=round(wall, 2),
                 bound=round(k + k * math.log2(n / k), 1) if k else 0.0,
-                test_kl=problem.evaluate(result.kept, "test"), load=loadavg(),
-                names=set(result.kept.kept_names()))
+                test_kl=problem.evaluate(result.circuit, "test"), load=loadavg(),
+                names=set(result.circuit.kept_names()))
 
 
 def kl_levels(rows: list[dict]) -> dict:
