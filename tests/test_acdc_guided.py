@@ -18,6 +18,7 @@ from circuitfind.tasks import TaskData
 from circuitfind.tasks.base import Task
 
 from conftest import tiny_model
+from families import FAMILIES, family_model
 
 
 def random_task(model, batch=6, seq=5, seed=0) -> Task:
@@ -172,3 +173,28 @@ def test_max_edge_tests_stops_the_search_and_keeps_what_is_untested():
 def test_bad_settings_are_one_line_errors(bad, message):
     with pytest.raises(ValueError, match=message):
         get_method("acdc_guided")(tiny_problem(), **{"tau": 0.01, **bad})
+
+
+@pytest.mark.parametrize("family", [
+    "llama", *(pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES if f != "llama")])
+def test_every_model_family_takes_the_decisions_the_hook_reference_takes(family):
+    model = family_model(family, n_layers=2, n_heads=6 if family == "rmspre-parallel" else 4)
+    problem = Problem(random_task(model), Graph(Architecture.from_config(model.cfg), "qkv"), "corrupted", KL,
+                      progress=False)
+    tau = single_edge_tau(problem, 0.7)
+    decisions = []
+    result = guided_on_engine(problem, tau=tau, on_test=lambda *args: decisions.append(args))
+    ablated = reference_ablation(model, problem.task.validation.corrupted, "corrupted")
+    known = {}
+
+    def kl(mask):  # each circuit once
+        key = tuple(mask.bool().tolist())
+        if key not in known:
+            known[key] = reference_kl(problem, ablated, mask)
+        return known[key]
+
+    assert any(not ok for *_, ok in decisions) and any(ok for *_, ok in decisions)
+    for before, after, _, _, accepted in decisions:
+        rise = kl(after) - kl(before)
+        assert abs(rise - tau) > 1e-9 and accepted == (rise < tau)
+    assert "warning" not in result.details

@@ -1,6 +1,6 @@
 """Runs under TransformerLens 4 (``make test-tl4``): the induction task on random Hugging Face models of
 GPT-2's, Llama's and Qwen's shapes behind a TransformerBridge (``model=hf ... model.pretrained=false``,
-built offline), with EAP and with ACDC; the README's Python API on a bridge; and the one line a
+built offline), with EAP and with ACDC, and of Gemma-2's and Pythia's with EAP; the README's Python API on a bridge; and the one line a
 model without a TransformerLens 4 path stops with."""
 
 import json
@@ -23,17 +23,25 @@ from conftest import config  # noqa: E402
 
 SHAPES = {  # model.name and a small size of it (Llama keeps 8 key/value heads: 16 query heads share them)
     "gpt2": ["model.name=gpt2", "model.n_heads=4", "model.d_model=32"],
-    "llama": ["model.name=meta-llama/Llama-3.2-1B", "model.n_heads=16", "model.d_model=128"],
+    "llama": ["model.name=llama-3.2-1b", "model.n_heads=16", "model.d_model=128"],
     "qwen": ["model.name=qwen2.5-0.5b", "model.n_heads=4", "model.d_model=32"],
 }
 SMALL_INDUCTION = ["task=induction", "model=hf", "model.pretrained=false", "model.n_layers=2", "task.n_prompts=4",
                    "task.seq_len=16", "task.span_len=4", "draw=false"]
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("method", [["method=eap"], ["method=acdc", "method.max_edge_tests=50"]])
+# the other two families the configs ship, with EAP (Pythia keeps d_head 64: its rotary_dim is 16)
+MORE_SHAPES = {
+    "gemma2": ["model.name=gemma-2-2b", "model.n_heads=8", "model.d_model=64"],
+    "pythia": ["model.name=pythia-70m", "model.n_heads=4", "model.d_model=256"],
+}
+
+
+@pytest.mark.parametrize("shape, method", [
+    *[(shape, method) for shape in SHAPES for method in (["method=eap"], ["method=acdc", "method.max_edge_tests=50"])],
+    *[(shape, ["method=eap"]) for shape in MORE_SHAPES]])
 def test_induction_runs_on_a_bridge(tmp_path, shape, method):
-    summary = run(config(*SMALL_INDUCTION, *SHAPES[shape], *method), tmp_path)
+    summary = run(config(*SMALL_INDUCTION, *{**SHAPES, **MORE_SHAPES}[shape], *method), tmp_path)
     assert summary["task"] == "induction" and summary["n_edges_total"] > 0
     assert json.loads((tmp_path / "summary.json").read_text())["n_edges_total"] == summary["n_edges_total"]
     assert (tmp_path / "edges.csv").is_file()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from ..runs.validate import compose_config  # torch-free: a figure is planned without torch
 from .sweeps import Sweep, swept
 
 FIGURES = ("fig3", "fig4", "tables", "tracr_suite")
@@ -57,8 +58,6 @@ def task_metrics(spec: DictConfig, task: str) -> dict[str, str]:
 # ---- the circuitfind config, composed without running it --------------------------------------------
 @functools.lru_cache(maxsize=None)
 def _composed(overrides: tuple[str, ...]) -> DictConfig:
-    from ..runs.pipeline import compose_config  # imports torch: only when a figure needs a config
-
     return compose_config(*overrides, return_hydra_config=True)
 
 

@@ -37,7 +37,7 @@ FACTS = ("task", "corruption", "metric", "graph", "level")
 # Metric values this far below the panel's largest magnitude are rounding (a KL of -4.7e-17): zero.
 ROUNDING = 1e-9
 PANEL_INCHES = 3.3  # the side of a square ROC panel
-BAR_INCHES = 0.75  # one parameter colour bar with its label
+BAR_INCHES = 0.6  # one parameter colour bar with its label
 
 
 @dataclass
@@ -153,8 +153,8 @@ def parameter_colorbars(fig, axes, points: pd.DataFrame, norms: dict[str, mcolor
         values = sorted({float(v) for v in points[points.method == method]["parameter"].dropna()})
         norm = norms[method]
         bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=shade_map(method)), ax=axes,
-                           location="right", shrink=0.85, aspect=28, pad=0.01, fraction=0.03)
-        bar.set_label(spec.parameter_label or spec.parameter, fontsize=8.5)
+                           location="right", shrink=0.8, aspect=40, pad=0.005, fraction=0.02)
+        bar.set_label(spec.parameter_label or spec.parameter, fontsize=8, labelpad=2)
         if isinstance(norm, mcolors.LogNorm) and len(values) <= 8:
             bar.set_ticks(values)  # a few values: label each (a log bar over less than a decade has no ticks)
         bar.ax.yaxis.set_major_formatter(_parameter_ticks(norm))
@@ -166,8 +166,8 @@ def titles(fig, title: str, note: str = "") -> None:
     """The figure's title and, smaller and grey below it, how to read the picture; both wrapped to
     the figure's width."""
     width_pt = fig.get_figwidth() * 72
-    title = "\n".join(textwrap.wrap(title, max(int(width_pt / (0.55 * 11)), 20)))
-    note = "\n".join(textwrap.wrap(note, max(int(width_pt / (0.55 * 8)), 20))) if note else ""
+    title = "\n".join(textwrap.wrap(title, max(int(width_pt / (0.5 * 11)), 20), break_on_hyphens=False))
+    note = "\n".join(textwrap.wrap(note, max(int(width_pt / (0.55 * 8)), 20), break_on_hyphens=False)) if note else ""
     fig.suptitle(title, fontsize=11)
     if note:
         fig.supxlabel(note, fontsize=8, color="dimgrey")
@@ -242,7 +242,7 @@ def roc_figure(grid: list[list[Panel]], title: str = "ROC against the ground-tru
     for (r, c), text in zip([(r, c) for r, row in enumerate(grid) for c in range(len(row))], own):
         ax = axes[r][c]
         drawn += roc_panel(ax, grid[r][c], styles, norms)
-        ax.set_title("\n".join(textwrap.wrap(text, 40)), fontsize=9)
+        ax.set_title("\n".join(textwrap.wrap(text, 40, break_on_hyphens=False)), fontsize=9)
         if c > 0:
             ax.set_ylabel("")
         if r < n_rows - 1:
@@ -338,7 +338,7 @@ def metric_figure(panels: list[Panel], title: str = "Test metric against circuit
     for c, (panel, text) in enumerate(zip(panels, own)):
         ax = axes[0][c]
         metric_panel(ax, panel, styles, norms)
-        ax.set_title("\n".join(textwrap.wrap(text, 48)), fontsize=9)
+        ax.set_title("\n".join(textwrap.wrap(text, 48, break_on_hyphens=False)), fontsize=9)
         if c > 0 and same_metric:
             ax.set_ylabel("")
     parameter_colorbars(fig, axes, points, norms)
@@ -402,7 +402,7 @@ def faithfulness_figure(panels: list[Panel], table: pd.DataFrame | None = None,
             sub = table[(table.corruption == panel.facts.get("corruption")) & (table.metric == panel.facts.get("metric"))
                         & (table.graph == panel.facts.get("graph"))]
         faithfulness_panel(ax, panel, styles, sub)
-        ax.set_title("\n".join(textwrap.wrap(text, 48)), fontsize=9)
+        ax.set_title("\n".join(textwrap.wrap(text, 48, break_on_hyphens=False)), fontsize=9)
     titles(fig, f"{title}: {common}" if common else title,
            "f = (m(C) - m(empty)) / (m(full) - m(empty)); rankings at MIB's fractions (pruned), sweeps at their runs' own")
     return fig

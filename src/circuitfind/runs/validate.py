@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .circuit_json import CircuitFileError, read_circuit_file
 from ..methods.spec import get_spec, load_specs
+from ..models.view import backend
 from ..tasks.pairs_file import PairsFileError, read_pairs
 
 class ConfigError(ValueError):
@@ -244,6 +245,22 @@ def check_method_metric(cfg: DictConfig, spec, params) -> None:
         raise ConfigError(str(error)) from None
 
 
+def written_down_names() -> dict[str, str]:
+    """The hub models circuitfind's model configs name (``configs/model/*.yaml`` of kind hub): their
+    config names, repos and repos' last parts (lower case) -> repo, which the loader takes under
+    TransformerLens 4 (``models.loading.hub_repo``)."""
+    names = {}
+    for path in (files("circuitfind.configs") / "model").iterdir():
+        if not path.name.endswith(".yaml"):
+            continue
+        model = OmegaConf.load(str(path))
+        if model.get("kind") == "hub" and model.get("repo"):
+            repo = str(model.repo)
+            for alias in (str(model.get("name", repo)), repo, repo.split("/")[-1]):
+                names[alias.lower()] = repo
+    return names
+
+
 def transformer_lens_names() -> dict[str, str] | None:
     """TransformerLens' model names and aliases (lower case) -> official names, read from its
     ``supported_models.py`` without importing TransformerLens (seconds of torch); None where that
@@ -283,6 +300,8 @@ def check_model_name(cfg: DictConfig) -> None:
     if kind != "hf" or not name or (Path(str(name)) / "config.json").exists():
         return
     names = transformer_lens_names()
+    if names is not None and backend() == "tl4":
+        names = {**names, **written_down_names()}  # TransformerLens 4's list has no short aliases
     if names is None or str(name).lower() in names:
         return
     import difflib

@@ -1,0 +1,208 @@
+"""Guided ACDC beside plain ACDC, in one process: exact tests, wall time, circuits.
+
+    python benchmarks/acdc_guided.py kl --task induction --corruption corrupted     # KL-vs-edges, Jaccard
+    python benchmarks/acdc_guided.py kl --task algo_induction --corruption zero
+    python benchmarks/acdc_guided.py tracr --out /tmp/suite                          # the tracr suite, both methods
+    python benchmarks/acdc_guided.py gpt2 --tau 0.001                               # GPT-2 shape, whole run
+
+kl     both methods at each tau (default: fig4's quick taus) on one task: kept edges, exact tests
+       (candidate circuits whose loss was read; ACDC's ``n_edge_tests``), the bound K + K log2(N/K)
+       for the circuit found, wall time, KL on the test split, and the Jaccard overlap of the kept
+       sets at the same tau; then, per KL level (1, 0.5, 0.2), the fewest edges of any circuit of the
+       sweep with test KL at or below it, and the tests summed over the sweep.
+tracr  the tracr suite (``figure_specs/tracr_suite.yaml``, quick preset) restricted to ACDC and
+       guided ACDC, through ``circuitfind.figures``: edge and node AUC per program and ablation, and
+       the exact tests summed over each sweep (from the runs' summaries).
+gpt2   ``task=ioi model.pretrained=false`` (a GPT-2-shaped model with random weights, 100 prompts): a
+       whole guided run at ``--tau``, then plain ACDC's whole run **estimated**: per-test times of
+       single-edge tests sampled evenly over the edge list (restarted at each edge's stage, as ACDC
+       runs them) times the number of edges (ACDC tests at most every edge; how many it drops
+       untested depends on its own decisions, so the estimate is an upper bound).
+
+Every count comes from exact forwards; the load average is printed beside each timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore", message="HookedTransformer is deprecated")
+
+import torch  # noqa: E402
+
+from circuitfind.methods import Problem, get_method  # noqa: E402
+from circuitfind.runs.pipeline import build_problem  # noqa: E402
+from circuitfind.runs.validate import compose_config  # noqa: E402
+
+KL_LEVELS = (1.0, 0.5, 0.2)
+FIG4_TAUS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+def loadavg() -> str:
+    return Path("/proc/loadavg").read_text().split(" ")[0] if Path("/proc/loadavg").exists() else "?"
+
+
+def fresh(base: Problem) -> Problem:
+    """A Problem on the same task and graph with its own engines (no cached forwards shared)."""
+    return Problem(base.task, base.graph, base.corruption, base.metric, progress=base.progress,
+                   shuffle_positions=base.shuffle_positions, activation_device=base.activation_device)
+
+
+def run_method(base: Problem, method: str, tau: float, **params) -> dict:
+    problem = fresh(base)
+    problem.clean_logits("validation")  # the engine's caches, outside the timing (as the pipeline's phases)
+    started = time.time()
+    result = get_method(method)(problem, tau=tau, **params)
+    wall = time.time() - started
+    n, k = base.graph.n_edges, result.circuit.n_kept
+    return dict(method=method, tau=tau, kept=k, tests=len(result.trace), wall_s=round(wall, 2),
+                bound=round(k + k * math.log2(n / k), 1) if k else 0.0,
+                test_kl=problem.evaluate(result.circuit, "test"), load=loadavg(),
+                names=set(result.circuit.kept_names()))
+
+
+def kl_levels(rows: list[dict]) -> dict:
+    """Per method, the fewest kept edges among its circuits with test KL <= each level."""
+    out = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        out[method] = {level: min((r["kept"] for r in mine if r["test_kl"] <= level), default=None)
+                       for level in KL_LEVELS}
+        out[method]["tests"] = sum(r["tests"] for r in mine)
+        out[method]["wall_s"] = round(sum(r["wall_s"] for r in mine), 1)
+    return out
+
+
+def cmd_kl(args) -> dict:
+    cfg = compose_config(f"task={args.task}", f"corruption={args.corruption}", "progress=false", *args.set)
+    base = build_problem(cfg)
+    print(f"{args.task} ({base.task.model.cfg.model_name}), {args.corruption} ablation, {base.graph.n_edges} edges, "
+          f"load {loadavg()}", flush=True)
+    rows = []
+    for tau in args.taus:
+        plain = run_method(base, "acdc", tau)
+        guided = run_method(base, "acdc_guided", tau, order=args.order, rescore=not args.no_rescore)
+        for r in (plain, guided):
+            r["jaccard"] = len(plain["names"] & r["names"]) / max(1, len(plain["names"] | r["names"]))
+            rows.append(r)
+            print(f"tau {tau:<8g} {r['method']:12s} kept {r['kept']:5d}  tests {r['tests']:6d}  bound {r['bound']:8.1f}  "
+                  f"test KL {r['test_kl']:.4f}  Jaccard {r['jaccard']:.3f}  {r['wall_s']:7.1f} s  load {r['load']}",
+                  flush=True)
+    levels = kl_levels(rows)
+    for method, row in levels.items():
+        print(f"{method:12s} edges for test KL <= " + ", ".join(f"{k}: {v}" for k, v in row.items()), flush=True)
+    for r in rows:
+        del r["names"]
+    return dict(task=args.task, corruption=args.corruption, n_edges=base.graph.n_edges, rows=rows, levels=levels)
+
+
+def cmd_tracr(args) -> dict:
+    from omegaconf import OmegaConf
+
+    from circuitfind.figures.build import build
+    from circuitfind.figures.plan import load_figure_spec
+
+    exp = load_figure_spec("tracr_suite")
+    exp.methods = ["acdc", "acdc_guided"]
+    exp.heatmap = False
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = out / "tracr_suite_acdc.yaml"
+    config.write_text(OmegaConf.to_yaml(exp))
+    started = time.time()
+    print(f"tracr suite, ACDC and guided ACDC, load {loadavg()}", flush=True)
+    result = build("tracr_suite", None, None, config=str(config), out=out, echo=print)
+    manifest = json.loads(Path(result["manifest"]).read_text())
+    totals: dict = {}
+    for run in manifest["runs"]:
+        summary = json.loads((Path(run["path"]) / "summary.json").read_text())
+        key = f"{summary['method']}/{summary['corruption']}"
+        total = totals.setdefault(key, dict(tests=0, wall_s=0.0, runs=0))
+        total["tests"] += summary["n_edge_tests"] or 0
+        total["wall_s"] += summary["wall_s"]
+        total["runs"] += 1
+    for key, total in sorted(totals.items()):
+        print(f"{key:28s} runs {total['runs']:4d}  exact tests {total['tests']:7d}  wall {total['wall_s']:.0f} s", flush=True)
+    print(f"whole suite {time.time() - started:.0f} s, load {loadavg()}; tables in {out}", flush=True)
+    return dict(totals=totals, auc=manifest.get("auc"), out=str(out))
+
+
+def sampled_test_seconds(problem: Problem, n_samples: int) -> float:
+    """Mean seconds of one plain ACDC edge test (the edge removed from the full circuit, the forward
+    restarted at its stage, the loss read), over edges spread evenly through the visiting order."""
+    engine, data, graph = problem.engine("validation"), problem.data("validation"), problem.graph
+    with torch.no_grad():
+        _, cache = engine.run(graph.full_mask(), data.positions, record=True)
+        picks = torch.linspace(0, graph.n_edges - 1, n_samples).round().long().tolist()
+        seconds = []
+        for e in picks:
+            mask = torch.ones(graph.n_edges, dtype=engine.dtype)
+            mask[e] = 0
+            started = time.time()
+            logits, _ = engine.run(mask[None], data.positions, start_stage=graph.edges[e].stage, cache=cache)
+            float(problem.loss(logits[0], "validation"))
+            seconds.append(time.time() - started)
+    return sum(seconds) / len(seconds)
+
+
+def cmd_gpt2(args) -> dict:
+    cfg = compose_config("task=ioi", "model.pretrained=false", f"task.n_prompts={args.prompts}", "progress=false",
+                         *args.set)
+    base = build_problem(cfg)
+    graph = base.graph
+    print(f"GPT-2 shape (random weights), {args.prompts} prompts, {graph.n_edges} edges, load {loadavg()}", flush=True)
+    out = {}
+    for tau in args.taus:
+        params = dict(order=args.order, rescore=not args.no_rescore)
+        if args.max_edge_tests is not None:
+            params["max_edge_tests"] = args.max_edge_tests
+        guided = run_method(base, "acdc_guided", tau, **params)
+        del guided["names"]
+        print(f"tau {tau:g} guided: kept {guided['kept']}, exact tests {guided['tests']}, bound {guided['bound']}, "
+              f"{guided['wall_s']:.0f} s, load {guided['load']}", flush=True)
+        out[str(tau)] = guided
+    per_test = sampled_test_seconds(fresh(base), args.samples)
+    estimate = dict(per_test_s=round(per_test, 3), tests=graph.n_edges, hours=round(per_test * graph.n_edges / 3600, 2),
+                    load=loadavg(), note="estimate: sampled per-test time x every edge (ACDC tests at most every edge)")
+    print(f"plain ACDC (estimate): {per_test:.3f} s per test x {graph.n_edges} edges = {estimate['hours']} h, "
+          f"load {estimate['load']}", flush=True)
+    return dict(guided=out, acdc_estimate=estimate)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    kl = sub.add_parser("kl", help="both methods over a tau sweep on one task")
+    kl.add_argument("--task", default="induction")
+    kl.add_argument("--corruption", default="corrupted")
+    kl.add_argument("--taus", type=float, nargs="+", default=list(FIG4_TAUS))
+    tracr = sub.add_parser("tracr", help="the tracr suite for both methods")
+    tracr.add_argument("--out", default="outputs/benchmarks/acdc_guided_tracr")
+    gpt2 = sub.add_parser("gpt2", help="GPT-2 shape: a whole guided run, plain ACDC estimated")
+    gpt2.add_argument("--taus", type=float, nargs="+", default=[0.001])
+    gpt2.add_argument("--prompts", type=int, default=100)
+    gpt2.add_argument("--samples", type=int, default=24, help="plain ACDC tests timed for the estimate")
+    gpt2.add_argument("--max-edge-tests", type=int, default=None, help="cap (default: a whole run)")
+    for p in (kl, gpt2):
+        p.add_argument("--order", default="eap", help="acdc_guided's order")
+        p.add_argument("--no-rescore", action="store_true", help="acdc_guided's order from the full model only")
+        p.add_argument("--set", action="append", default=[], help="a circuitfind override (repeatable)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    result = dict(kl=cmd_kl, tracr=cmd_tracr, gpt2=cmd_gpt2)[args.command](args)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
