@@ -78,6 +78,7 @@ def acdc_tests_for(graph, kept: torch.Tensor) -> int:
     by then), the output's always; the inputs of the others are dropped untested."""
     if graph.granularity == "nodes":
         return graph.n_edges
+
     def live(receiver: str) -> bool:
         return receiver == "resid_post" or bool(kept[graph.outgoing[receiver]].any())
 

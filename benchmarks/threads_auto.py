@@ -12,7 +12,7 @@ Cases (the README's lines)
 
 Each case runs in this process through ``pipeline.run`` (a fresh run folder, ``draw=false``) with
 ``threads=1``, ``threads=<cores>`` (torch's default: one thread per core) and ``threads=auto``, in
-``--repeats`` interleaved rounds (each cell: its fastest), first on
+``--repeats`` interleaved rounds, each in another order (each cell: its fastest), first on
 the machine as it is, then with ``--busy`` processes of ``while True: pass`` started beside it (the
 "loaded" rows).  The time is the run's caches + method + evaluation phases (``summary.json``
 timings: where the thread count applies; the model's build is the same for all).  ``auto/best`` is
@@ -93,8 +93,9 @@ def main() -> None:
                 time.sleep(3 if busy else 0)  # the loops are running before the first reading
                 before = loadavg()
                 cell = {}
-                for _ in range(args.repeats):  # rounds of all three, so that a change of load hits each
-                    for threads in (1, cores, "auto"):
+                settings = [1, cores, "auto"]
+                for r in range(args.repeats):  # rounds of all three, so that a change of load hits each,
+                    for threads in settings[r % 3:] + settings[:r % 3]:  # each round in another order
                         seconds, record = timed_run(overrides, threads)
                         if threads not in cell or seconds < cell[threads][0]:
                             cell[threads] = (seconds, record)

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from circuitfind.models.loading import SHIPPED_FORMAT_VERSION, shipped_weights_path
+from circuitfind.models.shipped import SHIPPED_FORMAT_VERSION, shipped_weights_path
 from circuitfind.tasks.induction import repeated_span_tokens
 
 BOS, SEP, SORT = 0, 1, 2  # special tokens; ordinary tokens are FIRST_TOKEN .. d_vocab - 1

@@ -210,6 +210,7 @@ def test_cli_runs_acdc_on_the_shipped_example(tmp_path):
     assert (tmp_path / "run" / "circuit.json").is_file()
 
 
+@pytest.mark.needs_gpt2_tokenizer
 def test_metric_full_is_the_full_circuits_metric_where_that_is_not_zero(tmp_path):
     """The logit difference of the model itself is not zero by construction (as KL or L2 against the
     clean logits would be): ``metric_full`` must be the full circuit's, computed by a patched forward

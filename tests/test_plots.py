@@ -76,3 +76,19 @@ def test_runs_of_two_graphs_in_one_panel_make_two_curves(tmp_path):
                                          ("ioi", "IOI"), ("greaterthan", "Greater-Than")])
 def test_one_name_per_task(task, label):
     assert task_label(task) == label
+
+
+def test_the_auc_heat_map_names_tasks_and_methods_as_everywhere_else():
+    import pandas as pd
+
+    from circuitfind.plots.tables import auc_heatmap
+
+    tasks = ["tracr_reverse", "tracr_sort"]
+    aucs = pd.DataFrame([dict(task=t, method=m, corruption="zero", level=level, auc=0.25 * (i + 1))
+                         for i, t in enumerate(tasks) for m in ("acdc_guided", "eap_ig") for level in ("edge", "node")])
+    fig = auc_heatmap(aucs, tasks, ["zero"])
+    edge = fig.axes[0]
+    assert [t.get_text() for t in edge.get_yticklabels()] == ["tracr-reverse", "tracr-sort"]
+    assert [t.get_text() for t in edge.get_xticklabels()] == ["ACDC\n(guided)\nzero", "EAP-IG\nzero"]
+    assert sorted(t.get_text() for t in edge.texts) == ["0.25", "0.25", "0.50", "0.50"]  # each cell written out
+    plt.close(fig)

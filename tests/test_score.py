@@ -28,6 +28,7 @@ def test_a_runs_own_circuit_json_scores_as_the_run_measured_it(tmp_path):
     assert result["n_edges_eap"] == 106 - 12 and math.isfinite(result["cpr"]) and result["cmd"] >= 0
 
 
+@pytest.mark.needs_gpt2_tokenizer
 def test_the_hand_written_eap_file_and_a_folder_of_circuits(tmp_path, capsys):
     fixture = Path(__file__).parent / "data" / "eap_tiny.json"
     main([str(fixture), *TINY, "--out", str(tmp_path / "scored.json")])

@@ -74,3 +74,26 @@ def test_the_readme_python_api_example_runs_with_a_bridge(tmp_path, monkeypatch,
     assert summary["method"] == "acdc" and summary["metric"] == "logit_diff"
     printed = capsys.readouterr().out.splitlines()
     assert f"{summary['n_edges_kept']} of {summary['n_edges_total']} edges kept" == printed[0]
+
+
+def test_real_weights_load_through_the_bridge_from_a_saved_folder(tmp_path):
+    """``model=hf model.name=<folder>`` (a model saved with save_pretrained) takes the loader's path for
+    real weights, ``boot_transformers``, offline: the view's logits are those of the saved weights."""
+    import transformers
+
+    from circuitfind.models.loading import gpt2_tokenizer, load_model
+    from circuitfind.models.view import tl4
+
+    from bridge_families import FAMILIES
+
+    torch.manual_seed(3)
+    hf_model = transformers.LlamaForCausalLM(tl4.hf_config(FAMILIES["llama"]))
+    folder = tmp_path / "llama"
+    hf_model.save_pretrained(folder)  # before a bridge wraps its modules
+    gpt2_tokenizer().save_pretrained(folder)
+    saved = tl4.bridge_view(hf_model, "meta-llama/Llama-3.2-1B")
+    model = load_model({"kind": "hf", "name": str(folder), "pretrained": True}, seed=0)
+    assert type(model.hf).__name__ == "LlamaForCausalLM" and model.cfg.rotary_base == 5e4
+    tokens = torch.randint(0, 40, (2, 7))
+    torch.testing.assert_close(model(tokens), saved(tokens), rtol=0, atol=0)
+    assert transformers.AutoConfig.from_pretrained(folder).rope_parameters["rope_theta"] == 5e4

@@ -180,9 +180,16 @@ def main() -> None:
             check_command_line(argv)
             hydra_main()
     except KeyboardInterrupt as stop:
-        print(f"circuitfind: interrupted by {signal_name(stop)} before the run started; nothing was written",
-              file=sys.stderr)
+        _print_over_progress(f"circuitfind: interrupted by {signal_name(stop)} before the run started; nothing was "
+                             "written")
         sys.exit(exit_code(signal_name(stop)))
+
+
+def _print_over_progress(line: str) -> None:
+    """``line`` on stderr, over a progress bar that a signal left half-drawn on a terminal."""
+    if sys.stderr.isatty():
+        print("\r\x1b[K", end="", file=sys.stderr)
+    print(line, file=sys.stderr)
 
 
 def check_command_line(argv: list[str]) -> None:
@@ -232,7 +239,7 @@ def run_job(cfg: DictConfig, folder: Path, sweeping: bool = False) -> dict | Non
     except RunInterrupted as stop:
         then = (f"Run the same command again to resume (or add hydra.run.dir={folder})" if stop.resumable
                 else "Run the same command again to start over")
-        print(f"circuitfind: {stop}. {then}.", file=sys.stderr)
+        _print_over_progress(f"circuitfind: {stop}. {then}.")
         sys.exit(exit_code(stop.signal_name))
     except (KeyboardInterrupt, SystemExit):
         raise

@@ -37,7 +37,7 @@ import torch
 from ..core.architecture import check_supported
 # GPT2_TOKENIZER_ENV, HUB_PROBE_TIMEOUT_S, ModelUnavailableError: what a load reads, waits for, raises
 from .hub import (GPT2_TOKENIZER_ENV, HUB_PROBE_TIMEOUT_S, ModelUnavailableError, cached_file,  # noqa: F401
-                  gpt2_tokenizer, hub_cache_dir, hub_reachable, unavailable_error)
+                  cached_weights_any, gpt2_tokenizer, hub_cache_dir, hub_reachable, unavailable_error)
 from .shipped import read_shipped
 from .view import backend, tl3
 
@@ -456,7 +456,8 @@ def _load_through_bridge(model_cfg: dict, device, seed: int, tokenizer) -> Model
     if repo in HUB_ARCHITECTURES and HUB_ARCHITECTURES[repo].get("original_architecture") == "neel":
         raise ValueError(f"model {name}: {repo} is a TransformerLens-format model with no Hugging Face "
                          "architecture; under TransformerLens 4 it does not load (use TransformerLens 3.9)")
-    if cached_weights_any(repo) is None and not hub_reachable():
+    local = (pathlib.Path(repo) / "config.json").is_file()  # a folder saved with save_pretrained
+    if not local and cached_weights_any(repo) is None and not hub_reachable():
         raise unavailable_error(name, f"the weights of {repo}", plural=True)
     view = tl4.pretrained_bridge(repo, device, dtype)
     check_supported(view)

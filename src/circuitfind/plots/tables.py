@@ -9,6 +9,7 @@ prompt sets or training settings.  ``auc_table`` computes it from the points fra
 from __future__ import annotations
 
 import math
+import textwrap
 
 import matplotlib
 
@@ -56,7 +57,7 @@ def auc_heatmap(aucs: pd.DataFrame, tasks: list[str], corruptions: list[str],
     cell written out; blank where a curve is missing.  ``aucs``: ``auc_table``'s columns."""
     methods = ordered_methods(aucs.method) if len(aucs) else []
     columns = [(m, c) for m in methods for c in corruptions]
-    fig, axes = plt.subplots(1, 2, figsize=(2.2 + 1.0 * len(columns) * 2, 1.4 + 0.42 * len(tasks)),
+    fig, axes = plt.subplots(1, 2, figsize=(2.6 + 0.62 * len(columns) * 2, 1.5 + 0.42 * len(tasks)),
                              squeeze=False, layout="constrained")
     image = None
     for ax, level in zip(axes[0], LEVELS):
@@ -69,7 +70,8 @@ def auc_heatmap(aucs: pd.DataFrame, tasks: list[str], corruptions: list[str],
             if not np.isnan(value):
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if value < 0.6 else "black")
-        ax.set_xticks(range(len(columns)), [f"{method_label(m)}\n{c}" for m, c in columns], fontsize=7)
+        names = ["\n".join(textwrap.wrap(method_label(m), 9, break_on_hyphens=False)) for m, _ in columns]
+        ax.set_xticks(range(len(columns)), [f"{n}\n{c}" for n, (_, c) in zip(names, columns)], fontsize=7)
         ax.set_yticks(range(len(tasks)), [task_label(t) for t in tasks], fontsize=7)
         ax.set_title(f"{level}-level AUC", fontsize=9)
     fig.colorbar(image, ax=axes, shrink=0.8, label="AUC")

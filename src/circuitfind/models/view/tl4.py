@@ -119,11 +119,7 @@ class AttentionView:
         rot = cos.shape[-1]
         cos, sin = cos[None, :, None], sin[None, :, None]
         x_rot, x_pass = x[..., :rot], x[..., rot:]
-        if self.view.cfg.rotary_adjacent_pairs:
-            x1, x2 = x_rot[..., ::2], x_rot[..., 1::2]
-            rotated = torch.stack((-x2, x1), dim=-1).flatten(-2)
-        else:
-            rotated = torch.cat((-x_rot[..., rot // 2:], x_rot[..., :rot // 2]), dim=-1)
+        rotated = torch.cat((-x_rot[..., rot // 2:], x_rot[..., :rot // 2]), dim=-1)  # rotate_half
         return torch.cat(((x_rot * cos) + (rotated * sin), x_pass), dim=-1)
 
     def calculate_attention_scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -365,17 +361,15 @@ def _view_config(bridge, hf_model) -> SimpleNamespace:
         rope = getattr(hf_cfg, "rope_parameters", None) or {}
         theta = rope.get("rope_theta") if isinstance(rope, dict) else None
         cfg.rotary_base = float(theta if theta is not None else getattr(hf_cfg, "rope_theta", 10000.0))
-        # Hugging Face's families here rotate the two halves of each head (rotate_half); GPT-J-style
-        # adjacent pairs are the model types listed in ADJACENT_PAIR_MODEL_TYPES.
-        cfg.rotary_adjacent_pairs = getattr(hf_cfg, "model_type", "") in ADJACENT_PAIR_MODEL_TYPES
+        # the families here rotate the two halves of each head (rotate_half); those that rotate
+        # adjacent pairs in 4.3 (GPT-J, native models) have no q/k/v input hooks and are not read
+        cfg.rotary_adjacent_pairs = False
     for flag in ("use_split_qkv_input", "use_attn_result", "use_hook_mlp_in"):
         setattr(cfg, flag, bool(getattr(bcfg, flag, False)))
     cfg.d_head = d_head
     cfg.eps = float(getattr(bcfg, "eps", 1e-5))
     return cfg
 
-
-ADJACENT_PAIR_MODEL_TYPES: set[str] = set()
 
 
 # ---- random Hugging Face models of the shipped families, built offline -------------------------
