@@ -16,8 +16,9 @@ tracr  the tracr suite (``figure_specs/tracr_suite.yaml``, quick preset) restric
 gpt2   ``task=ioi model.pretrained=false`` (a GPT-2-shaped model with random weights, 100 prompts): a
        whole guided run at ``--tau``, then plain ACDC's whole run **estimated**: per-test times of
        single-edge tests sampled evenly over the edge list (restarted at each edge's stage, as ACDC
-       runs them) times the number of edges (ACDC tests at most every edge; how many it drops
-       untested depends on its own decisions, so the estimate is an upper bound).
+       runs them) times the number of edges (an upper bound: ACDC drops the inputs of receivers that
+       feed nothing untested), and the edges ACDC would test were it to end with guided ACDC's
+       circuit (``acdc_tests_here``: every input of each receiver that circuit still reads).
 
 Every count comes from exact forwards; the load average is printed beside each timing.
 """
@@ -39,6 +40,7 @@ warnings.filterwarnings("ignore", message="HookedTransformer is deprecated")
 import torch  # noqa: E402
 
 from circuitfind.methods import Problem, get_method  # noqa: E402
+from circuitfind.methods.acdc import visits  # noqa: E402
 from circuitfind.runs.pipeline import build_problem  # noqa: E402
 from circuitfind.runs.validate import compose_config  # noqa: E402
 
@@ -64,9 +66,23 @@ def run_method(base: Problem, method: str, tau: float, **params) -> dict:
     wall = time.time() - started
     n, k = base.graph.n_edges, result.circuit.n_kept
     return dict(method=method, tau=tau, kept=k, tests=len(result.trace), wall_s=round(wall, 2),
+                acdc_tests_here=acdc_tests_for(base.graph, result.circuit.kept),
                 bound=round(k + k * math.log2(n / k), 1) if k else 0.0,
                 test_kl=problem.evaluate(result.circuit, "test"), load=loadavg(),
                 names=set(result.circuit.kept_names()))
+
+
+def acdc_tests_for(graph, kept: torch.Tensor) -> int:
+    """How many edges plain ACDC tests if it ends with the circuit ``kept``: every incoming edge of
+    each receiver that still feeds the circuit when ACDC visits it (its outgoing edges are decided
+    by then), the output's always; the inputs of the others are dropped untested."""
+    if graph.granularity == "nodes":
+        return graph.n_edges
+
+    def live(receiver: str) -> bool:
+        return receiver == "resid_post" or bool(kept[graph.outgoing[receiver]].any())
+
+    return sum(len(incoming) for receiver, incoming in visits(graph) if live(receiver))
 
 
 def kl_levels(rows: list[dict]) -> dict:
@@ -167,7 +183,8 @@ def cmd_gpt2(args) -> dict:
         guided = run_method(base, "acdc_guided", tau, **params)
         del guided["names"]
         print(f"tau {tau:g} guided: kept {guided['kept']}, exact tests {guided['tests']}, bound {guided['bound']}, "
-              f"{guided['wall_s']:.0f} s, load {guided['load']}", flush=True)
+              f"{guided['wall_s']:.0f} s, load {guided['load']}; plain ACDC would test {guided['acdc_tests_here']} "
+              "edges to end with this circuit (estimate)", flush=True)
         out[str(tau)] = guided
     per_test = sampled_test_seconds(fresh(base), args.samples)
     estimate = dict(per_test_s=round(per_test, 3), tests=graph.n_edges, hours=round(per_test * graph.n_edges / 3600, 2),
