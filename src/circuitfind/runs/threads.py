@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -46,18 +47,31 @@ def activations_per_forward(problem) -> dict:
     return dict(prompts=prompts, positions=positions, d_model=d_model, activations=prompts * positions * d_model)
 
 
+def _own_running() -> int:
+    """This process's threads that are running now (at least the one asking; torch's idle workers
+    may still be spinning after a parallel op)."""
+    running = 0
+    for stat in Path("/proc/self/task").glob("*/stat"):
+        try:
+            running += stat.read_text().rsplit(")", 1)[1].split()[0] == "R"
+        except (OSError, IndexError):
+            continue
+    return max(running, 1)
+
+
 def other_runnable(samples: int = 5, interval: float = 0.01) -> float:
-    """How many processes besides this one are running or waiting for a core now: the median of a
-    few readings of ``/proc/loadavg``'s running count (this process's own thread excluded); the
+    """How many threads of other processes are running or waiting for a core now: the median of a
+    few readings of ``/proc/loadavg``'s running count less this process's own running threads; the
     1-minute load average where the file is missing."""
     readings = []
     for i in range(samples):
         try:
+            own = _own_running()
             with open(LOADAVG) as f:
                 running = int(f.read().split()[3].split("/")[0])
         except (OSError, ValueError, IndexError):
             return max(0.0, os.getloadavg()[0] - 1) if hasattr(os, "getloadavg") else 0.0
-        readings.append(max(0, running - 1))
+        readings.append(max(0, running - own))
         if i + 1 < samples:
             time.sleep(interval)
     return float(sorted(readings)[len(readings) // 2])
