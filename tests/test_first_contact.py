@@ -212,6 +212,24 @@ def test_auto_threads_is_one_for_small_ops_or_a_busy_machine_and_torch_default_o
     assert used == 1 and "5,760 activations" in reason
 
 
+def test_the_work_per_op_is_the_larger_of_the_blocks_and_the_unembedding():
+    from types import SimpleNamespace
+
+    from circuitfind.runs.threads import activations_per_forward
+
+    def problem(prompts, positions, d_model, d_vocab, read=1):
+        data = SimpleNamespace(clean=torch.zeros(prompts, positions), positions=torch.zeros(prompts, read))
+        cfg = SimpleNamespace(d_model=d_model, d_vocab=d_vocab, d_vocab_out=d_vocab)
+        return SimpleNamespace(data=lambda split: data, task=SimpleNamespace(model=SimpleNamespace(cfg=cfg)))
+
+    # a 64-wide GPT-2 on six prompt pairs: small blocks, but 50,257 logits per prompt
+    assert activations_per_forward(problem(6, 14, 64, 50_257))["activations"] == 6 * 50_257
+    # induction_2l-like: the blocks are the larger op
+    assert activations_per_forward(problem(50, 48, 256, 100, read=47))["activations"] == 50 * 48 * 256
+    # tracr: both tiny
+    assert activations_per_forward(problem(4, 5, 17, 6, read=4))["activations"] < SMALL_WORK
+
+
 def test_a_run_records_its_threads_and_timings_and_restores_torch(tmp_path):
     before = torch.get_num_threads()
     summary = run(config("threads=2"), tmp_path / "two")

@@ -3,12 +3,14 @@
 Torch starts one intra-op thread per core, and splits an op over them when the op is big enough.
 Whether that pays depends on two things, and ``threads=auto`` (the default) looks at both:
 
-- **the work per op**: a forward's ops handle ``prompts x positions x d_model`` activations at a
-  time (``activations per forward``).  Below ``SMALL_WORK`` (tracr: a few hundred; a prompt-pairs
-  file of six prompts on a 64-wide model: a few thousand) each op is microseconds of work that
-  more threads only split and synchronise.  The parameter count says nothing about this: a 2-layer
-  GPT-2 of width 64 has 6.6M parameters, nearly all of them its vocabulary's embedding, and ops of
-  a few thousand activations.  Such runs get one thread.
+- **the work per op**: the size of a forward's largest op, in output elements: the blocks'
+  ``prompts x positions x d_model`` activations, or the unembedding's ``prompts x metric positions x
+  d_vocab`` logits, whichever is larger.  Below ``SMALL_WORK`` (tracr: a few hundred) each op is
+  microseconds of work that more threads only split and synchronise, and the run gets one thread.
+  The parameter count says nothing about this, and neither do the blocks alone: a 2-layer GPT-2 of
+  width 64 (6.6M parameters, nearly all its vocabulary) runs blocks of a few thousand activations, but
+  its unembedding writes 50,257 logits per metric position, which two threads share well (on quiet
+  cores: 1.28 s with two threads, 2.03 s with one, for the README's prompt-pairs line).
 - **the other jobs on the machine**: torch's threads wait for each other at the end of every op, so
   one of them that waits for a core (because other processes hold them) stalls the rest.  Measured
   on this project's 2-core machine with four busy processes beside the run: ACDC on a random 2-layer
@@ -40,11 +42,15 @@ LOADAVG = "/proc/loadavg"
 
 
 def activations_per_forward(problem) -> dict:
-    """The size of a forward's ops: prompts x positions x d_model of the split a method searches."""
-    tokens = problem.data("validation").clean
-    prompts, positions = int(tokens.shape[0]), int(tokens.shape[-1])
-    d_model = int(problem.task.model.cfg.d_model)
-    return dict(prompts=prompts, positions=positions, d_model=d_model, activations=prompts * positions * d_model)
+    """The size of a forward's largest op on the split a method searches, in output elements: the
+    blocks' prompts x positions x d_model, or the unembedding's prompts x metric positions x d_vocab."""
+    data = problem.data("validation")
+    prompts, positions = int(data.clean.shape[0]), int(data.clean.shape[-1])
+    cfg = problem.task.model.cfg
+    d_vocab = int(getattr(cfg, "d_vocab_out", None) or cfg.d_vocab)
+    d_model, read = int(cfg.d_model), int(data.positions.shape[-1])
+    return dict(prompts=prompts, positions=positions, d_model=d_model, metric_positions=read, d_vocab=d_vocab,
+                activations=max(prompts * positions * d_model, prompts * read * d_vocab))
 
 
 def _own_running() -> int:
