@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 
 from ..core.checkpoint import Checkpointer
 from ..core.graph import EdgeMask, Graph
-from .acdc import auto_batch_edges, visits
+from .acdc import LazyLosses, auto_batch_edges, visits
 from .attribution import mask_gradient
 from .base import Problem
 from .objective import resolve_objective
@@ -84,7 +84,7 @@ def guided_on_engine(problem: Problem, tau: float, order: str = "eap", group: st
 
     def losses(masks: torch.Tensor, stage: int) -> Sequence[float]:
         out, _ = engine.run(masks, data.positions, start_stage=stage, cache=cache)
-        return _LazyLosses(out, lambda candidate: float(problem.loss(candidate, "validation")))
+        return LazyLosses(out, lambda candidate: float(problem.loss(candidate, "validation")))
 
     if batch_edges == "auto":
         batch_edges = auto_batch_edges(cache.diff, logits)
@@ -124,21 +124,6 @@ def attribution_order(problem: Problem, order: str, ig_steps: int = 3, seed: int
         return grad[edges].abs()
 
     return importance
-
-
-class _LazyLosses(Sequence):
-    """The losses of a batch of candidate circuits, each computed when first read."""
-
-    def __init__(self, logits: torch.Tensor, loss: Callable[[torch.Tensor], float]):
-        self.logits, self.loss, self.values = logits, loss, {}
-
-    def __len__(self) -> int:
-        return len(self.logits)
-
-    def __getitem__(self, row: int) -> float:
-        if row not in self.values:
-            self.values[row] = self.loss(self.logits[row])
-        return self.values[row]
 
 
 def _key(mask: torch.Tensor) -> bytes:
