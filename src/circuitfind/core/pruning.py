@@ -76,23 +76,21 @@ def prune(graph: Graph, kept: torch.Tensor) -> torch.Tensor:
     if p.nodes_graph:
         return kept & bool((kept & p.embed_edges).any())
 
-    forward = torch.zeros(p.n_nodes, dtype=torch.bool)
-    forward[p.sources] = True
-    while True:  # one step per layer of depth: at most a few dozen vectorised passes
-        step = forward.clone()
-        step[p.dst[kept & forward[p.src]]] = True
-        step[p.link_dst[step[p.link_src]]] = True
-        if torch.equal(step, forward):
-            break
-        forward = step
-
-    backward = torch.zeros(p.n_nodes, dtype=torch.bool)
-    backward[p.sink] = True
-    while True:
-        step = backward.clone()
-        step[p.src[kept & backward[p.dst]]] = True
-        step[p.link_src[step[p.link_dst]]] = True
-        if torch.equal(step, backward):
-            break
-        backward = step
+    forward = _reached(p.n_nodes, p.sources, kept, p.src, p.dst, p.link_src, p.link_dst)
+    backward = _reached(p.n_nodes, p.sink, kept, p.dst, p.src, p.link_dst, p.link_src)
     return kept & forward[p.src] & backward[p.dst]
+
+
+def _reached(n_nodes: int, start, kept: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+             link_src: torch.Tensor, link_dst: torch.Tensor) -> torch.Tensor:
+    """Nodes reached from ``start`` along kept edges ``src -> dst`` and the always-present links
+    ``link_src -> link_dst`` (swap both pairs to walk backwards): one vectorised pass per step of depth."""
+    reached = torch.zeros(n_nodes, dtype=torch.bool)
+    reached[start] = True
+    while True:
+        step = reached.clone()
+        step[dst[kept & reached[src]]] = True
+        step[link_dst[step[link_src]]] = True
+        if torch.equal(step, reached):
+            return reached
+        reached = step
