@@ -1,7 +1,6 @@
 """Guided ACDC: every group decision is an exact ACDC step, checked against the slow hook reference;
 attribution changes the cost, never the meaning."""
 
-import math
 
 import pytest
 import torch
@@ -14,20 +13,10 @@ from circuitfind.methods.acdc import acdc_search, visits
 from circuitfind.methods.acdc_guided import blocks, guided_on_engine, guided_search
 from circuitfind.core.metrics import KL
 from circuitfind.engine.reference import reference_ablation, reference_logits
-from circuitfind.tasks import TaskData
-from circuitfind.tasks.base import Task
 
 from conftest import tiny_model
+from test_acdc import random_task
 from families import FAMILIES, family_model
-
-
-def random_task(model, batch=6, seq=5, seed=0) -> Task:
-    g = torch.Generator().manual_seed(seed)
-    clean = torch.randint(0, model.cfg.d_vocab, (batch, seq), generator=g)
-    corrupted = torch.randint(0, model.cfg.d_vocab, (batch, seq), generator=g)
-    positions = torch.tensor([[seq - 2, seq - 1]] * batch)
-    data = TaskData(clean, corrupted, positions)
-    return Task("random", model, data, data, {"kl": KL}, "kl")
 
 
 def tiny_problem(seed=0, granularity="qkv", corruption="corrupted", n_layers=2, n_heads=2) -> Problem:
