@@ -118,7 +118,6 @@ def score_paths(paths: list[Path], overrides: list[str], signed: bool = False, p
     import torch
 
     from .core.faithfulness import MIB_FRACTIONS, areas, describe
-    from .core.graph import EdgeMask
     from .core.pruning import prune
     from .methods.ranking import CircuitEvaluator, edge_ranking, tie_tolerance
 

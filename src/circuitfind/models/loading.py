@@ -28,7 +28,6 @@ tokenise with ``load_tokenizer``.
 from __future__ import annotations
 
 import logging
-import os
 import pathlib
 from types import SimpleNamespace
 

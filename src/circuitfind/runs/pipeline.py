@@ -22,7 +22,7 @@ from ..evaluation.rates import edge_and_node_rates
 from ..tasks.ground_truth import ground_truth_mask
 from .circuit_json import CircuitFileError, ground_truth, read_circuit_file
 from ..core.graph import GRANULARITIES, Architecture, EdgeMask, Graph
-from ..methods.result import CurvePoint, MethodResult
+from ..methods.result import MethodResult
 from ..methods import Problem
 from ..methods.spec import get_spec, load_specs
 from ..core.checkpoint import Checkpointer, RunInterrupted

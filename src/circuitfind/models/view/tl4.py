@@ -28,7 +28,6 @@ as they are, and its logits are the bridge's.
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from types import SimpleNamespace
 
