@@ -9,7 +9,8 @@ Two kinds of model config:
                    either the run stops at once with ``ModelUnavailableError``, never falling back
                    to another model.
 ``kind: shipped``  a model the project trained itself, its weights inside the package
-                   (``scripts/train_induction.py`` -> ``weights/induction_2l.pt``).
+                   (``scripts/train_induction.py`` -> ``weights/induction_2l.pt``,
+                   ``scripts/train_algo.py`` -> ``weights/algo_4l.pt``).
 ``kind: hf``       any TransformerLens model name (``model=hf model.name=pythia-70m``).  Names whose
                    architecture is written down here (gpt2, attn-only-4l, redwood_attn_2l) go the
                    ``hub`` way; others take TransformerLens' config and loader, which need the hub
@@ -417,7 +418,7 @@ def hub_repo(name: str) -> str:
 # (TransformerLens 4.3 would hold HookedTransformer weights in a native bridge, but its attention has no
 # q/k/v input hooks, set_use_split_qkv_input, which the hook reference patches.)
 NO_BRIDGE = {
-    "shipped": "circuitfind's shipped models (tracr programs, induction_2l) are TransformerLens 3 "
+    "shipped": "circuitfind's shipped models (tracr programs, induction_2l, algo_4l) are TransformerLens 3 "
                "HookedTransformer weights with no Hugging Face architecture, and TransformerLens 4's native "
                "bridge has no q/k/v input hooks: run them under TransformerLens 3.9 (pip install 'circuitfind[tl3]')",
 }
