@@ -30,10 +30,11 @@ SMALL_INDUCTION = ["task=induction", "model=hf", "model.pretrained=false", "mode
                    "task.seq_len=16", "task.span_len=4", "draw=false"]
 
 
-# the other two families the configs ship, with EAP (Pythia keeps d_head 64: its rotary_dim is 16)
+# the other two families the configs ship, with EAP (Pythia's heads shrink to 8 dimensions: it
+# rotates a quarter of them, 2)
 MORE_SHAPES = {
     "gemma2": ["model.name=gemma-2-2b", "model.n_heads=8", "model.d_model=64"],
-    "pythia": ["model.name=pythia-70m", "model.n_heads=4", "model.d_model=256"],
+    "pythia": ["model.name=pythia-70m", "model.n_heads=4", "model.d_model=32"],
 }
 
 

@@ -326,10 +326,16 @@ def arch_overrides(model_cfg: dict) -> dict:
 
 def _resized(arch: dict, overrides: dict) -> dict:
     """``arch`` with ``overrides``; a new width or head count rescales what follows from it (d_head =
-    d_model / n_heads, d_mlp = 4 d_model) unless that is given too."""
+    d_model / n_heads, d_mlp = 4 d_model, rotary_dim the same share of d_head) unless that is given
+    too."""
     out = dict(arch, **overrides)
     if ("d_model" in overrides or "n_heads" in overrides) and "d_head" not in overrides:
         out["d_head"] = out["d_model"] // out["n_heads"]
+    if arch.get("rotary_dim") and arch.get("d_head") and out["d_head"] != arch["d_head"]:
+        # the rotated share of each head stays what it was (Pythia a quarter, Qwen and Llama all):
+        # an even count, at least 2, at most the new d_head
+        share = arch["rotary_dim"] / arch["d_head"]
+        out["rotary_dim"] = min(out["d_head"], max(2, int(out["d_head"] * share) // 2 * 2))
     if "d_model" in overrides and "d_mlp" not in overrides and not out.get("attn_only", False):
         out["d_mlp"] = 4 * out["d_model"]
     return out
