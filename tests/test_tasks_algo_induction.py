@@ -6,8 +6,10 @@ import importlib.util
 import math
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
+from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuitfind.models import training
 from circuitfind.models.loading import load_model
@@ -118,3 +120,19 @@ def test_the_shared_training_loop_is_seeded_learns_and_stops_when_done():
 def test_warmup_then_cosine_decay():
     factor = training.warmup_cosine(100, 0.1)
     assert factor(0) == 0.1 and factor(9) > 0.97 and factor(50) < factor(20) and factor(100) == 0
+
+
+def test_the_head_lasso_adds_each_heads_output_norm():
+    script = train_algo()
+    arch = script.architecture(2, 16, 8, 12)
+    model = HookedTransformer(HookedTransformerConfig(**arch, seed=0))
+    tokens = torch.randint(0, 12, (3, 8), generator=torch.Generator().manual_seed(0))
+    plain = training.next_token_loss(model, tokens)
+    assert torch.equal(script.head_lasso_loss(0.0)(model, tokens), plain)
+    # each head's write into the residual stream, from TransformerLens' own per-head result
+    model.cfg.use_attn_result = True
+    _, cache = model.run_with_cache(tokens)
+    norms = sum(cache[f"blocks.{layer}.attn.hook_result"].square().sum(-1).mean((0, 1)).sqrt().sum()
+                for layer in range(2))
+    model.cfg.use_attn_result = False
+    assert script.head_lasso_loss(0.5)(model, tokens).item() == pytest.approx((plain + 0.5 * norms).item(), rel=1e-5)
