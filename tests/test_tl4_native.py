@@ -28,9 +28,9 @@ from test_acdc import random_task, reference_acdc, typical_single_edge_effect  #
 from test_engine import random_masks, setup  # noqa: E402
 
 # rotates adjacent pairs of the first 6 of each head's 8 dimensions, base 5e4; 4 query heads share
-# 2 key/value heads; LayerNorm and a GELU MLP
+# 2 key/value heads; RMSNorm (kept in float64 for float64 weights) and a GELU MLP
 ROTARY = dict(n_layers=2, n_heads=4, d_model=32, d_head=8, d_mlp=64, d_vocab=40, n_ctx=16, act_fn="gelu",
-              normalization_type="LN", positional_embedding_type="rotary", rotary_dim=6, rotary_base=5e4,
+              normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=6, rotary_base=5e4,
               n_key_value_heads=2)
 
 
@@ -39,7 +39,7 @@ def rotary_native(seed=0, **overrides) -> native.NativeView:
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # TransformerLens starts biases at 0 and norm weights at 1, which would hide mistakes
         for name, param in view.bridge.original_model.named_parameters():
-            if name.endswith("bias") or ".ln" in name or name.startswith("ln"):
+            if name.endswith("bias") or "ln" in name:
                 param.add_(0.1 * torch.randn(param.shape, generator=generator, dtype=param.dtype))
     return native.NativeView(view.bridge)  # re-read the perturbed weights
 

@@ -1,7 +1,7 @@
 """Float64 throughout for TransformerLens 4 bridges whose code rounds to float32 in any dtype.
 
-Hugging Face's Llama, Qwen2 and Gemma-2 RMS norms cast their input to float32 (``x.to(float32)``,
-``x.float()``) whatever the weights' dtype, and TransformerLens 4.3's attention bridge for
+Hugging Face's Llama, Qwen2 and Gemma-2 RMS norms (and TransformerLens' native RMSNorm and RMSPre)
+cast their input to float32 (``x.to(float32)``, ``x.float()``) whatever the weights' dtype, and TransformerLens 4.3's attention bridge for
 rotary models (``PositionEmbeddingsAttentionBridge``) takes the softmax with ``dtype=float32``, as
 Hugging Face's eager attention does.  For half-precision weights that is an upcast; for float64
 weights it rounds every norm and every attention pattern to float32, so a float64 model agrees with
@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import torch
 
-# Hugging Face RMS norms that round to float32, and whether each multiplies by (1 + weight)
-RMS_NORMS = {"LlamaRMSNorm": False, "Qwen2RMSNorm": False, "Gemma2RMSNorm": True}
+# RMS norms that round to float32, and how each scales: by its weight, by (1 + weight), or not at
+# all (TransformerLens' native RMSPre)
+RMS_NORMS = {"LlamaRMSNorm": "weight", "Qwen2RMSNorm": "weight", "Gemma2RMSNorm": "1 + weight",
+             "NativeRMSNorm": "weight", "NativeRMSNormPre": None}
 MARK = "softmax_dtype_follows_scores"
 
 
@@ -35,9 +37,9 @@ def compute_in_float64(bridge) -> int:
             module._masked_softmax = _softmax_keeping_float64(module._masked_softmax)
             setattr(module, MARK, True)
             changed += 1
-        one_plus = RMS_NORMS.get(type(module).__name__)
-        if one_plus is not None and not getattr(module, "keeps_float64", False):
-            module.forward = _rms_norm_keeping_float64(module, module.forward, one_plus)
+        name = type(module).__name__
+        if name in RMS_NORMS and not getattr(module, "keeps_float64", False):
+            module.forward = _rms_norm_keeping_float64(module, module.forward, RMS_NORMS[name])
             module.keeps_float64 = True
             changed += 1
     return changed
@@ -51,7 +53,7 @@ def _softmax_keeping_float64(masked_softmax):
     return softmax
 
 
-def _rms_norm_keeping_float64(module: torch.nn.Module, forward, one_plus: bool):
+def _rms_norm_keeping_float64(module: torch.nn.Module, forward, scale: str | None):
     eps = getattr(module, "variance_epsilon", None)
     eps = float(module.eps if eps is None else eps)
 
@@ -59,5 +61,7 @@ def _rms_norm_keeping_float64(module: torch.nn.Module, forward, one_plus: bool):
         if x.dtype != torch.float64:
             return forward(x)
         normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-        return normed * (1 + module.weight) if one_plus else module.weight * normed
+        if scale is None:
+            return normed
+        return normed * (1 + module.weight) if scale == "1 + weight" else module.weight * normed
     return rms_norm

@@ -27,6 +27,7 @@ from types import SimpleNamespace
 
 import torch
 
+from . import float64
 from .tl4 import AttentionView, BridgeView, NormView, _PositionalEmbedding
 
 NATIVE = "TransformerLensNative"
@@ -39,7 +40,8 @@ def is_native(bridge) -> bool:
 def native_model_view(tl3_cfg: dict, state_dict: dict | None, *, seed: int = 0,
                       dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> "NativeView":
     """A native bridge of the HookedTransformer config ``tl3_cfg`` (its fields), holding ``state_dict``
-    (HookedTransformer's names and shapes) or, when None, TransformerLens' seeded initialisation."""
+    (HookedTransformer's names and shapes) or, when None, TransformerLens' seeded initialisation;
+    float64 weights computed in float64 (``float64.compute_in_float64``)."""
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
     from transformer_lens.model_bridge.sources.native.init import initialize_native_model
@@ -68,6 +70,7 @@ def native_model_view(tl3_cfg: dict, state_dict: dict | None, *, seed: int = 0,
             converted["unembed.bias"] = torch.zeros_like(model.head.bias)
         bridge.load_state_dict(converted, strict=True)
     bridge.eval().requires_grad_(False)
+    float64.compute_in_float64(bridge)
     view = NativeView(bridge)
     view.cfg.model_name = tl3_cfg.get("model_name") or view.cfg.model_name
     view.cfg.default_prepend_bos = bool(tl3_cfg.get("default_prepend_bos", True))
