@@ -131,7 +131,7 @@ class NativeView(BridgeView):
     """A native ``TransformerBridge`` as the model view, with TransformerLens 3's per-head q/k/v input
     and result hooks (see the module docstring)."""
 
-    def __init__(self, bridge):  # noqa: super().__init__ reads a Hugging Face model; this one has none
+    def __init__(self, bridge):  # not BridgeView's: that one reads a Hugging Face model, this has none
         self.bridge = bridge
         self.hf = bridge.original_model
         self.model_type = NATIVE
