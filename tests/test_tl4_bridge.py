@@ -176,3 +176,16 @@ def test_float64_bridges_compute_hugging_faces_function_in_float64(family):
                 torch.testing.assert_close(exact, rounded, rtol=0, atol=1e-5)
                 assert (exact - rounded).abs().max() > 1e-12  # the rounding it no longer does
     assert float64.compute_in_float64(bridged.bridge) == 0  # applied once, by random_bridge
+
+
+def test_a_deep_copy_of_a_float64_bridge_computes_with_its_own_weights(models):
+    """The float64 norms and softmax are bound to their modules: a copied bridge's follow the copy."""
+    import copy
+
+    model = model_of(models, "llama")
+    tokens = torch.randint(0, 40, (2, 7), generator=torch.Generator().manual_seed(4))
+    twin = copy.deepcopy(model.bridge)
+    torch.testing.assert_close(twin(tokens), model.bridge(tokens), rtol=0, atol=0)
+    with torch.no_grad():
+        twin.original_model.model.norm.weight.mul_(2)
+    assert (twin(tokens) - model.bridge(tokens)).abs().max() > 1e-3

@@ -420,24 +420,21 @@ def hub_repo(name: str) -> str:
     return tl4.official_name(str(name))
 
 
-# What TransformerLens 4 cannot load: (kind or repo) -> why.
-# (TransformerLens 4.3 would hold HookedTransformer weights in a native bridge, but its attention has no
-# q/k/v input hooks, set_use_split_qkv_input, which the hook reference patches.)
-NO_BRIDGE = {
-    "shipped": "circuitfind's shipped models (tracr programs, induction_2l, algo_4l) are TransformerLens 3 "
-               "HookedTransformer weights with no Hugging Face architecture, and TransformerLens 4's native "
-               "bridge has no q/k/v input hooks: run them under TransformerLens 3.9 (pip install 'circuitfind[tl3]')",
-}
-
-
 def _load_through_bridge(model_cfg: dict, device, seed: int, tokenizer) -> ModelView:
     """``load_model`` under TransformerLens 4: a TransformerBridge over a Hugging Face model (random
-    weights of the written-down architecture, built offline, or the real weights), as a model view."""
+    weights of the written-down architecture, built offline, or the real weights), or for the shipped
+    models a native bridge holding their weights, as a model view."""
     from .view import tl4
 
     kind = model_cfg.get("kind")
-    if kind == "shipped":
-        raise ValueError(f"model {model_cfg.get('name')}: {NO_BRIDGE['shipped']}")
+    if kind == "shipped":  # HookedTransformer weights: in TransformerLens 4's native model
+        from .view import native
+
+        data, name = read_shipped(model_cfg["name"]), model_cfg["name"]
+        pretrained = model_cfg.get("pretrained", True)
+        return native.native_model_view(dict(data["cfg"], model_name=name if pretrained else f"{name} (random weights)"),
+                                        data["state_dict"] if pretrained else None, seed=seed,
+                                        dtype=weights_dtype(model_cfg, device), device=device)
     if kind not in ("hub", "hf"):
         raise ValueError(f"model {model_cfg.get('name')!r} has kind {kind!r}; load_model handles kinds hub, hf "
                          "and shipped")

@@ -1,7 +1,7 @@
 """Float64 throughout for TransformerLens 4 bridges whose code rounds to float32 in any dtype.
 
-Hugging Face's Llama, Qwen2 and Gemma-2 RMS norms cast their input to float32 (``x.to(float32)``,
-``x.float()``) whatever the weights' dtype, and TransformerLens 4.3's attention bridge for
+Hugging Face's Llama, Qwen2 and Gemma-2 RMS norms (and TransformerLens' native RMSNorm and RMSPre)
+cast their input to float32 (``x.to(float32)``, ``x.float()``) whatever the weights' dtype, and TransformerLens 4.3's attention bridge for
 rotary models (``PositionEmbeddingsAttentionBridge``) takes the softmax with ``dtype=float32``, as
 Hugging Face's eager attention does.  For half-precision weights that is an upcast; for float64
 weights it rounds every norm and every attention pattern to float32, so a float64 model agrees with
@@ -16,48 +16,50 @@ softmax where the bridge does.
 
 from __future__ import annotations
 
+from types import MethodType
+
 import torch
 
-# Hugging Face RMS norms that round to float32, and whether each multiplies by (1 + weight)
-RMS_NORMS = {"LlamaRMSNorm": False, "Qwen2RMSNorm": False, "Gemma2RMSNorm": True}
+# RMS norms that round to float32, and how each scales: by its weight, by (1 + weight), or not at
+# all (TransformerLens' native RMSPre)
+RMS_NORMS = {"LlamaRMSNorm": "weight", "Qwen2RMSNorm": "weight", "Gemma2RMSNorm": "1 + weight",
+             "NativeRMSNorm": "weight", "NativeRMSNormPre": None}
 MARK = "softmax_dtype_follows_scores"
 
 
 def compute_in_float64(bridge) -> int:
     """Makes ``bridge``'s RMS norms and rotary attention keep float64 inputs in float64 (see the
-    module docstring); returns how many modules it changed.  Applying it twice changes nothing more."""
+    module docstring); returns how many modules it changed.  Applying it twice changes nothing more.
+    The changed methods are bound to their modules, so a deep copy of the bridge keeps them, bound
+    to the copy's modules."""
     from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (
         PositionEmbeddingsAttentionBridge)
 
     changed = 0
     for module in bridge.modules():
         if isinstance(module, PositionEmbeddingsAttentionBridge) and not getattr(module, MARK, False):
-            module._masked_softmax = _softmax_keeping_float64(module._masked_softmax)
+            module._masked_softmax = MethodType(_softmax_keeping_float64, module)
             setattr(module, MARK, True)
             changed += 1
-        one_plus = RMS_NORMS.get(type(module).__name__)
-        if one_plus is not None and not getattr(module, "keeps_float64", False):
-            module.forward = _rms_norm_keeping_float64(module, module.forward, one_plus)
+        if type(module).__name__ in RMS_NORMS and not getattr(module, "keeps_float64", False):
+            module.forward = MethodType(_rms_norm_keeping_float64, module)
             module.keeps_float64 = True
             changed += 1
     return changed
 
 
-def _softmax_keeping_float64(masked_softmax):
-    def softmax(scores: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        if dtype is not None and scores.dtype == torch.float64:
-            dtype = torch.float64
-        return masked_softmax(scores, dtype=dtype)
-    return softmax
+def _softmax_keeping_float64(self, scores: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    if dtype is not None and scores.dtype == torch.float64:
+        dtype = torch.float64
+    return type(self)._masked_softmax(self, scores, dtype=dtype)
 
 
-def _rms_norm_keeping_float64(module: torch.nn.Module, forward, one_plus: bool):
-    eps = getattr(module, "variance_epsilon", None)
-    eps = float(module.eps if eps is None else eps)
-
-    def rms_norm(x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.float64:
-            return forward(x)
-        normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-        return normed * (1 + module.weight) if one_plus else module.weight * normed
-    return rms_norm
+def _rms_norm_keeping_float64(self, x: torch.Tensor) -> torch.Tensor:
+    if x.dtype != torch.float64:
+        return type(self).forward(self, x)
+    eps = getattr(self, "variance_epsilon", None)
+    normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + float(self.eps if eps is None else eps))
+    scale = RMS_NORMS[type(self).__name__]
+    if scale is None:
+        return normed
+    return normed * (1 + self.weight) if scale == "1 + weight" else self.weight * normed
