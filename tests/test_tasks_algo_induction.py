@@ -136,3 +136,7 @@ def test_the_head_lasso_adds_each_heads_output_norm():
                 for layer in range(2))
     model.cfg.use_attn_result = False
     assert script.head_lasso_loss(0.5)(model, tokens).item() == pytest.approx((plain + 0.5 * norms).item(), rel=1e-5)
+    late = script.head_lasso_loss(0.5, start=1, ramp=2)  # off for one step, then half, then all of its weight
+    got = [late(model, tokens).item() for _ in range(4)]
+    assert got[0] == plain.item()
+    assert got[1:] == pytest.approx([(plain + w * norms).item() for w in (0.25, 0.5, 0.5)], rel=1e-5)
