@@ -39,16 +39,36 @@ class Metric:
 def kl_divergence(logits: torch.Tensor, clean_logits: torch.Tensor, data: TaskData | None = None) -> torch.Tensor:
     """KL(clean full model || patched), summed over the vocabulary, averaged over the positions.
 
-    Without gradients (a curve's circuits), each position's sum is taken in float64 from the
-    logits' difference d = z - c from the clean ones, as ``log(sum_v p_v exp(d_v)) - sum_v p_v d_v``
-    (p the clean probabilities; the same number as ``sum_v p_v (log p_v - log_softmax(z)_v)``, which
-    the gradient path computes): one pass over the vocabulary fewer, no product temporaries, and
-    no cancellation of large terms when z is near c."""
-    if torch.is_grad_enabled() and (logits.requires_grad or clean_logits.requires_grad):
-        clean_logp, clean_p, _ = _clean_terms(clean_logits)
-        logp = F.log_softmax(logits.double(), dim=-1)
-        kl = (clean_p * (clean_logp - logp)).sum(-1)
-        return kl.mean(-1).to(logits.dtype)
+    Without gradients (a curve's circuits, ACDC's tests), each position's sum is taken in float64
+    from the logits' difference d = z - c from the clean ones, as ``log(sum_v p_v exp(d_v)) -
+    sum_v p_v d_v`` (p the clean probabilities; the same number as ``sum_v p_v (log p_v -
+    log_softmax(z)_v)``, which the gradient path computes), a few positions at a time so that the
+    float64 terms stay in cache: no [positions, vocab] temporaries, and no cancellation of large
+    terms when z is near c.  Logits smaller than ``KL_CHUNKED_FROM`` values (a small vocabulary,
+    where the chunks would cost more than they save) take the log_softmax sum.  ``logits`` may hold
+    several candidates' logits before the clean shape."""
+    if (torch.is_grad_enabled() and (logits.requires_grad or clean_logits.requires_grad)) \
+            or clean_logits.numel() < KL_CHUNKED_FROM:  # small: held in cache anyway
+        return _kl_log_softmax(logits, clean_logits)
+    n = clean_logits.dim()
+    if logits.shape == clean_logits.shape:
+        return _kl_in_chunks(logits, clean_logits)
+    if logits.dim() > n and logits.shape[-n:] == clean_logits.shape:  # candidates first
+        per_candidate = [_kl_in_chunks(z, clean_logits) for z in logits.reshape(-1, *clean_logits.shape)]
+        return torch.stack(per_candidate).view(logits.shape[:-2])
+    return _kl_log_softmax(logits, clean_logits)  # any other broadcast
+
+
+def _kl_log_softmax(logits: torch.Tensor, clean_logits: torch.Tensor) -> torch.Tensor:
+    """KL summed over the vocabulary as ``sum_v p_v (log p_v - log_softmax(z)_v)``, differentiable."""
+    clean_logp, clean_p, _ = _clean_terms(clean_logits)
+    logp = F.log_softmax(logits.double(), dim=-1)
+    kl = (clean_p * (clean_logp - logp)).sum(-1)
+    return kl.mean(-1).to(logits.dtype)
+
+
+def _kl_in_chunks(logits: torch.Tensor, clean_logits: torch.Tensor) -> torch.Tensor:
+    """``kl_divergence`` without gradients, for logits of the clean logits' shape."""
     _, clean_p, clean = _clean_terms(clean_logits)
     vocab = logits.shape[-1]
     z, c, p = logits.reshape(-1, vocab), clean.reshape(-1, vocab), clean_p.reshape(-1, vocab)
@@ -67,6 +87,7 @@ def kl_divergence(logits: torch.Tensor, clean_logits: torch.Tensor, data: TaskDa
     return kl.view(logits.shape[:-1]).mean(-1).to(logits.dtype)
 
 
+KL_CHUNKED_FROM = 2 ** 20  # clean logits of this many values and more: the sum in chunks
 KL_CHUNK_VALUES = 2 ** 16  # float64 values of one chunk of KL's gradient-free sum (512 KiB: in L2 cache)
 
 
