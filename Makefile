@@ -10,8 +10,10 @@ export HF_HUB_OFFLINE ?= 1
 
 VENV_TL4 ?= .venv-tl4
 # The tests that touch models, run again under TransformerLens 4 (make test-tl4): the model view's
-# bridge backend and runs through it.
-TL4_TESTS ?= tests/test_tl4_bridge.py tests/test_tl4_runs.py
+# bridge backend, its native bridges (the shipped weights) and runs through them, and the tracr
+# programs' own tests.
+TL4_TESTS ?= tests/test_tl4_bridge.py tests/test_tl4_native.py tests/test_tl4_runs.py tests/test_tracr_models.py \
+	tests/test_tracr_suite.py
 
 .PHONY: help setup setup-tl4 run test test-tl4 test-all tracr-weights clean gpu-check
 

@@ -112,9 +112,19 @@ def cmd_kl(args) -> dict:
             print(f"tau {tau:<8g} {r['method']:12s} kept {r['kept']:5d}  tests {r['tests']:6d}  bound {r['bound']:8.1f}  "
                   f"test KL {r['test_kl']:.4f}  Jaccard {r['jaccard']:.3f}  {r['wall_s']:7.1f} s  load {r['load']}",
                   flush=True)
+        guided["tests_vs_acdc"] = round(guided["tests"] / plain["tests"], 3)
+        guided["bound_vs_acdc"] = round(guided["bound"] / plain["tests"], 3)  # the floor of tests_vs_acdc
+        print(f"tau {tau:<8g} guided / ACDC exact tests {guided['tests_vs_acdc']:.3f}; the bound for guided's circuit "
+              f"/ ACDC's tests {guided['bound_vs_acdc']:.3f}", flush=True)
     levels = kl_levels(rows)
     for method, row in levels.items():
         print(f"{method:12s} edges for test KL <= " + ", ".join(f"{k}: {v}" for k, v in row.items()), flush=True)
+    if {"acdc", "acdc_guided"} <= set(levels):
+        plain, guided = levels["acdc"], levels["acdc_guided"]
+        edges = ", ".join(f"{level}: {guided[level] / plain[level]:.3f}" if guided[level] is not None and plain[level]
+                          else f"{level}: -" for level in KL_LEVELS)
+        print(f"guided / ACDC: exact tests over the sweep {guided['tests'] / plain['tests']:.3f}, wall "
+              f"{guided['wall_s'] / plain['wall_s']:.3f}, edges per KL level {edges}", flush=True)
     for r in rows:
         del r["names"]
     return dict(task=args.task, corruption=args.corruption, n_edges=base.graph.n_edges, rows=rows, levels=levels)

@@ -18,16 +18,13 @@ the cores, ``--threads 1`` is several times faster than torch's default.
 from __future__ import annotations
 
 import argparse
-import math
 import pathlib
 import sys
-import time
 
 import torch
-import torch.nn.functional as F
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from circuitfind.models.shipped import SHIPPED_FORMAT_VERSION, shipped_weights_path
+from circuitfind.models import training
+from circuitfind.models.shipped import shipped_weights_path
 from circuitfind.tasks.induction import repeated_span_tokens
 
 NAME = "induction_2l"
@@ -39,60 +36,21 @@ ARCHITECTURE = dict(
 )
 
 
-@torch.no_grad()
-def measure_induction(model: HookedTransformer, n: int, generator: torch.Generator) -> dict:
-    """Losses on BOS + s + s (s as long as fits) over the first and the repeated copy, and per head
-    the attention a second-copy token pays to the token after its first occurrence."""
-    half = (model.cfg.n_ctx - 1) // 2
-    span = torch.randint(FIRST_TOKEN, model.cfg.d_vocab, (n, half), generator=generator)
-    tokens = torch.cat([torch.full((n, 1), BOS), span, span], dim=1)
-    logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_pattern"))
-    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")  # [n, pos]
-    # position p predicts token p + 1; the first copy is 1..half, the second half+1..2*half
-    first = nll[:, 1:half].mean().item()  # tokens 2..half: unpredictable
-    repeated = nll[:, half + 1:2 * half].mean().item()  # tokens half+2..2*half: predictable by induction
-    query = torch.arange(half + 1, 2 * half + 1)  # second-copy tokens
-    key = query - half + 1  # the token after the same token's first occurrence
-    scores = torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"][:, :, query, key].mean((0, 2))
-                          for layer in range(model.cfg.n_layers)])  # [layer, head]
-    return dict(loss_first_half=first, loss_repeated_half=repeated, induction_head_score=scores.tolist())
-
-
 def train(seed: int, steps: int, batch: int, lr: float, min_span: int, target_ratio: float, log_every: int):
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    cfg = HookedTransformerConfig(**ARCHITECTURE, seed=seed, model_name=NAME)
-    model = HookedTransformer(cfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    warmup = max(1, steps // 20)  # linear warm-up, then cosine decay to zero at `steps`
+    """Train on repeated-span batches until the repeated half's loss is below ``target_ratio`` of the
+    first half's (or ``steps``); the loop is ``circuitfind.models.training.train``'s."""
+    seq_len, max_span = ARCHITECTURE["n_ctx"], (ARCHITECTURE["n_ctx"] - 1) // 2
+    token_pool = torch.arange(FIRST_TOKEN, ARCHITECTURE["d_vocab"])
 
-    def lr_factor(step: int) -> float:
-        return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    seq_len, max_span = cfg.n_ctx, (cfg.n_ctx - 1) // 2
-    token_pool = torch.arange(FIRST_TOKEN, cfg.d_vocab)
-    eval_generator = torch.Generator().manual_seed(seed + 1)
-    started, step, measured = time.time(), 0, {}
-    for step in range(1, steps + 1):
+    def next_batch(generator: torch.Generator) -> torch.Tensor:
         span_lens = torch.randint(min_span, max_span + 1, (batch,), generator=generator)
-        tokens, _ = repeated_span_tokens(batch, seq_len, span_lens, token_pool, BOS, generator)
-        logits = model(tokens)
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, cfg.d_vocab), tokens[:, 1:].reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if step % log_every == 0 or step == steps:
-            model.eval()
-            measured = measure_induction(model, 256, eval_generator)
-            model.train()
-            ratio = measured["loss_repeated_half"] / measured["loss_first_half"]
-            print(f"step {step:5d}  train loss {loss.item():.3f}  first half {measured['loss_first_half']:.3f}  "
-                  f"repeated half {measured['loss_repeated_half']:.3f}  ({time.time() - started:.0f} s)", flush=True)
-            if ratio < target_ratio:
-                break
-    return model, measured, step
+        return repeated_span_tokens(batch, seq_len, span_lens, token_pool, BOS, generator)[0]
+
+    def done(measured: dict) -> bool:
+        return measured["loss_repeated_half"] / measured["loss_first_half"] < target_ratio
+
+    return training.train(NAME, ARCHITECTURE, seed, steps, lr, next_batch,
+                          lambda model, generator: training.measure_induction(model, 256, generator, BOS, FIRST_TOKEN), done, log_every)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,15 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no clear induction effect after {steps_run} steps (repeated/first loss ratio {ratio:.2f}); "
               "weights not written", file=sys.stderr)
         return 1
-    state_dict = {name: param.detach().clone() for name, param in model.named_parameters()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(dict(
-        format_version=SHIPPED_FORMAT_VERSION, name=NAME, cfg=ARCHITECTURE, state_dict=state_dict,
-        bos=BOS, first_token=FIRST_TOKEN,
+    training.save_shipped(
+        args.out, NAME, ARCHITECTURE, model, bos=BOS, first_token=FIRST_TOKEN,
         training=dict(seed=args.seed, steps=steps_run, batch=args.batch, lr=args.lr, min_span=args.min_span,
                       threads=torch.get_num_threads(), torch_version=str(torch.__version__)),
         measured=measured,
-    ), args.out)
+    )
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB): loss first half "
           f"{measured['loss_first_half']:.3f}, repeated half {measured['loss_repeated_half']:.3f}")
     return 0

@@ -31,11 +31,6 @@ FAMILIES: dict[str, dict] = {
                    positional_embedding_type="rotary", attn_types=["local", "global"], window_size=3,
                    attn_scores_soft_cap=2.0, output_logits_soft_cap=3.0),
 }
-# Families whose bridge takes the attention softmax in float32 even for float64 weights (it rebuilds
-# attention around position embeddings): there float64 runs agree to float32's rounding of the
-# pattern, so their comparisons get FLOAT32_SOFTMAX_ATOL.
-FLOAT32_SOFTMAX = {"llama", "llama3-rope", "qwen", "gemma2"}
-FLOAT32_SOFTMAX_ATOL = 1e-7
 
 
 def bridge_model(family: str, dtype=torch.float64, seed=0, **overrides) -> tl4.BridgeView:

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from circuitfind.engine import make_ablation
 from circuitfind.evaluation.rates import edge_and_node_rates
 from circuitfind.tasks.ground_truth import ground_truth_mask
 from circuitfind.core.graph import Architecture, EdgeMask, Graph

@@ -11,7 +11,7 @@ import torch
 from circuitfind.engine import placement
 from circuitfind.engine import (GPU_HEADROOM_BYTES, PatchEngine, choose_activation_device, make_ablation,
                                 stored_activation_bytes)
-from circuitfind.core.graph import Architecture, EdgeMask, Graph
+from circuitfind.core.graph import Architecture, Graph
 from circuitfind.methods import get_method
 
 from conftest import random_problem, tiny_model

@@ -3,7 +3,6 @@ run folder and with the model's own forward."""
 
 import csv
 import json
-import os
 import re
 from pathlib import Path
 

@@ -82,6 +82,7 @@ def test_tracr_proportion_and_seeds_through_the_pipeline(tmp_path):
     assert summary["edge_fpr"] == 0.0
     again = run(config("task=tracr_proportion", "seed=3"), tmp_path / "b")
     assert (tmp_path / "a" / "edges.csv").read_bytes() == (tmp_path / "b" / "edges.csv").read_bytes()
+    assert again["n_edges_kept"] == summary["n_edges_kept"] and again["metric_circuit"] == summary["metric_circuit"]
 
 
 def test_canonical_method_reports_the_ground_truth(tmp_path):

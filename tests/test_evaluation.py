@@ -2,7 +2,7 @@ import torch
 
 from circuitfind.evaluation.rates import edge_and_node_rates, tpr_fpr
 from circuitfind.tasks.ground_truth import project_edges
-from circuitfind.core.graph import Architecture, EdgeMask, Graph
+from circuitfind.core.graph import Architecture, Graph
 from circuitfind.tasks.tracr import reverse_canonical
 
 

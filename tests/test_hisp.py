@@ -5,7 +5,6 @@ import csv
 import pytest
 import torch
 
-from circuitfind.evaluation.rates import edge_and_node_rates
 from circuitfind.tasks.ground_truth import ground_truth_mask
 from circuitfind.core.graph import Architecture, Graph
 from circuitfind.methods import Problem, get_method

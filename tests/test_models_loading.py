@@ -215,6 +215,24 @@ def test_pythia_70m_random_weights_build_offline_and_the_engine_runs_them(no_net
     torch.testing.assert_close(engine.logits(graph.full_mask()), model(tokens), rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("name, rotary_dim", [("pythia-70m", 2), ("qwen2.5-0.5b", 8)])
+def test_a_resized_rotary_model_rotates_the_same_share_of_its_smaller_heads(no_network, name, rotary_dim):
+    """Pythia rotates a quarter of each head (16 of 64), Qwen all of it: resized to d_head 8, the
+    rotary width follows (2 and 8), and the engine runs the model."""
+    from circuitfind.engine import PatchEngine, make_ablation
+    from circuitfind.runs.pipeline import compose_config
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(compose_config("model=hf", f"model.name={name}", "model.pretrained=false",
+                                                "model.n_layers=1", "model.n_heads=4", "model.d_model=32").model)
+    model = load_model(cfg, seed=0)
+    assert (model.cfg.d_head, model.cfg.rotary_dim) == (8, rotary_dim)
+    graph = Graph(Architecture.from_config(model.cfg))
+    tokens = torch.randint(0, 1000, (1, 5))
+    engine = PatchEngine(model, graph, tokens, make_ablation("zero", model, graph, tokens, tokens))
+    torch.testing.assert_close(engine.logits(graph.full_mask()), model(tokens), rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize("device, expected", [("cpu", torch.float32), ("cuda", torch.bfloat16)])
 def test_billion_parameter_configs_use_half_precision_on_a_gpu(device, expected):
     from circuitfind.runs.pipeline import compose_config

@@ -238,3 +238,9 @@ def test_report_gives_cpr_and_cmd_per_method(tmp_path, capsys):
     # ACDC: its two runs' circuits at their own fractions, integrated over what they cover
     assert table.loc["acdc", "n_points"] == 2 and isinstance(table.loc["acdc", "range"], str)
     assert (tmp_path / "runs" / "faithfulness_tracr_reverse.png").exists()
+    # one printed table: each method's row holds its AUCs and, beside them, its CPR and CMD
+    header = next(line for line in printed.splitlines() if "edge AUC" in line)
+    assert header.split() == ["edge", "AUC", "node", "AUC", "CPR", "CMD", "range"]
+    aucs = pd.read_csv(tmp_path / "runs" / "auc.csv").set_index(["method", "level"]).auc
+    eap_row = next(line for line in printed.splitlines() if " eap " in f" {line} ")
+    assert f"{aucs['eap', 'edge']:.3f}" in eap_row and f"{cpr:.3f}" in eap_row and f"{cmd:.3f}" in eap_row

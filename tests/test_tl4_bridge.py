@@ -20,15 +20,9 @@ from circuitfind.methods import Problem, get_method  # noqa: E402
 from circuitfind.core.metrics import KL  # noqa: E402
 from circuitfind.engine.reference import reference_ablation, reference_logits  # noqa: E402
 
-from bridge_families import FAMILIES, FLOAT32_SOFTMAX, FLOAT32_SOFTMAX_ATOL, bridge_model  # noqa: E402
+from bridge_families import FAMILIES, bridge_model  # noqa: E402
 from test_acdc import random_task, reference_acdc, typical_single_edge_effect  # noqa: E402
 from test_engine import random_masks, setup  # noqa: E402
-
-
-def atol(family, same_as_tl3):
-    """TransformerLens 3's tolerance, or float32's rounding of the pattern where the bridge takes the
-    softmax in float32."""
-    return FLOAT32_SOFTMAX_ATOL if family in FLOAT32_SOFTMAX else same_as_tl3
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +41,7 @@ def test_nothing_removed_reproduces_the_bridge(models, family):
     model = model_of(models, family)
     graph, engine, clean, _ = setup(model)
     torch.testing.assert_close(engine.logits(graph.full_mask()), model.bridge(clean), rtol=0,
-                               atol=atol(family, 1e-10))
+                               atol=1e-10)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -56,7 +50,7 @@ def test_everything_removed_reproduces_the_corrupted_run(models, family, granula
     model = model_of(models, family)
     graph, engine, _, corrupted = setup(model, granularity=granularity)
     nothing = EdgeMask(graph, torch.zeros(graph.n_edges, dtype=torch.float64))
-    torch.testing.assert_close(engine.logits(nothing), model.bridge(corrupted), rtol=0, atol=atol(family, 1e-10))
+    torch.testing.assert_close(engine.logits(nothing), model.bridge(corrupted), rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -68,7 +62,7 @@ def test_engine_agrees_with_the_hook_reference_on_random_and_fractional_masks(mo
     ablated = reference_ablation(model, corrupted, corruption)
     for mask in random_masks(graph, 3):
         torch.testing.assert_close(engine.logits(mask), reference_logits(model, graph, clean, ablated, mask),
-                                   rtol=0, atol=atol(family, 1e-9))
+                                   rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -78,9 +72,9 @@ def test_the_plain_forward_agrees_with_the_engine_and_the_hook_reference(models,
     ablated = reference_ablation(model, corrupted, "corrupted")
     for mask in random_masks(graph, 1):
         plain = plain_forward(engine.model, graph, engine.tokens, engine.ablation, mask)
-        torch.testing.assert_close(engine.logits(mask), plain, rtol=0, atol=atol(family, 1e-9))
+        torch.testing.assert_close(engine.logits(mask), plain, rtol=0, atol=1e-9)
         torch.testing.assert_close(plain, reference_logits(model, graph, clean, ablated, mask), rtol=0,
-                                   atol=atol(family, 1e-9))
+                                   atol=1e-9)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -92,8 +86,7 @@ def test_gradient_through_the_mask_equals_finite_differences(models, family):
     direction = torch.randn(graph.n_edges, generator=g, dtype=torch.float64)
     weights = torch.randn(engine.logits(mask.detach()).shape, generator=g, dtype=torch.float64)
     (engine.logits(mask) * weights).sum().backward()
-    # float32 softmax: a central difference over 1e-6 would divide float32's rounding by 1e-6
-    eps, rtol = (1e-3, 1e-3) if family in FLOAT32_SOFTMAX else (1e-6, 1e-6)
+    eps, rtol = 1e-6, 1e-6
     plus = (engine.logits(mask.detach() + eps * direction) * weights).sum()
     minus = (engine.logits(mask.detach() - eps * direction) * weights).sum()
     torch.testing.assert_close(mask.grad @ direction, (plus - minus) / (2 * eps), rtol=rtol, atol=1e-8)
@@ -141,7 +134,7 @@ def test_a_rope_theta_the_engine_ignored_would_change_the_logits(models):
     finally:
         rotary.inv_freq.copy_(saved)
         model._cos_sin = cos_sin
-    assert (right - wrong).abs().max() > 100 * FLOAT32_SOFTMAX_ATOL  # the agreement asked of the engine
+    assert (right - wrong).abs().max() > 1e-6  # ten thousand times the agreement asked of the engine
 
 
 def test_hooks_answer_to_transformer_lens_3_names(models):
@@ -151,3 +144,48 @@ def test_hooks_answer_to_transformer_lens_3_names(models):
     assert set(cache) == {"blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"}
     torch.testing.assert_close(cache["blocks.0.hook_resid_pre"], model.embed(tokens) + model.pos_embed(tokens))
     assert "hook_pos_embed" not in model_of(models, "llama").hook_dict
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen", "gemma2"])
+def test_float64_bridges_compute_hugging_faces_function_in_float64(family):
+    """Hugging Face's RMS norms and the 4.3 rotary attention bridge round to float32 in any dtype;
+    circuitfind's bridges keep float64 in float64 (``float64.compute_in_float64``).  They compute the
+    same function: in float32 the bridge's logits are the unbridged Hugging Face model's bit for bit,
+    in float64 they differ from them by float32's rounding only."""
+    import transformers
+
+    from circuitfind.models.view import float64, tl4
+
+    arch = FAMILIES[family]
+
+    def hugging_face(dtype):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random_bridge's weights for seed 0
+            return getattr(transformers, arch["original_architecture"])(tl4.hf_config(arch)).to(dtype).eval()
+
+    tokens = torch.randint(0, 40, (2, 7), generator=torch.Generator().manual_seed(1))
+    for dtype in (torch.float32, torch.float64):
+        bridged = tl4.random_bridge(arch, 0, dtype=dtype)
+        assert all(getattr(block.attn, float64.MARK) for block in bridged.bridge.blocks)
+        with torch.no_grad():
+            rounded = hugging_face(dtype)(tokens).logits  # Hugging Face's own code: float32 inside
+            if dtype == torch.float32:
+                torch.testing.assert_close(bridged(tokens), rounded, rtol=0, atol=0)
+            else:
+                exact = bridged(tokens)
+                torch.testing.assert_close(exact, rounded, rtol=0, atol=1e-5)
+                assert (exact - rounded).abs().max() > 1e-12  # the rounding it no longer does
+    assert float64.compute_in_float64(bridged.bridge) == 0  # applied once, by random_bridge
+
+
+def test_a_deep_copy_of_a_float64_bridge_computes_with_its_own_weights(models):
+    """The float64 norms and softmax are bound to their modules: a copied bridge's follow the copy."""
+    import copy
+
+    model = model_of(models, "llama")
+    tokens = torch.randint(0, 40, (2, 7), generator=torch.Generator().manual_seed(4))
+    twin = copy.deepcopy(model.bridge)
+    torch.testing.assert_close(twin(tokens), model.bridge(tokens), rtol=0, atol=0)
+    with torch.no_grad():
+        twin.original_model.model.norm.weight.mul_(2)
+    assert (twin(tokens) - model.bridge(tokens)).abs().max() > 1e-3

@@ -1,7 +1,8 @@
 """Runs under TransformerLens 4 (``make test-tl4``): the induction task on random Hugging Face models of
 GPT-2's, Llama's and Qwen's shapes behind a TransformerBridge (``model=hf ... model.pretrained=false``,
-built offline), with EAP and with ACDC, and of Gemma-2's and Pythia's with EAP; the README's Python API on a bridge; and the one line a
-model without a TransformerLens 4 path stops with."""
+built offline), with EAP and with ACDC, and of Gemma-2's and Pythia's with EAP; the default runs on the
+shipped weights (in a native bridge); the README's Python API on a bridge; and the one line a model
+without a TransformerLens 4 path stops with."""
 
 import json
 import os
@@ -30,10 +31,11 @@ SMALL_INDUCTION = ["task=induction", "model=hf", "model.pretrained=false", "mode
                    "task.seq_len=16", "task.span_len=4", "draw=false"]
 
 
-# the other two families the configs ship, with EAP (Pythia keeps d_head 64: its rotary_dim is 16)
+# the other two families the configs ship, with EAP (Pythia's heads shrink to 8 dimensions: it
+# rotates a quarter of them, 2)
 MORE_SHAPES = {
     "gemma2": ["model.name=gemma-2-2b", "model.n_heads=8", "model.d_model=64"],
-    "pythia": ["model.name=pythia-70m", "model.n_heads=4", "model.d_model=256"],
+    "pythia": ["model.name=pythia-70m", "model.n_heads=4", "model.d_model=32"],
 }
 
 
@@ -47,14 +49,24 @@ def test_induction_runs_on_a_bridge(tmp_path, shape, method):
     assert (tmp_path / "edges.csv").is_file()
 
 
-@pytest.mark.parametrize("task", ["task=tracr_reverse", "task=induction"])
-def test_shipped_weights_are_refused_with_one_line(tmp_path, task):
+def test_the_default_runs_take_the_shipped_weights_through_a_native_bridge(tmp_path):
+    """``circuitfind`` (ACDC on tracr-reverse) finds the program's circuit exactly, as under 3.9, and
+    ``circuitfind method=eap task=induction`` runs on induction_2l."""
+    default = run(config("draw=false"), tmp_path / "default")
+    assert (default["model"], default["n_edges_kept"], default["n_edges_total"]) == ("tracr_reverse", 15, 106)
+    assert default["edge_tpr"] == 1.0 and default["edge_fpr"] == 0.0
+    induction = run(config("method=eap", "task=induction", "draw=false"), tmp_path / "induction")
+    assert induction["model"] == "induction_2l" and 0 < induction["n_edges_kept"] < induction["n_edges_total"] == 305
+
+
+def test_a_model_without_a_transformer_lens_4_path_is_refused_with_one_line(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-m", "circuitfind.cli", task, "progress=false", f"hydra.run.dir={tmp_path}"],
+    result = subprocess.run([sys.executable, "-m", "circuitfind.cli", "task=induction", "model=redwood_attn_2l",
+                             "model.pretrained=false", "method=eap", "progress=false", f"hydra.run.dir={tmp_path}"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0
+    assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "TransformerLens 3 HookedTransformer weights" in lines[0], result.stderr
+    assert len(lines) == 1 and "no Hugging Face architecture" in lines[0], result.stderr
 
 
 def test_the_readme_python_api_example_runs_with_a_bridge(tmp_path, monkeypatch, capsys):

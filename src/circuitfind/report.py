@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .evaluation.faithfulness import faithfulness_table, faithfulness_text
+from .evaluation.faithfulness import faithfulness_table
 from .plots.curves import Panel, faithfulness_figure, metric_figure, roc_figure
 from .plots.style import save
-from .plots.tables import LEVELS, auc_table, auc_text
+from .plots.tables import LEVELS, auc_table, scores_text
 from .runs.points import collect_points, find_run_folders
 
 PANEL_KEY = ["corruption", "metric", "graph"]  # a task's panels: one per ablation, metric and graph
@@ -111,9 +111,9 @@ def command(dirs: list[Path], out: Path | None = None) -> None:
         listed = ", ".join(str(f) for f in result["failed"][:3]) + (" ..." if len(result["failed"]) > 3 else "")
         print(f"warning: skipped {len(result['failed'])} failed run folder(s) (error.txt): {listed}", file=sys.stderr)
     print(f"{result['n_runs']} runs, {len(result['points'])} ROC points")
-    print(auc_text(result["aucs"]))
-    print("faithfulness (test split): CPR = area under f, CMD = area under |1 - f|, over 0.1%-100% of the edges")
-    print(faithfulness_text(result["faithfulness"]))
+    print("AUC against the ground truth; CPR = area under the test faithfulness f, CMD = area under |1 - f|, "
+          "over 0.1%-100% of the edges (range: the part a sweep covers, where it is not all of it)")
+    print(scores_text(result["aucs"], result["faithfulness"]))
     print(f"wrote {out / 'roc_points.csv'}, {out / 'auc.csv'}, {out / 'faithfulness.csv'} and "
           f"{len(result['plots'])} plot files "
           f"(PNG and PDF) to {out}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from ..tasks.ground_truth import ground_truth_mask
 from .result import MethodResult
 from .base import Problem

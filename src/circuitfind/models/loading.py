@@ -9,7 +9,8 @@ Two kinds of model config:
                    either the run stops at once with ``ModelUnavailableError``, never falling back
                    to another model.
 ``kind: shipped``  a model the project trained itself, its weights inside the package
-                   (``scripts/train_induction.py`` -> ``weights/induction_2l.pt``).
+                   (``scripts/train_induction.py`` -> ``weights/induction_2l.pt``,
+                   ``scripts/train_algo.py`` -> ``weights/algo_4l.pt``).
 ``kind: hf``       any TransformerLens model name (``model=hf model.name=pythia-70m``).  Names whose
                    architecture is written down here (gpt2, attn-only-4l, redwood_attn_2l) go the
                    ``hub`` way; others take TransformerLens' config and loader, which need the hub
@@ -325,10 +326,16 @@ def arch_overrides(model_cfg: dict) -> dict:
 
 def _resized(arch: dict, overrides: dict) -> dict:
     """``arch`` with ``overrides``; a new width or head count rescales what follows from it (d_head =
-    d_model / n_heads, d_mlp = 4 d_model) unless that is given too."""
+    d_model / n_heads, d_mlp = 4 d_model, rotary_dim the same share of d_head) unless that is given
+    too."""
     out = dict(arch, **overrides)
     if ("d_model" in overrides or "n_heads" in overrides) and "d_head" not in overrides:
         out["d_head"] = out["d_model"] // out["n_heads"]
+    if arch.get("rotary_dim") and arch.get("d_head") and out["d_head"] != arch["d_head"]:
+        # the rotated share of each head stays what it was (Pythia a quarter, Qwen and Llama all):
+        # an even count, at least 2, at most the new d_head
+        share = arch["rotary_dim"] / arch["d_head"]
+        out["rotary_dim"] = min(out["d_head"], max(2, int(out["d_head"] * share) // 2 * 2))
     if "d_model" in overrides and "d_mlp" not in overrides and not out.get("attn_only", False):
         out["d_mlp"] = 4 * out["d_model"]
     return out
@@ -413,24 +420,21 @@ def hub_repo(name: str) -> str:
     return tl4.official_name(str(name))
 
 
-# What TransformerLens 4 cannot load: (kind or repo) -> why.
-# (TransformerLens 4.3 would hold HookedTransformer weights in a native bridge, but its attention has no
-# q/k/v input hooks, set_use_split_qkv_input, which the hook reference patches.)
-NO_BRIDGE = {
-    "shipped": "circuitfind's shipped models (tracr programs, induction_2l) are TransformerLens 3 "
-               "HookedTransformer weights with no Hugging Face architecture, and TransformerLens 4's native "
-               "bridge has no q/k/v input hooks: run them under TransformerLens 3.9 (pip install 'circuitfind[tl3]')",
-}
-
-
 def _load_through_bridge(model_cfg: dict, device, seed: int, tokenizer) -> ModelView:
     """``load_model`` under TransformerLens 4: a TransformerBridge over a Hugging Face model (random
-    weights of the written-down architecture, built offline, or the real weights), as a model view."""
+    weights of the written-down architecture, built offline, or the real weights), or for the shipped
+    models a native bridge holding their weights, as a model view."""
     from .view import tl4
 
     kind = model_cfg.get("kind")
-    if kind == "shipped":
-        raise ValueError(f"model {model_cfg.get('name')}: {NO_BRIDGE['shipped']}")
+    if kind == "shipped":  # HookedTransformer weights: in TransformerLens 4's native model
+        from .view import native
+
+        data, name = read_shipped(model_cfg["name"]), model_cfg["name"]
+        pretrained = model_cfg.get("pretrained", True)
+        return native.native_model_view(dict(data["cfg"], model_name=name if pretrained else f"{name} (random weights)"),
+                                        data["state_dict"] if pretrained else None, seed=seed,
+                                        dtype=weights_dtype(model_cfg, device), device=device)
     if kind not in ("hub", "hf"):
         raise ValueError(f"model {model_cfg.get('name')!r} has kind {kind!r}; load_model handles kinds hub, hf "
                          "and shipped")

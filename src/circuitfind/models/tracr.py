@@ -102,23 +102,25 @@ def tracr_weights_path(name: str) -> pathlib.Path:
 def load_tracr_model(
     name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> TracrModel:
-    """Loads a tracr program's HookedTransformer (frozen, eval mode) and its codec."""
+    """Loads a tracr program's HookedTransformer (under TransformerLens 4: a native bridge holding its
+    weights, as a model view), frozen, in eval mode, and its codec."""
     path = tracr_weights_path(name)
     if not path.is_file():
         raise FileNotFoundError(
             f"tracr weights {path} not found; regenerate them with `python scripts/compile_tracr.py` "
             "(needs tracr, jax and dm-haiku: pip install '.[tracr]')"
         )
-    if backend() != "tl3":
-        raise ValueError(f"{name}: the shipped tracr weights are TransformerLens 3 HookedTransformer weights with no "
-                         "Hugging Face architecture; run tracr tasks under TransformerLens 3.9 "
-                         "(pip install 'circuitfind[tl3]')")
     data = torch.load(path, map_location="cpu", weights_only=True)
     if data.get("format_version") != FORMAT_VERSION or data.get("program") != name:
         raise ValueError(
             f"{path}: expected format_version {FORMAT_VERSION} for program {name!r}, got "
             f"format_version {data.get('format_version')!r} for program {data.get('program')!r}"
         )
+    if backend() == "tl4":  # HookedTransformer weights: in TransformerLens 4's native model
+        from .view import native
+
+        model = native.native_model_view(data["cfg"], data["state_dict"], dtype=dtype, device=device)
+        return _tracr_model(model, data)
 
     cfg = tl3.config(**data["cfg"], device=str(torch.device(device)), dtype=dtype)
     model = tl3.hooked_transformer(cfg)
@@ -134,7 +136,10 @@ def load_tracr_model(
     # still rejects any name the model does not have.
     model.load_state_dict({**model.state_dict(), **params}, strict=True)
     model.eval().requires_grad_(False)
+    return _tracr_model(model, data)
 
+
+def _tracr_model(model, data: dict) -> TracrModel:
     output_vocab = data["output_vocab"]
     return TracrModel(
         model=model,

@@ -3,7 +3,8 @@
 A curve is one task, method, ablation, metric, graph and variant (``CURVE_KEY``): runs join it only
 when they differ in nothing else than the method's swept parameter, so an AUC never mixes graphs,
 prompt sets or training settings.  ``auc_table`` computes it from the points frame (``runs.points``);
-``auc_text`` prints it; ``auc_heatmap`` draws a task x (method, ablation) grid of it.
+``scores_text`` prints it beside MIB's CPR and CMD (the faithfulness table of
+``evaluation.faithfulness``), a row per curve; ``auc_heatmap`` draws a task x (method, ablation) grid.
 """
 
 from __future__ import annotations
@@ -41,14 +42,23 @@ def auc_table(points: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=AUC_COLUMNS)
 
 
-def auc_text(aucs: pd.DataFrame) -> str:
-    """The table as text: a row per curve, a column per level."""
-    if aucs.empty:
-        return "no ROC curves (no run with a ground-truth circuit)"
-    wide = aucs.pivot_table(index=["task", "corruption", "metric", "graph", "method", "variant"], columns="level",
-                            values="auc", sort=False)
-    wide = wide.reindex(columns=[level for level in LEVELS if level in wide.columns])
-    return wide.to_string(float_format=lambda v: f"{v:.3f}" if not math.isnan(v) else "-")
+def scores_text(aucs: pd.DataFrame, faithful: pd.DataFrame) -> str:
+    """One row per curve: edge and node AUC (where a ground truth exists) beside CPR, CMD and the range
+    of fractions a per-threshold sweep covers (where its circuits have a test faithfulness)."""
+    index = ["task", "corruption", "metric", "graph", "method", "variant"]
+    wide = aucs.pivot_table(index=index, columns="level", values="auc", sort=False) if len(aucs) else None
+    if wide is not None:
+        wide = wide.reindex(columns=[level for level in LEVELS if level in wide.columns])
+        wide.columns = [f"{level} AUC" for level in wide.columns]
+    areas = faithful.set_index(index)[["cpr", "cmd", "range"]].rename(columns={"cpr": "CPR", "cmd": "CMD"}) \
+        if len(faithful) else None
+    parts = [part for part in (wide, areas) if part is not None]
+    if not parts:
+        return "no curves (no run with a ground-truth circuit or a test faithfulness)"
+    table = parts[0] if len(parts) == 1 else parts[0].join(parts[1], how="outer", sort=False)
+    if "range" in table.columns:
+        table["range"] = table["range"].fillna("")
+    return table.to_string(float_format=lambda v: f"{v:.3f}" if not math.isnan(v) else "-", na_rep="-")
 
 
 def auc_heatmap(aucs: pd.DataFrame, tasks: list[str], corruptions: list[str],

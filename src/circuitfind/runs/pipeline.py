@@ -20,7 +20,7 @@ from .. import __version__
 from ..core.faithfulness import areas, describe as describe_faithfulness, faithfulness, full_model_metric
 from ..evaluation.rates import edge_and_node_rates
 from ..tasks.ground_truth import ground_truth_mask
-from .circuit_json import CircuitFileError, ground_truth, read_circuit_file
+from .circuit_json import ground_truth
 from ..core.graph import GRANULARITIES, Architecture, EdgeMask, Graph
 from ..methods.result import MethodResult
 from ..methods import Problem
@@ -33,7 +33,6 @@ from .phases import Phases
 from ..core.files import atomic_write_text
 from .rundir import (CURVE, SUMMARY, config_hash, copy_run, folder_state, publish_run,
                      read_summary, store_folder, write_result, write_summary)
-from ..tasks.pairs_file import PairsFileError, read_pairs
 from ..tasks.registry import TASKS, build_task
 from .threads import torch_threads
 from .validate import GROUND_TRUTH_WORDS, ConfigError, check_config, compose_config, ground_truth_path

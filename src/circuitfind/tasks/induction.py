@@ -8,6 +8,8 @@ the current token the first time; the metrics read only those positions.
 
 The task runs on ``induction_2l``, a 2-layer attention-only model the project trains on such
 sequences (``scripts/train_induction.py``); ``model=redwood_attn_2l`` asks for the paper's model.
+``task=algo_induction`` is the same task on ``algo_4l`` (``scripts/train_algo.py``), 4 layers whose
+induction circuit is a small part of the graph.
 There is no ground-truth circuit: runs report the metric against the number of edges.
 """
 
@@ -61,11 +63,12 @@ METRICS = {"kl": KL, "nll": Metric("nll", _nll)}
 
 
 def induction_task(seed: int = 0, device="cpu", model: dict | None = None, n_prompts: int = 50, seq_len: int = 48,
-              span_len: int = 12, **_) -> Task:
+                   span_len: int = 12, name: str = "induction", **_) -> Task:
     """``n_prompts`` validation and ``n_prompts`` test sequences of ``seq_len`` tokens, each with one
-    repeated span of ``span_len`` tokens."""
-    for name, value in (("n_prompts", n_prompts), ("seq_len", seq_len), ("span_len", span_len)):
-        require_count(name, value, minimum=2)  # a derangement needs two rows; a span, a next token
+    repeated span of ``span_len`` tokens; ``name`` is the task's (``algo_induction``: the same prompts
+    on the deeper ``algo_4l``)."""
+    for key, value in (("n_prompts", n_prompts), ("seq_len", seq_len), ("span_len", span_len)):
+        require_count(key, value, minimum=2)  # a derangement needs two rows; a span, a next token
     if model is not None and model.get("kind") == "shipped":
         shipped = read_shipped(model["name"])
         token_pool, bos = torch.arange(shipped["first_token"], shipped["cfg"]["d_vocab"]), int(shipped["bos"])
@@ -89,4 +92,4 @@ def induction_task(seed: int = 0, device="cpu", model: dict | None = None, n_pro
         return TaskData(tokens, corrupted, positions, dict(labels=labels)).to(device)
 
     validation, test = split(), split()
-    return Task("induction", tl_model, validation=validation, test=test, metrics=METRICS, default_metric="kl")
+    return Task(name, tl_model, validation=validation, test=test, metrics=METRICS, default_metric="kl")

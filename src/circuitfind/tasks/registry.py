@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 from .base import Task, TaskData
@@ -20,6 +21,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "greaterthan": greaterthan_task,
     "docstring": docstring_task,
     "induction": induction_task,
+    "algo_induction": functools.partial(induction_task, name="algo_induction"),
     "pairs": pairs_task,
     **SUITE_TASKS,  # tracr programs with ground-truth circuits derived from their weights
 }

@@ -58,7 +58,9 @@ def model_view(model):
         from . import tl4
 
         if tl4.is_bridge(model):
-            return tl4.BridgeView(model)
+            from . import native
+
+            return native.NativeView(model) if native.is_native(model) else tl4.BridgeView(model)
         raise TypeError(f"expected a TransformerLens 4 TransformerBridge, got {type(model).__name__}")
     from . import tl3
 

@@ -15,7 +15,8 @@ is converted here:
   and ``calculate_z_scores``: ``AttentionView`` computes them from the Hugging Face attention
   module's own settings (``scaling``, ``attn_logit_softcapping``, ``sliding_window``,
   ``rotary_ndims``) and its model's rotary embedding, with the softmax in the dtype the bridge's
-  attention takes it in (float32 for Llama, Qwen2 and Gemma-2, the model's for GPT-2 and GPT-NeoX);
+  attention takes it in (float32 for Llama, Qwen2 and Gemma-2, the model's for GPT-2 and GPT-NeoX;
+  float64 for float64 weights in the bridges circuitfind builds, see ``float64``);
 - norms are the Hugging Face modules themselves (``NormView`` adds what the engine's fast gradient
   path reads: the kind, the effective weight and bias, eps);
 - hooks fire under the bridge's canonical names (``blocks.0.hook_resid_pre`` is ``blocks.0.hook_in``;
@@ -33,6 +34,8 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+
+from . import float64
 
 # Hugging Face model types whose RMSNorm multiplies by (1 + weight).
 ONE_PLUS_WEIGHT_NORMS = {"gemma", "gemma2", "gemma3", "gemma3_text"}
@@ -105,12 +108,14 @@ class AttentionView:
         window = getattr(hf_attn, "sliding_window", None)
         self.window = int(window) if window else None
         # the bridge's own attention takes the softmax in float32 where it rebuilds attention around
-        # position embeddings (Llama, Qwen2, Gemma-2), in the model's dtype where it splits a fused
-        # q/k/v projection (GPT-2, GPT-NeoX): the view takes it where its bridge does
+        # position embeddings (Llama, Qwen2, Gemma-2; float64 stays float64 once float64.compute_in_float64
+        # marked it), in the model's dtype where it splits a fused q/k/v projection (GPT-2, GPT-NeoX):
+        # the view takes it where its bridge does
         from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (
             PositionEmbeddingsAttentionBridge)
 
         self.softmax_dtype = torch.float32 if isinstance(bridge_attn, PositionEmbeddingsAttentionBridge) else None
+        self.softmax_keeps_float64 = bool(getattr(bridge_attn, float64.MARK, False))
 
     # the engine's attention maths, in TransformerLens 3's shapes ([batch, pos, head, d_head])
     def apply_rotary(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,7 +145,7 @@ class AttentionView:
         return scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
 
     def softmax(self, scores: torch.Tensor) -> torch.Tensor:
-        if self.softmax_dtype is None:
+        if self.softmax_dtype is None or (self.softmax_keeps_float64 and scores.dtype == torch.float64):
             return F.softmax(scores, dim=-1)
         return F.softmax(scores, dim=-1, dtype=self.softmax_dtype).to(scores.dtype)
 
@@ -450,7 +455,8 @@ def random_bridge(arch: dict, seed: int, dtype: torch.dtype = torch.float32, tok
 
 def bridge_view(hf_model, name: str, tokenizer=None, dtype: torch.dtype | None = None) -> BridgeView:
     """A Hugging Face model wrapped in a TransformerBridge (``boot_transformers(hf_model=...)``, no hub
-    call: the tokenizer is ``tokenizer``, or GPT-2's from ``loading.gpt2_tokenizer``), frozen, as a view."""
+    call: the tokenizer is ``tokenizer``, or GPT-2's from ``loading.gpt2_tokenizer``), frozen, computing
+    float64 weights in float64 (``float64.compute_in_float64``), as a view."""
     from transformer_lens.model_bridge import TransformerBridge
 
     if tokenizer is None:
@@ -460,15 +466,18 @@ def bridge_view(hf_model, name: str, tokenizer=None, dtype: torch.dtype | None =
     dtype = dtype or next(hf_model.parameters()).dtype
     bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model.eval(), tokenizer=tokenizer, dtype=dtype)
     bridge.eval().requires_grad_(False)
+    float64.compute_in_float64(bridge)
     return BridgeView(bridge)
 
 
 def pretrained_bridge(repo: str, device, dtype: torch.dtype) -> BridgeView:
-    """The real weights of hub ``repo`` through ``boot_transformers`` (its cache, or the hub), as a view."""
+    """The real weights of hub ``repo`` through ``boot_transformers`` (its cache, or the hub), float64
+    kept float64 (``float64.compute_in_float64``), as a view."""
     from transformer_lens.model_bridge import TransformerBridge
 
     bridge = TransformerBridge.boot_transformers(repo, device=str(device), dtype=dtype)
     bridge.eval().requires_grad_(False)
+    float64.compute_in_float64(bridge)
     return BridgeView(bridge)
 
 
