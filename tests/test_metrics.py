@@ -1,8 +1,10 @@
 """KL against torch's own KL divergence, and its cache of the clean terms."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from circuitfind.core import metrics
 from circuitfind.core.metrics import kl_divergence
 
 
@@ -41,3 +43,37 @@ def test_kl_gradient_flows_to_the_patched_logits_with_cached_clean_terms():
     (grad,) = torch.autograd.grad(kl_divergence(patched, clean).sum(), patched)
     (expected,) = torch.autograd.grad(reference_kl(patched, clean).sum(), patched)
     torch.testing.assert_close(grad, expected)
+
+
+@pytest.mark.parametrize("chunk", [10 ** 9, 2 * 5000, 4 * 5000])  # one chunk; 3 chunks; 2 and a tail
+def test_kl_without_gradients_is_the_log_softmax_sum_to_float64_rounding(chunk, monkeypatch):
+    """The gradient-free sum (log sum p exp(d) - sum p d, in chunks of positions) against the
+    log_softmax one, on a large vocabulary, for logits far from and very near the clean ones (a KL
+    of 1e-10: both agree to 1e-14, a few roundings of terms of size 10); exactly 0 at the clean
+    logits."""
+    monkeypatch.setattr(metrics, "KL_CHUNK_VALUES", chunk)
+    monkeypatch.setattr(metrics, "KL_CHUNKED_FROM", 0)
+    g = torch.Generator().manual_seed(3)
+    clean = 4 * torch.randn(3, 2, 5000, dtype=torch.float64, generator=g)
+    for patched in (4 * torch.randn(3, 2, 5000, dtype=torch.float64, generator=g),
+                    clean + 1e-5 * torch.randn(3, 2, 5000, dtype=torch.float64, generator=g)):
+        fast = kl_divergence(patched, clean)
+        slow = kl_divergence(patched.clone().requires_grad_(True), clean).detach()
+        torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-14)
+        torch.testing.assert_close(fast, reference_kl(patched, clean), rtol=1e-9, atol=1e-14)
+    assert 0 < float(fast.min()) < 1e-8
+    assert bool((kl_divergence(clean.clone(), clean) == 0).all())
+
+
+@pytest.mark.parametrize("chunked_from", [0, 10 ** 9])
+def test_kl_of_several_candidates_against_one_clean_set(chunked_from, monkeypatch):
+    """Logits [candidates, batch, positions, vocab] against clean [batch, positions, vocab]: each
+    candidate's KL is its own."""
+    monkeypatch.setattr(metrics, "KL_CHUNKED_FROM", chunked_from)
+    g = torch.Generator().manual_seed(4)
+    clean = torch.randn(3, 2, 40, dtype=torch.float64, generator=g)
+    patched = torch.randn(4, 3, 2, 40, dtype=torch.float64, generator=g)
+    together = kl_divergence(patched, clean)
+    assert together.shape == (4, 3)
+    for i in range(4):
+        torch.testing.assert_close(together[i], reference_kl(patched[i], clean), rtol=1e-9, atol=1e-14)

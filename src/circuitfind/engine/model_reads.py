@@ -149,9 +149,12 @@ class ModelReads:
         pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
         return attn.calculate_z_scores(values, pattern)
 
-    def head_results(self, layer: int, z: torch.Tensor) -> torch.Tensor:
-        """Each head's output [H, batch, pos, d_model] (one slab per head, b_O not included)."""
-        return torch.einsum("bqhe,hed->hbqd", z, self.attns[layer].W_O)
+    def head_results(self, layer: int, z: torch.Tensor, heads: torch.Tensor | None = None) -> torch.Tensor:
+        """Each head's output [H, batch, pos, d_model] (one slab per head, b_O not included), or
+        only ``heads``' [len(heads), batch, pos, d_model]."""
+        if heads is None:
+            return torch.einsum("bqhe,hed->hbqd", z, self.attns[layer].W_O)
+        return torch.einsum("bqhe,hed->hbqd", z[:, :, heads], self.attns[layer].W_O[heads])
 
     def unembed(self, x: torch.Tensor) -> torch.Tensor:
         """The model's unembedding, computed as TransformerLens does (``F.linear`` on W_U's

@@ -100,7 +100,12 @@ class Problem:
         return grads.double()
 
     @torch.no_grad()
-    def evaluate(self, mask, split: str = "validation", metric: Metric | None = None) -> float:
-        """Mean metric of the circuit ``mask`` on ``split`` (in the metric's own sign)."""
-        logits = self.engine(split).logits(mask, self.data(split).positions)
+    def evaluate(self, mask, split: str = "validation", metric: Metric | None = None,
+                 nodes_only: bool = False) -> float:
+        """Mean metric of the circuit ``mask`` on ``split`` (in the metric's own sign).  ``nodes_only``:
+        computed from the circuit's needed nodes only (``PatchEngine.circuit_logits``: the same
+        logits, cheaper for a circuit that removes most edges)."""
+        engine = self.engine(split)
+        run = engine.circuit_logits if nodes_only else engine.logits
+        logits = run(mask, self.data(split).positions)
         return float(self.per_prompt(logits, split, metric).mean())

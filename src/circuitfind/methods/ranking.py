@@ -147,9 +147,10 @@ def curve_cuts(ranking: Ranking, fractions=MIB_FRACTIONS, points: int | None = N
 
 
 class CircuitEvaluator:
-    """Mean metric of circuits on one split, one patched forward per distinct circuit; the empty
-    circuit and the full model are read from the run's caches (m(empty): the empty mask's run, which
-    the engine computes without a forward)."""
+    """Mean metric of circuits on one split, one patched forward per distinct circuit (of its
+    needed nodes only: a pruned top-n circuit is small); the empty circuit and the full model are
+    read from the run's caches (m(empty): the empty mask's run, which the engine computes without a
+    forward)."""
 
     def __init__(self, problem: Problem, split: str = "validation"):
         self.problem, self.split = problem, split
@@ -168,7 +169,7 @@ class CircuitEvaluator:
             return self.m_full
         key = bytes(kept.numpy().tobytes())
         if key not in self._seen:
-            self._seen[key] = self.problem.evaluate(kept.to(torch.float32), self.split)
+            self._seen[key] = self.problem.evaluate(kept.to(torch.float32), self.split, nodes_only=True)
             self.n_forwards += 1
         return self._seen[key]
 

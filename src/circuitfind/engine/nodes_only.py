@@ -1,0 +1,159 @@
+"""A circuit's own nodes: the gradient-free forward that computes only what a circuit's output reads.
+
+``plain.py`` reads every receiver as ``sum_s m_rs * value_s + (1 - m_rs) * ablated_s`` (+ the
+attention biases), that is, from the ablated side:
+
+    input_r = ablated_resid_r + sum over senders s with m_rs != 0 of  m_rs * (value_s - ablated_s)
+
+So a receiver's input needs the values of its kept senders only, and a sender whose every outgoing
+edge is removed is never read: it need not be computed.  Walking back from the output, the nodes a
+circuit needs are the senders of kept edges into the output, then the senders of kept edges into
+those nodes' inputs, and so on; a head whose q/k/v edge is removed takes its ablated query, key or
+value and reads nothing through that input.  A small circuit (the pruned top-n circuits of a
+ranking's curve) therefore costs its own nodes' forwards, its heads' attention patterns and the
+unembedding, not the whole model's.
+
+Each needed receiver is read from the ablated side (every row its own weights; rows equal within a
+layer read once), so this path suits circuits that remove most edges; ``PatchEngine.circuit_logits``
+uses it for any gradient-free single mask on pre-norm blocks.  Post-norm blocks (Gemma-2) read a
+layer's heads through a norm of their sum, which is not linear in the row: they take the full run.
+Under grouped-query attention a layer's key/value inputs are read whenever any of its heads is needed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..core.graph import Graph
+from .layout import gather_positions, split_mask
+
+
+def needed_nodes(graph: Graph, kept: torch.Tensor, qkv_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(needed senders [n_senders] bool, read receiver rows [n_rows] bool) of a circuit with kept
+    weights ``kept`` = 1 - removed [n_rows, n_senders] and q/k/v edges ``qkv_mask`` [L, 3, H]: the
+    output's row is read; a read row needs every sender it keeps; a needed node's inputs are read
+    (a q/k/v input only where its q/k/v edge is not removed)."""
+    g, H = graph, graph.n_heads
+    reads = kept != 0
+    needed = torch.zeros(g.n_senders, dtype=torch.bool, device=kept.device)
+    read_rows = torch.zeros(g.n_rows, dtype=torch.bool, device=kept.device)
+    read_rows[g.resid_post_row] = True
+    needed |= reads[g.resid_post_row]
+    for layer in reversed(range(g.n_layers)):
+        if g.arch.has_mlps and needed[g.mlp_slot(layer)]:
+            row = g.mlp_row(layer)
+            read_rows[row] = True
+            needed[:g.n_senders_before_mlp(layer)] |= reads[row, :g.n_senders_before_mlp(layer)]
+        heads = needed[g.head_slots(layer)]
+        if not heads.any():
+            continue
+        inputs = heads.repeat(3, 1)  # [3, H]: the inputs of the needed heads ...
+        if g.arch.grouped:  # ... and every shared key/value input of the layer
+            inputs[1:, :g.n_kv_heads] = True
+            inputs[1:, g.n_kv_heads:] = False
+        inputs &= qkv_mask[layer] != 0
+        first = layer * g.rows_per_layer
+        rows = first + inputs.flatten().nonzero().flatten()
+        read_rows[rows] = True
+        needed[:g.n_senders_before_heads(layer)] |= reads[rows, :g.n_senders_before_heads(layer)].any(0)
+    return needed, read_rows
+
+
+def nodes_only_logits(engine, mask, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits of ``engine`` (a ``PatchEngine`` on pre-norm blocks) with ``mask`` (gradient-free,
+    one mask), as ``PatchEngine.run`` computes them, from the circuit's needed nodes only."""
+    g, ops, place, ablation = engine.graph, engine.ops, engine.place, engine.ablation
+    assert not ops.post_norm, "post-norm blocks read their heads through a norm: use the full run"
+    removed, qkv_mask = split_mask(g, mask, engine.device, engine.dtype)
+    kept = 1 - removed
+    needed, _ = needed_nodes(g, kept, qkv_mask)
+    engine.n_forward += 1
+    embeds = ops.embed(engine.tokens, engine.position_order)
+    batch, n_pos, d_model = embeds[0].shape
+    shape = (batch, n_pos, d_model)
+    diffs = place.body_buffer(g.n_senders, batch, embeds[0])  # only needed slots are written and read
+    for slot, value in enumerate(embeds):
+        if needed[slot]:
+            diffs[slot] = value - place.fetch(ablation.senders[slot])
+
+    zeroed = [0]  # the unneeded slots below this one hold zeros (a dense read multiplies them)
+
+    def read(rows: torch.Tensor, n_senders: int, first_row: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The distinct inputs [k, batch, pos, d_model] of receivers with kept weights ``rows``
+        [n, n_senders] (of one layer's heads, or one MLP or the output: ``first_row``), and which
+        one each row reads [n] (None: row i reads input i)."""
+        distinct, source = torch.unique(rows, dim=0, return_inverse=True)
+        if len(distinct) == len(rows):  # no two alike: read them in their own order
+            distinct, source = rows, None
+        base = engine.reads.ablated_resid(n_senders, first_row)  # [1, batch | 1, pos, d_model]
+        used = distinct.any(0).nonzero().flatten()
+        if len(used) == 0:
+            return base.expand(len(distinct), *shape), source
+        if len(used) <= n_senders // 4:  # a few slabs: gather them
+            summed = distinct[:, used] @ place.fetch(diffs.index_select(0, used.to(diffs.device))).flatten(1)
+        else:  # most of them: one product over the stored range, its unneeded slots zeroed once
+            if zeroed[0] < n_senders:
+                unneeded = (~needed[zeroed[0]:n_senders]).nonzero().flatten() + zeroed[0]
+                diffs.index_fill_(0, unneeded.to(diffs.device), 0)
+                zeroed[0] = n_senders
+            summed = distinct @ place.fetch(diffs[:n_senders]).flatten(1)
+        return base + summed.view(len(distinct), *shape), source
+
+    for layer in range(g.n_layers):
+        block = ops.blocks[layer]
+        heads = needed[g.head_slots(layer)].nonzero().flatten()
+        if len(heads):
+            attention(engine, layer, heads, kept, qkv_mask[layer], read, diffs, shape)
+        if g.arch.has_mlps and needed[g.mlp_slot(layer)]:
+            n = g.n_senders_before_mlp(layer)
+            x, _ = read(kept[g.mlp_row(layer), :n][None], n, g.mlp_row(layer))
+            slot = g.mlp_slot(layer)
+            diffs[slot] = block.mlp(block.ln2(x[0])) - place.fetch(ablation.senders[slot])
+    final, _ = read(kept[g.resid_post_row][None], g.n_senders, g.resid_post_row)
+    final = final[0].expand(*shape)
+    if positions is not None:
+        final = gather_positions(final, positions)
+    return ops.unembed(final)
+
+
+def attention(engine, layer: int, heads: torch.Tensor, kept: torch.Tensor, qkv_mask: torch.Tensor,
+              read, diffs: torch.Tensor, shape: tuple[int, int, int]) -> None:
+    """Layer ``layer``'s needed ``heads``: their q/k/v inputs read (where the q/k/v edge is not
+    removed), every other head's query, key and value the ablated ones; their outputs' differences
+    from the ablation written into ``diffs``."""
+    g, ops, place, ablation = engine.graph, engine.ops, engine.place, engine.ablation
+    H, first = g.n_heads, layer * g.rows_per_layer
+    W, b = ops.qkv_weights(layer)  # [3, H, d_model, d_head], [3, (pos,) H, d_head]
+    bias = b[:, None] if b.dim() == 4 else b[:, None, None]  # [3, 1, (pos | 1), H, d_head]
+    ablated_qkv = place.fetch(ablation.qkv[layer])  # [3, batch | 1, pos, H, d_head]
+    # held head-major, [3, H, batch, pos, d_head], so that a head's q, k or v is one contiguous block
+    by_head = ablated_qkv.permute(0, 3, 1, 2, 4)
+    by_head = by_head.expand(3, H, shape[0], *by_head.shape[3:]).contiguous()
+    inputs = torch.zeros(3, H, dtype=torch.bool, device=kept.device)
+    inputs[:, heads] = True
+    if g.arch.grouped:
+        inputs[1:, :g.n_kv_heads] = True
+        inputs[1:, g.n_kv_heads:] = False
+    inputs &= qkv_mask != 0
+    offsets = inputs.flatten().nonzero().flatten()
+    if len(offsets):
+        n = g.n_senders_before_heads(layer)
+        x, source = read(kept[first + offsets, :n], n, first)
+        normed = ops.blocks[layer].ln1(x)  # [k, batch, pos, d_model]
+        flat = by_head.view(3 * H, *by_head.shape[2:])
+        groups = [torch.tensor([i]) for i in range(len(offsets))] if source is None else \
+            [(source == j).nonzero().flatten() for j in range(len(x))]
+        for j, members in enumerate(groups):  # the inputs read by one distinct input, projected at once
+            which, head = offsets[members] // H, offsets[members] % H
+            weight = W[which, head].permute(1, 0, 2).flatten(1)  # [d_model, r * d_head]
+            own = (normed[j].flatten(0, 1) @ weight).view(*shape[:2], len(members), -1).permute(2, 0, 1, 3)
+            own = own + bias[which, :, :, head]
+            m = qkv_mask[which, head]
+            if bool((m != 1).any()):
+                w = m.view(-1, 1, 1, 1)
+                own = w * own + (1 - w) * ablated_qkv[which, :, :, head]
+            flat.index_copy_(0, offsets[members], own)
+    qkv = by_head.permute(0, 2, 3, 1, 4)  # [3, batch, pos, H, d_head]
+    result = ops.head_results(layer, ops.attend(layer, qkv), heads)  # [n_heads, batch, pos, d_model]
+    slots = g.head_slots(layer).start + heads
+    diffs[slots] = result - place.fetch(ablation.senders[slots])
