@@ -4,25 +4,25 @@ so an exact circuit search has something to save.
 
     python scripts/train_algo.py --threads 1          # writes the weights file if both tasks are learned
 
-The shipped ``algo_4l`` is this command's output (the defaults: 4 layers, d_model 64, context 32,
-128 token ids, three quarters induction, lr 3e-3 with warm-up and cosine decay, 4,000 steps of 32
-sequences): 493 s on one core shared with other jobs (load ~5.5; a rerun at load ~5, 178 s, gave the same
-weights bit for bit), 0.36 MB; induction loss 0.18 nats
-on the repeated span against 4.84 on its first copy (chance 4.83), sorting 85%.  Seven of layer 1's
-eight heads are induction heads (score 0.4-0.9).  The repeated span's loss fell below half the first
-copy's by step 1,400.  The shipped ``algo_6l`` is ``--layers 6`` (3,217 edges): 359 s at load ~5
-(a rerun at load ~6, 527 s, gave the same weights bit for bit), 0.49 MB, induction 0.20 against 4.85 nats, sorting 88%; all eight of layer 1's heads are induction
-heads (0.53-0.91).  Earlier tries did not learn induction in the time: d_model 128 and context 64
-with 6 layers and 128 token ids (2,500 steps: induction loss 4.83 -> 4.15, sorting 87%) or 4 layers
-and 512 token ids (2,500 steps: 6.23 -> 6.20, sorting 91%); d_model 64, context 32, 512 token ids,
-lr 1e-3, induction only (4.30 against 6.24 nats at step 2,900, stopped).  ``--head-lasso 0.003`` (a
-group-lasso penalty on each head's output, meant to switch unneeded heads off) learned both tasks in
-3,400 steps (982 s, load ~8; induction 0.15 against 4.86 nats, sorting 91%) but still spread induction
-over all eight heads of layer 1 (scores 0.39-0.86), so it is not shipped; at 0.03 induction had not
-formed by step 1,700 (3.28 against 4.85 nats, stopped).  Started once induction had formed
+The shipped ``algo_4l`` is this command's output (the defaults: 4 layers, d_model 64, context 32, 128
+token ids, three quarters induction, lr 3e-3 with warm-up and cosine decay, 4,000 steps of 32
+sequences): 493 s on one core shared with other jobs (load ~5.5; a rerun at load ~5, 178 s, gave the
+same weights bit for bit), 0.36 MB; induction loss 0.18 nats on the repeated span against 4.84 on its
+first copy (chance 4.83), sorting 85%.  Seven of layer 1's eight heads are induction heads (score
+0.4-0.9).  The repeated span's loss fell below half the first copy's by step 1,400.  The shipped
+``algo_6l`` is ``--layers 6`` (3,217 edges): 359 s at load ~5 (a rerun at load ~6, 527 s, gave the same
+weights bit for bit), 0.49 MB, induction 0.20 against 4.85 nats, sorting 88%; all eight of layer 1's
+heads are induction heads (0.53-0.91).  Earlier tries did not learn induction in the time: d_model 128
+and context 64 with 6 layers and 128 token ids (2,500 steps: induction loss 4.83 -> 4.15, sorting 87%)
+or 4 layers and 512 token ids (2,500 steps: 6.23 -> 6.20, sorting 91%); d_model 64, context 32, 512
+token ids, lr 1e-3, induction only (4.30 against 6.24 nats at step 2,900, stopped).
+``--head-lasso 0.003`` (a group-lasso penalty on each head's output, meant to switch unneeded heads off) learned both
+tasks in 3,400 steps (982 s, load ~8; induction 0.15 against 4.86 nats, sorting 91%) but still spread
+induction over all eight heads of layer 1 (scores 0.39-0.86), so it is not shipped; at 0.03 induction
+had not formed by step 1,700 (3.28 against 4.85 nats, stopped).  Started once induction had formed
 (``--lasso-start 0.4 --stop-ratio 0``, 4,000 steps, ~900 s at load ~7) at 0.01 or 0.03, it left six of
-layer 1's heads induction heads (scores 0.51-0.78; induction 0.21-0.22 nats, sorting 85%): not
-shipped either.
+layer 1's heads induction heads (scores 0.51-0.78; induction 0.21-0.22 nats, sorting 85%): not shipped
+either.
 
 Every training batch mixes (``--induction-fraction``) two kinds of sequences of ``n_ctx`` tokens:
 
