@@ -1,6 +1,6 @@
-"""algo_4l, the shipped 4-layer model trained by scripts/train_algo.py: it loads, does induction (and
-sorting) as well as its weights file says, task=algo_induction builds on it and ACDC runs on it; and
-the training loop the training scripts share is seeded and learns."""
+"""algo_4l and algo_6l, the shipped 4- and 6-layer models trained by scripts/train_algo.py: they load,
+do induction (and sorting) as well as their weights files say, task=algo_induction builds on them and
+ACDC runs on them; and the training loop the training scripts share is seeded and learns."""
 
 import importlib.util
 import math
@@ -20,6 +20,7 @@ from circuitfind.tasks import build_task
 from conftest import config
 
 ALGO_4L = dict(name="algo_4l", kind="shipped", pretrained=True)
+MODELS = {"algo_4l": 1377, "algo_6l": 3217}  # name -> edges (graph=qkv)
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_algo.py"
 
 
@@ -30,11 +31,12 @@ def train_algo():
     return module
 
 
-def test_the_shipped_model_is_small_and_does_induction():
-    assert shipped_weights_path("algo_4l").stat().st_size < 5e6
-    shipped = read_shipped("algo_4l")
-    model = load_model(ALGO_4L)
-    assert (model.cfg.n_layers, model.cfg.n_heads, model.cfg.attn_only) == (4, 8, True)
+@pytest.mark.parametrize("name", MODELS)
+def test_the_shipped_model_is_small_and_does_induction(name):
+    assert shipped_weights_path(name).stat().st_size < 5e6
+    shipped = read_shipped(name)
+    model = load_model(dict(ALGO_4L, name=name))
+    assert (model.cfg.n_layers, model.cfg.n_heads, model.cfg.attn_only) == (int(name[5]), 8, True)
     # measured here, on sequences the training never saw: BOS + s + s, the second copy predictable
     generator = torch.Generator().manual_seed(11)
     half = (model.cfg.n_ctx - 1) // 2
@@ -51,12 +53,13 @@ def test_the_shipped_model_is_small_and_does_induction():
         assert measured["sort_accuracy"] > 0.8
 
 
-def test_the_shipped_model_sorts_when_trained_to():
-    shipped = read_shipped("algo_4l")
+@pytest.mark.parametrize("name", MODELS)
+def test_the_shipped_model_sorts_when_trained_to(name):
+    shipped = read_shipped(name)
     if shipped["training"]["induction_fraction"] == 1:
         return
     script = train_algo()
-    model = load_model(ALGO_4L)
+    model = load_model(dict(ALGO_4L, name=name))
     generator = torch.Generator().manual_seed(12)
     tokens, sorted_pos = script.sort_tokens(64, model.cfg.n_ctx, *shipped["training"]["sort_lengths"], generator,
                                             model.cfg.d_vocab)
@@ -85,10 +88,12 @@ def test_the_algo_induction_task_builds_on_the_shipped_model():
     assert task.validation.clean.shape == (6, 32) and task.validation.positions.shape == (6, 9)
 
 
-def test_acdc_runs_on_algo_induction(tmp_path):
+@pytest.mark.parametrize("name", MODELS)
+def test_acdc_runs_on_algo_induction(tmp_path, name):
     """A capped ACDC search through the pipeline (the whole run is the benchmark's)."""
-    summary = run(config("task=algo_induction", "tau=0.01", "task.n_prompts=4", "method.max_edge_tests=20"), tmp_path)
-    assert (summary["task"], summary["model"], summary["n_edges_total"]) == ("algo_induction", "algo_4l", 1377)
+    summary = run(config("task=algo_induction", f"model={name}", "tau=0.01", "task.n_prompts=4",
+                         "method.max_edge_tests=20"), tmp_path)
+    assert (summary["task"], summary["model"], summary["n_edges_total"]) == ("algo_induction", name, MODELS[name])
     assert summary["n_edge_tests"] == 20
     assert summary["metric_full"] < summary["metric_empty"]
 
@@ -136,3 +141,7 @@ def test_the_head_lasso_adds_each_heads_output_norm():
                 for layer in range(2))
     model.cfg.use_attn_result = False
     assert script.head_lasso_loss(0.5)(model, tokens).item() == pytest.approx((plain + 0.5 * norms).item(), rel=1e-5)
+    late = script.head_lasso_loss(0.5, start=1, ramp=2)  # off for one step, then half, then all of its weight
+    got = [late(model, tokens).item() for _ in range(4)]
+    assert got[0] == plain.item()
+    assert got[1:] == pytest.approx([(plain + w * norms).item() for w in (0.25, 0.5, 0.5)], rel=1e-5)

@@ -21,8 +21,8 @@ DEPENDENCIES = ("torch", "transformer-lens", "transformers", "hydra-core", "omeg
 SETTING = re.compile(r"^([a-z_]+):[ \t]*([^#\n]*?)[ \t]*(?:#[ \t]*(.*))?$")
 GROUP_HELP = {
     "task": "what the circuit does (prompts, metric, ground-truth circuit); picks its usual model and corruption",
-    "model": "the model (tracr, induction_2l and algo_4l ship with the package; gpt2 and attn_only_4l need the hub "
-             "or model.pretrained=false)",
+    "model": "the model (tracr, induction_2l, algo_4l and algo_6l ship with the package; gpt2 and attn_only_4l "
+             "need the hub or model.pretrained=false)",
     "method": "how the circuit is found (canonical: the task's known circuit)",
     "corruption": "what a removed edge carries",
     "graph": "which edges exist: q/k/v inputs apart, heads whole, or whole nodes",

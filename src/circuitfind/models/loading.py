@@ -10,7 +10,7 @@ Two kinds of model config:
                    to another model.
 ``kind: shipped``  a model the project trained itself, its weights inside the package
                    (``scripts/train_induction.py`` -> ``weights/induction_2l.pt``,
-                   ``scripts/train_algo.py`` -> ``weights/algo_4l.pt``).
+                   ``scripts/train_algo.py`` -> ``weights/algo_4l.pt``, ``algo_6l.pt``).
 ``kind: hf``       any TransformerLens model name (``model=hf model.name=pythia-70m``).  Names whose
                    architecture is written down here (gpt2, attn-only-4l, redwood_attn_2l) go the
                    ``hub`` way; others take TransformerLens' config and loader, which need the hub
