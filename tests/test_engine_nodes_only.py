@@ -81,3 +81,16 @@ def test_nothing_kept_and_everything_kept():
     for mask in (EdgeMask(graph, torch.zeros(graph.n_edges, dtype=torch.float64)), graph.full_mask()):
         torch.testing.assert_close(nodes_only_logits(engine, mask), plain(engine, mask), rtol=0, atol=1e-9)
     torch.testing.assert_close(nodes_only_logits(engine, graph.full_mask()), model(clean), rtol=0, atol=1e-9)
+
+
+def test_a_norm_it_does_not_know_is_run_as_the_module(monkeypatch):
+    """The norm folded into the projection (TransformerLens' norms) and the norm module itself give
+    the same logits."""
+    from circuitfind.engine import nodes_only
+    model = ALL_MODELS["ln-mlp"]()
+    graph, engine, clean, _ = setup(model, corruption="mean")
+    mask = sparse_circuit(graph, 40, 3)
+    folded = nodes_only_logits(engine, mask)
+    monkeypatch.setattr(nodes_only, "norm_parts", lambda ln: None)
+    torch.testing.assert_close(nodes_only_logits(engine, mask), folded, rtol=0, atol=1e-9)
+    torch.testing.assert_close(folded, plain(engine, mask), rtol=0, atol=1e-9)

@@ -14,9 +14,12 @@ ranking's curve) therefore costs its own nodes' forwards, its heads' attention p
 unembedding, not the whole model's.
 
 Each needed receiver is read from the ablated side (every row its own weights; rows equal within a
-layer read once), so this path suits circuits that remove most edges; ``PatchEngine.circuit_logits``
-uses it for any gradient-free single mask on pre-norm blocks.  Post-norm blocks (Gemma-2) read a
-layer's heads through a norm of their sum, which is not linear in the row: they take the full run.
+layer read once), and a head input's norm is folded into its projection (``NormedProjection``):
+TransformerLens' norm module makes about ten passes over each distinct input, which for a large
+circuit (a distinct input per head) cost more than the projections.  ``PatchEngine.circuit_logits``
+uses this path for any gradient-free single mask on pre-norm blocks.  Post-norm blocks (Gemma-2)
+read a layer's heads through a norm of their sum, which is not linear in the row: they take the
+full run.
 Under grouped-query attention a layer's key/value inputs are read whenever any of its heads is needed.
 """
 
@@ -26,6 +29,7 @@ import torch
 
 from ..core.graph import Graph
 from .layout import gather_positions, split_mask
+from .model_reads import norm_parts
 
 
 def needed_nodes(graph: Graph, kept: torch.Tensor, qkv_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,14 +143,13 @@ def attention(engine, layer: int, heads: torch.Tensor, kept: torch.Tensor, qkv_m
     if len(offsets):
         n = g.n_senders_before_heads(layer)
         x, source = read(kept[first + offsets, :n], n, first)
-        normed = ops.blocks[layer].ln1(x)  # [k, batch, pos, d_model]
+        project = NormedProjection(ops.blocks[layer].ln1, x, W)
         flat = by_head.view(3 * H, *by_head.shape[2:])
         groups = [torch.tensor([i]) for i in range(len(offsets))] if source is None else \
             [(source == j).nonzero().flatten() for j in range(len(x))]
         for j, members in enumerate(groups):  # the inputs read by one distinct input, projected at once
             which, head = offsets[members] // H, offsets[members] % H
-            weight = W[which, head].permute(1, 0, 2).flatten(1)  # [d_model, r * d_head]
-            own = (normed[j].flatten(0, 1) @ weight).view(*shape[:2], len(members), -1).permute(2, 0, 1, 3)
+            own = project(j, which, head).view(*shape[:2], len(members), -1).permute(2, 0, 1, 3)
             own = own + bias[which, :, :, head]
             m = qkv_mask[which, head]
             if bool((m != 1).any()):
@@ -157,3 +160,33 @@ def attention(engine, layer: int, heads: torch.Tensor, kept: torch.Tensor, qkv_m
     result = ops.head_results(layer, ops.attend(layer, qkv), heads)  # [n_heads, batch, pos, d_model]
     slots = g.head_slots(layer).start + heads
     diffs[slots] = result - place.fetch(ablation.senders[slots])
+
+
+class NormedProjection:
+    """``ln(x[j]) @ W[which, head]`` for distinct head inputs ``x`` [k, batch, pos, d_model] and the
+    q/k/v weights W [3, H, d_model, d_head]: [batch * pos, len(which) * d_head].
+
+    For TransformerLens' four norms (``model_reads.norm_parts``: ``w * xc / s + b``) the norm's
+    weight and bias are folded into the projection, ``(xc @ (w W)) / s + b @ W``, as the gradient
+    path does: two passes over an input (its mean and its centred norm) where the norm module makes
+    about ten; the projection reads the centred input once.  Any other norm: the module itself."""
+
+    def __init__(self, ln, x: torch.Tensor, W: torch.Tensor):
+        parts = norm_parts(ln)
+        if parts is None or parts.identity:
+            self.normed, self.W, self.scale, self.shift = (x if parts is not None else ln(x)), W, None, None
+            return
+        self.normed = x - x.mean(-1, keepdim=True) if parts.centred else x  # xc
+        self.scale = torch.linalg.vector_norm(self.normed, dim=-1, keepdim=True).square_() \
+            .div_(x.shape[-1]).add_(parts.eps).sqrt_()  # s = sqrt(mean(xc^2) + eps), [k, batch, pos, 1]
+        self.W = W * parts.w[:, None] if parts.w is not None else W
+        self.shift = torch.einsum("d,whde->whe", parts.b, W) if parts.b is not None else None  # [3, H, d_head]
+
+    def __call__(self, j: int, which: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+        weight = self.W[which, head].permute(1, 0, 2).flatten(1)  # [d_model, r * d_head]
+        out = self.normed[j].flatten(0, -2) @ weight
+        if self.scale is not None:
+            out = out / self.scale[j].flatten(0, -2)
+        if self.shift is not None:
+            out = out + self.shift[which, head].flatten()
+        return out

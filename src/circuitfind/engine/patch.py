@@ -29,16 +29,11 @@ from .batching import check_candidates, restarted_diffs
 from .gradients import heads_reading_one_input, one_receiver_input, reads_one_input
 from .layout import gather_positions, per_candidate, put_heads, split_mask, with_prompts
 from .model_reads import ModelView, ModelReads
-from .nodes_only import needed_nodes, nodes_only_logits
+from .nodes_only import nodes_only_logits
 from .placement import Storage
 from .postnorm import PostNormReads
 from .reads import ReceiverReads
 from .senders import Ablation, SenderCache, SenderDiffs
-
-
-# ``circuit_logits`` computes a circuit's needed nodes only when they are at most this share of the
-# senders: near the whole graph the full run costs the same (measured on GPT-2 and Pythia shapes)
-NODES_ONLY_SHARE = 0.9
 
 
 class PatchEngine:
@@ -243,15 +238,11 @@ class PatchEngine:
         return self.run(mask, positions)[0]
 
     def circuit_logits(self, mask: EdgeMask | torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """``logits``, computed from the circuit's needed nodes only (``nodes_only.py``) where it
-        needs at most ``NODES_ONLY_SHARE`` of the senders (a curve's small circuits); the full run
-        otherwise (it reads mostly kept rows from the nearer side), and for a mask that needs
-        gradients or a post-norm model."""
+        """``logits``, computed from the circuit's needed nodes only (``nodes_only.py``), each head
+        input's norm folded into its projection: the cheaper run for a curve's circuits, small or
+        large (every receiver read from the ablated side).  A mask that needs gradients, or a
+        post-norm model, takes the full run."""
         values = mask.values if isinstance(mask, EdgeMask) else mask
         if self.ops.post_norm or values.dim() != 1 or (torch.is_grad_enabled() and values.requires_grad):
-            return self.logits(mask, positions)
-        removed, qkv_mask = split_mask(self.graph, mask, self.device, self.dtype)
-        needed, _ = needed_nodes(self.graph, 1 - removed, qkv_mask)
-        if int(needed.sum()) > NODES_ONLY_SHARE * self.graph.n_senders:
             return self.logits(mask, positions)
         return nodes_only_logits(self, mask, positions)

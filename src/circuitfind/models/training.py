@@ -13,9 +13,11 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from transformer_lens import HookedTransformer, HookedTransformerConfig
-
 from .shipped import SHIPPED_FORMAT_VERSION
+from .view.tl3 import config, hooked_transformer
+
+# the trained models are TransformerLens 3 HookedTransformers, built through its backend
+Model = torch.nn.Module
 
 
 def warmup_cosine(steps: int, warmup_fraction: float = 0.05) -> Callable[[int], float]:
@@ -30,7 +32,7 @@ def warmup_cosine(steps: int, warmup_fraction: float = 0.05) -> Callable[[int], 
 
 
 @torch.no_grad()
-def measure_induction(model: HookedTransformer, n: int, generator: torch.Generator, bos: int, first_token: int) -> dict:
+def measure_induction(model: Model, n: int, generator: torch.Generator, bos: int, first_token: int) -> dict:
     """Losses on BOS + s + s (s random tokens from ``first_token`` on, as long as fits) over the first
     and the repeated copy, and per head the attention a second-copy token pays to the token after
     its first occurrence (1 for a perfect induction head)."""
@@ -49,7 +51,7 @@ def measure_induction(model: HookedTransformer, n: int, generator: torch.Generat
     return dict(loss_first_half=first, loss_repeated_half=repeated, induction_head_score=scores.tolist())
 
 
-def next_token_loss(model: HookedTransformer, tokens: torch.Tensor) -> torch.Tensor:
+def next_token_loss(model: Model, tokens: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over every position of ``tokens`` [batch, n_ctx]."""
     logits = model(tokens)
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
@@ -57,11 +59,11 @@ def next_token_loss(model: HookedTransformer, tokens: torch.Tensor) -> torch.Ten
 
 def train(name: str, architecture: dict, seed: int, steps: int, lr: float,
           next_batch: Callable[[torch.Generator], torch.Tensor],
-          measure: Callable[[HookedTransformer, torch.Generator], dict],
+          measure: Callable[[Model, torch.Generator], dict],
           done: Callable[[dict], bool] = lambda measured: False, log_every: int = 100,
           weight_decay: float = 0.01, warmup_fraction: float = 0.05,
-          loss_fn: Callable[[HookedTransformer, torch.Tensor], torch.Tensor] = next_token_loss,
-          ) -> tuple[HookedTransformer, dict, int]:
+          loss_fn: Callable[[Model, torch.Tensor], torch.Tensor] = next_token_loss,
+          ) -> tuple[Model, dict, int]:
     """Train a fresh ``HookedTransformer(architecture)`` on ``loss_fn(model, tokens)`` (default:
     next-token cross-entropy over every position) of ``next_batch(generator)`` ([batch, n_ctx] token
     ids) with AdamW, warm-up and cosine decay.  Every ``log_every`` steps (and at the last) it prints and records ``measure(model,
@@ -70,8 +72,7 @@ def train(name: str, architecture: dict, seed: int, steps: int, lr: float,
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     eval_generator = torch.Generator().manual_seed(seed + 1)
-    cfg = HookedTransformerConfig(**architecture, seed=seed, model_name=name)
-    model = HookedTransformer(cfg)
+    model = hooked_transformer(config(**architecture, seed=seed, model_name=name))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, warmup_fraction))
     started, step, measured = time.time(), 0, {}
@@ -93,7 +94,7 @@ def train(name: str, architecture: dict, seed: int, steps: int, lr: float,
     return model, measured, step
 
 
-def save_shipped(path: pathlib.Path, name: str, architecture: dict, model: HookedTransformer, **recorded) -> None:
+def save_shipped(path: pathlib.Path, name: str, architecture: dict, model: Model, **recorded) -> None:
     """Write ``model`` in the shipped-weights format that ``shipped.read_shipped`` reads, with
     whatever the script ``recorded`` (special tokens, training settings, measurements)."""
     state_dict = {key: param.detach().clone() for key, param in model.named_parameters()}
