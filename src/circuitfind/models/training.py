@@ -66,9 +66,9 @@ def train(name: str, architecture: dict, seed: int, steps: int, lr: float,
           ) -> tuple[Model, dict, int]:
     """Train a fresh ``HookedTransformer(architecture)`` on ``loss_fn(model, tokens)`` (default:
     next-token cross-entropy over every position) of ``next_batch(generator)`` ([batch, n_ctx] token
-    ids) with AdamW, warm-up and cosine decay.  Every ``log_every`` steps (and at the last) it prints and records ``measure(model,
-    eval_generator)``, and stops early once ``done(measured)``.  Returns the model, the last
-    measurement and the number of steps run."""
+    ids) with AdamW, warm-up and cosine decay.  Every ``log_every`` steps (and at the last) it prints
+    and records ``measure(model, eval_generator)``, and stops early once ``done(measured)``.  Returns
+    the model, the last measurement and the number of steps run."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     eval_generator = torch.Generator().manual_seed(seed + 1)
