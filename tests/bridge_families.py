@@ -6,6 +6,7 @@ which would hide mistakes), and the rotary models use a non-default ``rope_theta
 import torch
 
 from circuitfind.models.view import tl4
+from conftest import require_gpt2_tokenizer
 
 SMALL = dict(n_layers=2, n_heads=4, d_model=32, d_head=8, d_mlp=64, d_vocab=40, n_ctx=16)
 FAMILIES: dict[str, dict] = {
@@ -34,6 +35,7 @@ FAMILIES: dict[str, dict] = {
 
 
 def bridge_model(family: str, dtype=torch.float64, seed=0, **overrides) -> tl4.BridgeView:
+    require_gpt2_tokenizer()  # a bridge over a Hugging Face model needs its tokenizer, GPT-2's here
     view = tl4.random_bridge({**FAMILIES[family], **overrides}, seed, dtype=dtype)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

@@ -28,6 +28,27 @@ def random_masks(graph, n, seed=0):
     yield EdgeMask(graph, torch.rand(graph.n_edges, generator=g, dtype=torch.float64))  # SP-style fractions
 
 
+def assert_engine_matches_the_reference(model, graph, engine, clean, corrupted, corruption, n_masks=3, atol=1e-9):
+    """The engine's logits equal the hook reference's on random and fractional masks."""
+    ablated = reference_ablation(model, corrupted, corruption)
+    for mask in random_masks(graph, n_masks):
+        torch.testing.assert_close(engine.logits(mask), reference_logits(model, graph, clean, ablated, mask),
+                                   rtol=0, atol=atol)
+
+
+def assert_mask_gradient_matches_finite_differences(graph, engine, seed=5, eps=1e-6):
+    """The mask gradient of a random weighting of the logits, along a random direction, equals the
+    central finite difference at a random fractional mask."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(graph.n_edges, generator=g, dtype=torch.float64).requires_grad_(True)
+    direction = torch.randn(graph.n_edges, generator=g, dtype=torch.float64)
+    weights = torch.randn(engine.logits(mask.detach()).shape, generator=g, dtype=torch.float64)
+    (engine.logits(mask) * weights).sum().backward()
+    plus = (engine.logits(mask.detach() + eps * direction) * weights).sum()
+    minus = (engine.logits(mask.detach() - eps * direction) * weights).sum()
+    torch.testing.assert_close(mask.grad @ direction, (plus - minus) / (2 * eps), rtol=1e-6, atol=1e-8)
+
+
 MODELS = {
     "ln-mlp": dict(),
     "lnpre-attn-only": dict(attn_only=True, normalization_type="LNPre"),

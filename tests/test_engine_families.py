@@ -10,11 +10,11 @@ from circuitfind.engine import PatchEngine, UnsupportedModelError, make_ablation
 from circuitfind.core.graph import Architecture, EdgeMask, Graph
 from circuitfind.methods import Problem, get_method
 from circuitfind.core.metrics import KL
-from circuitfind.engine.reference import reference_ablation, reference_logits
 
 from families import FAMILIES, family_model
 from test_acdc import random_task, reference_acdc, typical_single_edge_effect
-from test_engine import random_masks, setup
+from test_engine import (assert_engine_matches_the_reference, assert_mask_gradient_matches_finite_differences,
+                         setup)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -39,10 +39,7 @@ def test_everything_removed_reproduces_the_corrupted_run(family, granularity):
 def test_engine_agrees_with_the_hook_reference_on_random_and_fractional_masks(family, granularity, corruption):
     model = family_model(family)
     graph, engine, clean, corrupted = setup(model, granularity=granularity, corruption=corruption)
-    ablated = reference_ablation(model, corrupted, corruption)
-    for mask in random_masks(graph, 3):
-        torch.testing.assert_close(engine.logits(mask), reference_logits(model, graph, clean, ablated, mask),
-                                   rtol=0, atol=1e-9)
+    assert_engine_matches_the_reference(model, graph, engine, clean, corrupted, corruption)
 
 
 @pytest.mark.parametrize("family", ["pythia", "llama", "gemma", "gemma2"])
@@ -72,15 +69,7 @@ def test_restarted_and_batched_runs_equal_full_runs(family):
 def test_gradient_through_the_mask_equals_finite_differences(family):
     model = family_model(family)
     graph, engine, _, _ = setup(model)
-    g = torch.Generator().manual_seed(5)
-    mask = torch.rand(graph.n_edges, generator=g, dtype=torch.float64).requires_grad_(True)
-    direction = torch.randn(graph.n_edges, generator=g, dtype=torch.float64)
-    weights = torch.randn(engine.logits(mask.detach()).shape, generator=g, dtype=torch.float64)
-    (engine.logits(mask) * weights).sum().backward()
-    eps = 1e-6
-    plus = (engine.logits(mask.detach() + eps * direction) * weights).sum()
-    minus = (engine.logits(mask.detach() - eps * direction) * weights).sum()
-    torch.testing.assert_close(mask.grad @ direction, (plus - minus) / (2 * eps), rtol=1e-6, atol=1e-8)
+    assert_mask_gradient_matches_finite_differences(graph, engine)
 
 
 @pytest.mark.parametrize("family, granularity, corruption", [

@@ -22,7 +22,8 @@ from circuitfind.engine.reference import reference_ablation, reference_logits  #
 
 from bridge_families import FAMILIES, bridge_model  # noqa: E402
 from test_acdc import random_task, reference_acdc, typical_single_edge_effect  # noqa: E402
-from test_engine import random_masks, setup  # noqa: E402
+from test_engine import (assert_engine_matches_the_reference, assert_mask_gradient_matches_finite_differences,
+                         random_masks, setup)  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +60,7 @@ def test_engine_agrees_with_the_hook_reference_on_random_and_fractional_masks(mo
                                                                               corruption):
     model = model_of(models, family)
     graph, engine, clean, corrupted = setup(model, granularity=granularity, corruption=corruption)
-    ablated = reference_ablation(model, corrupted, corruption)
-    for mask in random_masks(graph, 3):
-        torch.testing.assert_close(engine.logits(mask), reference_logits(model, graph, clean, ablated, mask),
-                                   rtol=0, atol=1e-9)
+    assert_engine_matches_the_reference(model, graph, engine, clean, corrupted, corruption)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -81,15 +79,7 @@ def test_the_plain_forward_agrees_with_the_engine_and_the_hook_reference(models,
 def test_gradient_through_the_mask_equals_finite_differences(models, family):
     model = model_of(models, family)
     graph, engine, _, _ = setup(model)
-    g = torch.Generator().manual_seed(5)
-    mask = torch.rand(graph.n_edges, generator=g, dtype=torch.float64).requires_grad_(True)
-    direction = torch.randn(graph.n_edges, generator=g, dtype=torch.float64)
-    weights = torch.randn(engine.logits(mask.detach()).shape, generator=g, dtype=torch.float64)
-    (engine.logits(mask) * weights).sum().backward()
-    eps, rtol = 1e-6, 1e-6
-    plus = (engine.logits(mask.detach() + eps * direction) * weights).sum()
-    minus = (engine.logits(mask.detach() - eps * direction) * weights).sum()
-    torch.testing.assert_close(mask.grad @ direction, (plus - minus) / (2 * eps), rtol=rtol, atol=1e-8)
+    assert_mask_gradient_matches_finite_differences(graph, engine)
 
 
 @pytest.mark.parametrize("family, granularity, corruption", [
@@ -146,6 +136,7 @@ def test_hooks_answer_to_transformer_lens_3_names(models):
     assert "hook_pos_embed" not in model_of(models, "llama").hook_dict
 
 
+@pytest.mark.needs_gpt2_tokenizer
 @pytest.mark.parametrize("family", ["llama", "qwen", "gemma2"])
 def test_float64_bridges_compute_hugging_faces_function_in_float64(family):
     """Hugging Face's RMS norms and the 4.3 rotary attention bridge round to float32 in any dtype;

@@ -18,14 +18,14 @@ if backend() != "tl4":
 
 from circuitfind.core.graph import Architecture, EdgeMask, Graph  # noqa: E402
 from circuitfind.core.metrics import KL  # noqa: E402
-from circuitfind.engine.reference import reference_ablation, reference_logits  # noqa: E402
 from circuitfind.methods import Problem, get_method  # noqa: E402
 from circuitfind.models.loading import load_model  # noqa: E402
 from circuitfind.models.tracr import load_tracr_model  # noqa: E402
 from circuitfind.models.view import model_view, native  # noqa: E402
 
 from test_acdc import random_task, reference_acdc, typical_single_edge_effect  # noqa: E402
-from test_engine import random_masks, setup  # noqa: E402
+from test_engine import (assert_engine_matches_the_reference, assert_mask_gradient_matches_finite_differences,  # noqa: E402
+                         setup)
 
 # rotates adjacent pairs of the first 6 of each head's 8 dimensions, base 5e4; 4 query heads share
 # 2 key/value heads; RMSNorm (kept in float64 for float64 weights) and a GELU MLP
@@ -110,25 +110,14 @@ def test_engine_agrees_with_the_hook_reference_on_random_and_fractional_masks(mo
                                                                               corruption):
     model = model_of(models, family)
     graph, engine, clean, corrupted = setup(model, granularity=granularity, corruption=corruption)
-    ablated = reference_ablation(model, corrupted, corruption)
-    for mask in random_masks(graph, 3):
-        torch.testing.assert_close(engine.logits(mask), reference_logits(model, graph, clean, ablated, mask),
-                                   rtol=0, atol=1e-9)
+    assert_engine_matches_the_reference(model, graph, engine, clean, corrupted, corruption)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_gradient_through_the_mask_equals_finite_differences(models, family):
     model = model_of(models, family)
     graph, engine, _, _ = setup(model)
-    g = torch.Generator().manual_seed(5)
-    mask = torch.rand(graph.n_edges, generator=g, dtype=torch.float64).requires_grad_(True)
-    direction = torch.randn(graph.n_edges, generator=g, dtype=torch.float64)
-    weights = torch.randn(engine.logits(mask.detach()).shape, generator=g, dtype=torch.float64)
-    (engine.logits(mask) * weights).sum().backward()
-    eps = 1e-6
-    plus = (engine.logits(mask.detach() + eps * direction) * weights).sum()
-    minus = (engine.logits(mask.detach() - eps * direction) * weights).sum()
-    torch.testing.assert_close(mask.grad @ direction, (plus - minus) / (2 * eps), rtol=1e-6, atol=1e-8)
+    assert_mask_gradient_matches_finite_differences(graph, engine)
 
 
 @pytest.mark.parametrize("family, granularity", [("induction_2l", "heads"), ("rotary-adjacent", "qkv")])

@@ -39,6 +39,7 @@ MORE_SHAPES = {
 }
 
 
+@pytest.mark.needs_gpt2_tokenizer
 @pytest.mark.parametrize("shape, method", [
     *[(shape, method) for shape in SHAPES for method in (["method=eap"], ["method=acdc", "method.max_edge_tests=50"])],
     *[(shape, ["method=eap"]) for shape in MORE_SHAPES]])
@@ -59,6 +60,7 @@ def test_the_default_runs_take_the_shipped_weights_through_a_native_bridge(tmp_p
     assert induction["model"] == "induction_2l" and 0 < induction["n_edges_kept"] < induction["n_edges_total"] == 305
 
 
+@pytest.mark.needs_gpt2_tokenizer
 def test_a_model_without_a_transformer_lens_4_path_is_refused_with_one_line(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     result = subprocess.run([sys.executable, "-m", "circuitfind.cli", "task=induction", "model=redwood_attn_2l",
@@ -69,6 +71,7 @@ def test_a_model_without_a_transformer_lens_4_path_is_refused_with_one_line(tmp_
     assert len(lines) == 1 and "no Hugging Face architecture" in lines[0], result.stderr
 
 
+@pytest.mark.needs_gpt2_tokenizer
 def test_the_readme_python_api_example_runs_with_a_bridge(tmp_path, monkeypatch, capsys):
     """The README's bridge lines, then its Python example from ``generator = ...`` on, as written."""
     from test_api import README, readme_python_example
@@ -88,6 +91,7 @@ def test_the_readme_python_api_example_runs_with_a_bridge(tmp_path, monkeypatch,
     assert f"{summary['n_edges_kept']} of {summary['n_edges_total']} edges kept" == printed[0]
 
 
+@pytest.mark.needs_gpt2_tokenizer
 def test_real_weights_load_through_the_bridge_from_a_saved_folder(tmp_path):
     """``model=hf model.name=<folder>`` (a model saved with save_pretrained) takes the loader's path for
     real weights, ``boot_transformers``, offline: the view's logits are those of the saved weights."""
