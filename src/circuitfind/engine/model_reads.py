@@ -6,7 +6,8 @@ embeddings, each block's norms (LayerNorm, LNPre, RMSNorm, RMSPre), the attentio
 ``apply_rotary`` (full or partial rotary), ``calculate_attention_scores`` (scale, soft-cap;
 grouped-query attention repeats each key/value head there), ``apply_causal_mask`` (local windows
 too) and ``calculate_z_scores``, the MLP (plain or gated), Gemma-2's post-norms and the soft-capped
-unembedding.  ``norm_parts`` tells the gradient fast path which of TransformerLens' norms it has.
+unembedding.  ``norm_parts`` tells the fast paths (the gradient's, the nodes-only forward's) which of
+TransformerLens' norms it has, to fold its weight and bias into the projections.
 """
 
 from __future__ import annotations

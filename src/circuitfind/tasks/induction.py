@@ -8,8 +8,8 @@ the current token the first time; the metrics read only those positions.
 
 The task runs on ``induction_2l``, a 2-layer attention-only model the project trains on such
 sequences (``scripts/train_induction.py``); ``model=redwood_attn_2l`` asks for the paper's model.
-``task=algo_induction`` is the same task on ``algo_4l`` (``scripts/train_algo.py``), 4 layers whose
-induction circuit is a small part of the graph.
+``task=algo_induction`` is the same task on ``algo_4l`` (``scripts/train_algo.py``), 4 layers and
+1,377 edges.
 There is no ground-truth circuit: runs report the metric against the number of edges.
 """
 
