@@ -99,6 +99,19 @@ class ModelReads:
         self.soft_cap = getattr(cfg, "output_logits_soft_cap", -1.0)
         self._qkv_weights: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._unembed_weight: torch.Tensor | None = None  # see unembed
+        self._norms_centre: bool | None = None  # see norms_centre
+
+    def norms_centre(self) -> bool:
+        """Whether every norm that reads a receiver (each block's ln1 and ln2, the final norm) is a
+        LayerNorm (or LNPre): then a receiver's output depends on its input only through the input
+        less its mean over d_model."""
+        if self._norms_centre is None:
+            norms = [block.ln1 for block in self.blocks] + [getattr(self.model, "ln_final", None)]
+            if self.graph.arch.has_mlps:
+                norms += [block.ln2 for block in self.blocks]
+            parts = [norm_parts(ln) if ln is not None else None for ln in norms]
+            self._norms_centre = all(p is not None and not p.identity and p.centred for p in parts)
+        return self._norms_centre
 
     def b_O(self, layer: int) -> torch.Tensor:
         """The attention output bias of ``layer``: written by no sender, never patched."""
@@ -156,6 +169,23 @@ class ModelReads:
         if heads is None:
             return torch.einsum("bqhe,hed->hbqd", z, self.attns[layer].W_O)
         return torch.einsum("bqhe,hed->hbqd", z[:, :, heads], self.attns[layer].W_O[heads])
+
+    def head_result_diffs(self, layer: int, z: torch.Tensor, heads: torch.Tensor, ablated: torch.Tensor,
+                          out: torch.Tensor) -> None:
+        """``out[h] = head_results(layer, z)[h] - ablated[h]`` for each of ``heads`` (``out``: [H,
+        batch, pos, d_model], ``ablated``: [H, batch | 1, pos, d_model]), one product per head
+        straight into its slab: no [len(heads), batch, pos, d_model] temporaries."""
+        W_O = self.attns[layer].W_O
+        batch, n_pos, _, d_head = z.shape
+        z = z.reshape(batch * n_pos, -1)
+        for head in heads.tolist():
+            slab = out[head].view(batch * n_pos, -1)
+            zh = z[:, head * d_head:(head + 1) * d_head]
+            if ablated.shape[1] == batch:
+                torch.addmm(ablated[head].reshape(batch * n_pos, -1), zh, W_O[head], beta=-1, out=slab)
+            else:  # an ablation shared by every prompt (zero, mean): broadcast it
+                torch.mm(zh, W_O[head], out=slab)
+                out[head].sub_(ablated[head])
 
     def unembed(self, x: torch.Tensor) -> torch.Tensor:
         """The model's unembedding, computed as TransformerLens does (``F.linear`` on W_U's

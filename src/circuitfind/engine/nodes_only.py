@@ -21,6 +21,13 @@ uses this path for any gradient-free single mask on pre-norm blocks.  Post-norm 
 read a layer's heads through a norm of their sum, which is not linear in the row: they take the
 full run.
 Under grouped-query attention a layer's key/value inputs are read whenever any of its heads is needed.
+
+The forward is mostly passes over [k, batch, pos, d_model] slabs, so it writes them in place: the
+products of the reads and the heads' outputs go into scratch space reused between runs (a fresh
+tensor of that size costs a page fault per page written, more than the product), each head's output
+less its ablated value is one ``addmm`` into its slot, and where every norm centres (LayerNorm: GPT-2,
+Pythia) the differences and ablated residuals are stored centred, so that each head input comes out
+of its product centred and is not centred again.
 """
 
 from __future__ import annotations
@@ -76,9 +83,13 @@ def nodes_only_logits(engine, mask, positions: torch.Tensor | None = None) -> to
     batch, n_pos, d_model = embeds[0].shape
     shape = (batch, n_pos, d_model)
     diffs = place.body_buffer(g.n_senders, batch, embeds[0])  # only needed slots are written and read
+    # Every receiver read through a LayerNorm: the norm sees only its input's centred part, which is
+    # linear in the senders, so the differences and the ablated residuals are kept centred and the
+    # inputs come out of the product centred (no pass over each input for its mean).
+    centred = ops.norms_centre()
     for slot, value in enumerate(embeds):
         if needed[slot]:
-            diffs[slot] = value - place.fetch(ablation.senders[slot])
+            store_diff(diffs, slot, value, place.fetch(ablation.senders[slot]), place, centred)
 
     zeroed = [0]  # the unneeded slots below this one hold zeros (a dense read multiplies them)
 
@@ -89,30 +100,36 @@ def nodes_only_logits(engine, mask, positions: torch.Tensor | None = None) -> to
         distinct, source = torch.unique(rows, dim=0, return_inverse=True)
         if len(distinct) == len(rows):  # no two alike: read them in their own order
             distinct, source = rows, None
-        base = engine.reads.ablated_resid(n_senders, first_row)  # [1, batch | 1, pos, d_model]
+        base = engine.reads.ablated_resid(n_senders, first_row, centred)  # [1, batch | 1, pos, d_model]
+        x = place.scratch("inputs", (len(distinct), *shape))  # the product written in place, no allocation
         used = distinct.any(0).nonzero().flatten()
         if len(used) == 0:
-            return base.expand(len(distinct), *shape), source
+            return x.copy_(base.expand_as(x)), source
         if len(used) <= n_senders // 4:  # a few slabs: gather them
-            summed = distinct[:, used] @ place.fetch(diffs.index_select(0, used.to(diffs.device))).flatten(1)
+            if diffs.device == x.device:
+                slabs = torch.index_select(diffs, 0, used.to(diffs.device),
+                                           out=place.scratch("gathered", (len(used), *shape)))
+            else:
+                slabs = place.fetch(diffs.index_select(0, used.to(diffs.device)))
+            torch.mm(distinct[:, used], slabs.flatten(1), out=x.flatten(1))
         else:  # most of them: one product over the stored range, its unneeded slots zeroed once
             if zeroed[0] < n_senders:
                 unneeded = (~needed[zeroed[0]:n_senders]).nonzero().flatten() + zeroed[0]
                 diffs.index_fill_(0, unneeded.to(diffs.device), 0)
                 zeroed[0] = n_senders
-            summed = distinct @ place.fetch(diffs[:n_senders]).flatten(1)
-        return base + summed.view(len(distinct), *shape), source
+            torch.mm(distinct, place.fetch(diffs[:n_senders]).flatten(1), out=x.flatten(1))
+        return x.add_(base), source
 
     for layer in range(g.n_layers):
         block = ops.blocks[layer]
         heads = needed[g.head_slots(layer)].nonzero().flatten()
         if len(heads):
-            attention(engine, layer, heads, kept, qkv_mask[layer], read, diffs, shape)
+            attention(engine, layer, heads, kept, qkv_mask[layer], read, diffs, shape, centred)
         if g.arch.has_mlps and needed[g.mlp_slot(layer)]:
             n = g.n_senders_before_mlp(layer)
             x, _ = read(kept[g.mlp_row(layer), :n][None], n, g.mlp_row(layer))
             slot = g.mlp_slot(layer)
-            diffs[slot] = block.mlp(block.ln2(x[0])) - place.fetch(ablation.senders[slot])
+            store_diff(diffs, slot, block.mlp(block.ln2(x[0])), place.fetch(ablation.senders[slot]), place, centred)
     final, _ = read(kept[g.resid_post_row][None], g.n_senders, g.resid_post_row)
     final = final[0].expand(*shape)
     if positions is not None:
@@ -120,8 +137,25 @@ def nodes_only_logits(engine, mask, positions: torch.Tensor | None = None) -> to
     return ops.unembed(final)
 
 
+def centre_(x: torch.Tensor) -> torch.Tensor:
+    """``x`` less its mean over the last dimension, in place."""
+    return x.sub_(x.mean(-1, keepdim=True))
+
+
+def store_diff(diffs: torch.Tensor, slot: int, value: torch.Tensor, ablated: torch.Tensor, place,
+               centred: bool) -> None:
+    """``diffs[slot] = value - ablated`` (``centred``: less its mean), written in place where
+    ``diffs`` lives on the model's device."""
+    own = diffs.device == value.device
+    diff = torch.sub(value, ablated, out=diffs[slot] if own else None)
+    if centred:
+        centre_(diff)
+    if not own:
+        diffs[slot] = place.store(diff)
+
+
 def attention(engine, layer: int, heads: torch.Tensor, kept: torch.Tensor, qkv_mask: torch.Tensor,
-              read, diffs: torch.Tensor, shape: tuple[int, int, int]) -> None:
+              read, diffs: torch.Tensor, shape: tuple[int, int, int], centred: bool) -> None:
     """Layer ``layer``'s needed ``heads``: their q/k/v inputs read (where the q/k/v edge is not
     removed), every other head's query, key and value the ablated ones; their outputs' differences
     from the ablation written into ``diffs``."""
@@ -131,8 +165,8 @@ def attention(engine, layer: int, heads: torch.Tensor, kept: torch.Tensor, qkv_m
     bias = b[:, None] if b.dim() == 4 else b[:, None, None]  # [3, 1, (pos | 1), H, d_head]
     ablated_qkv = place.fetch(ablation.qkv[layer])  # [3, batch | 1, pos, H, d_head]
     # held head-major, [3, H, batch, pos, d_head], so that a head's q, k or v is one contiguous block
-    by_head = ablated_qkv.permute(0, 3, 1, 2, 4)
-    by_head = by_head.expand(3, H, shape[0], *by_head.shape[3:]).contiguous()
+    by_head = place.scratch("qkv", (3, H, *shape[:2], ablated_qkv.shape[-1]))
+    by_head.copy_(ablated_qkv.permute(0, 3, 1, 2, 4))
     inputs = torch.zeros(3, H, dtype=torch.bool, device=kept.device)
     inputs[:, heads] = True
     if g.arch.grouped:
@@ -143,7 +177,7 @@ def attention(engine, layer: int, heads: torch.Tensor, kept: torch.Tensor, qkv_m
     if len(offsets):
         n = g.n_senders_before_heads(layer)
         x, source = read(kept[first + offsets, :n], n, first)
-        project = NormedProjection(ops.blocks[layer].ln1, x, W)
+        project = NormedProjection(ops.blocks[layer].ln1, x, W, centred)
         flat = by_head.view(3 * H, *by_head.shape[2:])
         groups = [torch.tensor([i]) for i in range(len(offsets))] if source is None else \
             [(source == j).nonzero().flatten() for j in range(len(x))]
@@ -157,26 +191,35 @@ def attention(engine, layer: int, heads: torch.Tensor, kept: torch.Tensor, qkv_m
                 own = w * own + (1 - w) * ablated_qkv[which, :, :, head]
             flat.index_copy_(0, offsets[members], own)
     qkv = by_head.permute(0, 2, 3, 1, 4)  # [3, batch, pos, H, d_head]
-    result = ops.head_results(layer, ops.attend(layer, qkv), heads)  # [n_heads, batch, pos, d_model]
-    slots = g.head_slots(layer).start + heads
-    diffs[slots] = result - place.fetch(ablation.senders[slots])
+    z = ops.attend(layer, qkv)
+    span = g.head_slots(layer)
+    ablated = place.fetch(ablation.senders[span])
+    if diffs.device == engine.device:  # each head's output written straight into its slot
+        ops.head_result_diffs(layer, z, heads, ablated, diffs[span])
+        if centred:
+            for head in heads.tolist():
+                centre_(diffs[span.start + head])
+    else:  # stored off the device: computed there, then stored
+        result = ops.head_results(layer, z, heads) - ablated[heads]
+        diffs[span.start + heads] = place.store(centre_(result) if centred else result)
 
 
 class NormedProjection:
     """``ln(x[j]) @ W[which, head]`` for distinct head inputs ``x`` [k, batch, pos, d_model] and the
-    q/k/v weights W [3, H, d_model, d_head]: [batch * pos, len(which) * d_head].
+    q/k/v weights W [3, H, d_model, d_head]: [batch * pos, len(which) * d_head].  ``x`` is centred
+    in place (``centred``: it already is).
 
     For TransformerLens' four norms (``model_reads.norm_parts``: ``w * xc / s + b``) the norm's
     weight and bias are folded into the projection, ``(xc @ (w W)) / s + b @ W``, as the gradient
     path does: two passes over an input (its mean and its centred norm) where the norm module makes
     about ten; the projection reads the centred input once.  Any other norm: the module itself."""
 
-    def __init__(self, ln, x: torch.Tensor, W: torch.Tensor):
+    def __init__(self, ln, x: torch.Tensor, W: torch.Tensor, centred: bool = False):
         parts = norm_parts(ln)
         if parts is None or parts.identity:
             self.normed, self.W, self.scale, self.shift = (x if parts is not None else ln(x)), W, None, None
             return
-        self.normed = x - x.mean(-1, keepdim=True) if parts.centred else x  # xc
+        self.normed = centre_(x) if parts.centred and not centred else x  # xc, in place (x is scratch)
         self.scale = torch.linalg.vector_norm(self.normed, dim=-1, keepdim=True).square_() \
             .div_(x.shape[-1]).add_(parts.eps).sqrt_()  # s = sqrt(mean(xc^2) + eps), [k, batch, pos, 1]
         self.W = W * parts.w[:, None] if parts.w is not None else W

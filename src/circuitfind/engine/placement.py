@@ -110,3 +110,15 @@ class Storage:
             held = buffers[self.storage, self.dtype] = torch.empty(math.prod(shape), device=self.storage,
                                                                   dtype=self.dtype)
         return held[:math.prod(shape)].view(shape)
+
+    def scratch(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """Scratch space ``name`` of ``shape`` on the model's device, reused between calls of one
+        thread (a forward's intermediate slabs: a fresh allocation of a large tensor costs a page
+        fault on every page it writes, more than the product that fills it).  Its contents are the
+        caller's until the next call with the same name."""
+        buffers = _SCRATCH.__dict__.setdefault("scratch", {})
+        key = (name, self.device, self.dtype)
+        held = buffers.get(key)
+        if held is None or held.numel() < math.prod(shape):
+            held = buffers[key] = torch.empty(math.prod(shape), device=self.device, dtype=self.dtype)
+        return held[:math.prod(shape)].view(shape)

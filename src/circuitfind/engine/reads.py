@@ -38,7 +38,7 @@ class ReceiverReads:
 
     def __init__(self, ops: ModelReads, graph: Graph, ablation: Ablation, storage: Storage):
         self.ops, self.graph, self.ablation, self.storage = ops, graph, ablation, storage
-        self._ablated_resid: dict[tuple[int, int], torch.Tensor] = {}
+        self._ablated_resid: dict[tuple, torch.Tensor] = {}
 
     def changed_inputs(self, r: torch.Tensor, row: int, resid: torch.Tensor,
                        diff: SenderDiffs) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -109,9 +109,16 @@ class ReceiverReads:
             start += len(block)
         return x
 
-    def ablated_resid(self, n_senders: int, row: int) -> torch.Tensor:
+    def ablated_resid(self, n_senders: int, row: int, centred: bool = False) -> torch.Tensor:
         """The residual a receiver would read with every edge removed: the ablated values of the
-        senders it sees plus the attention biases written before it (never patched)."""
+        senders it sees plus the attention biases written before it (never patched); ``centred``:
+        less its mean over d_model."""
+        if centred:
+            key = (n_senders, row, True)
+            if key not in self._ablated_resid:
+                x = self.ablated_resid(n_senders, row)
+                self._ablated_resid[key] = x - x.mean(-1, keepdim=True)
+            return self._ablated_resid[key]
         key = (n_senders, row)
         if key not in self._ablated_resid:
             g = self.graph
