@@ -39,6 +39,7 @@ class ReceiverReads:
     def __init__(self, ops: ModelReads, graph: Graph, ablation: Ablation, storage: Storage):
         self.ops, self.graph, self.ablation, self.storage = ops, graph, ablation, storage
         self._ablated_resid: dict[tuple, torch.Tensor] = {}
+        self._last_prefix: tuple[int, torch.Tensor | None] = (0, None)  # see _prefix_sum
 
     def changed_inputs(self, r: torch.Tensor, row: int, resid: torch.Tensor,
                        diff: SenderDiffs) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -113,13 +114,7 @@ class ReceiverReads:
         """The residual a receiver would read with every edge removed: the ablated values of the
         senders it sees plus the attention biases written before it (never patched); ``centred``:
         less its mean over d_model."""
-        if centred:
-            key = (n_senders, row, True)
-            if key not in self._ablated_resid:
-                x = self.ablated_resid(n_senders, row)
-                self._ablated_resid[key] = x - x.mean(-1, keepdim=True)
-            return self._ablated_resid[key]
-        key = (n_senders, row)
+        key = (n_senders, row, centred)
         if key not in self._ablated_resid:
             g = self.graph
             layer = g.n_layers if row == g.resid_post_row else row // g.rows_per_layer
@@ -127,8 +122,24 @@ class ReceiverReads:
                               and row == g.mlp_row(min(layer, g.n_layers - 1)))
             biases = sum((self.ops.b_O(l) for l in range(layer + (1 if own_layer_bias else 0))),
                          torch.zeros((), dtype=self.ops.dtype, device=self.ops.device))
-            self._ablated_resid[key] = (self.storage.summed(self.ablation.senders[:n_senders]) + biases).unsqueeze(0)
+            if not centred:
+                self._ablated_resid[key] = (self.storage.summed(self.ablation.senders[:n_senders]) + biases).unsqueeze(0)
+            else:  # the nodes-only forward's: the sum continued from the last one (its reads come in order)
+                x = self._prefix_sum(n_senders) + biases
+                self._ablated_resid[key] = (x - x.mean(-1, keepdim=True)).unsqueeze(0)
         return self._ablated_resid[key]
+
+    def _prefix_sum(self, n_senders: int) -> torch.Tensor:
+        """The first ``n_senders`` ablated senders' sum, continued from the last one asked for where
+        that one was shorter (one pass over the senders for a forward's reads, not one per read)."""
+        start, total = self._last_prefix
+        if start > n_senders or total is None:
+            start, total = 0, None
+        if n_senders > start:
+            part = self.storage.summed(self.ablation.senders[start:n_senders])
+            total = part if total is None else total + part
+        self._last_prefix = (n_senders, total)
+        return total
 
     def attention_output(self, layer: int, result: torch.Tensor, resid: torch.Tensor, diff: SenderDiffs,
                          n_candidates: int) -> torch.Tensor:
