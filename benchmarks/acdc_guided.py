@@ -105,7 +105,8 @@ def cmd_kl(args) -> dict:
     rows = []
     for tau in args.taus:
         plain = run_method(base, "acdc", tau)
-        guided = run_method(base, "acdc_guided", tau, order=args.order, rescore=not args.no_rescore)
+        guided = run_method(base, "acdc_guided", tau, order=args.order, rescore=not args.no_rescore, split=args.split,
+                            group=args.group)
         for r in (plain, guided):
             r["jaccard"] = len(plain["names"] & r["names"]) / max(1, len(plain["names"] | r["names"]))
             rows.append(r)
@@ -143,6 +144,8 @@ def cmd_tracr(args) -> dict:
     exp = load_figure_spec("tracr_suite")
     exp.methods = ["acdc", "acdc_guided"]
     exp.heatmap = False
+    exp.presets[exp.preset].acdc_guided.overrides = [*args.set, f"method.split={args.split}", f"method.group={args.group}",
+                                                     f"method.order={args.order}", f"method.rescore={not args.no_rescore}"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = out / "tracr_suite_acdc.yaml"
@@ -191,7 +194,7 @@ def cmd_gpt2(args) -> dict:
     print(f"GPT-2 shape (random weights), {args.prompts} prompts, {graph.n_edges} edges, load {loadavg()}", flush=True)
     out = {}
     for tau in args.taus:
-        params = dict(order=args.order, rescore=not args.no_rescore)
+        params = dict(order=args.order, rescore=not args.no_rescore, split=args.split, group=args.group)
         if args.max_edge_tests is not None:
             params["max_edge_tests"] = args.max_edge_tests
         guided = run_method(base, "acdc_guided", tau, **params)
@@ -222,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     gpt2.add_argument("--prompts", type=int, default=100)
     gpt2.add_argument("--samples", type=int, default=24, help="plain ACDC tests timed for the estimate")
     gpt2.add_argument("--max-edge-tests", type=int, default=None, help="cap (default: a whole run)")
-    for p in (kl, gpt2):
+    for p in (kl, tracr, gpt2):
         p.add_argument("--order", default="eap", help="acdc_guided's order")
         p.add_argument("--no-rescore", action="store_true", help="acdc_guided's order from the full model only")
+        p.add_argument("--split", default="mass", help="acdc_guided's split: mass or half")
+        p.add_argument("--group", default="receiver", help="acdc_guided's blocks: stage or receiver")
         p.add_argument("--set", action="append", default=[], help="a circuitfind override (repeatable)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)

@@ -10,7 +10,8 @@ from circuitfind.core.checkpoint import Checkpointer, RunInterrupted
 from circuitfind.core.graph import Architecture, EdgeMask, Graph
 from circuitfind.methods import Problem, get_method
 from circuitfind.methods.acdc import acdc_search, visits
-from circuitfind.methods.acdc_guided import blocks, guided_on_engine, guided_search
+from circuitfind.methods.acdc_guided import (blocks, guided_on_engine, guided_search, keep_chances, mass_group_size,
+                                             mass_split)
 from circuitfind.core.metrics import KL
 from circuitfind.engine.reference import reference_ablation, reference_logits
 
@@ -45,15 +46,16 @@ def single_edge_tau(problem: Problem, quantile: float) -> float:
     return float(torch.tensor(effects).quantile(quantile))
 
 
-@pytest.mark.parametrize("granularity, corruption, order, quantile", [
-    ("qkv", "corrupted", "eap", 0.7), pytest.param("heads", "zero", "eap_ig", 0.7, marks=pytest.mark.slow),
-    ("nodes", "mean", "random", 0.7)])
+@pytest.mark.parametrize("granularity, corruption, order, group, quantile", [
+    ("qkv", "corrupted", "eap", "receiver", 0.7),
+    pytest.param("heads", "zero", "eap_ig", "receiver", 0.7, marks=pytest.mark.slow),
+    ("nodes", "mean", "random", "stage", 0.7)])  # a node's few inputs: groups of several come from a stage
 def test_a_group_goes_exactly_when_the_hook_reference_says_the_loss_rose_by_less_than_tau(granularity, corruption, order,
-                                                                                          quantile):
+                                                                                          group, quantile):
     problem = tiny_problem(granularity=granularity, corruption=corruption, n_layers=3, n_heads=4 if granularity == "nodes" else 2)
     tau = single_edge_tau(problem, quantile)  # most edges removable: groups of several edges get tested
     decisions = []
-    result = guided_on_engine(problem, tau=tau, order=order, on_test=lambda *args: decisions.append(args))
+    result = guided_on_engine(problem, tau=tau, order=order, group=group, on_test=lambda *args: decisions.append(args))
     ablated = reference_ablation(problem.task.model, problem.task.validation.corrupted, corruption)
     assert any(len((b != a).nonzero()) > 1 and ok for b, a, _, _, ok in decisions), "no group was removed at once"
     assert any(not ok for *_, ok in decisions)
@@ -96,19 +98,45 @@ def independent_toy(graph: Graph, seed: int):
 
 
 @pytest.mark.parametrize("granularity", ["qkv", "heads", "nodes"])
-@pytest.mark.parametrize("order", ["random", "graph"])
-def test_on_independent_edges_that_never_help_the_kept_set_is_plain_acdcs(granularity, order):
+@pytest.mark.parametrize("order", ["random", "graph", "noisy costs"])
+@pytest.mark.parametrize("split, group", [("mass", "stage"), ("half", "stage"), ("mass", "receiver")])
+def test_on_independent_edges_that_never_help_the_kept_set_is_plain_acdcs(granularity, order, split, group):
     model = tiny_model(n_layers=3, n_heads=3, d_model=12)
     graph = Graph(Architecture.from_config(model.cfg), granularity)
     for seed in range(3):
         losses, costs = independent_toy(graph, seed)
         generator = torch.Generator().manual_seed(seed)
-        shuffle = (lambda mask, edges: torch.rand(len(edges), generator=generator)) if order == "random" else \
-            (lambda mask, edges: -torch.tensor(edges, dtype=torch.float64))
+        if order == "random":
+            importance = lambda mask, edges: torch.rand(len(edges), generator=generator)  # noqa: E731
+        elif order == "graph":
+            importance = lambda mask, edges: -torch.tensor(edges, dtype=torch.float64)  # noqa: E731
+        else:  # magnitudes like attribution's: the true costs, each off by a random factor up to 10
+            importance = lambda mask, edges: costs[edges] * 10 ** (2 * torch.rand(len(edges), generator=generator,  # noqa: E731
+                                                                                   dtype=torch.float64) - 1)
         plain = acdc_search(graph, losses, 1.0, progress=False, dtype=torch.float64)
-        guided = guided_search(graph, losses, shuffle, 1.0, progress=False, dtype=torch.float64)
+        guided = guided_search(graph, losses, importance, 1.0, progress=False, dtype=torch.float64, split=split,
+                               group=group, weighted=order == "noisy costs")
         assert 0 < plain.circuit.n_kept < graph.n_edges
         assert guided.circuit.kept_names() == plain.circuit.kept_names()
+
+
+def test_a_failed_group_splits_where_half_its_chance_of_a_kept_edge_lies():
+    assert mass_split(torch.full((8,), 0.1, dtype=torch.float64)) == 4  # equal chances: halves
+    assert mass_split(torch.tensor([0.01] * 9 + [0.9], dtype=torch.float64)) == 9  # the strongest alone
+    assert mass_split(torch.tensor([0.5, 0.9], dtype=torch.float64)) == 1
+    assert mass_split(torch.tensor([0.0, 0.0, 0.0], dtype=torch.float64)) == 1  # no chances: halves
+    assert mass_split(torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)) == 2  # never an empty part
+    # a group passes about half the time: chances summing to at most ln 2; the weakest alone once it
+    # is kept a third of the time
+    assert mass_group_size(torch.full((100,), 0.01, dtype=torch.float64)) == 69
+    assert mass_group_size(torch.full((5,), 0.4, dtype=torch.float64)) == 1
+
+
+def test_keep_chances_follow_attribution_half_way_and_never_exceed_one():
+    chances = keep_chances(torch.tensor([0.0, 0.0, 1.0, 3.0], dtype=torch.float64), expected_kept=2.0)
+    assert chances.tolist() == pytest.approx([0.25, 0.25, 0.5, 1.0])  # 2 x (half evenly + half by weight), capped
+    even = keep_chances(torch.tensor([-1.0, 2.0], dtype=torch.float64), expected_kept=1.0)  # not magnitudes
+    assert even.tolist() == [0.5, 0.5]
 
 
 def test_blocks_cut_acdcs_visits_where_the_stage_changes_or_a_receiver_feeds_the_block():

@@ -7,23 +7,32 @@ circuit without it shows a loss rise below ``tau`` -- but tests edges in groups,
 attribution (EAP through the engine's gradient) decide which edges to try together:
 
     circuit <- every edge;  L <- loss(circuit)
-    for each block, from the output back (ACDC's visits cut where the stage changes, or where a
-    receiver of the block feeds an edge of the block; ``group=receiver``: one visit per block):
+    for each block, from the output back (``group=receiver``: ACDC's visits, one receiver each;
+    ``group=stage``: ACDC's visits cut where the stage changes, or where a receiver of the block
+    feeds an edge of the block):
         drop the inputs of receivers that feed nothing (as ACDC: untested, score -inf)
         order the block's other edges by |attribution| on the current circuit, weakest first
-        settle(those edges)
+        while edges are left: settle(the next weakest group)
     settle(G):
         L' <- loss(circuit without G)              one exact forward (none if evaluated before)
         if L' - L < tau:   remove G;  L <- L'      (a group removal is an ACDC step)
         elif |G| == 1:     keep it; its score is L' - L
-        else:              settle(weaker half of G); settle(stronger half of G)
+        else:              settle(weaker part of G); settle(stronger part of G)
 
-Every decision reads exact losses; attribution only orders the tests, so a poor ranking costs
-forwards, never faithfulness: each accepted step raises the loss by less than ``tau``, and an edge is
-kept only when removing it alone raises the loss by ``tau`` or more.  When edges act independently
-and never help, a group hurts by at least as much as each of its edges, so the kept set is exactly
-plain ACDC's.  With K of a block's N edges kept, bisection needs about K + K log2(N / K) tests, and
-attribution makes the weak half of each split pass at once.
+Every decision reads exact losses; attribution only orders and sizes the tests, so a poor ranking
+costs forwards, never faithfulness: each accepted step raises the loss by less than ``tau``, and an
+edge is kept only when removing it alone raises the loss by ``tau`` or more.  When edges act
+independently and never help, a group hurts by at least as much as each of its edges, so the kept
+set is exactly plain ACDC's.
+
+Group sizes and splits (``split=mass``): each edge gets a chance of being kept, the expected number
+kept (the keep rate seen so far times the edges left) spread half in proportion to attribution and
+half evenly.  A group is the weakest edges whose chances sum to at most ln 2 (it passes about half
+the time), and a failed group splits where half its chance lies: bisection when chances are equal,
+the strongest edge alone when attribution puts most of the chance on it.  ``split=half``: groups of
+2^floor(log2((1 - p) / p)) edges for keep rate p (Hwang's generalised binary splitting) and
+bisection.  With K of a block's N edges kept and no help from the ranking, either needs about
+K + K log2(N / K) tests.
 
 Costs are counted where the engine runs: ``n_edge_tests`` (the trace's rows) is the number of
 distinct candidate circuits whose exact loss was read, as ACDC's; a circuit met again (after the
@@ -66,18 +75,19 @@ ScoreFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
 
 
 @torch.no_grad()
-def acdc_guided(problem: Problem, tau: float, order: str = "eap", group: str = "stage", rescore: bool = True,
+def acdc_guided(problem: Problem, tau: float, order: str = "eap", group: str = "receiver", rescore: bool = True,
                 ig_steps: int = 3, seed: int = 0, abs_delta: bool = False, max_edge_tests: int | None = None,
-                batch_edges: int | str = "auto", checkpointer: Checkpointer | None = None) -> MethodResult:
+                batch_edges: int | str = "auto", split: str = "mass",
+                checkpointer: Checkpointer | None = None) -> MethodResult:
     """Guided ACDC on the fast engine (see the module docstring)."""
     return guided_on_engine(problem, tau, order, group, rescore, ig_steps, seed, abs_delta, max_edge_tests,
-                            batch_edges, checkpointer)
+                            batch_edges, checkpointer, split=split)
 
 
-def guided_on_engine(problem: Problem, tau: float, order: str = "eap", group: str = "stage", rescore: bool = True,
+def guided_on_engine(problem: Problem, tau: float, order: str = "eap", group: str = "receiver", rescore: bool = True,
                      ig_steps: int = 3, seed: int = 0, abs_delta: bool = False, max_edge_tests: int | None = None,
                      batch_edges: int | str = "auto", checkpointer: Checkpointer | None = None,
-                     on_test: Callable | None = None) -> MethodResult:
+                     on_test: Callable | None = None, split: str = "mass") -> MethodResult:
     """``acdc_guided``, telling ``on_test`` every decision (see ``guided_search``)."""
     engine, data, graph = problem.engine("validation"), problem.data("validation"), problem.graph
     logits, cache = engine.run(graph.full_mask(), data.positions, record=True)
@@ -92,7 +102,7 @@ def guided_on_engine(problem: Problem, tau: float, order: str = "eap", group: st
                            rescore=rescore, abs_delta=abs_delta, max_edge_tests=max_edge_tests,
                            progress=problem.progress, dtype=engine.dtype, checkpointer=checkpointer,
                            batch_edges=batch_edges, full_loss=float(problem.loss(logits, "validation")),
-                           on_test=on_test)
+                           on_test=on_test, split=split, weighted=order in ("eap", "eap_ig"))
     # Verification: the final circuit's loss from one full forward (no restart, no cache), beside the
     # loss the search accepted it with.
     final = float(problem.loss(engine.logits(result.circuit.values.to(engine.dtype), data.positions), "validation"))
@@ -183,6 +193,35 @@ def group_size(keep_rate: float) -> int:
     return 2 ** int(math.floor(math.log2((1 - keep_rate) / keep_rate)))
 
 
+def keep_chances(weights: torch.Tensor, expected_kept: float) -> torch.Tensor:
+    """``split=mass``: each edge's chance of being kept, for edges with attribution ``weights``: the
+    expected number kept, spread half in proportion to attribution and half evenly (so a wrong ranking
+    costs a bounded number of extra tests), at most 1."""
+    share = torch.full_like(weights, 1 / len(weights))
+    total = float(weights.sum())
+    if total > 0 and math.isfinite(total) and bool((weights >= 0).all()):
+        share = 0.5 * weights / total + 0.5 * share
+    return (expected_kept * share).clamp(max=1.0)
+
+
+def mass_group_size(chances: torch.Tensor) -> int:
+    """The weakest edges whose chances sum to at most ln 2 (a group that passes about half the time,
+    as ``group_size`` for equal chances); one edge when the weakest is kept a third of the time."""
+    if float(chances[0]) >= 1 / 3:
+        return 1
+    return max(1, int((chances.cumsum(0) <= math.log(2)).sum()))
+
+
+def mass_split(chances: torch.Tensor) -> int:
+    """Where a failed group splits: the weakest edges holding at most half its chance of a kept edge
+    (bisection when chances are equal; the strongest edge alone when it holds more than half)."""
+    total = float(chances.sum())
+    if not total > 0:
+        return len(chances) // 2
+    cut = int((chances.cumsum(0) <= total / 2).sum())
+    return min(max(cut, 1), len(chances) - 1)
+
+
 def blocks(graph: Graph, group: str) -> list[list[int]]:
     """ACDC's visits (indices into ``visits(graph)``) cut into blocks tested together: consecutive
     visits read at one stage, cut before a visit whose receiver sends an edge of the block (its
@@ -206,17 +245,20 @@ def _feeds_nothing(graph: Graph, mask: torch.Tensor, receiver: str) -> bool:
     return graph.granularity != "nodes" and receiver != "resid_post" and not bool(mask[graph.outgoing[receiver]].any())
 
 
-def _prefix_plan(mask: torch.Tensor, group: list[int], n: int) -> list[torch.Tensor]:
-    """The circuits ``mask`` without the first j edges of ``group`` for j at the halves, quarters,
-    eighths, ... of the group: the circuits bisection reads next while weak halves pass."""
+def _prefix_plan(mask: torch.Tensor, group: list[int], n: int, split: Callable[[int, int], int]) -> list[torch.Tensor]:
+    """The circuits ``mask`` without the first j edges of ``group``, for j at the split points of the
+    group, then of its parts, and so on (``split(lo, hi)``: where the edges ``group[lo:hi]`` split):
+    the circuits the search reads next while weak parts pass."""
     lengths: list[int] = []
-    depth = 1
-    while len(lengths) < n and 2 ** depth <= 2 * len(group):
-        for k in range(1, 2 ** depth, 2):
-            j = len(group) * k // 2 ** depth
-            if 0 < j < len(group) and j not in lengths:
+    level = [(0, len(group))]
+    while level and len(lengths) < n:
+        deeper = []
+        for lo, hi in level:
+            if hi - lo > 1:
+                j = split(lo, hi)
                 lengths.append(j)
-        depth += 1
+                deeper += [(lo, j), (j, hi)]
+        level = deeper
     out = []
     for j in lengths[:n]:
         candidate = mask.clone()
@@ -225,14 +267,16 @@ def _prefix_plan(mask: torch.Tensor, group: list[int], n: int) -> list[torch.Ten
     return out
 
 
-def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float, group: str = "stage",
+def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float, group: str = "receiver",
                   rescore: bool = True, abs_delta: bool = False, max_edge_tests: int | None = None,
                   progress: bool = True, dtype: torch.dtype = torch.float32,
                   checkpointer: Checkpointer | None = None, batch_edges: int = 1, full_loss: float | None = None,
-                  on_test: Callable[[torch.Tensor, torch.Tensor, float, float, bool], None] | None = None) -> MethodResult:
+                  on_test: Callable[[torch.Tensor, torch.Tensor, float, float, bool], None] | None = None,
+                  split: str = "mass", weighted: bool = True) -> MethodResult:
     """The search over ``graph`` given any way of computing candidate circuits' losses and any
     ordering (see the module docstring).  ``on_test(before, after, loss_before, loss_after, accepted)``
-    is called for every group decision (tests use it to check decisions independently)."""
+    is called for every group decision (tests use it to check decisions independently).
+    ``weighted``: ``importance`` returns magnitudes (attribution), not only an order."""
     saved = checkpointer.restore() if checkpointer is not None else None
     replay_losses = saved["losses"] if saved is not None else []
     replay_scores = list(saved["attributions"]) if saved is not None else []
@@ -264,13 +308,21 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
     def budget_left() -> bool:
         return max_edge_tests is None or len(trace) < max_edge_tests
 
-    def test(edges: list[int], stage: int, plan_from: list[int]) -> bool:
+    chance: dict[int, float] = {}  # split=mass: each undecided edge's chance of being kept, set per group
+
+    def split_at(edges: list[int]) -> int:
+        if split == "half":
+            return len(edges) // 2
+        return mass_split(torch.tensor([chance[e] for e in edges], dtype=torch.float64))
+
+    def test(edges: list[int], stage: int) -> bool:
         """Try removing ``edges`` (a group); True when removed."""
         nonlocal current, n_accepted, removed_stage, n_decided, n_kept_decided
         candidate = mask.clone()
         candidate[edges] = 0
         start = min(stage, removed_stage)
-        loss, fresh = exact.loss(candidate, start, lambda: _prefix_plan(mask, plan_from, exact.n_candidates - 1))
+        loss, fresh = exact.loss(candidate, start, lambda: _prefix_plan(
+            mask, edges, exact.n_candidates - 1, lambda lo, hi: lo + split_at(edges[lo:hi])))
         delta = loss - current
         accepted = (abs(delta) if abs_delta else delta) < tau
         if on_test is not None:
@@ -299,21 +351,28 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
         """Remove what can go of ``edges`` (ordered weakest first), splitting groups that hurt."""
         if not edges or not budget_left():
             return
-        if test(edges, stage, edges) or len(edges) == 1:
+        if test(edges, stage) or len(edges) == 1:
             return
-        half = len(edges) // 2
-        settle(edges[:half], stage)
-        settle(edges[half:], stage)
+        cut = split_at(edges)
+        settle(edges[:cut], stage)
+        settle(edges[cut:], stage)
 
-    def settle_block(ordered: list[int], stage: int) -> None:
-        """Groups of the next weakest edges, sized by the keep rate seen so far (``group_size``)."""
+    def settle_block(ordered: list[int], weights: torch.Tensor, stage: int) -> None:
+        """Groups of the next weakest edges, sized by the keep rate seen so far (``group_size``), or
+        (``split=mass``) by the edges' chances of being kept (``mass_group_size``)."""
         start = 0
         recent: list[bool] = []  # kept (True) or removed, for each edge decided in this block
         while start < len(ordered) and budget_left():
             window = recent[-WINDOW:]
             prior = (n_kept_decided + 1) / (n_decided + 2)  # every block so far, Laplace
             rate = (sum(window) + PRIOR_WEIGHT * prior) / (len(window) + PRIOR_WEIGHT)
-            size = min(group_size(rate), len(ordered) - start)
+            if split == "half":
+                size = min(group_size(rate), len(ordered) - start)
+            else:
+                rest = weights[start:] if weighted else torch.zeros(len(ordered) - start, dtype=torch.float64)
+                chances = keep_chances(rest, rate * len(rest))
+                chance.update(zip(ordered[start:], chances.tolist()))
+                size = mass_group_size(chances)
             before = decided.clone()
             settle(ordered[start:start + size], stage)
             newly = ordered[start:start + size]
@@ -340,6 +399,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
             continue
         stats["n_blocks"] += 1
         stage = min(graph.edges[e].stage for e in candidates)
+        weights = torch.zeros(len(candidates), dtype=torch.float64)
         if len(candidates) > 1:
             if rescore:
                 weights = scored(mask, candidates)
@@ -347,9 +407,9 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
                 if initial is None:
                     initial = scored(mask, list(range(graph.n_edges)))
                 weights = initial[candidates]
-            position = {e: i for i, e in enumerate(candidates)}
-            candidates = sorted(candidates, key=lambda e: (float(weights[position[e]]), position[e]))
-        settle_block(candidates, stage)
+            order = sorted(range(len(candidates)), key=lambda i: (float(weights[i]), i))
+            candidates, weights = [candidates[i] for i in order], weights[order]
+        settle_block(candidates, weights, stage)
         bar.set_postfix_str(f"{graph_visits[block[0]][0]} | {int(mask.sum())} edges left", refresh=False)
     bar.close()
     stats["n_attribution_passes"] = len(attributions)

@@ -10,16 +10,19 @@ from .acdc import check_acdc_params
 
 ORDERS = ("eap", "eap_ig", "random", "graph")
 GROUPS = ("stage", "receiver")
+SPLITS = ("mass", "half")
 
 
-def check_guided_params(tau, order="eap", group="stage", rescore=True, ig_steps=3, seed=0, abs_delta=False,
-                        max_edge_tests=None, batch_edges="auto") -> None:
+def check_guided_params(tau, order="eap", group="receiver", rescore=True, ig_steps=3, seed=0, abs_delta=False,
+                        max_edge_tests=None, batch_edges="auto", split="mass") -> None:
     """One-line errors for bad guided-ACDC settings (also run on the config before any model loads)."""
     check_acdc_params(tau, max_edge_tests, abs_delta, batch_edges)
     if order not in ORDERS:
         raise ValueError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
     if group not in GROUPS:
         raise ValueError(f"unknown group {group!r}; choose one of {', '.join(GROUPS)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if not isinstance(rescore, bool):
         raise ValueError(f"rescore must be true or false, got {rescore!r}")
     if not is_int(ig_steps, 1):
@@ -32,17 +35,18 @@ def check_guided_params(tau, order="eap", group="stage", rescore=True, ig_steps=
 class GuidedACDCParams:
     tau: float
     order: str = "eap"
-    group: str = "stage"
+    group: str = "receiver"
     rescore: bool = True
     ig_steps: int = 3
     seed: int = 0
     abs_delta: bool = False
     max_edge_tests: int | None = None
     batch_edges: int | str = "auto"
+    split: str = "mass"
 
     def __post_init__(self):
         check_guided_params(self.tau, self.order, self.group, self.rescore, self.ig_steps, self.seed,
-                            self.abs_delta, self.max_edge_tests, self.batch_edges)
+                            self.abs_delta, self.max_edge_tests, self.batch_edges, self.split)
 
 
 SPEC = register(MethodSpec(
