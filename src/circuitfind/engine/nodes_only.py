@@ -91,48 +91,74 @@ def nodes_only_logits(engine, mask, positions: torch.Tensor | None = None) -> to
         if needed[slot]:
             store_diff(diffs, slot, value, place.fetch(ablation.senders[slot]), place, centred)
 
+    # The metric reads few positions (IOI: one per prompt): the last layer's outputs and the final
+    # residual are needed there only (its queries, keys and values still read every position), and
+    # are written into ``at`` [n_senders, batch, k, d_model], which holds the other senders there.
+    last_at = positions is not None and positions.shape[1] < n_pos
+    if last_at:
+        prompt, positions = torch.arange(batch, device=engine.device)[:, None], positions.to(engine.device)
+        shape_at = (batch, positions.shape[1], d_model)
+
+        def at_positions(x: torch.Tensor) -> torch.Tensor:  # [..., batch | 1, pos, d] -> [..., batch, k, d]
+            return x.expand(*x.shape[:-3], *shape)[..., prompt, positions, :]
+
     zeroed = [0]  # the unneeded slots below this one hold zeros (a dense read multiplies them)
 
-    def read(rows: torch.Tensor, n_senders: int, first_row: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def read(rows: torch.Tensor, n_senders: int, first_row: int,
+             src: torch.Tensor = diffs) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The distinct inputs [k, batch, pos, d_model] of receivers with kept weights ``rows``
         [n, n_senders] (of one layer's heads, or one MLP or the output: ``first_row``), and which
-        one each row reads [n] (None: row i reads input i)."""
+        one each row reads [n] (None: row i reads input i); from ``at`` (``src``): at the metric's
+        positions only."""
         distinct, source = torch.unique(rows, dim=0, return_inverse=True)
         if len(distinct) == len(rows):  # no two alike: read them in their own order
             distinct, source = rows, None
         base = engine.reads.ablated_resid(n_senders, first_row, centred)  # [1, batch | 1, pos, d_model]
-        x = place.scratch("inputs", (len(distinct), *shape))  # the product written in place, no allocation
+        if src is not diffs:
+            base = at_positions(base)
+        x = place.scratch("inputs", (len(distinct), *src.shape[1:]))  # the product written in place
         used = distinct.any(0).nonzero().flatten()
         if len(used) == 0:
             return x.copy_(base.expand_as(x)), source
         if len(used) <= n_senders // 4:  # a few slabs: gather them
-            if diffs.device == x.device:
-                slabs = torch.index_select(diffs, 0, used.to(diffs.device),
-                                           out=place.scratch("gathered", (len(used), *shape)))
+            if src.device == x.device:
+                slabs = torch.index_select(src, 0, used.to(src.device),
+                                           out=place.scratch("gathered", (len(used), *src.shape[1:])))
             else:
-                slabs = place.fetch(diffs.index_select(0, used.to(diffs.device)))
+                slabs = place.fetch(src.index_select(0, used.to(src.device)))
             torch.mm(distinct[:, used], slabs.flatten(1), out=x.flatten(1))
         else:  # most of them: one product over the stored range, its unneeded slots zeroed once
-            if zeroed[0] < n_senders:
+            if src is diffs and zeroed[0] < n_senders:
                 unneeded = (~needed[zeroed[0]:n_senders]).nonzero().flatten() + zeroed[0]
                 diffs.index_fill_(0, unneeded.to(diffs.device), 0)
                 zeroed[0] = n_senders
-            torch.mm(distinct, place.fetch(diffs[:n_senders]).flatten(1), out=x.flatten(1))
+            torch.mm(distinct, place.fetch(src[:n_senders]).flatten(1), out=x.flatten(1))
         return x.add_(base), source
 
+    target = diffs  # where the senders' differences are written: ``at`` for the last layer's
     for layer in range(g.n_layers):
         block = ops.blocks[layer]
+        if last_at and layer == g.n_layers - 1:
+            target = place.scratch("at positions", (g.n_senders, *shape_at)).zero_()
+            below = needed[:g.n_senders_before_heads(layer)].nonzero().flatten().to(diffs.device)
+            target[below] = place.fetch(diffs[below[:, None, None], prompt.to(diffs.device)[None],
+                                              positions.to(diffs.device)[None]])
         heads = needed[g.head_slots(layer)].nonzero().flatten()
         if len(heads):
-            attention(engine, layer, heads, kept, qkv_mask[layer], read, diffs, shape, centred)
+            z = attention(engine, layer, heads, kept, qkv_mask[layer], read, shape, centred)
+            ablated = place.fetch(ablation.senders[g.head_slots(layer)])
+            if target is not diffs:
+                z, ablated = z[prompt, positions], at_positions(ablated)
+            store_heads(engine, layer, z, heads, ablated, target, centred)
         if g.arch.has_mlps and needed[g.mlp_slot(layer)]:
-            n = g.n_senders_before_mlp(layer)
-            x, _ = read(kept[g.mlp_row(layer), :n][None], n, g.mlp_row(layer))
-            slot = g.mlp_slot(layer)
-            store_diff(diffs, slot, block.mlp(block.ln2(x[0])), place.fetch(ablation.senders[slot]), place, centred)
-    final, _ = read(kept[g.resid_post_row][None], g.n_senders, g.resid_post_row)
-    final = final[0].expand(*shape)
-    if positions is not None:
+            n, slot = g.n_senders_before_mlp(layer), g.mlp_slot(layer)
+            x, _ = read(kept[g.mlp_row(layer), :n][None], n, g.mlp_row(layer), target)
+            ablated = place.fetch(ablation.senders[slot])
+            store_diff(target, slot, block.mlp(block.ln2(x[0])), ablated if target is diffs else at_positions(ablated),
+                       place, centred)
+    final, _ = read(kept[g.resid_post_row][None], g.n_senders, g.resid_post_row, target)
+    final = final[0].expand(target.shape[1:])
+    if positions is not None and not last_at:
         final = gather_positions(final, positions)
     return ops.unembed(final)
 
@@ -155,10 +181,9 @@ def store_diff(diffs: torch.Tensor, slot: int, value: torch.Tensor, ablated: tor
 
 
 def attention(engine, layer: int, heads: torch.Tensor, kept: torch.Tensor, qkv_mask: torch.Tensor,
-              read, diffs: torch.Tensor, shape: tuple[int, int, int], centred: bool) -> None:
-    """Layer ``layer``'s needed ``heads``: their q/k/v inputs read (where the q/k/v edge is not
-    removed), every other head's query, key and value the ablated ones; their outputs' differences
-    from the ablation written into ``diffs``."""
+              read, shape: tuple[int, int, int], centred: bool) -> torch.Tensor:
+    """Layer ``layer``'s z [batch, pos, H, d_head], its needed ``heads``' q/k/v inputs read (where
+    the q/k/v edge is not removed), every other head's query, key and value the ablated ones."""
     g, ops, place, ablation = engine.graph, engine.ops, engine.place, engine.ablation
     H, first = g.n_heads, layer * g.rows_per_layer
     W, b = ops.qkv_weights(layer)  # [3, H, d_model, d_head], [3, (pos,) H, d_head]
@@ -191,10 +216,15 @@ def attention(engine, layer: int, heads: torch.Tensor, kept: torch.Tensor, qkv_m
                 own = w * own + (1 - w) * ablated_qkv[which, :, :, head]
             flat.index_copy_(0, offsets[members], own)
     qkv = by_head.permute(0, 2, 3, 1, 4)  # [3, batch, pos, H, d_head]
-    z = ops.attend(layer, qkv)
-    span = g.head_slots(layer)
-    ablated = place.fetch(ablation.senders[span])
-    if diffs.device == engine.device:  # each head's output written straight into its slot
+    return ops.attend(layer, qkv)
+
+
+def store_heads(engine, layer: int, z: torch.Tensor, heads: torch.Tensor, ablated: torch.Tensor,
+                diffs: torch.Tensor, centred: bool) -> None:
+    """Layer ``layer``'s ``heads``' outputs from their z [batch, pos, H, d_head], less their
+    ``ablated`` values [H, batch | 1, pos, d_model] (``centred``: less their means), into ``diffs``."""
+    ops, place, span = engine.ops, engine.place, engine.graph.head_slots(layer)
+    if diffs.device == z.device:  # each head's output written straight into its slot
         ops.head_result_diffs(layer, z, heads, ablated, diffs[span])
         if centred:
             for head in heads.tolist():
