@@ -27,7 +27,8 @@ products of the reads and the heads' outputs go into scratch space reused betwee
 tensor of that size costs a page fault per page written, more than the product), each head's output
 less its ablated value is one ``addmm`` into its slot, and where every norm centres (LayerNorm: GPT-2,
 Pythia) the differences and ablated residuals are stored centred, so that each head input comes out
-of its product centred and is not centred again.
+of its product centred and is not centred again.  Where the metric reads a few positions (IOI: one
+a prompt), the last layer's outputs, its MLP and the final residual are computed at those only.
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ def nodes_only_logits(engine, mask, positions: torch.Tensor | None = None) -> to
             store_diff(diffs, slot, value, place.fetch(ablation.senders[slot]), place, centred)
 
     # The metric reads few positions (IOI: one per prompt): the last layer's outputs and the final
-    # residual are needed there only (its queries, keys and values still read every position), and
-    # are written into ``at`` [n_senders, batch, k, d_model], which holds the other senders there.
+    # residual are needed there only (its queries, keys and values still read every position): they
+    # are written into ``target`` [n_senders, batch, k, d_model], which holds the other senders there.
     last_at = positions is not None and positions.shape[1] < n_pos
     if last_at:
         prompt, positions = torch.arange(batch, device=engine.device)[:, None], positions.to(engine.device)
@@ -108,8 +109,8 @@ def nodes_only_logits(engine, mask, positions: torch.Tensor | None = None) -> to
              src: torch.Tensor = diffs) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The distinct inputs [k, batch, pos, d_model] of receivers with kept weights ``rows``
         [n, n_senders] (of one layer's heads, or one MLP or the output: ``first_row``), and which
-        one each row reads [n] (None: row i reads input i); from ``at`` (``src``): at the metric's
-        positions only."""
+        one each row reads [n] (None: row i reads input i); from the last layer's ``target``
+        (``src``): at the metric's positions only."""
         distinct, source = torch.unique(rows, dim=0, return_inverse=True)
         if len(distinct) == len(rows):  # no two alike: read them in their own order
             distinct, source = rows, None
@@ -231,7 +232,7 @@ def store_heads(engine, layer: int, z: torch.Tensor, heads: torch.Tensor, ablate
                 centre_(diffs[span.start + head])
     else:  # stored off the device: computed there, then stored
         result = ops.head_results(layer, z, heads) - ablated[heads]
-        diffs[span.start + heads] = place.store(centre_(result) if centred else result)
+        diffs[(span.start + heads).to(diffs.device)] = place.store(centre_(result) if centred else result)
 
 
 class NormedProjection:
