@@ -83,7 +83,10 @@ def nodes_only_logits(engine, mask, positions: torch.Tensor | None = None) -> to
     embeds = ops.embed(engine.tokens, engine.position_order)
     batch, n_pos, d_model = embeds[0].shape
     shape = (batch, n_pos, d_model)
-    diffs = place.body_buffer(g.n_senders, batch, embeds[0])  # only needed slots are written and read
+    # slot 0: the base of the dense read in progress (one product adds it); then one slot per sender,
+    # of which only the needed ones are written and read
+    buffer = place.body_buffer(g.n_senders + 1, batch, embeds[0])
+    diffs = buffer[1:]
     # Every receiver read through a LayerNorm: the norm sees only its input's centred part, which is
     # linear in the senders, so the differences and the ablated residuals are kept centred and the
     # inputs come out of the product centred (no pass over each input for its mean).
@@ -133,6 +136,11 @@ def nodes_only_logits(engine, mask, positions: torch.Tensor | None = None) -> to
                 unneeded = (~needed[zeroed[0]:n_senders]).nonzero().flatten() + zeroed[0]
                 diffs.index_fill_(0, unneeded.to(diffs.device), 0)
                 zeroed[0] = n_senders
+            if src is diffs and buffer.device == x.device:  # the base in slot 0, weight 1: no pass to add it
+                buffer[0].copy_(base[0])
+                weights = torch.cat([distinct.new_ones(len(distinct), 1), distinct], 1)
+                torch.mm(weights, buffer[:n_senders + 1].flatten(1), out=x.flatten(1))
+                return x, source
             torch.mm(distinct, place.fetch(src[:n_senders]).flatten(1), out=x.flatten(1))
         return x.add_(base), source
 
