@@ -85,13 +85,31 @@ def acdc_tests_for(graph, kept: torch.Tensor) -> int:
     return sum(len(incoming) for receiver, incoming in visits(graph) if live(receiver))
 
 
+def crossing(points: list[tuple[int, float]], level: float) -> float | None:
+    """An **estimate**: the edges at which a method's KL-vs-edges curve reaches ``level``, linear
+    between the smallest circuit of the sweep at or below it and the next smaller circuit above it
+    (a sweep's few circuits make the fewest-edges count jump by a whole tau step)."""
+    below = [(e, kl) for e, kl in points if kl <= level]
+    if not below:
+        return None
+    e_hi, kl_hi = min(below)
+    above = [(e, kl) for e, kl in points if e < e_hi and kl > level]
+    if not above:
+        return float(e_hi)
+    e_lo, kl_lo = max(above)
+    return e_lo + (kl_lo - level) / (kl_lo - kl_hi) * (e_hi - e_lo)
+
+
 def kl_levels(rows: list[dict]) -> dict:
-    """Per method, the fewest kept edges among its circuits with test KL <= each level."""
+    """Per method, the fewest kept edges among its circuits with test KL <= each level, and the
+    interpolated crossing of each level (``crossing``, an estimate)."""
     out = {}
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
         out[method] = {level: min((r["kept"] for r in mine if r["test_kl"] <= level), default=None)
                        for level in KL_LEVELS}
+        points = [(r["kept"], r["test_kl"]) for r in mine]
+        out[method]["interpolated"] = {level: crossing(points, level) for level in KL_LEVELS}
         out[method]["tests"] = sum(r["tests"] for r in mine)
         out[method]["wall_s"] = round(sum(r["wall_s"] for r in mine), 1)
     return out
@@ -123,13 +141,18 @@ def cmd_kl(args) -> dict:
               f"{guided['kept_vs_acdc']:.3f}", flush=True)
     levels = kl_levels(rows)
     for method, row in levels.items():
-        print(f"{method:12s} edges for test KL <= " + ", ".join(f"{k}: {v}" for k, v in row.items()), flush=True)
+        print(f"{method:12s} edges for test KL <= " + ", ".join(f"{k}: {v}" for k, v in row.items()
+                                                                 if k != "interpolated"), flush=True)
     if {"acdc", "acdc_guided"} <= set(levels):
         plain, guided = levels["acdc"], levels["acdc_guided"]
         edges = ", ".join(f"{level}: {guided[level] / plain[level]:.3f}" if guided[level] is not None and plain[level]
                           else f"{level}: -" for level in KL_LEVELS)
         print(f"guided / ACDC: exact tests over the sweep {guided['tests'] / plain['tests']:.3f}, wall "
               f"{guided['wall_s'] / plain['wall_s']:.3f}, edges per KL level {edges}", flush=True)
+        a, b = plain["interpolated"], guided["interpolated"]
+        estimate = ", ".join(f"{level}: {b[level]:.0f} / {a[level]:.0f} = {b[level] / a[level]:.3f}"
+                             if a[level] and b[level] else f"{level}: -" for level in KL_LEVELS)
+        print(f"estimate, interpolated between sweep points: guided / ACDC edges per KL level {estimate}", flush=True)
     for r in rows:
         del r["names"]
     return dict(task=args.task, corruption=args.corruption, n_edges=base.graph.n_edges, rows=rows, levels=levels)
