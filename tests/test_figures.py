@@ -297,3 +297,11 @@ def test_figure_text_stays_inside_and_methods_on_one_point_stay_visible(tmp_path
         assert acdc.get_paths()[0] != sp.get_paths()[0] or acdc.get_sizes()[0] != sp.get_sizes()[0]
         assert acdc.get_sizes()[0] > sp.get_sizes()[0] and sp.get_zorder() > acdc.get_zorder()
         plt.close(fig)
+
+
+def test_the_example_fig4_spec_on_the_trained_model_plans_every_method(tmp_path):
+    spec = load_figure_spec(Path(__file__).parents[1] / "examples" / "fig4_algo_induction.yaml")
+    sweeps = plan(spec, "quick", runs=tmp_path).sweeps
+    assert {s.task for s in sweeps} == {"algo_induction"} and {s.metric for s in sweeps} == {"kl"}
+    assert {s.method for s in sweeps} == {"acdc", "acdc_guided", "sp", "hisp", "eap", "eap_ig"}
+    assert {s.corruption for s in sweeps} == {"zero", "corrupted"}
