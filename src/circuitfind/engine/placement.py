@@ -103,22 +103,20 @@ class Storage:
         (a fresh allocation per edge test would cost page faults on every slab) and shared by the
         engines of one thread (the validation and test engines: GPT-2's is 0.7 GB on IOI).  A run
         finishes before the next one starts, so they never hold it at the same time."""
-        shape = (n, batch, *like.shape[1:])
-        buffers = _SCRATCH.__dict__.setdefault("buffers", {})
-        held = buffers.get((self.storage, self.dtype))
-        if held is None or held.numel() < math.prod(shape):
-            held = buffers[self.storage, self.dtype] = torch.empty(math.prod(shape), device=self.storage,
-                                                                  dtype=self.dtype)
-        return held[:math.prod(shape)].view(shape)
+        return _reused("buffers", (self.storage, self.dtype), (n, batch, *like.shape[1:]), self.storage, self.dtype)
 
     def scratch(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         """Scratch space ``name`` of ``shape`` on the model's device, reused between calls of one
         thread (a forward's intermediate slabs: a fresh allocation of a large tensor costs a page
         fault on every page it writes, more than the product that fills it).  Its contents are the
         caller's until the next call with the same name."""
-        buffers = _SCRATCH.__dict__.setdefault("scratch", {})
-        key = (name, self.device, self.dtype)
-        held = buffers.get(key)
-        if held is None or held.numel() < math.prod(shape):
-            held = buffers[key] = torch.empty(math.prod(shape), device=self.device, dtype=self.dtype)
-        return held[:math.prod(shape)].view(shape)
+        return _reused("scratch", (name, self.device, self.dtype), shape, self.device, self.dtype)
+
+
+def _reused(table: str, key: tuple, shape: tuple[int, ...], device, dtype: torch.dtype) -> torch.Tensor:
+    """A view of ``shape`` into this thread's tensor ``key`` of ``table``, grown when too small."""
+    buffers = _SCRATCH.__dict__.setdefault(table, {})
+    held = buffers.get(key)
+    if held is None or held.numel() < math.prod(shape):
+        held = buffers[key] = torch.empty(math.prod(shape), device=device, dtype=dtype)
+    return held[:math.prod(shape)].view(shape)
