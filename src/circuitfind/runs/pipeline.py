@@ -295,8 +295,8 @@ def write_run_folder(folder: Path, problem: Problem, result: MethodResult, *, me
     with phases("evaluation", "evaluating the circuit on the validation and test prompts"):
         canonical = ground_truth_mask(task, graph)
         rates = _rates(result.circuit, canonical)
-        metrics = _split_metrics(problem, result.circuit)
         curve = _evaluate_curve(problem, canonical, result) if result.curve is not None else None
+        metrics = _split_metrics(problem, result.circuit, _measured(result, curve))
     n_forward = problem.n_forward
     spec = get_spec(method)
 
@@ -370,17 +370,47 @@ def graph_unit(graph: Graph) -> str:
     return "nodes" if graph.granularity == "nodes" else "edges"
 
 
-def _split_metrics(problem: Problem, kept: EdgeMask) -> dict:
-    """The metric of the full model, the circuit and the empty circuit on each split (four
-    patched forwards: minutes on GPT-2 with a CPU, so they get a progress bar).  The full model's
-    is read off the clean logits every metric compares against (the same forward: nothing removed
-    = the model), saving a GPT-2 forward per split."""
+def _measured(result: MethodResult, curve: list[dict] | None) -> dict[str, float]:
+    """The run's own circuit's metric on each split where its curve measured that very circuit:
+    k=auto's validation forwards (the points' ``metric``) and the test curve's (a ranking's rows
+    follow its points, in order).  ``_split_metrics`` does not run these circuits again."""
+    out: dict[str, float] = {}
+    if result.ranking is None or not result.curve:
+        return out
+    chosen = result.circuit.values.float()
+    for i, point in enumerate(result.curve):
+        if not torch.equal(point.circuit.values.float(), chosen):
+            continue
+        if point.metric is not None:
+            out.setdefault("validation", point.metric)
+        if curve is not None and curve[i]["metric_test"] is not None:
+            assert curve[i]["n_edges"] == point.circuit.n_kept, "a ranking's curve rows follow its points"
+            out.setdefault("test", curve[i]["metric_test"])
+    return out
+
+
+def _split_metrics(problem: Problem, kept: EdgeMask, measured: dict[str, float] | None = None) -> dict:
+    """The metric of the full model, the circuit and the empty circuit on each split.  The full
+    model's is read off the clean logits every metric compares against (the same forward: nothing
+    removed = the model), and so is a circuit that keeps every edge at 1; the empty circuit's
+    logits the engine computes from the ablated senders without a forward; the circuit's, where
+    ``measured`` (``_measured``) does not have it already, by one forward of its needed nodes
+    (``nodes_only``: the full run's numbers to float rounding), with a progress bar (minutes on
+    GPT-2 with a CPU)."""
     nothing = EdgeMask(problem.graph, torch.zeros(problem.graph.n_edges))
-    circuits = {"metric_circuit": kept, "metric_empty": nothing}
+    measured = measured or {}
     metrics: dict = {split: {"metric_full": float(problem.per_prompt(problem.clean_logits(split), split).mean())}
                      for split in ("validation", "test")}
-    jobs = [(split, key) for split in ("validation", "test") for key in circuits]
-    for split, key in tqdm(jobs, desc="evaluation", unit="circuit", disable=not problem.progress, leave=False):
-        metrics[split][key] = problem.evaluate(circuits[key], split)
+    whole = bool((kept.values.float() == 1).all())
+    for split in tqdm(("validation", "test"), desc="evaluation", unit="split", disable=not problem.progress,
+                      leave=False):
+        values = metrics[split]
+        if split in measured:
+            values["metric_circuit"] = measured[split]
+        elif whole:
+            values["metric_circuit"] = values["metric_full"]
+        else:
+            values["metric_circuit"] = problem.evaluate(kept, split, nodes_only=True)
+        values["metric_empty"] = problem.evaluate(nothing, split)
     return {split: {k: metrics[split][k] for k in ("metric_full", "metric_circuit", "metric_empty")}
             for split in metrics}
