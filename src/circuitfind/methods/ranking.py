@@ -190,70 +190,39 @@ def parse_k(k) -> int | str:
 def ranked_result(problem: Problem, ranking: Ranking, k, target: float, points: int | None,
                   pruned: bool, refine: int = 2) -> tuple[EdgeMask, int, list[CurvePoint], dict]:
     """The method's circuit, its size, the curve's points (MIB's fractions, each with the validation
-    metric and faithfulness where k=auto measured it) and details for the summary (how the circuit
-    was chosen, the forwards and seconds spent).
+    metric and faithfulness where k=auto measured it, and, under k=auto, the test curve) and details
+    for the summary (how the circuit was chosen, the forwards and seconds spent on each split).
 
-    ``k=auto`` measures the curve's circuits on the validation split from the largest down, until
-    one falls short of the target, then bisects with at most ``refine`` more forwards between that
-    one and the smallest reaching it (MIB's fractions are a factor 2 to 2.5 apart); the circuits it
-    bisects with join the curve as extra points (no fraction).  The pipeline evaluates the points at
-    MIB's fractions on the test split (CPR and CMD)."""
+    ``k=auto`` measures the test curve first (the points at a fraction, one forward per distinct
+    circuit, which the pipeline reports and would measure anyway), then searches the validation
+    split for a crossing of the target (``auto_search``), starting where the test curve crosses it;
+    the circuits it bisects with join the curve as extra points (no fraction)."""
     k = parse_k(k)
     graph = ranking.graph
-    started = time.perf_counter()
-    evaluator = CircuitEvaluator(problem, "validation")
     curve: list[CurvePoint] = []
     cut_of: dict[int, int] = {}  # id of a curve point -> its cut
-
-    def point(cut: int, fraction: float | None) -> CurvePoint:
-        kept = ranking.circuit(cut, pruned)
-        metric, f = evaluator.faithfulness(kept)
-        p = CurvePoint(int(kept.sum()), EdgeMask(graph, kept), ranking.added[cut] if cut else "",
-                       fraction=fraction, n_unpruned=ranking.sizes[cut], metric=metric, faithfulness=f)
-        curve.append(p)
-        cut_of[id(p)] = cut
-        return p
-
-    fraction_cuts = curve_cuts(ranking, MIB_FRACTIONS, points)
-    lazy: list[CurvePoint] = []  # the curve's points, measured on the validation split only where k=auto needs it
-    for fraction, cut in fraction_cuts:
+    for fraction, cut in curve_cuts(ranking, MIB_FRACTIONS, points):
         kept = ranking.circuit(cut, pruned)
         p = CurvePoint(int(kept.sum()), EdgeMask(graph, kept), ranking.added[cut] if cut else "",
                        fraction=fraction, n_unpruned=ranking.sizes[cut])
         cut_of[id(p)] = cut
-        lazy.append(p)
-    curve.extend(lazy)
-
-    def reaches(p: CurvePoint) -> bool:
-        return p.faithfulness is not None and not math.isnan(p.faithfulness) and p.faithfulness >= target
-
-    def measure(p: CurvePoint) -> CurvePoint:
-        if p.metric is None:
-            p.metric, p.faithfulness = evaluator.faithfulness(p.circuit.kept)
-        return p
-
+        curve.append(p)
+    details: dict = {}
     if k == "all":
         kept = torch.ones(graph.n_edges, dtype=torch.bool)
         how = "k=all: every edge"
     elif k == "auto":
-        # from the largest circuit down, until one falls short of the target
-        chosen, lo = None, 0
-        for p in sorted(lazy, key=lambda p: -cut_of[id(p)]):
-            if reaches(measure(p)):
-                chosen = p
-            else:
-                lo = cut_of[id(p)]
-                break
+        started = time.perf_counter()
+        test = CircuitEvaluator(problem, "test")
+        for p in curve:
+            if p.fraction is not None:
+                p.metric_test, p.faithfulness_test = test.faithfulness(p.circuit.kept)
+        details.update(curve_test_forwards=test.n_forwards, curve_test_s=round(time.perf_counter() - started, 3))
+        started = time.perf_counter()
+        evaluator = CircuitEvaluator(problem, "validation")
+        chosen = auto_search(ranking, curve, cut_of, evaluator, target, refine, pruned)
+        details.update(curve_forwards=evaluator.n_forwards, curve_s=round(time.perf_counter() - started, 3))
         if chosen is not None:
-            hi = cut_of[id(chosen)]
-            for _ in range(refine):
-                if hi - lo <= 1:
-                    break
-                middle = point((lo + hi) // 2, None)
-                if reaches(middle):
-                    hi, chosen = cut_of[id(middle)], middle
-                else:
-                    lo = cut_of[id(middle)]
             kept = chosen.circuit.kept.clone()
             where = f"top {100 * chosen.fraction:g}% of edges" if chosen.fraction is not None \
                 else f"top {chosen.n_unpruned} {ranking.unit if ranking.unit == 'edges' else 'edges by component'}"
@@ -272,5 +241,77 @@ def ranked_result(problem: Problem, ranking: Ranking, k, target: float, points: 
     curve.sort(key=lambda p: -cut_of[id(p)])
     details = dict(chosen_by=how, tie_tolerance=ranking.tolerance, n_tie_groups=ranking.n_cuts - 1,
                    pruned=pruned, target=target if k == "auto" else None,
-                   curve_forwards=evaluator.n_forwards, curve_s=round(time.perf_counter() - started, 3))
+                   curve_forwards=details.pop("curve_forwards", 0), curve_s=details.pop("curve_s", 0.0), **details)
     return EdgeMask(graph, kept), int(kept.sum()), curve, details
+
+
+def auto_search(ranking: Ranking, curve: list[CurvePoint], cut_of: dict[int, int], evaluator: CircuitEvaluator,
+                target: float, refine: int, pruned: bool) -> CurvePoint | None:
+    """k=auto's circuit: the smallest circuit the validation search measured that reaches ``target``
+    while the next smaller circuit it measured does not (None: not even the largest reaches it).
+
+    The curve's circuits (its cuts, and the empty circuit below them, f = 0) are nested.  The search
+    keeps a bracket of two neighbouring cuts, lo below hi, and narrows it until hi is known to reach
+    the target on the validation split and lo known to fall short: it bisects the bracket (at most
+    ``refine`` forwards, each halving it), then measures an end the bisection did not settle; where
+    that end is on the wrong side, the bracket moves one step of the curve that way and the search
+    goes on there.  It starts at the test curve's crossing: lo the largest fraction whose test
+    faithfulness falls short of the target, hi the next circuit of the curve above it.  On a
+    validation curve that crosses the target once, this keeps the circuit a search from the largest
+    circuit down would keep (the same bisection of the same bracket), with fewer forwards: the
+    curve's large circuits, the costliest, are not measured on the validation split where the
+    crossing is lower.  Where the validation curve crosses more than once, it keeps the crossing
+    the test curve led to.  Each measured circuit's metric and faithfulness go on its curve points
+    (and those of the whole graph and the empty circuit, which cost no forward)."""
+    by_cut: dict[int, list[CurvePoint]] = {}
+    for p in curve:
+        by_cut.setdefault(cut_of[id(p)], []).append(p)
+    ladder = sorted(set(by_cut) | {0})  # the curve's cuts, from the empty circuit up
+    known: dict[int, bool] = {}  # cut -> reaches the target on the validation split
+
+    def reaches(cut: int) -> bool:
+        if cut not in known:
+            if cut not in by_cut:  # a bisection's circuit: a new point of the curve
+                kept = ranking.circuit(cut, pruned)
+                p = CurvePoint(int(kept.sum()), EdgeMask(ranking.graph, kept), ranking.added[cut] if cut else "",
+                               n_unpruned=ranking.sizes[cut])
+                cut_of[id(p)] = cut
+                curve.append(p)
+                by_cut[cut] = [p]
+            metric, f = evaluator.faithfulness(by_cut[cut][0].circuit.kept)
+            for p in by_cut[cut]:
+                p.metric, p.faithfulness = metric, f
+            known[cut] = not math.isnan(f) and f >= target
+        return known[cut]
+
+    for cut, points in by_cut.items():  # the whole graph and the empty circuit cost no forward
+        if points[0].circuit.kept.all() or not points[0].circuit.kept.any():
+            reaches(cut)
+    short = [cut_of[id(p)] for p in curve if p.fraction is not None and p.faithfulness_test is not None
+             and not (not math.isnan(p.faithfulness_test) and p.faithfulness_test >= target)]
+    i = ladder.index(max(short)) if short else 0  # lo = ladder[i], hi = ladder[i + 1]
+    lo, hi = ladder[i], ladder[min(i + 1, len(ladder) - 1)]
+    steps = refine
+    while True:
+        if lo == hi:  # the curve's smallest circuit (lo) or its largest (hi), nothing beside it
+            if not reaches(hi):
+                return None
+            break
+        if steps > 0 and hi - lo > 1:
+            steps -= 1
+            middle = (lo + hi) // 2
+            if reaches(middle):
+                hi = middle
+            else:
+                lo = middle
+            continue
+        if not reaches(hi):  # the crossing is higher up: the next step of the curve
+            lo, hi = hi, ladder[min(ladder.index(hi) + 1, len(ladder) - 1)]  # hi: a cut of the curve (unsettled)
+            steps = refine
+        elif reaches(lo):  # the crossing is lower down
+            lo, hi = ladder[max(ladder.index(lo) - 1, 0)], lo
+            steps = refine
+        else:
+            break
+    points = by_cut[hi]
+    return min(points, key=lambda p: p.fraction if p.fraction is not None else math.inf)

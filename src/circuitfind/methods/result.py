@@ -29,7 +29,8 @@ class CurvePoint:
     """One circuit of a curve read from a single run (a ranking's top-n): the parameter's value
     there, the circuit, and what changed from the previous point (the component dropped).  A
     ranking's points also carry the fraction of the edges they were cut at (None: an extra point),
-    the size before pruning, and the circuit's metric and faithfulness on the validation split."""
+    the size before pruning, and the circuit's metric and faithfulness on the validation split
+    (where k=auto measured them) and on the test split (the test curve: the points at a fraction)."""
 
     parameter: float
     circuit: EdgeMask
@@ -38,6 +39,8 @@ class CurvePoint:
     n_unpruned: int | None = None
     metric: float | None = None
     faithfulness: float | None = None
+    metric_test: float | None = None
+    faithfulness_test: float | None = None
 
 
 @dataclass

@@ -100,7 +100,7 @@ def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, result: Method
 
     A ranking (EAP, EAP-IG, HISP): its circuits at MIB's fractions with their metric and
     faithfulness on the test split (one forward per distinct circuit; the empty and the full one
-    are known) and on the validation split where k=auto measured them, the circuits k=auto bisected
+    are known; k=auto measured them already) and on the validation split where k=auto measured them, the circuits k=auto bisected
     with, and their rates; where the task has a ground truth, also one row per cut between tie
     groups (rates only, no forward: the ROC), at most ``ROC_CUTS`` evenly spaced cuts.  Any other
     curve: every point with its rates and its test metric."""
@@ -119,7 +119,8 @@ def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, result: Method
     pruned = bool((result.details or {}).get("pruned", True))
     rows = []
     for p in tqdm(result.curve, desc="curve", unit="circuit", disable=not problem.progress, leave=False):
-        metric_test, f_test = test.faithfulness(p.circuit.kept) if p.fraction is not None else (None, None)
+        metric_test, f_test = (p.metric_test, p.faithfulness_test) if p.metric_test is not None else \
+            test.faithfulness(p.circuit.kept) if p.fraction is not None else (None, None)
         rows.append(dict(parameter=p.parameter, n_edges=p.circuit.n_kept, n_edges_unpruned=p.n_unpruned,
                          fraction=p.fraction, **_rates(p.circuit, canonical), metric_validation=p.metric,
                          faithfulness_validation=p.faithfulness, metric_test=metric_test, faithfulness_test=f_test,
@@ -135,8 +136,10 @@ def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, result: Method
                              fraction=None, **_rates(circuit, canonical), metric_validation=None,
                              faithfulness_validation=None, metric_test=None, faithfulness_test=None,
                              removed=ranking.added[cut]))
-    if result.details is not None:
-        result.details.update(curve_test_forwards=test.n_forwards, curve_test_s=curve_test_s)
+    if result.details is not None:  # added to the method's own (k=auto measures the test curve first)
+        result.details.update(
+            curve_test_forwards=result.details.get("curve_test_forwards", 0) + test.n_forwards,
+            curve_test_s=round(result.details.get("curve_test_s", 0.0) + curve_test_s, 3))
     return rows
 
 
