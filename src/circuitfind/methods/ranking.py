@@ -19,9 +19,26 @@ between kept components.
 **The curve** is read at MIB's ten fractions (0.1% ... 100%; ``points``: evenly spaced cuts added up
 to that many points in all).
 Each distinct circuit costs one patched forward; the empty circuit and the full model are known
-without one (the run's caches).  ``k`` picks the method's own circuit: ``auto`` the smallest circuit
-of the curve whose faithfulness on the validation split reaches ``target``, an integer n the pruned
-top-n circuit, ``all`` the whole graph.
+without one (the run's caches).  ``k`` picks the method's own circuit: an integer n the pruned top-n
+circuit, ``all`` the whole graph, and ``auto`` a circuit of the curve at which its faithfulness on
+the validation split crosses ``target``:
+
+**k=auto.**  The test curve is measured first (the curve's points at a fraction, on the test split).
+Then, on the validation split, a bracket of two neighbouring circuits of the curve (the empty
+circuit, f = 0, below them all) is narrowed until its upper circuit is known to reach the target and
+its lower one known to fall short: it starts at the test curve's crossing (the largest fraction
+whose test faithfulness falls short, and the curve's next circuit above it), bisects it with at most
+``refine`` (2) forwards, then measures whichever end the bisection left unsettled; an end on the
+wrong side moves the bracket one step of the curve that way (up where its upper circuit falls short,
+down where its lower one reaches the target), with ``refine`` bisections again.  The method's circuit
+is the bracket's upper circuit: the smallest circuit the search measured that reaches the target,
+the next smaller one it measured falling short.  On a validation curve that crosses the target once
+this is the circuit a search from the largest circuit down keeps (the same bisection of the same
+bracket; ``tests/test_ranking.py`` holds it to that search), with two or three validation forwards
+where the test curve crosses where the validation curve does, and none of the large circuits, the
+costliest; on a curve that crosses more than once, it is the crossing the test curve leads to.  The
+test split only says where to start: whether a circuit reaches the target is its validation
+faithfulness, and every number reported is that of an exact forward of the circuit it names.
 """
 
 from __future__ import annotations
@@ -212,14 +229,14 @@ def ranked_result(problem: Problem, ranking: Ranking, k, target: float, points: 
         kept = torch.ones(graph.n_edges, dtype=torch.bool)
         how = "k=all: every edge"
     elif k == "auto":
+        test = CircuitEvaluator(problem, "test")  # builds the test split's engine (its caches) if need be
         started = time.perf_counter()
-        test = CircuitEvaluator(problem, "test")
         for p in curve:
             if p.fraction is not None:
                 p.metric_test, p.faithfulness_test = test.faithfulness(p.circuit.kept)
         details.update(curve_test_forwards=test.n_forwards, curve_test_s=round(time.perf_counter() - started, 3))
-        started = time.perf_counter()
         evaluator = CircuitEvaluator(problem, "validation")
+        started = time.perf_counter()
         chosen = auto_search(ranking, curve, cut_of, evaluator, target, refine, pruned)
         details.update(curve_forwards=evaluator.n_forwards, curve_s=round(time.perf_counter() - started, 3))
         if chosen is not None:
