@@ -10,7 +10,7 @@ from circuitfind.core.graph import Architecture, EdgeMask, Graph
 from circuitfind.core.pruning import prune
 from circuitfind.engine import plain_forward
 from circuitfind.engine.layout import split_mask
-from circuitfind.engine.nodes_only import needed_nodes, nodes_only_logits
+from circuitfind.engine.nodes_only import needed_nodes, nodes_only_logits, read_at_positions_only
 
 from test_engine import random_masks, setup, sparse_circuit
 from test_engine_plain import ALL_MODELS
@@ -94,3 +94,25 @@ def test_a_norm_it_does_not_know_is_run_as_the_module(monkeypatch):
     monkeypatch.setattr(nodes_only, "norm_parts", lambda ln: None)
     torch.testing.assert_close(nodes_only_logits(engine, mask), folded, rtol=0, atol=1e-9)
     torch.testing.assert_close(folded, plain(engine, mask), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("model_name", ["ln-mlp", "pythia", "no-norm-bidirectional"])
+def test_a_node_read_at_the_metric_positions_only_is_computed_there(model_name):
+    """Hand-made: embed -> m0 -> a1.h0<q> -> resid_post and m0 -> resid_post, with a1.h0's key from
+    a0.h1: m0 and a1.h0 are read at the metric's positions only (m0 is computed there alone), a0.h1
+    and the embedding everywhere (a key is read at every position a query attends to).  With m0 also
+    into a1.h0's key, m0 is needed everywhere.  Either way the logits are the plain forward's."""
+    model = ALL_MODELS[model_name]()
+    graph, engine, clean, _ = setup(model, corruption="mean")
+    names = ["embed->m0", "m0->a1.h0<q>", "a1.h0->resid_post", "m0->resid_post", "embed->a0.h1<v>",
+             "a0.h1->a1.h0<k>", "a1.h0<q>", "a1.h0<k>", "a0.h1<v>"]
+    positions = torch.tensor([[5, 1]] * clean.shape[0])
+    for extra, only in (([], {"m0", "a1.h0"}), (["m0->a1.h0<k>"], {"a1.h0"})):
+        mask = graph.mask_from_names(names + extra)
+        removed, qkv_mask = split_mask(graph, mask, "cpu", engine.dtype)
+        needed, read = needed_nodes(graph, 1 - removed, qkv_mask)
+        at_only = read_at_positions_only(graph, 1 - removed, needed, read)
+        assert {graph.senders[i] for i in at_only.nonzero().flatten().tolist()} == only
+        poisoned(engine)
+        torch.testing.assert_close(nodes_only_logits(engine, mask, positions), plain(engine, mask, positions),
+                                   rtol=0, atol=1e-9)

@@ -71,6 +71,36 @@ def needed_nodes(graph: Graph, kept: torch.Tensor, qkv_mask: torch.Tensor) -> tu
     return needed, read_rows
 
 
+def read_at_positions_only(graph: Graph, kept: torch.Tensor, needed: torch.Tensor,
+                           read_rows: torch.Tensor) -> torch.Tensor:
+    """Which needed senders [n_senders] bool are read at the metric's positions only: every read row
+    that keeps one is the final residual, the MLP input of such a sender, or the query input of such
+    a head (a key or value input is read at every position a query attends to).  Such a node's value
+    elsewhere reaches no output: it needs computing at the metric's positions only."""
+    g = graph
+    limit = torch.empty(g.n_rows, dtype=torch.long)  # the senders each row can read
+    limit[g.resid_post_row] = g.n_senders
+    own_rows: dict[int, int] = {}  # sender -> the row of its input that such a sender's value passes on
+    for layer in range(g.n_layers):
+        first = layer * g.rows_per_layer
+        limit[first:first + 3 * g.n_heads] = g.n_senders_before_heads(layer)
+        for head in range(g.n_heads):
+            own_rows[g.head_slots(layer).start + head] = g.head_input_row(layer, head, "q")
+        if g.arch.has_mlps:
+            limit[g.mlp_row(layer)] = g.n_senders_before_mlp(layer)
+            own_rows[g.mlp_slot(layer)] = g.mlp_row(layer)
+    reads = (kept != 0) & read_rows[:, None] & (torch.arange(g.n_senders)[None] < limit[:, None]).to(kept.device)
+    passing = torch.zeros(g.n_rows, dtype=torch.bool, device=kept.device)  # rows read at those positions only
+    passing[g.resid_post_row] = True
+    only = torch.zeros(g.n_senders, dtype=torch.bool, device=kept.device)
+    for slot in reversed(needed.nonzero().flatten().tolist()):  # every reader of a sender comes after it
+        if bool(passing[reads[:, slot]].all()):
+            only[slot] = True
+            if slot in own_rows:
+                passing[own_rows[slot]] = True
+    return only
+
+
 def nodes_only_logits(engine, mask, positions: torch.Tensor | None = None) -> torch.Tensor:
     """Logits of ``engine`` (a ``PatchEngine`` on pre-norm blocks) with ``mask`` (gradient-free,
     one mask), as ``PatchEngine.run`` computes them, from the circuit's needed nodes only."""
@@ -78,7 +108,7 @@ def nodes_only_logits(engine, mask, positions: torch.Tensor | None = None) -> to
     assert not ops.post_norm, "post-norm blocks read their heads through a norm: use the full run"
     removed, qkv_mask = split_mask(g, mask, engine.device, engine.dtype)
     kept = 1 - removed
-    needed, _ = needed_nodes(g, kept, qkv_mask)
+    needed, read_rows = needed_nodes(g, kept, qkv_mask)
     engine.n_forward += 1
     embeds = ops.embed(engine.tokens, engine.position_order)
     batch, n_pos, d_model = embeds[0].shape
@@ -107,6 +137,7 @@ def nodes_only_logits(engine, mask, positions: torch.Tensor | None = None) -> to
             return x.expand(*x.shape[:-3], *shape)[..., prompt, positions, :]
 
     zeroed = [0]  # the unneeded slots below this one hold zeros (a dense read multiplies them)
+    at_only = read_at_positions_only(g, kept, needed, read_rows) if last_at else None
 
     def read(rows: torch.Tensor, n_senders: int, first_row: int,
              src: torch.Tensor = diffs) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -159,7 +190,25 @@ def nodes_only_logits(engine, mask, positions: torch.Tensor | None = None) -> to
             if target is not diffs:
                 z, ablated = z[prompt, positions], at_positions(ablated)
             store_heads(engine, layer, z, heads, ablated, target, centred)
-        if g.arch.has_mlps and needed[g.mlp_slot(layer)]:
+        if g.arch.has_mlps and at_only is not None and target is diffs and at_only[g.mlp_slot(layer)]:
+            # read at the metric's positions only: computed there, zero elsewhere (where only readers
+            # whose values there reach no output read it)
+            n, slot = g.n_senders_before_mlp(layer), g.mlp_slot(layer)
+            src = place.scratch("mlp at positions", (n, *shape_at)).zero_()
+            below = needed[:n].nonzero().flatten().to(diffs.device)
+            src[below] = place.fetch(diffs[below[:, None, None], prompt.to(diffs.device)[None],
+                                           positions.to(diffs.device)[None]])
+            x, _ = read(kept[g.mlp_row(layer), :n][None], n, g.mlp_row(layer), src)
+            diff = block.mlp(block.ln2(x[0])).sub_(at_positions(place.fetch(ablation.senders[slot])))
+            if centred:
+                centre_(diff)
+            if diffs.device == diff.device:
+                diffs[slot].zero_()[prompt, positions] = diff
+            else:
+                whole = torch.zeros(shape, dtype=diff.dtype, device=diff.device)
+                whole[prompt, positions] = diff
+                diffs[slot] = place.store(whole)
+        elif g.arch.has_mlps and needed[g.mlp_slot(layer)]:
             n, slot = g.n_senders_before_mlp(layer), g.mlp_slot(layer)
             x, _ = read(kept[g.mlp_row(layer), :n][None], n, g.mlp_row(layer), target)
             ablated = place.fetch(ablation.senders[slot])
