@@ -25,20 +25,24 @@ the validation split crosses ``target``:
 
 **k=auto.**  The test curve is measured first (the curve's points at a fraction, on the test split).
 Then, on the validation split, a bracket of two neighbouring circuits of the curve (the empty
-circuit, f = 0, below them all) is narrowed until its upper circuit is known to reach the target and
-its lower one known to fall short: it starts at the test curve's crossing (the largest fraction
-whose test faithfulness falls short, and the curve's next circuit above it), bisects it with at most
-``refine`` (2) forwards, then measures whichever end the bisection left unsettled; an end on the
-wrong side moves the bracket one step of the curve that way (up where its upper circuit falls short,
-down where its lower one reaches the target), with ``refine`` bisections again.  The method's circuit
-is the bracket's upper circuit: the smallest circuit the search measured that reaches the target,
-the next smaller one it measured falling short.  On a validation curve that crosses the target once
-this is the circuit a search from the largest circuit down keeps (the same bisection of the same
-bracket; ``tests/test_ranking.py`` holds it to that search), with two or three validation forwards
-where the test curve crosses where the validation curve does, and none of the large circuits, the
-costliest; on a curve that crosses more than once, it is the crossing the test curve leads to.  The
-test split only says where to start: whether a circuit reaches the target is its validation
-faithfulness, and every number reported is that of an exact forward of the circuit it names.
+circuit, f = 0, below them all) is searched for the crossing: the circuits a bisection of the
+bracket with ``refine`` (2) steps could measure (``bisection_grid``: the bracket cut in four) are
+searched for a neighbouring pair, the lower one falling short of ``target`` and the upper one
+reaching it, both measured (the bracket's ends included).  The bracket starts at the test curve's
+crossing (the largest fraction whose test faithfulness falls short, and the curve's next circuit
+above it), and the search at the grid's circuit just above where the test curve, interpolated
+between the bracket's ends, crosses the target, then its neighbour on the other side, then by
+bisection.  Where the bracket's upper end falls short, the bracket moves one step of the curve up;
+where its lower end reaches the target, one step down.  The method's circuit is the pair's upper
+circuit: the smallest circuit the search measured that reaches the target, the next smaller one it
+measured falling short.  On a validation curve that crosses the target once, this is the circuit a
+search from the largest circuit down followed by ``refine`` bisections keeps (the smallest grid
+circuit of the crossing's bracket that reaches it; ``tests/test_ranking.py`` holds it to that
+search), with two validation forwards where the test curve leads to the right pair, and none of the
+large circuits, the costliest; on a curve that crosses more than once, it is the crossing the test
+curve leads to.  The test split only says where to look: whether a circuit reaches the target is
+its validation faithfulness, and every number reported is that of an exact forward of the circuit
+it names.
 """
 
 from __future__ import annotations
@@ -213,7 +217,7 @@ def ranked_result(problem: Problem, ranking: Ranking, k, target: float, points: 
     ``k=auto`` measures the test curve first (the points at a fraction, one forward per distinct
     circuit, which the pipeline reports and would measure anyway), then searches the validation
     split for a crossing of the target (``auto_search``), starting where the test curve crosses it;
-    the circuits it bisects with join the curve as extra points (no fraction)."""
+    the circuits of the bisection grid it measures join the curve as extra points (no fraction)."""
     k = parse_k(k)
     graph = ranking.graph
     curve: list[CurvePoint] = []
@@ -262,24 +266,35 @@ def ranked_result(problem: Problem, ranking: Ranking, k, target: float, points: 
     return EdgeMask(graph, kept), int(kept.sum()), curve, details
 
 
+def bisection_grid(lo: int, hi: int, refine: int) -> list[int]:
+    """The cuts a bisection of (lo, hi) with ``refine`` steps can reach, ends included, in order: on a
+    curve that crosses the target once between lo and hi, every such bisection keeps the smallest
+    of them that reaches it, whichever way it is found."""
+    if refine <= 0 or hi - lo <= 1:
+        return [lo, hi]
+    middle = (lo + hi) // 2
+    return bisection_grid(lo, middle, refine - 1)[:-1] + bisection_grid(middle, hi, refine - 1)
+
+
+def guess(grid: list[int], f_lo: float | None, f_hi: float | None, target: float) -> int:
+    """The index of the first cut of ``grid`` at or above where the test curve, interpolated
+    linearly between the grid's ends (test faithfulness ``f_lo`` and ``f_hi``), crosses ``target``
+    (the middle where it cannot say)."""
+    if f_lo is None or f_hi is None or not math.isfinite(f_hi - f_lo) or f_hi == f_lo:
+        x = 0.5
+    else:
+        x = min(max((target - f_lo) / (f_hi - f_lo), 0.0), 1.0)
+    at = grid[0] + x * (grid[-1] - grid[0])
+    return next((k for k in range(1, len(grid)) if grid[k] >= at), len(grid) - 1)
+
+
 def auto_search(ranking: Ranking, curve: list[CurvePoint], cut_of: dict[int, int], evaluator: CircuitEvaluator,
                 target: float, refine: int, pruned: bool) -> CurvePoint | None:
-    """k=auto's circuit: the smallest circuit the validation search measured that reaches ``target``
-    while the next smaller circuit it measured does not (None: not even the largest reaches it).
-
-    The curve's circuits (its cuts, and the empty circuit below them, f = 0) are nested.  The search
-    keeps a bracket of two neighbouring cuts, lo below hi, and narrows it until hi is known to reach
-    the target on the validation split and lo known to fall short: it bisects the bracket (at most
-    ``refine`` forwards, each halving it), then measures an end the bisection did not settle; where
-    that end is on the wrong side, the bracket moves one step of the curve that way and the search
-    goes on there.  It starts at the test curve's crossing: lo the largest fraction whose test
-    faithfulness falls short of the target, hi the next circuit of the curve above it.  On a
-    validation curve that crosses the target once, this keeps the circuit a search from the largest
-    circuit down would keep (the same bisection of the same bracket), with fewer forwards: the
-    curve's large circuits, the costliest, are not measured on the validation split where the
-    crossing is lower.  Where the validation curve crosses more than once, it keeps the crossing
-    the test curve led to.  Each measured circuit's metric and faithfulness go on its curve points
-    (and those of the whole graph and the empty circuit, which cost no forward)."""
+    """k=auto's circuit (the module's docstring says how it is found): the smallest circuit the
+    validation search measured that reaches ``target`` while the next smaller circuit it measured
+    does not (None: not even the largest reaches it).  Each measured circuit's metric and
+    faithfulness go on its curve points (and those of the whole graph and the empty circuit, which
+    cost no forward); the circuits of the bisection grid join the curve as extra points."""
     by_cut: dict[int, list[CurvePoint]] = {}
     for p in curve:
         by_cut.setdefault(cut_of[id(p)], []).append(p)
@@ -308,27 +323,35 @@ def auto_search(ranking: Ranking, curve: list[CurvePoint], cut_of: dict[int, int
              and not (not math.isnan(p.faithfulness_test) and p.faithfulness_test >= target)]
     i = ladder.index(max(short)) if short else 0  # lo = ladder[i], hi = ladder[i + 1]
     lo, hi = ladder[i], ladder[min(i + 1, len(ladder) - 1)]
-    steps = refine
+    test_f = {cut_of[id(p)]: p.faithfulness_test for p in curve if p.faithfulness_test is not None}
     while True:
         if lo == hi:  # the curve's smallest circuit (lo) or its largest (hi), nothing beside it
             if not reaches(hi):
                 return None
             break
-        if steps > 0 and hi - lo > 1:
-            steps -= 1
-            middle = (lo + hi) // 2
-            if reaches(middle):
-                hi = middle
-            else:
-                lo = middle
-            continue
-        if not reaches(hi):  # the crossing is higher up: the next step of the curve
-            lo, hi = hi, ladder[min(ladder.index(hi) + 1, len(ladder) - 1)]  # hi: a cut of the curve (unsettled)
-            steps = refine
-        elif reaches(lo):  # the crossing is lower down
-            lo, hi = ladder[max(ladder.index(lo) - 1, 0)], lo
-            steps = refine
-        else:
+        grid = bisection_grid(lo, hi, refine)
+        n = len(grid) - 1
+        a, b = 0, n  # grid[a] falls short and grid[b] reaches the target, once measured
+        k, guided = guess(grid, test_f.get(lo), test_f.get(hi), target), 2
+        while True:
+            reached = reaches(grid[k])
+            if k == n and not reached:  # the crossing is higher up: the next step of the curve
+                lo, hi = hi, ladder[min(ladder.index(hi) + 1, len(ladder) - 1)]
+                break
+            if k == 0 and reached:  # the crossing is lower down
+                lo, hi = ladder[max(ladder.index(lo) - 1, 0)], lo
+                break
+            a, b = (a, k) if reached else (k, b)
+            if b - a == 1 and grid[a] in known and grid[b] in known:
+                lo = hi = None  # found: grid[b]
+                break
+            guided -= 1
+            if guided > 0:  # the guess, then its neighbour on the other side of the target
+                k = k - 1 if reached else k + 1
+            else:  # then bisection, and last whichever end is not measured yet
+                k = (a + b) // 2 if b - a > 1 else (a if grid[a] not in known else b)
+        if lo is None:
+            hi = grid[b]
             break
     points = by_cut[hi]
     return min(points, key=lambda p: p.fraction if p.fraction is not None else math.inf)
