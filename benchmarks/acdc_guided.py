@@ -6,8 +6,10 @@
     python benchmarks/acdc_guided.py gpt2 --tau 0.001                               # GPT-2 shape, whole run
 
 kl     both methods at each tau (default: fig4's quick taus) on one task: kept edges, exact tests
-       (candidate circuits whose loss was read; ACDC's ``n_edge_tests``), the bound K + K log2(N/K)
-       for the circuit found, wall time, KL on the test split, and the Jaccard overlap of the kept
+       (candidate circuits whose loss was read; ACDC's ``n_edge_tests``), the floor K + floor(dL / tau)
+       + 1 (no search that removes edges only in steps whose exact loss rise is below tau, and keeps
+       an edge only after testing it alone, ends at loss rise dL with K kept edges in fewer tests),
+       the bound K + K log2(N/K) for the circuit found (a search without a ranking), wall time, KL on the test split, and the Jaccard overlap of the kept
        sets at the same tau; then, per KL level (1, 0.5, 0.2), the fewest edges of any circuit of the
        sweep with test KL at or below it, and the tests summed over the sweep.
 tracr  the tracr suite (``figure_specs/tracr_suite.yaml``, quick preset) restricted to ACDC and
@@ -65,11 +67,21 @@ def run_method(base: Problem, method: str, tau: float, **params) -> dict:
     result = get_method(method)(problem, tau=tau, **params)
     wall = time.time() - started
     n, k = base.graph.n_edges, result.circuit.n_kept
+    with torch.no_grad():
+        rise = float(problem.loss(problem.logits(result.circuit), "validation")) - \
+            float(problem.loss(problem.clean_logits("validation"), "validation"))
     return dict(method=method, tau=tau, kept=k, tests=len(result.trace), wall_s=round(wall, 2),
                 acdc_tests_here=acdc_tests_for(base.graph, result.circuit.kept),
-                bound=round(k + k * math.log2(n / k), 1) if k else 0.0,
+                bound=round(k + k * math.log2(n / k), 1) if k else 0.0, floor=loss_floor(k, rise, tau),
                 test_kl=problem.evaluate(result.circuit, "test"), load=loadavg(),
                 names=set(result.circuit.kept_names()))
+
+
+def loss_floor(kept: int, rise: float, tau: float) -> int:
+    """The fewest exact tests of any search that removes edges only in steps whose exact loss rise
+    is below ``tau`` and keeps an edge only after testing it alone: K kept edges, plus the accepted
+    steps that climb the circuit's loss ``rise`` above the full model's, each less than tau."""
+    return kept + max(0, math.floor(rise / tau) + 1) if rise > 0 else kept
 
 
 def acdc_tests_for(graph, kept: torch.Tensor) -> int:
@@ -124,11 +136,12 @@ def cmd_kl(args) -> dict:
     for tau in args.taus:
         plain = run_method(base, "acdc", tau)
         guided = run_method(base, "acdc_guided", tau, order=args.order, rescore=not args.no_rescore, split=args.split,
-                            group=args.group)
+                            group=args.group, budget=args.budget)
         for r in (plain, guided):
             r["jaccard"] = len(plain["names"] & r["names"]) / max(1, len(plain["names"] | r["names"]))
             rows.append(r)
-            print(f"tau {tau:<8g} {r['method']:12s} kept {r['kept']:5d}  tests {r['tests']:6d}  bound {r['bound']:8.1f}  "
+            print(f"tau {tau:<8g} {r['method']:12s} kept {r['kept']:5d}  tests {r['tests']:6d}  floor {r['floor']:5d}  "
+                  f"bound {r['bound']:8.1f}  "
                   f"test KL {r['test_kl']:.4f}  Jaccard {r['jaccard']:.3f}  {r['wall_s']:7.1f} s  load {r['load']}",
                   flush=True)
         guided["tests_vs_acdc"] = round(guided["tests"] / plain["tests"], 3)
@@ -168,7 +181,8 @@ def cmd_tracr(args) -> dict:
     exp.methods = ["acdc", "acdc_guided"]
     exp.heatmap = False
     exp.presets[exp.preset].acdc_guided.overrides = [*args.set, f"method.split={args.split}", f"method.group={args.group}",
-                                                     f"method.order={args.order}", f"method.rescore={not args.no_rescore}"]
+                                                     f"method.order={args.order}", f"method.rescore={not args.no_rescore}",
+                                                     f"method.budget={args.budget}"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = out / "tracr_suite_acdc.yaml"
@@ -217,12 +231,14 @@ def cmd_gpt2(args) -> dict:
     print(f"GPT-2 shape (random weights), {args.prompts} prompts, {graph.n_edges} edges, load {loadavg()}", flush=True)
     out = {}
     for tau in args.taus:
-        params = dict(order=args.order, rescore=not args.no_rescore, split=args.split, group=args.group)
+        params = dict(order=args.order, rescore=not args.no_rescore, split=args.split, group=args.group,
+                      budget=args.budget)
         if args.max_edge_tests is not None:
             params["max_edge_tests"] = args.max_edge_tests
         guided = run_method(base, "acdc_guided", tau, **params)
         del guided["names"]
-        print(f"tau {tau:g} guided: kept {guided['kept']}, exact tests {guided['tests']}, bound {guided['bound']}, "
+        print(f"tau {tau:g} guided: kept {guided['kept']}, exact tests {guided['tests']}, floor {guided['floor']}, "
+              f"bound {guided['bound']}, "
               f"{guided['wall_s']:.0f} s, load {guided['load']}; plain ACDC would test {guided['acdc_tests_here']} "
               "edges to end with this circuit (estimate)", flush=True)
         out[str(tau)] = guided
@@ -249,9 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     gpt2.add_argument("--samples", type=int, default=24, help="plain ACDC tests timed for the estimate")
     gpt2.add_argument("--max-edge-tests", type=int, default=None, help="cap (default: a whole run)")
     for p in (kl, tracr, gpt2):
-        p.add_argument("--order", default="eap", help="acdc_guided's order")
+        p.add_argument("--order", default="eap_ig", help="acdc_guided's order")
         p.add_argument("--no-rescore", action="store_true", help="acdc_guided's order from the full model only")
         p.add_argument("--split", default="mass", help="acdc_guided's split: mass or half")
+        p.add_argument("--budget", type=float, default=0.75, help="acdc_guided's loss budget (share of tau; 0: off)")
         p.add_argument("--group", default="receiver", help="acdc_guided's blocks: stage or receiver")
         p.add_argument("--set", action="append", default=[], help="a circuitfind override (repeatable)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")

@@ -10,8 +10,8 @@ from circuitfind.core.checkpoint import Checkpointer, RunInterrupted
 from circuitfind.core.graph import Architecture, EdgeMask, Graph
 from circuitfind.methods import Problem, get_method
 from circuitfind.methods.acdc import acdc_search, visits
-from circuitfind.methods.acdc_guided import (blocks, guided_on_engine, guided_search, keep_chances, mass_group_size,
-                                             mass_split)
+from circuitfind.methods.acdc_guided import (LossRise, blocks, guided_on_engine, guided_search, keep_chances,
+                                             mass_group_size, mass_split)
 from circuitfind.core.metrics import KL
 from circuitfind.engine.reference import reference_ablation, reference_logits
 
@@ -47,8 +47,8 @@ def single_edge_tau(problem: Problem, quantile: float) -> float:
 
 
 @pytest.mark.parametrize("granularity, corruption, order, group, quantile", [
-    ("qkv", "corrupted", "eap", "receiver", 0.7),
-    pytest.param("heads", "zero", "eap_ig", "receiver", 0.7, marks=pytest.mark.slow),
+    ("qkv", "corrupted", "eap_ig", "receiver", 0.7),  # the defaults
+    pytest.param("heads", "zero", "eap", "receiver", 0.7, marks=pytest.mark.slow),
     ("nodes", "mean", "random", "stage", 0.7)])  # a node's few inputs: groups of several come from a stage
 def test_a_group_goes_exactly_when_the_hook_reference_says_the_loss_rose_by_less_than_tau(granularity, corruption, order,
                                                                                           group, quantile):
@@ -99,8 +99,9 @@ def independent_toy(graph: Graph, seed: int):
 
 @pytest.mark.parametrize("granularity", ["qkv", "heads", "nodes"])
 @pytest.mark.parametrize("order", ["random", "graph", "noisy costs"])
-@pytest.mark.parametrize("split, group", [("mass", "stage"), ("half", "stage"), ("mass", "receiver")])
-def test_on_independent_edges_that_never_help_the_kept_set_is_plain_acdcs(granularity, order, split, group):
+@pytest.mark.parametrize("split, group, budget", [("mass", "stage", 0.0), ("half", "stage", 0.0),
+                                                  ("mass", "receiver", 0.0), ("mass", "receiver", 0.75)])
+def test_on_independent_edges_that_never_help_the_kept_set_is_plain_acdcs(granularity, order, split, group, budget):
     model = tiny_model(n_layers=3, n_heads=3, d_model=12)
     graph = Graph(Architecture.from_config(model.cfg), granularity)
     for seed in range(3):
@@ -115,7 +116,7 @@ def test_on_independent_edges_that_never_help_the_kept_set_is_plain_acdcs(granul
                                                                                    dtype=torch.float64) - 1)
         plain = acdc_search(graph, losses, 1.0, progress=False, dtype=torch.float64)
         guided = guided_search(graph, losses, importance, 1.0, progress=False, dtype=torch.float64, split=split,
-                               group=group, weighted=order == "noisy costs")
+                               group=group, weighted=order == "noisy costs", budget=budget)
         assert 0 < plain.circuit.n_kept < graph.n_edges
         assert guided.circuit.kept_names() == plain.circuit.kept_names()
 
@@ -130,6 +131,45 @@ def test_a_failed_group_splits_where_half_its_chance_of_a_kept_edge_lies():
     # is kept a third of the time
     assert mass_group_size(torch.full((100,), 0.01, dtype=torch.float64)) == 69
     assert mass_group_size(torch.full((5,), 0.4, dtype=torch.float64)) == 1
+
+
+def test_the_loss_budget_cuts_groups_by_their_calibrated_attribution():
+    rise = LossRise(limit=0.5)
+    assert rise.partition([1.0, 1.0, 1.0]) == [3]  # nothing observed yet: no limit
+    rise.observe(attributed=2.0, delta=-0.3)  # a fall counts as no rise
+    assert rise.fits([1.0, 1.0, 1.0]) == 3
+    rise.observe(attributed=2.0, delta=1.0)  # 1.0 of rise for 4.0 of attribution: an allowance of 2.0
+    assert rise.partition([1.0, 1.0, 1.0, 0.5, 3.0]) == [2, 2, 1]  # an edge over the allowance goes alone
+    assert rise.fits([1.0, 1.0, 1.0]) == 2
+    assert LossRise(limit=0.0).partition([5.0, 5.0]) == [2]  # budget 0: off
+    rise.observe(attributed=float("inf"), delta=1.0)  # not a calibration point
+    assert rise.fits([1.0, 1.0, 1.0]) == 2
+
+
+def test_with_exact_attribution_the_loss_budget_leaves_no_group_that_fails():
+    """Most edges cost up to 0.2 tau (several together fail), a few 2.5 tau.  With attribution equal
+    to the costs, the budget predicts every group's rise exactly: no group of several edges fails
+    (without it, many do), and the kept set stays plain ACDC's."""
+    model = tiny_model(n_layers=6, n_heads=8, d_model=16)
+    graph = Graph(Architecture.from_config(model.cfg), "heads")
+    generator = torch.Generator().manual_seed(0)
+    costs = 0.2 * torch.rand(graph.n_edges, generator=generator, dtype=torch.float64)
+    costs[torch.rand(graph.n_edges, generator=generator) < 0.01] = 2.5
+    costs[torch.tensor([e.receiver == "resid_post" for e in graph.edges])] = 2.5  # every node feeds the output
+
+    def losses(masks, stage):
+        return [float(((1 - m.double()) * costs).sum()) for m in masks]
+
+    def failed_groups(result):
+        return sum(1 for row in result.trace if row["kept"] and " edges: " in row["edge"])
+
+    plain = acdc_search(graph, losses, 1.0, progress=False, dtype=torch.float64)
+    runs = {budget: guided_search(graph, losses, lambda mask, edges: costs[edges], 1.0, progress=False,
+                                  dtype=torch.float64, budget=budget) for budget in (0.0, 0.75)}
+    assert failed_groups(runs[0.0]) > 10
+    assert failed_groups(runs[0.75]) == 0
+    for result in runs.values():
+        assert result.circuit.kept_names() == plain.circuit.kept_names()
 
 
 def test_keep_chances_follow_attribution_half_way_and_never_exceed_one():
@@ -186,7 +226,8 @@ def test_max_edge_tests_stops_the_search_and_keeps_what_is_untested():
 
 @pytest.mark.parametrize("bad, message", [(dict(order="best"), "unknown order"), (dict(group="layer"), "unknown group"),
                                           (dict(rescore="yes"), "rescore must be"), (dict(tau=0), "tau must be"),
-                                          (dict(ig_steps=0), "ig_steps must be")])
+                                          (dict(ig_steps=0), "ig_steps must be"), (dict(budget=1.5), "budget must be"),
+                                          (dict(budget=True), "budget must be")])
 def test_bad_settings_are_one_line_errors(bad, message):
     with pytest.raises(ValueError, match=message):
         get_method("acdc_guided")(tiny_problem(), **{"tau": 0.01, **bad})

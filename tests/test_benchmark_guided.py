@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 SPEC = importlib.util.spec_from_file_location("bench_guided", Path(__file__).parents[1] / "benchmarks" / "acdc_guided.py")
 bench = importlib.util.module_from_spec(SPEC)
@@ -23,3 +24,30 @@ def test_kl_levels_give_the_fewest_edges_below_each_level_and_the_crossing():
     levels = bench.kl_levels(rows)["acdc"]
     assert (levels[1.0], levels[0.5], levels["tests"]) == (90, None, 20)
     assert levels["interpolated"][1.0] == pytest.approx(60 + 0.336 / 0.638 * 30)
+
+
+def test_the_loss_floor_counts_kept_edges_and_the_steps_below_tau_that_climb_the_loss():
+    assert bench.loss_floor(38, 0.0676, 0.001) == 38 + 68  # 67 steps below 0.001 reach at most 0.067
+    assert bench.loss_floor(5, 0.002, 0.001) == 5 + 3  # exactly 2 tau: two steps below tau fall short
+    assert bench.loss_floor(5, 0.0, 0.001) == 5
+    assert bench.loss_floor(5, -0.01, 0.001) == 5  # a circuit better than the model: no steps needed
+
+
+ORDER_SPEC = importlib.util.spec_from_file_location(
+    "order_quality", Path(__file__).parents[1] / "benchmarks" / "guided_order_quality.py")
+order_quality = importlib.util.module_from_spec(ORDER_SPEC)
+ORDER_SPEC.loader.exec_module(order_quality)
+
+
+def test_the_order_benchmark_rebuilds_acdcs_circuit_at_a_visit_from_its_trace():
+    from circuitfind.core.graph import Architecture, Graph
+    from conftest import tiny_model
+
+    graph = Graph(Architecture.from_config(tiny_model(n_layers=2, n_heads=2, d_model=8).cfg), "qkv")
+    into_output = [e for e in graph.edges if e.receiver == "resid_post"]
+    kept = {into_output[0].name}  # ACDC kept one edge into the output, removed the others there
+    mask, edges = order_quality.circuit_before(graph, kept, "m1")
+    assert [graph.edges[e].receiver for e in edges] == ["m1"] * len(edges)
+    assert all(mask[e.index] == (e.name in kept) for e in into_output)
+    assert int(mask.sum()) == graph.n_edges - len(into_output) + 1  # nothing else decided yet
+    assert order_quality.spearman(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 30.0, 20.0])) == pytest.approx(0.5)

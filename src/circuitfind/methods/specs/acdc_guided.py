@@ -13,8 +13,8 @@ GROUPS = ("stage", "receiver")
 SPLITS = ("mass", "half")
 
 
-def check_guided_params(tau, order="eap", group="receiver", rescore=True, ig_steps=3, seed=0, abs_delta=False,
-                        max_edge_tests=None, batch_edges="auto", split="mass") -> None:
+def check_guided_params(tau, order="eap_ig", group="receiver", rescore=True, ig_steps=3, seed=0, abs_delta=False,
+                        max_edge_tests=None, batch_edges="auto", split="mass", budget=0.75) -> None:
     """One-line errors for bad guided-ACDC settings (also run on the config before any model loads)."""
     check_acdc_params(tau, max_edge_tests, abs_delta, batch_edges)
     if order not in ORDERS:
@@ -23,6 +23,8 @@ def check_guided_params(tau, order="eap", group="receiver", rescore=True, ig_ste
         raise ValueError(f"unknown group {group!r}; choose one of {', '.join(GROUPS)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 <= budget <= 1:
+        raise ValueError(f"budget must be a number from 0 to 1 (a share of tau), got {budget!r}")
     if not isinstance(rescore, bool):
         raise ValueError(f"rescore must be true or false, got {rescore!r}")
     if not is_int(ig_steps, 1):
@@ -34,7 +36,7 @@ def check_guided_params(tau, order="eap", group="receiver", rescore=True, ig_ste
 @dataclass(frozen=True)
 class GuidedACDCParams:
     tau: float
-    order: str = "eap"
+    order: str = "eap_ig"
     group: str = "receiver"
     rescore: bool = True
     ig_steps: int = 3
@@ -43,10 +45,11 @@ class GuidedACDCParams:
     max_edge_tests: int | None = None
     batch_edges: int | str = "auto"
     split: str = "mass"
+    budget: float = 0.75
 
     def __post_init__(self):
         check_guided_params(self.tau, self.order, self.group, self.rescore, self.ig_steps, self.seed,
-                            self.abs_delta, self.max_edge_tests, self.batch_edges, self.split)
+                            self.abs_delta, self.max_edge_tests, self.batch_edges, self.split, self.budget)
 
 
 SPEC = register(MethodSpec(
