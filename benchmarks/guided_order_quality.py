@@ -5,8 +5,9 @@
 RUN_FOLDER is a plain ACDC run (``method=acdc``) of the same config: its ``trace.csv`` gives the
 circuit ACDC had when it visited each named receiver (every earlier visit's removals applied, the
 inputs of receivers that fed nothing dropped).  At that circuit, for each input edge of the
-receiver: the exact loss rise of removing it alone (one patched forward each, restarted at the
-receiver's stage), and the importance each order gives it (``attribution_order``: EAP, EAP-IG).
+receiver: the exact loss rise of removing it alone (``single_edge_effects``: one patched forward
+each, restarted at the receiver's stage), and the importance each order gives it
+(``attribution_order``: EAP, EAP-IG).
 Printed per receiver: the Spearman correlation of each order with the exact rises, and the ranks
 (0 = first) that each order gives the edges whose rise is at least tau (the edges a test alone
 keeps).  Every rise is an exact forward; nothing is estimated.
@@ -22,14 +23,10 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_module
 
+from circuitfind.evaluation.exact_effects import single_edge_effects, spearman
 from circuitfind.methods.acdc import visits
 from circuitfind.methods.acdc_guided import attribution_order
 from circuitfind.runs.pipeline import build_problem
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ranks = torch.stack([a.argsort().argsort().double(), b.argsort().argsort().double()])
-    return float(torch.corrcoef(ranks)[0, 1])
 
 
 def circuit_before(graph, kept_by_acdc: set[str], receiver: str) -> tuple[torch.Tensor, list[int]]:
@@ -40,21 +37,6 @@ def circuit_before(graph, kept_by_acdc: set[str], receiver: str) -> tuple[torch.
             return mask, incoming
         mask[[e for e in incoming if graph.edges[e].name not in kept_by_acdc]] = 0
     raise SystemExit(f"no receiver {receiver!r} in the graph")
-
-
-def exact_rises(problem, mask: torch.Tensor, edges: list[int], batch: int = 16) -> torch.Tensor:
-    engine, data = problem.engine("validation"), problem.data("validation")
-    _, cache = engine.run(mask.to(engine.dtype), data.positions, record=True)
-    base = float(problem.loss(engine.logits(mask.to(engine.dtype), data.positions), "validation"))
-    stage = min(problem.graph.edges[e].stage for e in edges)
-    out = []
-    for i in range(0, len(edges), batch):
-        chunk = edges[i:i + batch]
-        candidates = mask.repeat(len(chunk), 1)
-        candidates[range(len(chunk)), chunk] = 0
-        logits, _ = engine.run(candidates.to(engine.dtype), data.positions, start_stage=stage, cache=cache)
-        out += [float(problem.loss(z, "validation")) - base for z in logits]
-    return torch.tensor(out, dtype=torch.float64)
 
 
 def main() -> None:
@@ -73,7 +55,7 @@ def main() -> None:
     print(f"load {Path('/proc/loadavg').read_text().split()[0]}, tau {tau:g}", flush=True)
     for receiver in args.receivers.split(","):
         mask, edges = circuit_before(problem.graph, kept_by_acdc, receiver)
-        rises = exact_rises(problem, mask, edges)
+        rises = single_edge_effects(problem, "metric", circuit=mask, edges=edges)[edges]
         strong = rises >= tau
         print(f"{receiver}: {len(edges)} edges, {int(strong.sum())} with an exact rise >= tau", flush=True)
         for order in args.orders.split(","):

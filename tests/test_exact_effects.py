@@ -29,6 +29,26 @@ def test_single_edge_effects_match_one_full_forward_per_edge(granularity, corrup
     assert effects.abs().max() > 1e-3
 
 
+def test_single_edge_effects_at_a_circuit_match_one_full_forward_per_edge():
+    model = tiny_model(n_layers=2, n_heads=2, d_model=12)
+    problem = random_problem(model, "corrupted", "qkv", metric=GAP)
+    n = problem.graph.n_edges
+    circuit = (torch.rand(n, generator=torch.Generator().manual_seed(1)) < 0.7).double()
+    edges = [e for e in range(0, n, 3) if circuit[e] == 1]
+    effects = single_edge_effects(problem, "metric", circuit=circuit, edges=edges, max_batch=4)
+    engine, positions = problem.engine(), problem.data("validation").positions
+    base = float(objective_loss(problem, engine.logits(circuit, positions), "metric"))
+    for i in range(n):
+        if i not in edges:
+            assert torch.isnan(effects[i])
+            continue
+        mask = circuit.clone()
+        mask[i] = 0
+        removed = float(objective_loss(problem, engine.logits(mask, positions), "metric"))
+        assert effects[i].item() == pytest.approx(removed - base, abs=1e-10)
+    assert effects[edges].abs().max() > 1e-4
+
+
 def test_spearman_and_ranks_against_pandas():
     g = torch.Generator().manual_seed(0)
     a = torch.randint(0, 6, (40,), generator=g).double()  # many ties

@@ -28,11 +28,15 @@ BATCH_BYTES = 256 * 2**20
 
 @torch.no_grad()
 def single_edge_effects(problem: Problem, objective: str, split: str = "validation",
-                        max_batch: int = 64) -> torch.Tensor:
-    """effect_e = L(full model without edge e) - L(full model) for every edge [n_edges] (float64)."""
+                        max_batch: int = 64, circuit: torch.Tensor | None = None,
+                        edges: list[int] | None = None) -> torch.Tensor:
+    """effect_e = L(circuit without edge e) - L(circuit) for every edge [n_edges] (float64), the
+    circuit the full model unless ``circuit`` (a 0/1 mask) is given; only for ``edges`` where given
+    (the others NaN)."""
     graph, engine = problem.graph, problem.engine(split)
     positions = problem.data(split).positions
-    full = torch.ones(graph.n_edges, dtype=engine.dtype, device=engine.device)
+    full = torch.ones(graph.n_edges, dtype=engine.dtype, device=engine.device) if circuit is None else \
+        circuit.to(dtype=engine.dtype, device=engine.device)
     logits, cache = engine.run(full, positions, record=True)
     base = float(objective_loss(problem, logits, objective, split))
     per_candidate = graph.n_senders * cache.resid[0].numel() * cache.resid[0].element_size()
@@ -40,11 +44,11 @@ def single_edge_effects(problem: Problem, objective: str, split: str = "validati
 
     by_stage: dict[int, list[int]] = {}
     alone: list[int] = []
-    for edge in graph.edges:
+    for edge in (graph.edges if edges is None else [graph.edges[e] for e in edges]):
         stages = {graph.slot_stage(slot) for slot in graph.edge_slots(edge.index)}
         (by_stage.setdefault(edge.stage, []) if len(stages) == 1 else alone).append(edge.index)
 
-    effects = torch.empty(graph.n_edges, dtype=torch.float64)
+    effects = torch.full((graph.n_edges,), float("nan"), dtype=torch.float64)
     for stage, edges in by_stage.items():
         for first in range(0, len(edges), chunk):
             ids = edges[first:first + chunk]
