@@ -81,7 +81,7 @@ def loss_floor(kept: int, rise: float, tau: float) -> int:
     """The fewest exact tests of any search that removes edges only in steps whose exact loss rise
     is below ``tau`` and keeps an edge only after testing it alone: K kept edges, plus the accepted
     steps that climb the circuit's loss ``rise`` above the full model's, each less than tau."""
-    return kept + max(0, math.floor(rise / tau) + 1) if rise > 0 else kept
+    return kept + math.floor(rise / tau) + 1 if rise > 0 else kept
 
 
 def acdc_tests_for(graph, kept: torch.Tensor) -> int:

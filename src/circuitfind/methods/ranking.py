@@ -266,6 +266,11 @@ def ranked_result(problem: Problem, ranking: Ranking, k, target: float, points: 
     return EdgeMask(graph, kept), int(kept.sum()), curve, details
 
 
+def reaches_target(f: float, target: float) -> bool:
+    """Whether faithfulness ``f`` reaches ``target`` (NaN, where m(N) = m(empty), never does)."""
+    return not math.isnan(f) and f >= target
+
+
 def bisection_grid(lo: int, hi: int, refine: int) -> list[int]:
     """The cuts a bisection of (lo, hi) with ``refine`` steps can reach, ends included, in order: on a
     curve that crosses the target once between lo and hi, every such bisection keeps the smallest
@@ -313,14 +318,14 @@ def auto_search(ranking: Ranking, curve: list[CurvePoint], cut_of: dict[int, int
             metric, f = evaluator.faithfulness(by_cut[cut][0].circuit.kept)
             for p in by_cut[cut]:
                 p.metric, p.faithfulness = metric, f
-            known[cut] = not math.isnan(f) and f >= target
+            known[cut] = reaches_target(f, target)
         return known[cut]
 
     for cut, points in by_cut.items():  # the whole graph and the empty circuit cost no forward
         if points[0].circuit.kept.all() or not points[0].circuit.kept.any():
             reaches(cut)
     short = [cut_of[id(p)] for p in curve if p.fraction is not None and p.faithfulness_test is not None
-             and not (not math.isnan(p.faithfulness_test) and p.faithfulness_test >= target)]
+             and not reaches_target(p.faithfulness_test, target)]
     i = ladder.index(max(short)) if short else 0  # lo = ladder[i], hi = ladder[i + 1]
     lo, hi = ladder[i], ladder[min(i + 1, len(ladder) - 1)]
     test_f = {cut_of[id(p)]: p.faithfulness_test for p in curve if p.faithfulness_test is not None}
