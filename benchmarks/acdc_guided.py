@@ -9,6 +9,8 @@ kl     both methods at each tau (default: fig4's quick taus) on one task: kept e
        (candidate circuits whose loss was read; ACDC's ``n_edge_tests``), the floor K + floor(dL / tau)
        + 1 (no search that removes edges only in steps whose exact loss rise is below tau, and keeps
        an edge only after testing it alone, ends at loss rise dL with K kept edges in fewer tests),
+       and guided ACDC's floor by block (``tests_floor_blocks``: the same, for a search that settles
+       its blocks in its order with its decisions: each block climbs its own share of dL),
        the bound K + K log2(N/K) for the circuit found (a search without a ranking), wall time, KL on the test split, and the Jaccard overlap of the kept
        sets at the same tau; then, per KL level (1, 0.5, 0.2), the fewest edges of any circuit of the
        sweep with test KL at or below it, and the tests summed over the sweep.
@@ -73,6 +75,7 @@ def run_method(base: Problem, method: str, tau: float, **params) -> dict:
     return dict(method=method, tau=tau, kept=k, tests=len(result.trace), wall_s=round(wall, 2),
                 acdc_tests_here=acdc_tests_for(base.graph, result.circuit.kept),
                 bound=round(k + k * math.log2(n / k), 1) if k else 0.0, floor=loss_floor(k, rise, tau),
+                floor_blocks=result.details.get("tests_floor_blocks"),
                 test_kl=problem.evaluate(result.circuit, "test"), load=loadavg(),
                 names=set(result.circuit.kept_names()))
 
@@ -140,7 +143,8 @@ def cmd_kl(args) -> dict:
         for r in (plain, guided):
             r["jaccard"] = len(plain["names"] & r["names"]) / max(1, len(plain["names"] | r["names"]))
             rows.append(r)
-            print(f"tau {tau:<8g} {r['method']:12s} kept {r['kept']:5d}  tests {r['tests']:6d}  floor {r['floor']:5d}  "
+            by_block = f"  by block {r['floor_blocks']:5d}" if r["floor_blocks"] is not None else ""
+            print(f"tau {tau:<8g} {r['method']:12s} kept {r['kept']:5d}  tests {r['tests']:6d}  floor {r['floor']:5d}{by_block}  "
                   f"bound {r['bound']:8.1f}  "
                   f"test KL {r['test_kl']:.4f}  Jaccard {r['jaccard']:.3f}  {r['wall_s']:7.1f} s  load {r['load']}",
                   flush=True)
@@ -237,7 +241,8 @@ def cmd_gpt2(args) -> dict:
             params["max_edge_tests"] = args.max_edge_tests
         guided = run_method(base, "acdc_guided", tau, **params)
         del guided["names"]
-        print(f"tau {tau:g} guided: kept {guided['kept']}, exact tests {guided['tests']}, floor {guided['floor']}, "
+        print(f"tau {tau:g} guided: kept {guided['kept']}, exact tests {guided['tests']}, floor {guided['floor']} "
+              f"(by block {guided['floor_blocks']}), "
               f"bound {guided['bound']}, "
               f"{guided['wall_s']:.0f} s, load {guided['load']}; plain ACDC would test {guided['acdc_tests_here']} "
               "edges to end with this circuit (estimate)", flush=True)

@@ -10,8 +10,8 @@ from circuitfind.core.checkpoint import Checkpointer, RunInterrupted
 from circuitfind.core.graph import Architecture, EdgeMask, Graph
 from circuitfind.methods import Problem, get_method
 from circuitfind.methods.acdc import acdc_search, visits
-from circuitfind.methods.acdc_guided import (LossRise, blocks, guided_on_engine, guided_search, keep_chances,
-                                             mass_group_size, mass_split)
+from circuitfind.methods.acdc_guided import blocks, guided_on_engine, guided_search
+from circuitfind.methods.group_sizes import LossRise, keep_chances, mass_group_size, mass_split
 from circuitfind.core.metrics import KL
 from circuitfind.engine.reference import reference_ablation, reference_logits
 
@@ -119,6 +119,26 @@ def test_on_independent_edges_that_never_help_the_kept_set_is_plain_acdcs(granul
                                group=group, weighted=order == "noisy costs", budget=budget)
         assert 0 < plain.circuit.n_kept < graph.n_edges
         assert guided.circuit.kept_names() == plain.circuit.kept_names()
+
+
+def test_the_floor_by_block_is_each_blocks_climb_in_steps_below_tau_plus_the_kept_edges():
+    """On additive costs a receiver's loss climb is the summed cost of the edges removed there by a
+    test: the floor is K plus floor(climb / tau) + 1 for each receiver that removed one, and no run
+    beats it."""
+    model = tiny_model(n_layers=3, n_heads=3, d_model=12)
+    graph = Graph(Architecture.from_config(model.cfg), "qkv")
+    for seed in range(3):
+        losses, costs = independent_toy(graph, seed)
+        result = guided_search(graph, losses, lambda mask, edges: costs[edges], 1.0, progress=False,
+                               dtype=torch.float64, budget=0.75)
+        tested_out = torch.isfinite(result.scores) & ~result.circuit.kept  # removed by a test, not dropped
+        expected = result.circuit.n_kept
+        for receiver, incoming in visits(graph):
+            removed = [e for e in incoming if tested_out[e]]
+            if removed:
+                expected += int(float(costs[removed].sum()) // 1.0) + 1
+        assert result.details["tests_floor_blocks"] == expected
+        assert expected <= len(result.trace)
 
 
 def test_a_failed_group_splits_where_half_its_chance_of_a_kept_edge_lies():

@@ -39,7 +39,10 @@ GPT-2's shape at tau 0.001, about 1e-4 each), a hundred of them raise it by ten 
 (split=mass) caps each group's predicted rise -- its attribution sum times the rise per unit of
 attribution seen in the tests so far (``LossRise``) -- at budget x tau, and cuts a failed group into
 runs that each fit.  Every accepted step raises the loss by less than tau, so a search that ends at
-loss rise dL with K kept edges runs at least K + dL / tau tests, whatever its ranking.
+loss rise dL with K kept edges runs at least K + dL / tau tests, whatever its ranking; and one that
+settles the same blocks in the same order with the same decisions climbs each block's share of dL
+on its own, in at least one step where the block removes anything (``tests_floor_blocks``: K plus
+floor(climb / tau) + 1 for each such block).
 
 Costs are counted where the engine runs: ``n_edge_tests`` (the trace's rows) is the number of
 distinct candidate circuits whose exact loss was read, as ACDC's; a circuit met again (after the
@@ -75,6 +78,7 @@ from ..core.graph import EdgeMask, Graph
 from .acdc import LazyLosses, auto_batch_edges, visits
 from .attribution import mask_gradient
 from .base import Problem
+from .group_sizes import PRIOR_WEIGHT, WINDOW, LossRise, group_size, keep_chances, mass_group_size, mass_split
 from .objective import resolve_objective
 from .result import MethodResult
 
@@ -188,95 +192,6 @@ class ExactLosses:
         return value, True
 
 
-# Group sizes: with a fraction p of the next edges kept, a group of 2^floor(log2((1 - p) / p)) edges
-# (Hwang's generalised binary splitting; one edge at a time once p >= 1/3) costs about the fewest
-# tests per edge.  p is estimated from the last WINDOW edges the block decided, with the keep rate of
-# everything decided before as PRIOR_WEIGHT edges' worth of evidence: where attribution orders well,
-# the weak end passes and the groups grow, the strong end fails and they shrink to single edges.
-WINDOW = 16
-PRIOR_WEIGHT = 2.0
-
-
-def group_size(keep_rate: float) -> int:
-    if keep_rate >= 1 / 3:
-        return 1
-    return 2 ** int(math.floor(math.log2((1 - keep_rate) / keep_rate)))
-
-
-def keep_chances(weights: torch.Tensor, expected_kept: float) -> torch.Tensor:
-    """``split=mass``: each edge's chance of being kept, for edges with attribution ``weights``: the
-    expected number kept, spread half in proportion to attribution and half evenly (so a wrong ranking
-    costs a bounded number of extra tests), at most 1."""
-    share = torch.full_like(weights, 1 / len(weights))
-    total = float(weights.sum())
-    if total > 0 and math.isfinite(total) and bool((weights >= 0).all()):
-        share = 0.5 * weights / total + 0.5 * share
-    return (expected_kept * share).clamp(max=1.0)
-
-
-def mass_group_size(chances: torch.Tensor) -> int:
-    """The weakest edges whose chances sum to at most ln 2 (a group that passes about half the time,
-    as ``group_size`` for equal chances); one edge when the weakest is kept a third of the time."""
-    if float(chances[0]) >= 1 / 3:
-        return 1
-    return max(1, int((chances.cumsum(0) <= math.log(2)).sum()))
-
-
-def mass_split(chances: torch.Tensor) -> int:
-    """Where a failed group splits: the weakest edges holding at most half its chance of a kept edge
-    (bisection when chances are equal; the strongest edge alone when it holds more than half)."""
-    total = float(chances.sum())
-    if not total > 0:
-        return len(chances) // 2
-    cut = int((chances.cumsum(0) <= total / 2).sum())
-    return min(max(cut, 1), len(chances) - 1)
-
-
-class LossRise:
-    """``budget``: a group's loss rise predicted from attribution, calibrated on the exact tests.
-
-    A group can fail without holding a kept edge: each of its edges raises the loss a little, and
-    together they raise it by tau or more (on GPT-2's shape at tau 0.001, the output's 145 removable
-    inputs raise it by 1e-4 each).  The predicted rise of a group is ``scale`` x its attribution sum,
-    ``scale`` the observed rises over the attribution sums of every group tested so far (rises
-    below 0 count as 0); a group is at most the weakest edges whose predicted rise fits ``limit``
-    (budget x tau), and a group that fails is cut into runs that each fit.  Before the first rise
-    is observed, or with ``limit`` 0, nothing is limited."""
-
-    def __init__(self, limit: float):
-        self.limit, self.observed, self.attributed = limit, 0.0, 0.0
-
-    def observe(self, attributed: float, delta: float) -> None:
-        if attributed > 0 and math.isfinite(attributed) and math.isfinite(delta):
-            self.attributed += attributed
-            self.observed += max(delta, 0.0)
-
-    def _allowance(self) -> float | None:
-        """The attribution sum that fits the limit (None: no limit)."""
-        if self.limit <= 0 or self.observed <= 0 or self.attributed <= 0:
-            return None
-        return self.limit * self.attributed / self.observed
-
-    def fits(self, weights: Sequence[float]) -> int:
-        """How many of the weakest edges (``weights`` in order) fit the limit: at least one."""
-        return self.partition(weights)[0] if len(weights) else 0
-
-    def partition(self, weights: Sequence[float]) -> list[int]:
-        """Sizes of consecutive runs of ``weights`` that each fit the limit (greedy, each at least one)."""
-        allowance = self._allowance()
-        if allowance is None:
-            return [len(weights)]
-        sizes, total = [0], 0.0
-        for w in weights:
-            w = max(float(w), 0.0)
-            if sizes[-1] and total + w > allowance:
-                sizes.append(0)
-                total = 0.0
-            sizes[-1] += 1
-            total += w
-        return sizes
-
-
 def blocks(graph: Graph, group: str) -> list[list[int]]:
     """ACDC's visits (indices into ``visits(graph)``) cut into blocks tested together: consecutive
     visits read at one stage, cut before a visit whose receiver sends an edge of the block (its
@@ -355,7 +270,10 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
     trace: list[dict] = []
     n_accepted = n_decided = n_kept_decided = 0  # accepted group removals; edges decided by tests, kept of them
     removed_stage = 2 * graph.n_layers  # lowest stage of any removed edge: a restart may begin no later
-    stats = dict(n_blocks=0, n_attribution_passes=0)
+    # tests_floor_blocks: the accepted steps that no search settling these blocks in this order, with
+    # these decisions, can do without (each block's loss climb in steps below tau); the kept edges'
+    # tests are added at the end
+    stats = dict(n_blocks=0, n_attribution_passes=0, tests_floor_blocks=0)
     bar = tqdm(total=graph.n_edges, desc="ACDC (guided)", unit="edge", disable=not progress, leave=False)
 
     def state() -> dict:
@@ -482,10 +400,15 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
             order = sorted(range(len(candidates)), key=lambda i: (float(weights[i]), i))
             candidates, weights = [candidates[i] for i in order], weights[order]
         weight.update(zip(candidates, weights.tolist()))
+        loss_before, accepted_before = current, n_accepted
         settle_block(candidates, weights, stage)
+        if n_accepted > accepted_before:  # the block's loss climb, in steps each below tau
+            climb = abs(current - loss_before) if abs_delta else current - loss_before
+            stats["tests_floor_blocks"] += max(1, math.floor(climb / tau) + 1)
         bar.set_postfix_str(f"{graph_visits[block[0]][0]} | {int(mask.sum())} edges left", refresh=False)
     bar.close()
     stats["n_attribution_passes"] = len(attributions)
+    stats["tests_floor_blocks"] += n_kept_decided
 
     kept = EdgeMask(graph, mask.bool())
     n, k = graph.n_edges, kept.n_kept

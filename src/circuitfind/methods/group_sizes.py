@@ -1,0 +1,99 @@
+"""How guided ACDC sizes its groups and splits the ones that fail (``methods/acdc_guided.py``).
+
+Pure arithmetic on keep rates, attribution weights and observed loss rises: no model, no graph.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+# Group sizes: with a fraction p of the next edges kept, a group of 2^floor(log2((1 - p) / p)) edges
+# (Hwang's generalised binary splitting; one edge at a time once p >= 1/3) costs about the fewest
+# tests per edge.  p is estimated from the last WINDOW edges the block decided, with the keep rate of
+# everything decided before as PRIOR_WEIGHT edges' worth of evidence: where attribution orders well,
+# the weak end passes and the groups grow, the strong end fails and they shrink to single edges.
+WINDOW = 16
+PRIOR_WEIGHT = 2.0
+
+
+def group_size(keep_rate: float) -> int:
+    if keep_rate >= 1 / 3:
+        return 1
+    return 2 ** int(math.floor(math.log2((1 - keep_rate) / keep_rate)))
+
+
+def keep_chances(weights: torch.Tensor, expected_kept: float) -> torch.Tensor:
+    """``split=mass``: each edge's chance of being kept, for edges with attribution ``weights``: the
+    expected number kept, spread half in proportion to attribution and half evenly (so a wrong ranking
+    costs a bounded number of extra tests), at most 1."""
+    share = torch.full_like(weights, 1 / len(weights))
+    total = float(weights.sum())
+    if total > 0 and math.isfinite(total) and bool((weights >= 0).all()):
+        share = 0.5 * weights / total + 0.5 * share
+    return (expected_kept * share).clamp(max=1.0)
+
+
+def mass_group_size(chances: torch.Tensor) -> int:
+    """The weakest edges whose chances sum to at most ln 2 (a group that passes about half the time,
+    as ``group_size`` for equal chances); one edge when the weakest is kept a third of the time."""
+    if float(chances[0]) >= 1 / 3:
+        return 1
+    return max(1, int((chances.cumsum(0) <= math.log(2)).sum()))
+
+
+def mass_split(chances: torch.Tensor) -> int:
+    """Where a failed group splits: the weakest edges holding at most half its chance of a kept edge
+    (bisection when chances are equal; the strongest edge alone when it holds more than half)."""
+    total = float(chances.sum())
+    if not total > 0:
+        return len(chances) // 2
+    cut = int((chances.cumsum(0) <= total / 2).sum())
+    return min(max(cut, 1), len(chances) - 1)
+
+
+class LossRise:
+    """``budget``: a group's loss rise predicted from attribution, calibrated on the exact tests.
+
+    A group can fail without holding a kept edge: each of its edges raises the loss a little, and
+    together they raise it by tau or more (on GPT-2's shape at tau 0.001, the output's 145 removable
+    inputs raise it by 1e-4 each).  The predicted rise of a group is ``scale`` x its attribution sum,
+    ``scale`` the observed rises over the attribution sums of every group tested so far (rises
+    below 0 count as 0); a group is at most the weakest edges whose predicted rise fits ``limit``
+    (budget x tau), and a group that fails is cut into runs that each fit.  Before the first rise
+    is observed, or with ``limit`` 0, nothing is limited."""
+
+    def __init__(self, limit: float):
+        self.limit, self.observed, self.attributed = limit, 0.0, 0.0
+
+    def observe(self, attributed: float, delta: float) -> None:
+        if attributed > 0 and math.isfinite(attributed) and math.isfinite(delta):
+            self.attributed += attributed
+            self.observed += max(delta, 0.0)
+
+    def _allowance(self) -> float | None:
+        """The attribution sum that fits the limit (None: no limit)."""
+        if self.limit <= 0 or self.observed <= 0 or self.attributed <= 0:
+            return None
+        return self.limit * self.attributed / self.observed
+
+    def fits(self, weights: Sequence[float]) -> int:
+        """How many of the weakest edges (``weights`` in order) fit the limit: at least one."""
+        return self.partition(weights)[0] if len(weights) else 0
+
+    def partition(self, weights: Sequence[float]) -> list[int]:
+        """Sizes of consecutive runs of ``weights`` that each fit the limit (greedy, each at least one)."""
+        allowance = self._allowance()
+        if allowance is None:
+            return [len(weights)]
+        sizes, total = [0], 0.0
+        for w in weights:
+            w = max(float(w), 0.0)
+            if sizes[-1] and total + w > allowance:
+                sizes.append(0)
+                total = 0.0
+            sizes[-1] += 1
+            total += w
+        return sizes
