@@ -192,6 +192,43 @@ def test_with_exact_attribution_the_loss_budget_leaves_no_group_that_fails():
         assert result.circuit.kept_names() == plain.circuit.kept_names()
 
 
+def test_packing_takes_the_strongest_edges_that_fit_then_fills_with_the_weakest():
+    rise = LossRise(limit=0.5)
+    assert rise.pack([1.0, 5.0]) == [0, 1]  # nothing observed yet: no limit
+    rise.observe(attributed=4.0, delta=1.0)  # an allowance of 2.0 attribution
+    assert rise.pack([0.1, 0.2, 1.0, 3.0]) == [0, 1, 2]  # 3.0 is over it; 1.0, then 0.2 and 0.1
+    assert rise.pack([0.1, 0.2, 0.5, 1.0, 1.5, 3.0]) == [2, 4]  # 1.5 + 0.5 fill it exactly
+    assert rise.pack([0.1, 0.3, 0.9, 0.9, 0.9]) == [0, 3, 4]  # two strong ones; 0.1 fits beside them, 0.3 not
+    assert rise.pack([3.0, 4.0]) == [0]  # nothing fits: the weakest alone
+
+
+def exact_attribution_runs(budget: float):
+    """Guided runs with attribution equal to additive costs: most edges up to 0.2 tau, a few 2.5."""
+    graph = Graph(Architecture.from_config(tiny_model(n_layers=6, n_heads=8, d_model=16).cfg), "heads")
+    runs = []
+    for seed in range(3):
+        generator = torch.Generator().manual_seed(seed)
+        costs = 0.2 * torch.rand(graph.n_edges, generator=generator, dtype=torch.float64)
+        costs[torch.rand(graph.n_edges, generator=generator) < 0.01] = 2.5
+        costs[torch.tensor([e.receiver == "resid_post" for e in graph.edges])] = 2.5
+
+        def losses(masks, stage, costs=costs):
+            return [float(((1 - m.double()) * costs).sum()) for m in masks]
+
+        runs.append(guided_search(graph, losses, lambda mask, edges, costs=costs: costs[edges], 1.0, progress=False,
+                                  dtype=torch.float64, budget=budget))
+    return runs
+
+
+def test_packing_groups_to_the_budget_takes_fewer_tests_than_runs_of_the_weakest(monkeypatch):
+    packed = exact_attribution_runs(0.9)
+    monkeypatch.setattr(LossRise, "pack", lambda self, weights: list(range(self.fits(weights))))
+    consecutive = exact_attribution_runs(0.9)
+    for a, b in zip(packed, consecutive):
+        assert a.circuit.kept_names() == b.circuit.kept_names()
+        assert a.details["tests_floor_blocks"] <= len(a.trace) < len(b.trace)
+
+
 def test_keep_chances_follow_attribution_half_way_and_never_exceed_one():
     chances = keep_chances(torch.tensor([0.0, 0.0, 1.0, 3.0], dtype=torch.float64), expected_kept=2.0)
     assert chances.tolist() == pytest.approx([0.25, 0.25, 0.5, 1.0])  # 2 x (half evenly + half by weight), capped

@@ -348,26 +348,32 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
             settle(part, stage)
 
     def settle_block(ordered: list[int], weights: torch.Tensor, stage: int) -> None:
-        """Groups of the next weakest edges, sized by the keep rate seen so far (``group_size``), or
-        (``split=mass``) by the edges' chances of being kept (``mass_group_size``)."""
-        start = 0
+        """Groups of the block's edges (``ordered`` weakest first), each settled before the next is
+        formed: the next weakest, sized by the keep rate seen so far (``group_size``), or
+        (``split=mass``) by the edges' chances of being kept (``mass_group_size``); once the loss
+        budget is calibrated, packed to it (``LossRise.pack``)."""
+        left = list(range(len(ordered)))  # positions in ``ordered`` not settled yet, weakest first
         recent: list[bool] = []  # kept (True) or removed, for each edge decided in this block
-        while start < len(ordered) and budget_left():
+        while left and budget_left():
             window = recent[-WINDOW:]
             prior = (n_kept_decided + 1) / (n_decided + 2)  # every block so far, Laplace
             rate = (sum(window) + PRIOR_WEIGHT * prior) / (len(window) + PRIOR_WEIGHT)
             if split == "half":
-                size = min(group_size(rate), len(ordered) - start)
+                picked = left[:group_size(rate)]
             else:
-                rest = weights[start:] if weighted else torch.zeros(len(ordered) - start, dtype=torch.float64)
+                rest = weights[left] if weighted else torch.zeros(len(left), dtype=torch.float64)
                 chances = keep_chances(rest, rate * len(rest))
-                chance.update(zip(ordered[start:], chances.tolist()))
-                size = min(mass_group_size(chances), rise.fits(rest.tolist()))
+                chance.update(zip([ordered[i] for i in left], chances.tolist()))
+                if rise.calibrated:
+                    picked = [left[i] for i in rise.pack(rest.tolist())]
+                else:
+                    picked = left[:min(mass_group_size(chances), rise.fits(rest.tolist()))]
             before = decided.clone()
-            settle(ordered[start:start + size], stage)
-            newly = ordered[start:start + size]
-            recent += [bool(mask[e]) for e in newly if decided[e] and not before[e]]
-            start += size
+            group_edges = [ordered[i] for i in picked]
+            settle(group_edges, stage)
+            recent += [bool(mask[e]) for e in group_edges if decided[e] and not before[e]]
+            taken = set(picked)
+            left = [i for i in left if i not in taken]
 
     graph_visits = visits(graph)
     initial: torch.Tensor | None = None

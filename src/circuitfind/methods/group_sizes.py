@@ -73,6 +73,24 @@ class LossRise:
             self.attributed += attributed
             self.observed += max(delta, 0.0)
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether groups are limited (a rise observed, and a limit set)."""
+        return self._allowance() is not None
+
+    def pack(self, weights: Sequence[float]) -> list[int]:
+        """The next group from edges with attribution ``weights`` (weakest first), as indices: the
+        strongest edges that still fit the limit together, then the weakest to fill what is left of
+        it (first fit, largest first); the weakest alone when none fits (it is over the limit)."""
+        allowance = self._allowance()
+        picked, total = [], 0.0
+        for i in reversed(range(len(weights))):
+            w = max(float(weights[i]), 0.0)
+            if allowance is None or total + w <= allowance:
+                picked.append(i)
+                total += w
+        return sorted(picked) or [0]
+
     def _allowance(self) -> float | None:
         """The attribution sum that fits the limit (None: no limit)."""
         if self.limit <= 0 or self.observed <= 0 or self.attributed <= 0:
