@@ -12,7 +12,8 @@ attribution (EAP through the engine's gradient) decide which edges to try togeth
     feeds an edge of the block):
         drop the inputs of receivers that feed nothing (as ACDC: untested, score -inf)
         order the block's other edges by |attribution| on the current circuit, weakest first
-        while edges are left: settle(the next weakest group)
+        while edges are left: settle(the next group: the weakest edges, or once the loss budget
+                                     is calibrated, edges packed to it)
     settle(G):
         L' <- loss(circuit without G)              one exact forward (none if evaluated before)
         if L' - L < tau:   remove G;  L <- L'      (a group removal is an ACDC step)
@@ -38,7 +39,9 @@ A group can also fail with no kept edge in it: where most edges each raise the l
 GPT-2's shape at tau 0.001, about 1e-4 each), a hundred of them raise it by ten tau.  ``budget``
 (split=mass) caps each group's predicted rise -- its attribution sum times the rise per unit of
 attribution seen in the tests so far (``LossRise``) -- at budget x tau, and cuts a failed group into
-runs that each fit.  Every accepted step raises the loss by less than tau, so a search that ends at
+runs that each fit.  Once calibrated, groups are packed to the budget (``LossRise.pack``): the
+strongest edges that fit together, then the weakest to fill it, so that edges of a third to a half of
+tau share a group with weak ones instead of going alone.  Every accepted step raises the loss by less than tau, so a search that ends at
 loss rise dL with K kept edges runs at least K + dL / tau tests, whatever its ranking; and one that
 settles the same blocks in the same order with the same decisions climbs each block's share of dL
 on its own, in at least one step where the block removes anything (``tests_floor_blocks``: K plus
