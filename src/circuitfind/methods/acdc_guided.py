@@ -41,11 +41,11 @@ GPT-2's shape at tau 0.001, about 1e-4 each), a hundred of them raise it by ten 
 attribution seen in the tests so far (``LossRise``) -- at budget x tau, and cuts a failed group into
 runs that each fit.  Once calibrated, groups are packed to the budget (``LossRise.pack``): the
 strongest edges that fit together, then the weakest to fill it, so that edges of a third to a half of
-tau share a group with weak ones instead of going alone.  Every accepted step raises the loss by less than tau, so a search that ends at
-loss rise dL with K kept edges runs at least K + dL / tau tests, whatever its ranking; and one that
-settles the same blocks in the same order with the same decisions climbs each block's share of dL
-on its own, in at least one step where the block removes anything (``tests_floor_blocks``: K plus
-floor(climb / tau) + 1 for each such block).
+tau share a group with weak ones instead of going alone.  Every accepted step raises the loss by
+less than tau, so a search that ends at loss rise dL with K kept edges runs at least K + dL / tau
+tests, whatever its ranking; and one that settles the same blocks in the same order with the same
+decisions climbs each block's share of dL on its own, in at least one step where the block removes
+anything (``tests_floor_blocks``: K plus floor(climb / tau) + 1 for each such block).
 
 Costs are counted where the engine runs: ``n_edge_tests`` (the trace's rows) is the number of
 distinct candidate circuits whose exact loss was read, as ACDC's; a circuit met again (after the

@@ -61,9 +61,10 @@ class LossRise:
     together they raise it by tau or more (on GPT-2's shape at tau 0.001, the output's 145 removable
     inputs raise it by 1e-4 each).  The predicted rise of a group is ``scale`` x its attribution sum,
     ``scale`` the observed rises over the attribution sums of every group tested so far (rises
-    below 0 count as 0); a group is at most the weakest edges whose predicted rise fits ``limit``
-    (budget x tau), and a group that fails is cut into runs that each fit.  Before the first rise
-    is observed, or with ``limit`` 0, nothing is limited."""
+    below 0 count as 0); a group's predicted rise fits ``limit`` (budget x tau): the weakest edges
+    that fit (``fits``) or, once calibrated, edges packed to it (``pack``), and a group that fails
+    is cut into runs that each fit.  Before the first rise is observed, or with ``limit`` 0,
+    nothing is limited."""
 
     def __init__(self, limit: float):
         self.limit, self.observed, self.attributed = limit, 0.0, 0.0
