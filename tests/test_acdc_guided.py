@@ -166,19 +166,26 @@ def test_the_loss_budget_cuts_groups_by_their_calibrated_attribution():
     assert rise.fits([1.0, 1.0, 1.0]) == 2
 
 
-def test_with_exact_attribution_the_loss_budget_leaves_no_group_that_fails():
-    """Most edges cost up to 0.2 tau (several together fail), a few 2.5 tau.  With attribution equal
-    to the costs, the budget predicts every group's rise exactly: no group of several edges fails
-    (without it, many do), and the kept set stays plain ACDC's."""
-    model = tiny_model(n_layers=6, n_heads=8, d_model=16)
-    graph = Graph(Architecture.from_config(model.cfg), "heads")
-    generator = torch.Generator().manual_seed(0)
+def additive_costs_toy(seed: int):
+    """(graph, losses, costs): a loss where each removed edge adds its cost: most edges up to 0.2 tau
+    (several together fail), a few 2.5 tau, and every node's edge into the output 2.5 (every node
+    feeds the output)."""
+    graph = Graph(Architecture.from_config(tiny_model(n_layers=6, n_heads=8, d_model=16).cfg), "heads")
+    generator = torch.Generator().manual_seed(seed)
     costs = 0.2 * torch.rand(graph.n_edges, generator=generator, dtype=torch.float64)
     costs[torch.rand(graph.n_edges, generator=generator) < 0.01] = 2.5
-    costs[torch.tensor([e.receiver == "resid_post" for e in graph.edges])] = 2.5  # every node feeds the output
+    costs[torch.tensor([e.receiver == "resid_post" for e in graph.edges])] = 2.5
 
     def losses(masks, stage):
         return [float(((1 - m.double()) * costs).sum()) for m in masks]
+
+    return graph, losses, costs
+
+
+def test_with_exact_attribution_the_loss_budget_leaves_no_group_that_fails():
+    """With attribution equal to the costs, the budget predicts every group's rise exactly: no group
+    of several edges fails (without it, many do), and the kept set stays plain ACDC's."""
+    graph, losses, costs = additive_costs_toy(0)
 
     def failed_groups(result):
         return sum(1 for row in result.trace if row["kept"] and " edges: " in row["edge"])
@@ -203,18 +210,10 @@ def test_packing_takes_the_strongest_edges_that_fit_then_fills_with_the_weakest(
 
 
 def exact_attribution_runs(budget: float):
-    """Guided runs with attribution equal to additive costs: most edges up to 0.2 tau, a few 2.5."""
-    graph = Graph(Architecture.from_config(tiny_model(n_layers=6, n_heads=8, d_model=16).cfg), "heads")
+    """Guided runs on ``additive_costs_toy`` for three seeds, with attribution equal to the costs."""
     runs = []
     for seed in range(3):
-        generator = torch.Generator().manual_seed(seed)
-        costs = 0.2 * torch.rand(graph.n_edges, generator=generator, dtype=torch.float64)
-        costs[torch.rand(graph.n_edges, generator=generator) < 0.01] = 2.5
-        costs[torch.tensor([e.receiver == "resid_post" for e in graph.edges])] = 2.5
-
-        def losses(masks, stage, costs=costs):
-            return [float(((1 - m.double()) * costs).sum()) for m in masks]
-
+        graph, losses, costs = additive_costs_toy(seed)
         runs.append(guided_search(graph, losses, lambda mask, edges, costs=costs: costs[edges], 1.0, progress=False,
                                   dtype=torch.float64, budget=budget))
     return runs
