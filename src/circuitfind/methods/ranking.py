@@ -199,6 +199,14 @@ class CircuitEvaluator:
         return m, faithfulness(m, self.m_empty, self.m_full)
 
 
+def curve_point(ranking: Ranking, cut: int, pruned: bool, fraction: float | None = None) -> CurvePoint:
+    """The curve's point at ``cut``: its (pruned) circuit, the component added there, its fraction
+    (None: an extra point) and its size before pruning."""
+    kept = ranking.circuit(cut, pruned)
+    return CurvePoint(int(kept.sum()), EdgeMask(ranking.graph, kept), ranking.added[cut] if cut else "",
+                      fraction=fraction, n_unpruned=ranking.sizes[cut])
+
+
 def parse_k(k) -> int | str:
     """``k``: a non-negative integer, ``auto`` or ``all``."""
     if isinstance(k, str) and k in ("auto", "all"):
@@ -223,9 +231,7 @@ def ranked_result(problem: Problem, ranking: Ranking, k, target: float, points: 
     curve: list[CurvePoint] = []
     cut_of: dict[int, int] = {}  # id of a curve point -> its cut
     for fraction, cut in curve_cuts(ranking, MIB_FRACTIONS, points):
-        kept = ranking.circuit(cut, pruned)
-        p = CurvePoint(int(kept.sum()), EdgeMask(graph, kept), ranking.added[cut] if cut else "",
-                       fraction=fraction, n_unpruned=ranking.sizes[cut])
+        p = curve_point(ranking, cut, pruned, fraction)
         cut_of[id(p)] = cut
         curve.append(p)
     details: dict = {}
@@ -309,9 +315,7 @@ def auto_search(ranking: Ranking, curve: list[CurvePoint], cut_of: dict[int, int
     def reaches(cut: int) -> bool:
         if cut not in known:
             if cut not in by_cut:  # a bisection's circuit: a new point of the curve
-                kept = ranking.circuit(cut, pruned)
-                p = CurvePoint(int(kept.sum()), EdgeMask(ranking.graph, kept), ranking.added[cut] if cut else "",
-                               n_unpruned=ranking.sizes[cut])
+                p = curve_point(ranking, cut, pruned)
                 cut_of[id(p)] = cut
                 curve.append(p)
                 by_cut[cut] = [p]
