@@ -136,6 +136,15 @@ def nodes_only_logits(engine, mask, positions: torch.Tensor | None = None) -> to
         def at_positions(x: torch.Tensor) -> torch.Tensor:  # [..., batch | 1, pos, d] -> [..., batch, k, d]
             return x.expand(*x.shape[:-3], *shape)[..., prompt, positions, :]
 
+        def senders_at_positions(name: str, n_slots: int, n_below: int) -> torch.Tensor:
+            """Scratch [n_slots, batch, k, d_model]: the needed senders' differences among the first
+            ``n_below`` at the metric's positions, zeros elsewhere."""
+            out = place.scratch(name, (n_slots, *shape_at)).zero_()
+            below = needed[:n_below].nonzero().flatten().to(diffs.device)
+            out[below] = place.fetch(diffs[below[:, None, None], prompt.to(diffs.device)[None],
+                                           positions.to(diffs.device)[None]])
+            return out
+
     zeroed = [0]  # the unneeded slots below this one hold zeros (a dense read multiplies them)
     at_only = read_at_positions_only(g, kept, needed, read_rows) if last_at else None
 
@@ -179,10 +188,7 @@ def nodes_only_logits(engine, mask, positions: torch.Tensor | None = None) -> to
     for layer in range(g.n_layers):
         block = ops.blocks[layer]
         if last_at and layer == g.n_layers - 1:
-            target = place.scratch("at positions", (g.n_senders, *shape_at)).zero_()
-            below = needed[:g.n_senders_before_heads(layer)].nonzero().flatten().to(diffs.device)
-            target[below] = place.fetch(diffs[below[:, None, None], prompt.to(diffs.device)[None],
-                                              positions.to(diffs.device)[None]])
+            target = senders_at_positions("at positions", g.n_senders, g.n_senders_before_heads(layer))
         heads = needed[g.head_slots(layer)].nonzero().flatten()
         if len(heads):
             z = attention(engine, layer, heads, kept, qkv_mask[layer], read, shape, centred)
@@ -194,10 +200,7 @@ def nodes_only_logits(engine, mask, positions: torch.Tensor | None = None) -> to
             # read at the metric's positions only: computed there, zero elsewhere (where only readers
             # whose values there reach no output read it)
             n, slot = g.n_senders_before_mlp(layer), g.mlp_slot(layer)
-            src = place.scratch("mlp at positions", (n, *shape_at)).zero_()
-            below = needed[:n].nonzero().flatten().to(diffs.device)
-            src[below] = place.fetch(diffs[below[:, None, None], prompt.to(diffs.device)[None],
-                                           positions.to(diffs.device)[None]])
+            src = senders_at_positions("mlp at positions", n, n)
             x, _ = read(kept[g.mlp_row(layer), :n][None], n, g.mlp_row(layer), src)
             diff = block.mlp(block.ln2(x[0])).sub_(at_positions(place.fetch(ablation.senders[slot])))
             if centred:
