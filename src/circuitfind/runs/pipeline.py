@@ -101,8 +101,9 @@ def _evaluate_curve(problem: Problem, canonical: EdgeMask | None, result: Method
     A ranking (EAP, EAP-IG, HISP): its circuits at MIB's fractions with their metric and
     faithfulness on the test split (one forward per distinct circuit, here or, under k=auto,
     already in the method; the empty and the full one are known) and on the validation split
-    where k=auto measured them, the circuits k=auto bisected with, and their rates; where the task has a ground truth, also one row per cut between tie
-    groups (rates only, no forward: the ROC), at most ``ROC_CUTS`` evenly spaced cuts.  Any other
+    where k=auto measured them, the circuits k=auto bisected with, and their rates; where the task
+    has a ground truth, also one row per cut between tie groups (rates only, no forward: the ROC),
+    at most ``ROC_CUTS`` evenly spaced cuts.  Any other
     curve: every point with its rates and its test metric."""
     ranking = result.ranking
     if ranking is None:
