@@ -2,6 +2,8 @@
 attribution changes the cost, never the meaning."""
 
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,7 @@ from circuitfind.core.checkpoint import Checkpointer, RunInterrupted
 from circuitfind.core.graph import Architecture, EdgeMask, Graph
 from circuitfind.methods import Problem, get_method
 from circuitfind.methods.acdc import acdc_search, visits
+from circuitfind.methods import acdc_guided
 from circuitfind.methods.acdc_guided import blocks, guided_on_engine, guided_search
 from circuitfind.methods.group_sizes import LossRise, keep_chances, mass_group_size, mass_split
 from circuitfind.core.metrics import KL
@@ -46,16 +49,23 @@ def single_edge_tau(problem: Problem, quantile: float) -> float:
     return float(torch.tensor(effects).quantile(quantile))
 
 
-@pytest.mark.parametrize("granularity, corruption, order, group, quantile", [
-    ("qkv", "corrupted", "eap_ig", "receiver", 0.7),  # the defaults
-    pytest.param("heads", "zero", "eap", "receiver", 0.7, marks=pytest.mark.slow),
-    ("nodes", "mean", "random", "stage", 0.7)])  # a node's few inputs: groups of several come from a stage
+@pytest.mark.parametrize("granularity, corruption, order, group, quantile, carry_always", [
+    ("qkv", "corrupted", "eap_ig", "receiver", 0.7, False),  # the defaults
+    ("qkv", "corrupted", "eap_ig", "receiver", 0.7, True),  # every remainder that fits is carried
+    pytest.param("heads", "zero", "eap", "receiver", 0.7, False, marks=pytest.mark.slow),
+    ("nodes", "mean", "random", "stage", 0.7, False)])  # a node's few inputs: groups of several come from a stage
 def test_a_group_goes_exactly_when_the_hook_reference_says_the_loss_rose_by_less_than_tau(granularity, corruption, order,
-                                                                                          group, quantile):
+                                                                                          group, quantile, carry_always,
+                                                                                          monkeypatch):
+    if carry_always:
+        monkeypatch.setattr(acdc_guided, "CARRY_CHANCE", math.inf)
     problem = tiny_problem(granularity=granularity, corruption=corruption, n_layers=3, n_heads=4 if granularity == "nodes" else 2)
     tau = single_edge_tau(problem, quantile)  # most edges removable: groups of several edges get tested
     decisions = []
     result = guided_on_engine(problem, tau=tau, order=order, group=group, on_test=lambda *args: decisions.append(args))
+    if carry_always:  # a group of two receivers' edges was decided by one test
+        assert result.details["n_carried_groups"] > 0
+    assert not torch.isposinf(result.scores).any(), "an edge was never decided"
     ablated = reference_ablation(problem.task.model, problem.task.validation.corrupted, corruption)
     assert any(len((b != a).nonzero()) > 1 and ok for b, a, _, _, ok in decisions), "no group was removed at once"
     assert any(not ok for *_, ok in decisions)
@@ -99,9 +109,13 @@ def independent_toy(graph: Graph, seed: int):
 
 @pytest.mark.parametrize("granularity", ["qkv", "heads", "nodes"])
 @pytest.mark.parametrize("order", ["random", "graph", "noisy costs"])
-@pytest.mark.parametrize("split, group, budget", [("mass", "stage", 0.0), ("half", "stage", 0.0),
-                                                  ("mass", "receiver", 0.0), ("mass", "receiver", 0.75)])
-def test_on_independent_edges_that_never_help_the_kept_set_is_plain_acdcs(granularity, order, split, group, budget):
+@pytest.mark.parametrize("split, group, budget, carry", [("mass", "stage", 0.0, False), ("half", "stage", 0.0, False),
+                                                         ("mass", "receiver", 0.0, False),
+                                                         ("mass", "receiver", 0.75, False),
+                                                         ("mass", "receiver", 0.75, True)])
+def test_on_independent_edges_that_never_help_the_kept_set_is_plain_acdcs(granularity, order, split, group, budget,
+                                                                          carry, monkeypatch):
+    monkeypatch.setattr(acdc_guided, "CARRY_CHANCE", math.inf)  # carry: every remainder that fits, some fail
     model = tiny_model(n_layers=3, n_heads=3, d_model=12)
     graph = Graph(Architecture.from_config(model.cfg), granularity)
     for seed in range(3):
@@ -116,9 +130,10 @@ def test_on_independent_edges_that_never_help_the_kept_set_is_plain_acdcs(granul
                                                                                    dtype=torch.float64) - 1)
         plain = acdc_search(graph, losses, 1.0, progress=False, dtype=torch.float64)
         guided = guided_search(graph, losses, importance, 1.0, progress=False, dtype=torch.float64, split=split,
-                               group=group, weighted=order == "noisy costs", budget=budget)
+                               group=group, weighted=order == "noisy costs", budget=budget, carry=carry)
         assert 0 < plain.circuit.n_kept < graph.n_edges
         assert guided.circuit.kept_names() == plain.circuit.kept_names()
+        assert not torch.isposinf(guided.scores).any(), "an edge was never decided"
 
 
 def test_the_floor_by_block_is_each_blocks_climb_in_steps_below_tau_plus_the_kept_edges():
@@ -209,23 +224,51 @@ def test_packing_takes_the_strongest_edges_that_fit_then_fills_with_the_weakest(
     assert rise.pack([3.0, 4.0]) == [0]  # nothing fits: the weakest alone
 
 
-def exact_attribution_runs(budget: float):
+def exact_attribution_runs(budget: float, carry: bool = False):
     """Guided runs on ``additive_costs_toy`` for three seeds, with attribution equal to the costs."""
     runs = []
     for seed in range(3):
         graph, losses, costs = additive_costs_toy(seed)
         runs.append(guided_search(graph, losses, lambda mask, edges, costs=costs: costs[edges], 1.0, progress=False,
-                                  dtype=torch.float64, budget=budget))
+                                  dtype=torch.float64, budget=budget, carry=carry))
     return runs
 
 
 def test_packing_groups_to_the_budget_takes_fewer_tests_than_runs_of_the_weakest(monkeypatch):
     packed = exact_attribution_runs(0.9)
-    monkeypatch.setattr(LossRise, "pack", lambda self, weights: list(range(self.fits(weights))))
+    monkeypatch.setattr(LossRise, "pack", lambda self, weights, used=0.0: list(range(self.fits(weights))))
     consecutive = exact_attribution_runs(0.9)
     for a, b in zip(packed, consecutive):
         assert a.circuit.kept_names() == b.circuit.kept_names()
         assert a.details["tests_floor_blocks"] <= len(a.trace) < len(b.trace)
+
+
+def test_carrying_block_remainders_saves_tests_and_keeps_the_same_edges():
+    """With attribution equal to the costs, a block's last group waits for the next block's first:
+    the same kept set as without carrying, in fewer tests, never fewer than the floor of the blocks
+    as settled together."""
+    carried, alone = (exact_attribution_runs(0.75, carry) for carry in (True, False))
+    for a, b in zip(carried, alone):
+        assert a.circuit.kept_names() == b.circuit.kept_names()
+        assert a.details["n_carried_groups"] > 0 and b.details["n_carried_groups"] == 0
+        assert a.details["tests_floor_blocks"] <= len(a.trace) < len(b.trace)
+
+
+def test_a_carried_remainder_whose_test_fails_is_settled_as_its_own_block_would_be(monkeypatch):
+    """Attribution blind to half the edges (scored 0) hides edges of 2.5 tau in carried
+    remainders: their unions fail, and the remainders are settled again, so the kept set is still
+    plain ACDC's on additive costs, and every edge is decided."""
+    monkeypatch.setattr(acdc_guided, "CARRY_CHANCE", math.inf)
+    for seed in range(3):
+        graph, losses, costs = additive_costs_toy(seed)
+        attribution = costs.clone()
+        attribution[torch.rand(graph.n_edges, generator=torch.Generator().manual_seed(seed)) < 0.5] = 0.0
+        plain = acdc_search(graph, losses, 1.0, progress=False, dtype=torch.float64)
+        guided = guided_search(graph, losses, lambda mask, edges: attribution[edges], 1.0, progress=False,
+                               dtype=torch.float64, budget=0.75, carry=True)
+        assert guided.details["n_carried_failed"] > 0 and guided.details["n_carried_groups"] > 0
+        assert guided.circuit.kept_names() == plain.circuit.kept_names()
+        assert not torch.isposinf(guided.scores).any(), "an edge was never decided"
 
 
 def test_keep_chances_follow_attribution_half_way_and_never_exceed_one():

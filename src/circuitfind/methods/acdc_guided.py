@@ -45,7 +45,20 @@ tau share a group with weak ones instead of going alone.  Every accepted step ra
 less than tau, so a search that ends at loss rise dL with K kept edges runs at least K + dL / tau
 tests, whatever its ranking; and one that settles the same blocks in the same order with the same
 decisions climbs each block's share of dL on its own, in at least one step where the block removes
-anything (``tests_floor_blocks``: K plus floor(climb / tau) + 1 for each such block).
+anything (``tests_floor_blocks``: K plus floor(climb / tau) + 1 for each such block; blocks joined
+by a carried remainder count as one).
+
+Carry (``carry``, split=mass with a budget): a block's last group costs a test of its own even when
+its predicted rise is a small part of the budget (on GPT-2's shape, 33 of layer 0's query, key and
+value inputs went one test each).  When the block's remainder fits the budget and holds at most
+``CARRY_CHANCE`` kept edges by its chances, it is not tested but carried: the next block's first
+group is packed beside it and the two go in one test.  Where that test fails, the carried
+remainders are settled first, as their own blocks would have been, with the next block's edges
+still in the circuit (ACDC's order), then the next block; before a block whose receiver sends a
+carried edge (whether it feeds anything waits on that edge), the carried remainders are settled.
+When edges act independently and never help, a union that passes holds only edges each block would
+have removed, so the kept set is still plain ACDC's.  Single-input blocks have no attribution pass
+of their own; the pass of the block before them scores them too.
 
 Costs are counted where the engine runs: ``n_edge_tests`` (the trace's rows) is the number of
 distinct candidate circuits whose exact loss was read, as ACDC's; a circuit met again (after the
@@ -69,7 +82,6 @@ from them without forwards and ends exactly as an uninterrupted run would.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Callable, Sequence
 
@@ -81,12 +93,16 @@ from ..core.graph import EdgeMask, Graph
 from .acdc import LazyLosses, auto_batch_edges, visits
 from .attribution import mask_gradient
 from .base import Problem
+from .exact_losses import ExactLosses, LossFn, prefix_plan
 from .group_sizes import PRIOR_WEIGHT, WINDOW, LossRise, group_size, keep_chances, mass_group_size, mass_split
 from .objective import resolve_objective
 from .result import MethodResult
 
-# (candidate masks [k, n_edges], the stage at which they first differ from the unpatched run) -> losses
-LossFn = Callable[[torch.Tensor, int], Sequence[float]]
+# A block's remainder is carried only when it and what is carried already hold at most this many
+# kept edges by their chances (``keep_chances``): the union with the next group then passes about
+# four times in five (exp(-0.25)), where a failure costs one test more than testing it alone.
+CARRY_CHANCE = 0.25
+
 # (the current circuit's mask [n_edges], the edges to order) -> importance of each (higher: test later)
 ScoreFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
 
@@ -94,17 +110,18 @@ ScoreFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
 @torch.no_grad()
 def acdc_guided(problem: Problem, tau: float, order: str = "eap_ig", group: str = "receiver", rescore: bool = True,
                 ig_steps: int = 3, seed: int = 0, abs_delta: bool = False, max_edge_tests: int | None = None,
-                batch_edges: int | str = "auto", split: str = "mass", budget: float = 0.75,
+                batch_edges: int | str = "auto", split: str = "mass", budget: float = 0.75, carry: bool = True,
                 checkpointer: Checkpointer | None = None) -> MethodResult:
     """Guided ACDC on the fast engine (see the module docstring)."""
     return guided_on_engine(problem, tau, order, group, rescore, ig_steps, seed, abs_delta, max_edge_tests,
-                            batch_edges, checkpointer, split=split, budget=budget)
+                            batch_edges, checkpointer, split=split, budget=budget, carry=carry)
 
 
 def guided_on_engine(problem: Problem, tau: float, order: str = "eap_ig", group: str = "receiver", rescore: bool = True,
                      ig_steps: int = 3, seed: int = 0, abs_delta: bool = False, max_edge_tests: int | None = None,
                      batch_edges: int | str = "auto", checkpointer: Checkpointer | None = None,
-                     on_test: Callable | None = None, split: str = "mass", budget: float = 0.75) -> MethodResult:
+                     on_test: Callable | None = None, split: str = "mass", budget: float = 0.75,
+                     carry: bool = True) -> MethodResult:
     """``acdc_guided``, telling ``on_test`` every decision (see ``guided_search``)."""
     engine, data, graph = problem.engine("validation"), problem.data("validation"), problem.graph
     logits, cache = engine.run(graph.full_mask(), data.positions, record=True)
@@ -119,7 +136,8 @@ def guided_on_engine(problem: Problem, tau: float, order: str = "eap_ig", group:
                            rescore=rescore, abs_delta=abs_delta, max_edge_tests=max_edge_tests,
                            progress=problem.progress, dtype=engine.dtype, checkpointer=checkpointer,
                            batch_edges=batch_edges, full_loss=float(problem.loss(logits, "validation")),
-                           on_test=on_test, split=split, weighted=order in ("eap", "eap_ig"), budget=budget)
+                           on_test=on_test, split=split, weighted=order in ("eap", "eap_ig"), budget=budget,
+                           carry=carry)
     # Verification: the final circuit's loss from one full forward (no restart, no cache), beside the
     # loss the search accepted it with.
     final = float(problem.loss(engine.logits(result.circuit.values.to(engine.dtype), data.positions), "validation"))
@@ -153,48 +171,6 @@ def attribution_order(problem: Problem, order: str, ig_steps: int = 3, seed: int
     return importance
 
 
-def _key(mask: torch.Tensor) -> bytes:
-    return hashlib.blake2b((mask > 0.5).cpu().numpy().tobytes(), digest_size=16).digest()
-
-
-class ExactLosses:
-    """Exact losses of candidate circuits: each distinct circuit is evaluated once (``n_fresh``
-    counts them); a forward runs a planned batch of circuits and their losses are read on demand.
-    ``replay``: losses of a checkpointed run's first circuits, answered without forwards."""
-
-    def __init__(self, losses: LossFn, n_candidates: int, replay: Sequence[float] = ()):
-        self.losses, self.n_candidates, self.replay = losses, n_candidates, list(replay)
-        self.known: dict[bytes, float] = {}
-        self.pending: dict[bytes, tuple[Sequence[float], int]] = {}
-        self.log: list[float] = []
-        self.n_forwards = 0
-
-    @property
-    def replaying(self) -> bool:
-        return len(self.log) < len(self.replay)
-
-    def loss(self, mask: torch.Tensor, stage: int, plan: Callable[[], list[torch.Tensor]]) -> tuple[float, bool]:
-        """The loss of circuit ``mask`` and whether it was evaluated now (False: known already)."""
-        key = _key(mask)
-        if key in self.known:
-            return self.known[key], False
-        if self.replaying:
-            value = self.replay[len(self.log)]
-        else:
-            if key not in self.pending:
-                masks = [mask] + (plan()[:self.n_candidates - 1] if self.n_candidates > 1 else [])
-                batch = self.losses(torch.stack(masks), stage)
-                self.n_forwards += 1
-                self.pending = {}
-                for row, candidate in enumerate(masks):
-                    self.pending.setdefault(_key(candidate), (batch, row))
-            batch, row = self.pending.pop(key)
-            value = float(batch[row])
-        self.known[key] = value
-        self.log.append(value)
-        return value, True
-
-
 def blocks(graph: Graph, group: str) -> list[list[int]]:
     """ACDC's visits (indices into ``visits(graph)``) cut into blocks tested together: consecutive
     visits read at one stage, cut before a visit whose receiver sends an edge of the block (its
@@ -218,34 +194,13 @@ def _feeds_nothing(graph: Graph, mask: torch.Tensor, receiver: str) -> bool:
     return graph.granularity != "nodes" and receiver != "resid_post" and not bool(mask[graph.outgoing[receiver]].any())
 
 
-def _prefix_plan(mask: torch.Tensor, group: list[int], n: int, split: Callable[[int, int], int]) -> list[torch.Tensor]:
-    """The circuits ``mask`` without the first j edges of ``group``, for j at the split points of the
-    group, then of its parts, and so on (``split(lo, hi)``: where the edges ``group[lo:hi]`` split):
-    the circuits the search reads next while weak parts pass."""
-    lengths: list[int] = []
-    level = [(0, len(group))]
-    while level and len(lengths) < n:
-        deeper = []
-        for lo, hi in level:
-            if hi - lo > 1:
-                j = split(lo, hi)
-                lengths.append(j)
-                deeper += [(lo, j), (j, hi)]
-        level = deeper
-    out = []
-    for j in lengths[:n]:
-        candidate = mask.clone()
-        candidate[group[:j]] = 0
-        out.append(candidate)
-    return out
-
-
 def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float, group: str = "receiver",
                   rescore: bool = True, abs_delta: bool = False, max_edge_tests: int | None = None,
                   progress: bool = True, dtype: torch.dtype = torch.float32,
                   checkpointer: Checkpointer | None = None, batch_edges: int = 1, full_loss: float | None = None,
                   on_test: Callable[[torch.Tensor, torch.Tensor, float, float, bool], None] | None = None,
-                  split: str = "mass", weighted: bool = True, budget: float = 0.0) -> MethodResult:
+                  split: str = "mass", weighted: bool = True, budget: float = 0.0,
+                  carry: bool = False) -> MethodResult:
     """The search over ``graph`` given any way of computing candidate circuits' losses and any
     ordering (see the module docstring).  ``on_test(before, after, loss_before, loss_after, accepted)``
     is called for every group decision (tests use it to check decisions independently).
@@ -276,7 +231,8 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
     # tests_floor_blocks: the accepted steps that no search settling these blocks in this order, with
     # these decisions, can do without (each block's loss climb in steps below tau); the kept edges'
     # tests are added at the end
-    stats = dict(n_blocks=0, n_attribution_passes=0, tests_floor_blocks=0)
+    stats = dict(n_blocks=0, n_attribution_passes=0, tests_floor_blocks=0, n_carried_groups=0,
+                 n_carried_failed=0)
     bar = tqdm(total=graph.n_edges, desc="ACDC (guided)", unit="edge", disable=not progress, leave=False)
 
     def state() -> dict:
@@ -313,7 +269,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
         candidate = mask.clone()
         candidate[edges] = 0
         start = min(stage, removed_stage)
-        loss, fresh = exact.loss(candidate, start, lambda: _prefix_plan(
+        loss, fresh = exact.loss(candidate, start, lambda: prefix_plan(
             mask, edges, exact.n_candidates - 1, lambda lo, hi: lo + split_at(edges[lo:hi])))
         delta = loss - current
         if fresh:
@@ -350,17 +306,44 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
         for part in parts_of(edges):
             settle(part, stage)
 
+    def close_segment(loss_before: float, accepted_before: int) -> None:
+        """The floor's steps for a segment that removed anything: its loss climb in steps below tau."""
+        if n_accepted > accepted_before:
+            climb = abs(current - loss_before) if abs_delta else current - loss_before
+            stats["tests_floor_blocks"] += max(1, math.floor(climb / tau) + 1)
+
+    carrying = carry and split == "mass" and weighted and budget > 0
+    pending: list[tuple[list[int], int]] = []  # carried: earlier blocks' untested remainders and their stages
+
+    def pending_weight() -> float:
+        return sum(max(weight.get(e, 0.0), 0.0) for part, _ in pending for e in part)
+
+    def flush() -> None:
+        """Settle the carried remainders: together in one test, and where that fails, each as its
+        block would have (ACDC's order)."""
+        parts = list(pending)
+        pending.clear()
+        if len(parts) > 1:
+            if test([e for part, _ in parts for e in part], min(st for _, st in parts)):
+                stats["n_carried_groups"] += 1
+                return
+            stats["n_carried_failed"] += 1
+        for part, part_stage in parts:
+            settle(part, part_stage)
+
     def settle_block(ordered: list[int], weights: torch.Tensor, stage: int) -> None:
         """Groups of the block's edges (``ordered`` weakest first), each settled before the next is
         formed: the next weakest, sized by the keep rate seen so far (``group_size``), or
         (``split=mass``) by the edges' chances of being kept (``mass_group_size``); once the loss
-        budget is calibrated, packed to it (``LossRise.pack``)."""
+        budget is calibrated, packed to it (``LossRise.pack``) beside what earlier blocks carried,
+        and (``carry``) a remainder that fits is carried to the next block instead of tested."""
         left = list(range(len(ordered)))  # positions in ``ordered`` not settled yet, weakest first
         recent: list[bool] = []  # kept (True) or removed, for each edge decided in this block
         while left and budget_left():
             window = recent[-WINDOW:]
             prior = (n_kept_decided + 1) / (n_decided + 2)  # every block so far, Laplace
             rate = (sum(window) + PRIOR_WEIGHT * prior) / (len(window) + PRIOR_WEIGHT)
+            packed = False
             if split == "half":
                 picked = left[:group_size(rate)]
             else:
@@ -368,21 +351,63 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
                 chances = keep_chances(rest, rate * len(rest))
                 chance.update(zip([ordered[i] for i in left], chances.tolist()))
                 if rise.calibrated:
-                    picked = [left[i] for i in rise.pack(rest.tolist())]
+                    picked = [left[i] for i in rise.pack(rest.tolist(), used=pending_weight())]
+                    packed = rise.holds(pending_weight() + float(weights[picked].clamp(min=0).sum()))
                 else:
                     picked = left[:min(mass_group_size(chances), rise.fits(rest.tolist()))]
-            before = decided.clone()
+            if pending and not packed:  # the carried remainders do not fit beside this group: settle them first
+                flush()
+                continue
             group_edges = [ordered[i] for i in picked]
-            settle(group_edges, stage)
+            if carrying and packed and len(picked) == len(left) and \
+                    sum(chance[e] for e in group_edges + [e for part, _ in pending for e in part]) <= CARRY_CHANCE:
+                pending.append((group_edges, stage))
+                return
+            before = decided.clone()
+            if pending:  # the carried remainders and this group, in one test
+                carried = [e for part, _ in pending for e in part]
+                if not test(carried + group_edges, min([stage] + [st for _, st in pending])):
+                    stats["n_carried_failed"] += 1
+                    flush()
+                    continue
+                stats["n_carried_groups"] += 1
+                pending.clear()
+            else:
+                settle(group_edges, stage)
             recent += [bool(mask[e]) for e in group_edges if decided[e] and not before[e]]
             taken = set(picked)
             left = [i for i in left if i not in taken]
 
+    def block_weights(index: int, candidates: list[int]) -> torch.Tensor:
+        """Attribution of a block's candidates (and, when carrying, of the single inputs of the
+        visits that follow it, which no pass of their own scores)."""
+        nonlocal initial
+        if len(candidates) == 1:
+            return torch.tensor([weight.get(candidates[0], 0.0) if carrying else 0.0], dtype=torch.float64)
+        if not rescore:
+            if initial is None:
+                initial = scored(mask, list(range(graph.n_edges)))
+            weight.update(zip(range(graph.n_edges), initial.tolist()) if carrying else ())
+            return initial[candidates]
+        ahead: list[int] = []
+        for receiver, incoming in graph_visits[index + 1:] if carrying else ():
+            fresh = [e for e in incoming if not decided[e]]
+            if len(fresh) > 1:
+                break
+            ahead += fresh
+        values = scored(mask, candidates + ahead)
+        weight.update(zip(ahead, values[len(candidates):].tolist()))
+        return values[:len(candidates)]
+
     graph_visits = visits(graph)
     initial: torch.Tensor | None = None
+    segment_loss, segment_accepted = current, n_accepted  # the loss and steps where the current segment began
     for block in blocks(graph, group):
         if not budget_left():
             break
+        receivers = {graph_visits[index][0] for index in block}
+        if pending and any(graph.edges[e].sender in receivers for part, _ in pending for e in part):
+            flush()  # whether these receivers feed anything waits on the carried edges
         candidates: list[int] = []
         for index in block:
             receiver, incoming = graph_visits[index]
@@ -398,23 +423,19 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
             continue
         stats["n_blocks"] += 1
         stage = min(graph.edges[e].stage for e in candidates)
-        weights = torch.zeros(len(candidates), dtype=torch.float64)
+        weights = block_weights(block[-1], candidates)
         if len(candidates) > 1:
-            if rescore:
-                weights = scored(mask, candidates)
-            else:
-                if initial is None:
-                    initial = scored(mask, list(range(graph.n_edges)))
-                weights = initial[candidates]
             order = sorted(range(len(candidates)), key=lambda i: (float(weights[i]), i))
             candidates, weights = [candidates[i] for i in order], weights[order]
         weight.update(zip(candidates, weights.tolist()))
-        loss_before, accepted_before = current, n_accepted
         settle_block(candidates, weights, stage)
-        if n_accepted > accepted_before:  # the block's loss climb, in steps each below tau
-            climb = abs(current - loss_before) if abs_delta else current - loss_before
-            stats["tests_floor_blocks"] += max(1, math.floor(climb / tau) + 1)
+        if not pending:  # a segment (blocks settled together through carried remainders) ends
+            close_segment(segment_loss, segment_accepted)
+            segment_loss, segment_accepted = current, n_accepted
         bar.set_postfix_str(f"{graph_visits[block[0]][0]} | {int(mask.sum())} edges left", refresh=False)
+    if budget_left():
+        flush()
+    close_segment(segment_loss, segment_accepted)
     bar.close()
     stats["n_attribution_passes"] = len(attributions)
     stats["tests_floor_blocks"] += n_kept_decided

@@ -79,18 +79,24 @@ class LossRise:
         """Whether groups are limited (a rise observed, and a limit set)."""
         return self._allowance() is not None
 
-    def pack(self, weights: Sequence[float]) -> list[int]:
+    def pack(self, weights: Sequence[float], used: float = 0.0) -> list[int]:
         """The next group from edges with attribution ``weights`` (weakest first), as indices: the
-        strongest edges that still fit the limit together, then the weakest to fill what is left of
-        it (first fit, largest first); the weakest alone when none fits (it is over the limit)."""
+        strongest edges that still fit the limit together (beside ``used`` attribution already in the
+        group), then the weakest to fill what is left of it (first fit, largest first); the weakest
+        alone when none fits."""
         allowance = self._allowance()
-        picked, total = [], 0.0
+        picked, total = [], max(used, 0.0)
         for i in reversed(range(len(weights))):
             w = max(float(weights[i]), 0.0)
             if allowance is None or total + w <= allowance:
                 picked.append(i)
                 total += w
         return sorted(picked) or [0]
+
+    def holds(self, attributed: float) -> bool:
+        """Whether a group of this attribution sum fits the limit (always, when nothing is limited)."""
+        allowance = self._allowance()
+        return allowance is None or attributed <= allowance
 
     def _allowance(self) -> float | None:
         """The attribution sum that fits the limit (None: no limit)."""

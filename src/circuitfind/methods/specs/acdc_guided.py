@@ -14,7 +14,8 @@ SPLITS = ("mass", "half")
 
 
 def check_guided_params(tau, order="eap_ig", group="receiver", rescore=True, ig_steps=3, seed=0, abs_delta=False,
-                        max_edge_tests=None, batch_edges="auto", split="mass", budget=0.75) -> None:
+                        max_edge_tests=None, batch_edges="auto", split="mass", budget=0.75,
+                        carry=True) -> None:
     """One-line errors for bad guided-ACDC settings (also run on the config before any model loads)."""
     check_acdc_params(tau, max_edge_tests, abs_delta, batch_edges)
     if order not in ORDERS:
@@ -25,8 +26,9 @@ def check_guided_params(tau, order="eap_ig", group="receiver", rescore=True, ig_
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 <= budget <= 1:
         raise ValueError(f"budget must be a number from 0 to 1 (a share of tau), got {budget!r}")
-    if not isinstance(rescore, bool):
-        raise ValueError(f"rescore must be true or false, got {rescore!r}")
+    for name, value in (("rescore", rescore), ("carry", carry)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
     if not is_int(ig_steps, 1):
         raise ValueError(f"ig_steps must be a positive integer, got {ig_steps!r}")
     if not is_int(seed, 0):
@@ -46,10 +48,12 @@ class GuidedACDCParams:
     batch_edges: int | str = "auto"
     split: str = "mass"
     budget: float = 0.75
+    carry: bool = True
 
     def __post_init__(self):
         check_guided_params(self.tau, self.order, self.group, self.rescore, self.ig_steps, self.seed,
-                            self.abs_delta, self.max_edge_tests, self.batch_edges, self.split, self.budget)
+                            self.abs_delta, self.max_edge_tests, self.batch_edges, self.split, self.budget,
+                            self.carry)
 
 
 SPEC = register(MethodSpec(
