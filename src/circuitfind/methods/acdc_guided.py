@@ -99,9 +99,10 @@ from .objective import resolve_objective
 from .result import MethodResult
 
 # A block's remainder is carried only when it and what is carried already hold at most this many
-# kept edges by their chances (``keep_chances``): the union with the next group then passes about
-# four times in five (exp(-0.25)), where a failure costs one test more than testing it alone.
-CARRY_CHANCE = 0.25
+# kept edges by their chances (``keep_chances``): the union with the next group then fails for a
+# kept edge of the remainder about one time in ten (1 - exp(-0.1)), which costs one test more than
+# testing the remainder alone (any other failure costs none: see ``settle_block``).
+CARRY_CHANCE = 0.1
 
 # (the current circuit's mask [n_edges], the edges to order) -> importance of each (higher: test later)
 ScoreFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
@@ -243,6 +244,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
 
     chance: dict[int, float] = {}  # split=mass: each undecided edge's chance of being kept, set per group
     weight: dict[int, float] = {}  # each undecided edge's attribution, set per block
+    read_ahead: set[int] = set()  # single inputs whose attribution was read ahead (``block_weights``)
     rise = LossRise(budget * tau if split == "mass" and weighted else 0.0)
 
     def split_at(edges: list[int]) -> int:
@@ -273,7 +275,9 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
             mask, edges, exact.n_candidates - 1, lambda lo, hi: lo + split_at(edges[lo:hi])))
         delta = loss - current
         if fresh:
-            rise.observe(sum(weight.get(e, 0.0) for e in edges), delta)
+            # calibrated on groups scored by their own block's pass (not on a single input's score
+            # read ahead, from a pass on a larger circuit)
+            rise.observe(sum(weight.get(e, 0.0) for e in edges) if not read_ahead.intersection(edges) else 0.0, delta)
         accepted = (abs(delta) if abs_delta else delta) < tau
         if on_test is not None:
             on_test(mask.clone(), candidate, current, loss, accepted)
@@ -364,15 +368,14 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
                 pending.append((group_edges, stage))
                 return
             before = decided.clone()
-            if pending:  # the carried remainders and this group, in one test
-                carried = [e for part, _ in pending for e in part]
-                if not test(carried + group_edges, min([stage] + [st for _, st in pending])):
-                    stats["n_carried_failed"] += 1
-                    flush()
-                    continue
+            carried = [e for part, _ in pending for e in part]
+            if carried and test(carried + group_edges, min([stage] + [st for _, st in pending])):
                 stats["n_carried_groups"] += 1
                 pending.clear()
             else:
+                if carried:  # the carried remainders first; when they go in one test, this group's
+                    stats["n_carried_failed"] += 1  # circuit is the failed union's: no forward
+                    flush()
                 settle(group_edges, stage)
             recent += [bool(mask[e]) for e in group_edges if decided[e] and not before[e]]
             taken = set(picked)
@@ -383,6 +386,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
         visits that follow it, which no pass of their own scores)."""
         nonlocal initial
         if len(candidates) == 1:
+            read_ahead.update(candidates if carrying else ())
             return torch.tensor([weight.get(candidates[0], 0.0) if carrying else 0.0], dtype=torch.float64)
         if not rescore:
             if initial is None:
