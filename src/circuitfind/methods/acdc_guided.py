@@ -49,16 +49,18 @@ anything (``tests_floor_blocks``: K plus floor(climb / tau) + 1 for each such bl
 by a carried remainder count as one).
 
 Carry (``carry``, split=mass with a budget): a block's last group costs a test of its own even when
-its predicted rise is a small part of the budget (on GPT-2's shape, 33 of layer 0's query, key and
-value inputs went one test each).  When the block's remainder fits the budget and holds at most
+its predicted rise is a small part of the budget (on GPT-2's shape, layer 0's query, key and value
+inputs took 33 tests, one per block of one or two edges).  When the block's remainder fits the budget and holds at most
 ``CARRY_CHANCE`` kept edges by its chances, it is not tested but carried: the next block's first
 group is packed beside it and the two go in one test.  Where that test fails, the carried
 remainders are settled first, as their own blocks would have been, with the next block's edges
-still in the circuit (ACDC's order), then the next block; before a block whose receiver sends a
+still in the circuit (ACDC's order), then the same group (once the carried edges go in one test,
+its circuit is the failed union's: no forward); before a block whose receiver sends a
 carried edge (whether it feeds anything waits on that edge), the carried remainders are settled.
 When edges act independently and never help, a union that passes holds only edges each block would
 have removed, so the kept set is still plain ACDC's.  Single-input blocks have no attribution pass
-of their own; the pass of the block before them scores them too.
+of their own; the pass of the block before them scores them too (those scores, read ahead on a
+larger circuit, do not calibrate the budget).
 
 Costs are counted where the engine runs: ``n_edge_tests`` (the trace's rows) is the number of
 distinct candidate circuits whose exact loss was read, as ACDC's; a circuit met again (after the
@@ -319,16 +321,19 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
     carrying = carry and split == "mass" and weighted and budget > 0
     pending: list[tuple[list[int], int]] = []  # carried: earlier blocks' untested remainders and their stages
 
+    def carried() -> list[int]:
+        return [e for part, _ in pending for e in part]
+
     def pending_weight() -> float:
-        return sum(max(weight.get(e, 0.0), 0.0) for part, _ in pending for e in part)
+        return sum(max(weight.get(e, 0.0), 0.0) for e in carried())
 
     def flush() -> None:
         """Settle the carried remainders: together in one test, and where that fails, each as its
         block would have (ACDC's order)."""
-        parts = list(pending)
+        parts, edges = list(pending), carried()
         pending.clear()
         if len(parts) > 1:
-            if test([e for part, _ in parts for e in part], min(st for _, st in parts)):
+            if test(edges, min(st for _, st in parts)):
                 stats["n_carried_groups"] += 1
                 return
             stats["n_carried_failed"] += 1
@@ -364,16 +369,15 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
                 continue
             group_edges = [ordered[i] for i in picked]
             if carrying and packed and len(picked) == len(left) and \
-                    sum(chance[e] for e in group_edges + [e for part, _ in pending for e in part]) <= CARRY_CHANCE:
+                    sum(chance[e] for e in group_edges + carried()) <= CARRY_CHANCE:
                 pending.append((group_edges, stage))
                 return
             before = decided.clone()
-            carried = [e for part, _ in pending for e in part]
-            if carried and test(carried + group_edges, min([stage] + [st for _, st in pending])):
+            if pending and test(carried() + group_edges, min([stage] + [st for _, st in pending])):
                 stats["n_carried_groups"] += 1
                 pending.clear()
             else:
-                if carried:  # the carried remainders first; when they go in one test, this group's
+                if pending:  # the carried remainders first; when they go in one test, this group's
                     stats["n_carried_failed"] += 1  # circuit is the failed union's: no forward
                     flush()
                 settle(group_edges, stage)
@@ -391,7 +395,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
         if not rescore:
             if initial is None:
                 initial = scored(mask, list(range(graph.n_edges)))
-            weight.update(zip(range(graph.n_edges), initial.tolist()) if carrying else ())
+                weight.update(zip(range(graph.n_edges), initial.tolist()) if carrying else ())
             return initial[candidates]
         ahead: list[int] = []
         for receiver, incoming in graph_visits[index + 1:] if carrying else ():
@@ -410,7 +414,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
         if not budget_left():
             break
         receivers = {graph_visits[index][0] for index in block}
-        if pending and any(graph.edges[e].sender in receivers for part, _ in pending for e in part):
+        if pending and any(graph.edges[e].sender in receivers for e in carried()):
             flush()  # whether these receivers feed anything waits on the carried edges
         candidates: list[int] = []
         for index in block:
