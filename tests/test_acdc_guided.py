@@ -222,6 +222,8 @@ def test_packing_takes_the_strongest_edges_that_fit_then_fills_with_the_weakest(
     assert rise.pack([0.1, 0.2, 0.5, 1.0, 1.5, 3.0]) == [2, 4]  # 1.5 + 0.5 fill it exactly
     assert rise.pack([0.1, 0.3, 0.9, 0.9, 0.9]) == [0, 3, 4]  # two strong ones; 0.1 fits beside them, 0.3 not
     assert rise.pack([3.0, 4.0]) == [0]  # nothing fits: the weakest alone
+    assert rise.pack([0.1, 0.2, 1.0, 3.0], used=1.5) == [0, 1]  # beside 1.5 already in the group, 0.5 is left
+    assert rise.holds(2.0) and not rise.holds(2.1)
 
 
 def exact_attribution_runs(budget: float, carry: bool = False):
@@ -326,7 +328,7 @@ def test_max_edge_tests_stops_the_search_and_keeps_what_is_untested():
 @pytest.mark.parametrize("bad, message", [(dict(order="best"), "unknown order"), (dict(group="layer"), "unknown group"),
                                           (dict(rescore="yes"), "rescore must be"), (dict(tau=0), "tau must be"),
                                           (dict(ig_steps=0), "ig_steps must be"), (dict(budget=1.5), "budget must be"),
-                                          (dict(budget=True), "budget must be")])
+                                          (dict(budget=True), "budget must be"), (dict(carry="no"), "carry must be")])
 def test_bad_settings_are_one_line_errors(bad, message):
     with pytest.raises(ValueError, match=message):
         get_method("acdc_guided")(tiny_problem(), **{"tau": 0.01, **bad})
