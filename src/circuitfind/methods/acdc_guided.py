@@ -327,16 +327,21 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
     def pending_weight() -> float:
         return sum(max(weight.get(e, 0.0), 0.0) for e in carried())
 
+    def test_with_carried(edges: list[int], stage: float = math.inf) -> bool:
+        """One test of the carried remainders together with ``edges`` (counted as a carried union,
+        accepted or failed); True when all of them were removed."""
+        accepted = test(carried() + edges, int(min([stage] + [st for _, st in pending])))
+        stats["n_carried_groups" if accepted else "n_carried_failed"] += 1
+        return accepted
+
     def flush() -> None:
         """Settle the carried remainders: together in one test, and where that fails, each as its
         block would have (ACDC's order)."""
-        parts, edges = list(pending), carried()
+        if len(pending) > 1 and test_with_carried([]):
+            pending.clear()
+            return
+        parts = list(pending)
         pending.clear()
-        if len(parts) > 1:
-            if test(edges, min(st for _, st in parts)):
-                stats["n_carried_groups"] += 1
-                return
-            stats["n_carried_failed"] += 1
         for part, part_stage in parts:
             settle(part, part_stage)
 
@@ -360,8 +365,9 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
                 chances = keep_chances(rest, rate * len(rest))
                 chance.update(zip([ordered[i] for i in left], chances.tolist()))
                 if rise.calibrated:
-                    picked = [left[i] for i in rise.pack(rest.tolist(), used=pending_weight())]
-                    packed = rise.holds(pending_weight() + float(weights[picked].clamp(min=0).sum()))
+                    used = pending_weight()
+                    picked = [left[i] for i in rise.pack(rest.tolist(), used=used)]
+                    packed = rise.holds(used + float(weights[picked].clamp(min=0).sum()))
                 else:
                     picked = left[:min(mass_group_size(chances), rise.fits(rest.tolist()))]
             if pending and not packed:  # the carried remainders do not fit beside this group: settle them first
@@ -373,13 +379,10 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
                 pending.append((group_edges, stage))
                 return
             before = decided.clone()
-            if pending and test(carried() + group_edges, min([stage] + [st for _, st in pending])):
-                stats["n_carried_groups"] += 1
+            if pending and test_with_carried(group_edges, stage):
                 pending.clear()
-            else:
-                if pending:  # the carried remainders first; when they go in one test, this group's
-                    stats["n_carried_failed"] += 1  # circuit is the failed union's: no forward
-                    flush()
+            else:  # the carried remainders first (if any); when they go in one test, this group's
+                flush()  # circuit is the failed union's: no forward
                 settle(group_edges, stage)
             recent += [bool(mask[e]) for e in group_edges if decided[e] and not before[e]]
             taken = set(picked)
