@@ -292,6 +292,23 @@ def test_blocks_cut_acdcs_visits_where_the_stage_changes_or_a_receiver_feeds_the
     assert all(len(b) == 1 for b in blocks(graph, "receiver"))
 
 
+def test_a_receiver_waits_on_carried_edges_only_when_it_feeds_the_circuit_through_them_alone():
+    model = tiny_model(n_layers=2, n_heads=2, d_model=16)
+    graph = Graph(Architecture.from_config(model.cfg))
+    out = graph.outgoing["m0"]  # m0 feeds layer 1's head inputs, m1 and the output
+    to_output = next(e for e in out if graph.edges[e].receiver == "resid_post")
+    to_m1 = next(e for e in out if graph.edges[e].receiver == "m1")
+    mask = torch.ones(graph.n_edges)
+    assert not acdc_guided._feeds_only_through(graph, mask, "m0", {to_m1})  # it feeds the output either way
+    assert acdc_guided._feeds_only_through(graph, mask, "m0", set(out))
+    mask[[e for e in out if e != to_m1]] = 0
+    assert acdc_guided._feeds_only_through(graph, mask, "m0", {to_m1})
+    assert not acdc_guided._feeds_only_through(graph, mask, "m0", {to_output})
+    mask[to_m1] = 0  # it feeds nothing, whatever the carried edges
+    assert not acdc_guided._feeds_only_through(graph, mask, "m0", set(out))
+    assert not acdc_guided._feeds_only_through(graph, torch.ones(graph.n_edges), "resid_post", set(out))
+
+
 @pytest.mark.parametrize("batch_edges", [pytest.param(2, marks=pytest.mark.slow), 16])
 def test_batched_candidates_take_exactly_the_sequential_decisions(batch_edges):
     problem = tiny_problem(seed=1)

@@ -55,8 +55,10 @@ inputs took 33 tests, one per block of one or two edges).  When the block's rema
 group is packed beside it and the two go in one test.  Where that test fails, the carried
 remainders are settled first, as their own blocks would have been, with the next block's edges
 still in the circuit (ACDC's order), then the same group (once the carried edges go in one test,
-its circuit is the failed union's: no forward); before a block whose receiver sends a
-carried edge (whether it feeds anything waits on that edge), the carried remainders are settled.
+its circuit is the failed union's: no forward); before a block whose receiver feeds the
+circuit only through carried edges (whether it feeds anything waits on them), the carried
+remainders are settled; a receiver that also feeds an edge outside them (on GPT-2's shape, each MLP
+feeds the output) feeds something either way, and its block is packed beside them.
 When edges act independently and never help, a union that passes holds only edges each block would
 have removed, so the kept set is still plain ACDC's.  Single-input blocks have no attribution pass
 of their own; the pass of the block before them scores them too (those scores, read ahead on a
@@ -195,6 +197,15 @@ def blocks(graph: Graph, group: str) -> list[list[int]]:
 
 def _feeds_nothing(graph: Graph, mask: torch.Tensor, receiver: str) -> bool:
     return graph.granularity != "nodes" and receiver != "resid_post" and not bool(mask[graph.outgoing[receiver]].any())
+
+
+def _feeds_only_through(graph: Graph, mask: torch.Tensor, receiver: str, edges: set[int]) -> bool:
+    """Whether ``receiver`` feeds the circuit through ``edges`` alone, so that whether it feeds
+    anything waits on their decisions (an output edge outside them decides it either way)."""
+    if graph.granularity == "nodes" or receiver == "resid_post":
+        return False
+    out = [e for e in graph.outgoing[receiver] if bool(mask[e])]
+    return bool(out) and all(e in edges for e in out)
 
 
 def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float, group: str = "receiver",
@@ -416,9 +427,8 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
     for block in blocks(graph, group):
         if not budget_left():
             break
-        receivers = {graph_visits[index][0] for index in block}
-        if pending and any(graph.edges[e].sender in receivers for e in carried()):
-            flush()  # whether these receivers feed anything waits on the carried edges
+        if pending and any(_feeds_only_through(graph, mask, graph_visits[index][0], set(carried())) for index in block):
+            flush()  # whether this receiver feeds anything waits on the carried edges
         candidates: list[int] = []
         for index in block:
             receiver, incoming = graph_visits[index]
