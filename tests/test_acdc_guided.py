@@ -93,7 +93,8 @@ def test_with_a_random_order_the_circuit_stays_within_its_tau_steps_of_the_full_
 def independent_toy(graph: Graph, seed: int):
     """A loss where each removed edge adds its own non-negative cost (edges act independently and
     never help): a few edges cost around tau = 1, most a little (many together more than tau), some
-    nothing."""
+    nothing.  As in a model, an edge into a receiver that feeds nothing (no outgoing edge left)
+    changes nothing."""
     generator = torch.Generator().manual_seed(seed)
     costs = torch.rand(graph.n_edges, generator=generator, dtype=torch.float64) * 0.1
     strong = torch.rand(graph.n_edges, generator=generator) < 0.15
@@ -101,8 +102,15 @@ def independent_toy(graph: Graph, seed: int):
     costs[strong] = 2.5 * torch.rand(int(strong.sum()), generator=generator, dtype=torch.float64)
     costs[::7] = 0.0
 
+    outgoing = [graph.outgoing.get(e.receiver, []) if e.receiver != "resid_post" and graph.granularity != "nodes"
+                else None for e in graph.edges]
+
     def losses(masks, stage):
-        return [float(((1 - m.double()) * costs).sum()) for m in masks]
+        out = []
+        for m in masks:
+            read = torch.tensor([edges is None or bool(m[edges].any()) for edges in outgoing], dtype=torch.float64)
+            out.append(float(((1 - m.double()) * costs * read).sum()))
+        return out
 
     return losses, costs
 
@@ -290,6 +298,28 @@ def test_blocks_cut_acdcs_visits_where_the_stage_changes_or_a_receiver_feeds_the
     assert cut[3] == [f"a1.h{h}<{w}>" for w in "vkq" for h in (1, 0)]  # their inputs
     assert sum(len(b) for b in cut) == len(visits(graph))
     assert all(len(b) == 1 for b in blocks(graph, "receiver"))
+
+
+def test_a_block_whose_receivers_feed_only_through_carried_edges_waits_for_them(monkeypatch):
+    """The last MLP's inputs are cheap and carried; the last layer's heads then feed the circuit only
+    through them.  ACDC removes the carried edges first and drops the heads' inputs untested (score
+    -inf); visited before the carried edges are settled, the heads' inputs would be tested."""
+    monkeypatch.setattr(acdc_guided, "CARRY_CHANCE", math.inf)
+    model = tiny_model(n_layers=2, n_heads=2, d_model=16)
+    graph = Graph(Architecture.from_config(model.cfg))
+    losses, costs = independent_toy(graph, 0)
+    last = f"m{graph.n_layers - 1}"
+    for e in graph.edges:
+        costs[e.index] = 0.01 if e.receiver in ("resid_post", last) else 2.0
+    costs[next(e.index for e in graph.edges if e.name == f"{last}->resid_post")] = 5.0
+    importance = lambda mask, edges: costs[edges]  # noqa: E731
+    plain = acdc_search(graph, losses, 1.0, progress=False, dtype=torch.float64)
+    guided = guided_search(graph, losses, importance, 1.0, progress=False, dtype=torch.float64, budget=0.75,
+                           carry=True)
+    assert plain.circuit.kept_names() == [f"{last}->resid_post"]
+    assert guided.details["n_blocks_waited"] > 0
+    assert guided.circuit.kept_names() == plain.circuit.kept_names()
+    assert torch.equal(torch.isneginf(guided.scores), torch.isneginf(plain.scores))  # the same edges untested
 
 
 def test_a_receiver_waits_on_carried_edges_only_when_it_feeds_the_circuit_through_them_alone():

@@ -55,11 +55,12 @@ inputs took 33 tests, one per block of one or two edges).  When the block's rema
 group is packed beside it and the two go in one test.  Where that test fails, the carried
 remainders are settled first, as their own blocks would have been, with the next block's edges
 still in the circuit (ACDC's order), then the same group (once the carried edges go in one test,
-its circuit is the failed union's: no forward); before a block whose receiver feeds the
-circuit only through carried edges (whether it feeds anything waits on them), the carried
-remainders are settled; a receiver that also feeds an edge outside them (on GPT-2's shape, each MLP
-feeds the output) feeds something either way, and its block is packed beside them.
-When edges act independently and never help, a union that passes holds only edges each block would
+its circuit is the failed union's: no forward).  A block whose receiver feeds the circuit only
+through carried edges (or through inputs of such blocks) waits: whether it feeds anything is known
+once they are settled, and it is visited then, before the next group, with carry off (ACDC's
+order); when a union passes, such receivers feed nothing and their inputs go untested, as in ACDC
+(on GPT-2's shape, a layer's heads wait on the remainder of the MLP after them, and the MLP before
+them, which also feeds the output, is packed beside it).  When edges act independently and never help, a union that passes holds only edges each block would
 have removed, so the kept set is still plain ACDC's.  Single-input blocks have no attribution pass
 of their own; the pass of the block before them scores them too (those scores, read ahead on a
 larger circuit, do not calibrate the budget).
@@ -246,7 +247,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
     # these decisions, can do without (each block's loss climb in steps below tau); the kept edges'
     # tests are added at the end
     stats = dict(n_blocks=0, n_attribution_passes=0, tests_floor_blocks=0, n_carried_groups=0,
-                 n_carried_failed=0)
+                 n_carried_failed=0, n_blocks_waited=0)
     bar = tqdm(total=graph.n_edges, desc="ACDC (guided)", unit="edge", disable=not progress, leave=False)
 
     def state() -> dict:
@@ -347,14 +348,15 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
 
     def flush() -> None:
         """Settle the carried remainders: together in one test, and where that fails, each as its
-        block would have (ACDC's order)."""
+        block would have (ACDC's order); then the blocks that waited on them."""
         if len(pending) > 1 and test_with_carried([]):
             pending.clear()
-            return
-        parts = list(pending)
-        pending.clear()
-        for part, part_stage in parts:
-            settle(part, part_stage)
+        else:
+            parts = list(pending)
+            pending.clear()
+            for part, part_stage in parts:
+                settle(part, part_stage)
+        release()
 
     def settle_block(ordered: list[int], weights: torch.Tensor, stage: int) -> None:
         """Groups of the block's edges (``ordered`` weakest first), each settled before the next is
@@ -385,13 +387,14 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
                 flush()
                 continue
             group_edges = [ordered[i] for i in picked]
-            if carrying and packed and len(picked) == len(left) and \
+            if carrying and not deferred_visits and packed and len(picked) == len(left) and \
                     sum(chance[e] for e in group_edges + carried()) <= CARRY_CHANCE:
                 pending.append((group_edges, stage))
                 return
             before = decided.clone()
             if pending and test_with_carried(group_edges, stage):
                 pending.clear()
+                release()  # the blocks that waited on the carried edges: they feed nothing now
             else:  # the carried remainders first (if any); when they go in one test, this group's
                 flush()  # circuit is the failed union's: no forward
                 settle(group_edges, stage)
@@ -421,14 +424,31 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
         weight.update(zip(ahead, values[len(candidates):].tolist()))
         return values[:len(candidates)]
 
-    graph_visits = visits(graph)
-    initial: torch.Tensor | None = None
-    segment_loss, segment_accepted = current, n_accepted  # the loss and steps where the current segment began
-    for block in blocks(graph, group):
-        if not budget_left():
-            break
-        if pending and any(_feeds_only_through(graph, mask, graph_visits[index][0], set(carried())) for index in block):
-            flush()  # whether this receiver feeds anything waits on the carried edges
+    deferred: list[list[int]] = []  # blocks whose receivers feed the circuit only through carried edges
+    deferred_visits: list[bool] = []  # non-empty while the deferred blocks are visited: none carries then
+
+    def waiting_edges() -> set[int]:
+        """Edges not settled yet that earlier blocks' decisions wait on: the carried ones and the
+        inputs of deferred blocks' receivers."""
+        return set(carried()).union(*(graph_visits[index][1] for block in deferred for index in block))
+
+    def release() -> None:
+        """Visit the deferred blocks, in ACDC's order, once the carried edges are settled."""
+        waiting = list(deferred)
+        deferred.clear()
+        deferred_visits.append(True)
+        for block in waiting:
+            visit(block)
+        deferred_visits.pop()
+
+    def visit(block: list[int]) -> None:
+        """One block: drop the inputs of receivers that feed nothing, settle the others' inputs; a
+        block whose receivers feed the circuit only through carried edges waits on them."""
+        if pending and any(_feeds_only_through(graph, mask, graph_visits[index][0], waiting_edges())
+                           for index in block):
+            deferred.append(block)
+            stats["n_blocks_waited"] += 1
+            return
         candidates: list[int] = []
         for index in block:
             receiver, incoming = graph_visits[index]
@@ -440,8 +460,8 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
                 bar.update(len(fresh))
             else:
                 candidates += [e for e in incoming if not decided[e]]
-        if not candidates:
-            continue
+        if not candidates or not budget_left():
+            return
         stats["n_blocks"] += 1
         stage = min(graph.edges[e].stage for e in candidates)
         weights = block_weights(block[-1], candidates)
@@ -450,6 +470,14 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
             candidates, weights = [candidates[i] for i in order], weights[order]
         weight.update(zip(candidates, weights.tolist()))
         settle_block(candidates, weights, stage)
+
+    graph_visits = visits(graph)
+    initial: torch.Tensor | None = None
+    segment_loss, segment_accepted = current, n_accepted  # the loss and steps where the current segment began
+    for block in blocks(graph, group):
+        if not budget_left():
+            break
+        visit(block)
         if not pending:  # a segment (blocks settled together through carried remainders) ends
             close_segment(segment_loss, segment_accepted)
             segment_loss, segment_accepted = current, n_accepted
