@@ -339,8 +339,11 @@ def test_a_receiver_waits_on_carried_edges_only_when_it_feeds_the_circuit_throug
     assert not acdc_guided._feeds_only_through(graph, torch.ones(graph.n_edges), "resid_post", set(out))
 
 
-@pytest.mark.parametrize("batch_edges", [pytest.param(2, marks=pytest.mark.slow), 16])
-def test_batched_candidates_take_exactly_the_sequential_decisions(batch_edges):
+@pytest.mark.parametrize("batch_edges, carry_always", [pytest.param(2, False, marks=pytest.mark.slow), (16, False),
+                                                       (16, True)])  # unions and waits across stages
+def test_batched_candidates_take_exactly_the_sequential_decisions(batch_edges, carry_always, monkeypatch):
+    if carry_always:
+        monkeypatch.setattr(acdc_guided, "CARRY_CHANCE", math.inf)
     problem = tiny_problem(seed=1)
     tau = single_edge_tau(problem, 0.5)
     sequential = get_method("acdc_guided")(problem, tau=tau, batch_edges=1)
@@ -348,6 +351,18 @@ def test_batched_candidates_take_exactly_the_sequential_decisions(batch_edges):
     assert batched.circuit.kept_names() == sequential.circuit.kept_names()
     assert [(r["edge"], r["kept"]) for r in batched.trace] == [(r["edge"], r["kept"]) for r in sequential.trace]
     assert batched.details["n_test_forwards"] < sequential.details["n_test_forwards"] == len(sequential.trace)
+
+
+def test_batched_unions_across_stages_run_their_groups_one_circuit_at_a_time(monkeypatch):
+    """shuffle_dyck2 under corrupted ablation carries remainders into groups read at another stage:
+    such a group's candidates do not share a restart, so it is not batched."""
+    from test_acdc import tracr_problem
+    monkeypatch.setattr(acdc_guided, "CARRY_CHANCE", math.inf)
+    problem = tracr_problem("tracr_shuffle_dyck2", corruption="corrupted")
+    sequential = get_method("acdc_guided")(problem, tau=0.1, batch_edges=1)
+    batched = get_method("acdc_guided")(problem, tau=0.1, batch_edges=16)
+    assert batched.details["n_carried_groups"] + batched.details["n_carried_failed"] > 0
+    assert [(r["edge"], r["kept"]) for r in batched.trace] == [(r["edge"], r["kept"]) for r in sequential.trace]
 
 
 def test_an_interrupted_run_resumes_to_the_same_circuit(tmp_path):

@@ -285,8 +285,11 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
         candidate = mask.clone()
         candidate[edges] = 0
         start = min(stage, removed_stage)
+        # a batch shares the restart at ``start``: only a group read there (not a union across stages,
+        # not a waiting block's group above an earlier removal) runs its next circuits beside it
+        shared = all(graph.edges[e].stage == start for e in edges)
         loss, fresh = exact.loss(candidate, start, lambda: prefix_plan(
-            mask, edges, exact.n_candidates - 1, lambda lo, hi: lo + split_at(edges[lo:hi])))
+            mask, edges, exact.n_candidates - 1, lambda lo, hi: lo + split_at(edges[lo:hi])) if shared else [])
         delta = loss - current
         if fresh:
             # calibrated on groups scored by their own block's pass (not on a single input's score
