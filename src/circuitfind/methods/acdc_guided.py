@@ -50,20 +50,20 @@ by a carried remainder count as one).
 
 Carry (``carry``, split=mass with a budget): a block's last group costs a test of its own even when
 its predicted rise is a small part of the budget (on GPT-2's shape, layer 0's query, key and value
-inputs took 33 tests, one per block of one or two edges).  When the block's remainder fits the budget and holds at most
-``CARRY_CHANCE`` kept edges by its chances, it is not tested but carried: the next block's first
-group is packed beside it and the two go in one test.  Where that test fails, the carried
-remainders are settled first, as their own blocks would have been, with the next block's edges
-still in the circuit (ACDC's order), then the same group (once the carried edges go in one test,
-its circuit is the failed union's: no forward).  A block whose receiver feeds the circuit only
+inputs took 33 tests, one per block of one or two edges). When the block's remainder fits the budget
+and holds at most ``CARRY_CHANCE`` kept edges by its chances, it is not tested but carried: the next
+block's first group is packed beside it and the two go in one test. Where that test fails, the
+carried remainders are settled first, as their own blocks would have been, with the next block's
+edges still in the circuit (ACDC's order), then the same group (once the carried edges go in one
+test, its circuit is the failed union's: no forward). A block whose receiver feeds the circuit only
 through carried edges (or through inputs of such blocks) waits: whether it feeds anything is known
-once they are settled, and it is visited then, before the next group, with carry off (ACDC's
-order); when a union passes, such receivers feed nothing and their inputs go untested, as in ACDC
-(on GPT-2's shape, a layer's heads wait on the remainder of the MLP after them, and the MLP before
-them, which also feeds the output, is packed beside it).  When edges act independently and never help, a union that passes holds only edges each block would
-have removed, so the kept set is still plain ACDC's.  Single-input blocks have no attribution pass
-of their own; the pass of the block before them scores them too (those scores, read ahead on a
-larger circuit, do not calibrate the budget).
+once they are settled, and it is visited then, before the next group, with carry off (ACDC's order);
+when a union passes, such receivers feed nothing and their inputs go untested, as in ACDC (on
+GPT-2's shape, a layer's heads wait on the remainder of the MLP after them, and the MLP before them,
+which also feeds the output, is packed beside it). When edges act independently and never help, a
+union that passes holds only edges each block would have removed, so the kept set is still plain
+ACDC's. Single-input blocks have no attribution pass of their own; the pass of the block before them
+scores them too (those scores, read ahead on a larger circuit, do not calibrate the budget).
 
 Costs are counted where the engine runs: ``n_edge_tests`` (the trace's rows) is the number of
 distinct candidate circuits whose exact loss was read, as ACDC's; a circuit met again (after the
