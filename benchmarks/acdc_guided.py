@@ -139,7 +139,8 @@ def cmd_kl(args) -> dict:
     for tau in args.taus:
         plain = run_method(base, "acdc", tau)
         guided = run_method(base, "acdc_guided", tau, order=args.order, rescore=not args.no_rescore, split=args.split,
-                            group=args.group, budget=args.budget, carry=not args.no_carry)
+                            group=args.group, budget=args.budget, carry=not args.no_carry,
+                            carry_chance=args.carry_chance)
         for r in (plain, guided):
             r["jaccard"] = len(plain["names"] & r["names"]) / max(1, len(plain["names"] | r["names"]))
             rows.append(r)
@@ -186,7 +187,8 @@ def cmd_tracr(args) -> dict:
     exp.heatmap = False
     exp.presets[exp.preset].acdc_guided.overrides = [*args.set, f"method.split={args.split}", f"method.group={args.group}",
                                                      f"method.order={args.order}", f"method.rescore={not args.no_rescore}",
-                                                     f"method.budget={args.budget}", f"method.carry={not args.no_carry}"]
+                                                     f"method.budget={args.budget}", f"method.carry={not args.no_carry}",
+                                                     f"method.carry_chance={args.carry_chance}"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = out / "tracr_suite_acdc.yaml"
@@ -236,7 +238,7 @@ def cmd_gpt2(args) -> dict:
     out = {}
     for tau in args.taus:
         params = dict(order=args.order, rescore=not args.no_rescore, split=args.split, group=args.group,
-                      budget=args.budget, carry=not args.no_carry)
+                      budget=args.budget, carry=not args.no_carry, carry_chance=args.carry_chance)
         if args.max_edge_tests is not None:
             params["max_edge_tests"] = args.max_edge_tests
         guided = run_method(base, "acdc_guided", tau, **params)
@@ -276,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--budget", type=float, default=0.75, help="acdc_guided's loss budget (share of tau; 0: off)")
         p.add_argument("--group", default="receiver", help="acdc_guided's blocks: stage or receiver")
         p.add_argument("--no-carry", action="store_true", help="acdc_guided's blocks each end with a test of their own")
+        p.add_argument("--carry-chance", type=float, default=0.1,
+                       help="acdc_guided's carry gate: kept edges by their chances a carried remainder may hold")
         p.add_argument("--set", action="append", default=[], help="a circuitfind override (repeatable)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)

@@ -55,14 +55,13 @@ def single_edge_tau(problem: Problem, quantile: float) -> float:
     pytest.param("heads", "zero", "eap", "receiver", 0.7, False, marks=pytest.mark.slow),
     ("nodes", "mean", "random", "stage", 0.7, False)])  # a node's few inputs: groups of several come from a stage
 def test_a_group_goes_exactly_when_the_hook_reference_says_the_loss_rose_by_less_than_tau(granularity, corruption, order,
-                                                                                          group, quantile, carry_always,
-                                                                                          monkeypatch):
-    if carry_always:
-        monkeypatch.setattr(acdc_guided, "CARRY_CHANCE", math.inf)
+                                                                                          group, quantile, carry_always):
+    chance = math.inf if carry_always else acdc_guided.CARRY_CHANCE
     problem = tiny_problem(granularity=granularity, corruption=corruption, n_layers=3, n_heads=4 if granularity == "nodes" else 2)
     tau = single_edge_tau(problem, quantile)  # most edges removable: groups of several edges get tested
     decisions = []
-    result = guided_on_engine(problem, tau=tau, order=order, group=group, on_test=lambda *args: decisions.append(args))
+    result = guided_on_engine(problem, tau=tau, order=order, group=group, on_test=lambda *args: decisions.append(args),
+                              carry_chance=chance)
     if carry_always:  # a group of two receivers' edges was decided by one test
         assert result.details["n_carried_groups"] > 0
     assert not torch.isposinf(result.scores).any(), "an edge was never decided"
@@ -122,8 +121,7 @@ def independent_toy(graph: Graph, seed: int):
                                                          ("mass", "receiver", 0.75, False),
                                                          ("mass", "receiver", 0.75, True)])
 def test_on_independent_edges_that_never_help_the_kept_set_is_plain_acdcs(granularity, order, split, group, budget,
-                                                                          carry, monkeypatch):
-    monkeypatch.setattr(acdc_guided, "CARRY_CHANCE", math.inf)  # carry: every remainder that fits, some fail
+                                                                          carry):
     model = tiny_model(n_layers=3, n_heads=3, d_model=12)
     graph = Graph(Architecture.from_config(model.cfg), granularity)
     for seed in range(3):
@@ -138,7 +136,8 @@ def test_on_independent_edges_that_never_help_the_kept_set_is_plain_acdcs(granul
                                                                                    dtype=torch.float64) - 1)
         plain = acdc_search(graph, losses, 1.0, progress=False, dtype=torch.float64)
         guided = guided_search(graph, losses, importance, 1.0, progress=False, dtype=torch.float64, split=split,
-                               group=group, weighted=order == "noisy costs", budget=budget, carry=carry)
+                               group=group, weighted=order == "noisy costs", budget=budget, carry=carry,
+                               carry_chance=math.inf)  # carry: every remainder that fits, some fail
         assert 0 < plain.circuit.n_kept < graph.n_edges
         assert guided.circuit.kept_names() == plain.circuit.kept_names()
         assert not torch.isposinf(guided.scores).any(), "an edge was never decided"
@@ -264,18 +263,17 @@ def test_carrying_block_remainders_saves_tests_and_keeps_the_same_edges():
         assert a.details["tests_floor_blocks"] <= len(a.trace) < len(b.trace)
 
 
-def test_a_carried_remainder_whose_test_fails_is_settled_as_its_own_block_would_be(monkeypatch):
+def test_a_carried_remainder_whose_test_fails_is_settled_as_its_own_block_would_be():
     """Attribution blind to half the edges (scored 0) hides edges of 2.5 tau in carried
     remainders: their unions fail, and the remainders are settled again, so the kept set is still
     plain ACDC's on additive costs, and every edge is decided."""
-    monkeypatch.setattr(acdc_guided, "CARRY_CHANCE", math.inf)
     for seed in range(3):
         graph, losses, costs = additive_costs_toy(seed)
         attribution = costs.clone()
         attribution[torch.rand(graph.n_edges, generator=torch.Generator().manual_seed(seed)) < 0.5] = 0.0
         plain = acdc_search(graph, losses, 1.0, progress=False, dtype=torch.float64)
         guided = guided_search(graph, losses, lambda mask, edges: attribution[edges], 1.0, progress=False,
-                               dtype=torch.float64, budget=0.75, carry=True)
+                               dtype=torch.float64, budget=0.75, carry=True, carry_chance=math.inf)
         assert guided.details["n_carried_failed"] > 0 and guided.details["n_carried_groups"] > 0
         assert guided.circuit.kept_names() == plain.circuit.kept_names()
         assert not torch.isposinf(guided.scores).any(), "an edge was never decided"
@@ -300,11 +298,10 @@ def test_blocks_cut_acdcs_visits_where_the_stage_changes_or_a_receiver_feeds_the
     assert all(len(b) == 1 for b in blocks(graph, "receiver"))
 
 
-def test_a_block_whose_receivers_feed_only_through_carried_edges_waits_for_them(monkeypatch):
+def test_a_block_whose_receivers_feed_only_through_carried_edges_waits_for_them():
     """The last MLP's inputs are cheap and carried; the last layer's heads then feed the circuit only
     through them.  ACDC removes the carried edges first and drops the heads' inputs untested (score
     -inf); visited before the carried edges are settled, the heads' inputs would be tested."""
-    monkeypatch.setattr(acdc_guided, "CARRY_CHANCE", math.inf)
     model = tiny_model(n_layers=2, n_heads=2, d_model=16)
     graph = Graph(Architecture.from_config(model.cfg))
     losses, costs = independent_toy(graph, 0)
@@ -315,7 +312,7 @@ def test_a_block_whose_receivers_feed_only_through_carried_edges_waits_for_them(
     importance = lambda mask, edges: costs[edges]  # noqa: E731
     plain = acdc_search(graph, losses, 1.0, progress=False, dtype=torch.float64)
     guided = guided_search(graph, losses, importance, 1.0, progress=False, dtype=torch.float64, budget=0.75,
-                           carry=True)
+                           carry=True, carry_chance=math.inf)
     assert plain.circuit.kept_names() == [f"{last}->resid_post"]
     assert guided.details["n_blocks_waited"] > 0
     assert guided.circuit.kept_names() == plain.circuit.kept_names()
@@ -341,26 +338,24 @@ def test_a_receiver_waits_on_carried_edges_only_when_it_feeds_the_circuit_throug
 
 @pytest.mark.parametrize("batch_edges, carry_always", [pytest.param(2, False, marks=pytest.mark.slow), (16, False),
                                                        (16, True)])  # unions and waits across stages
-def test_batched_candidates_take_exactly_the_sequential_decisions(batch_edges, carry_always, monkeypatch):
-    if carry_always:
-        monkeypatch.setattr(acdc_guided, "CARRY_CHANCE", math.inf)
+def test_batched_candidates_take_exactly_the_sequential_decisions(batch_edges, carry_always):
+    chance = math.inf if carry_always else acdc_guided.CARRY_CHANCE
     problem = tiny_problem(seed=1)
     tau = single_edge_tau(problem, 0.5)
-    sequential = get_method("acdc_guided")(problem, tau=tau, batch_edges=1)
-    batched = get_method("acdc_guided")(problem, tau=tau, batch_edges=batch_edges)
+    sequential = get_method("acdc_guided")(problem, tau=tau, batch_edges=1, carry_chance=chance)
+    batched = get_method("acdc_guided")(problem, tau=tau, batch_edges=batch_edges, carry_chance=chance)
     assert batched.circuit.kept_names() == sequential.circuit.kept_names()
     assert [(r["edge"], r["kept"]) for r in batched.trace] == [(r["edge"], r["kept"]) for r in sequential.trace]
     assert batched.details["n_test_forwards"] < sequential.details["n_test_forwards"] == len(sequential.trace)
 
 
-def test_batched_unions_across_stages_run_their_groups_one_circuit_at_a_time(monkeypatch):
+def test_batched_unions_across_stages_run_their_groups_one_circuit_at_a_time():
     """shuffle_dyck2 under corrupted ablation carries remainders into groups read at another stage:
     such a group's candidates do not share a restart, so it is not batched."""
     from test_acdc import tracr_problem
-    monkeypatch.setattr(acdc_guided, "CARRY_CHANCE", math.inf)
     problem = tracr_problem("tracr_shuffle_dyck2", corruption="corrupted")
-    sequential = get_method("acdc_guided")(problem, tau=0.1, batch_edges=1)
-    batched = get_method("acdc_guided")(problem, tau=0.1, batch_edges=16)
+    sequential = get_method("acdc_guided")(problem, tau=0.1, batch_edges=1, carry_chance=math.inf)
+    batched = get_method("acdc_guided")(problem, tau=0.1, batch_edges=16, carry_chance=math.inf)
     assert batched.details["n_carried_groups"] + batched.details["n_carried_failed"] > 0
     assert [(r["edge"], r["kept"]) for r in batched.trace] == [(r["edge"], r["kept"]) for r in sequential.trace]
 
@@ -390,7 +385,8 @@ def test_max_edge_tests_stops_the_search_and_keeps_what_is_untested():
 @pytest.mark.parametrize("bad, message", [(dict(order="best"), "unknown order"), (dict(group="layer"), "unknown group"),
                                           (dict(rescore="yes"), "rescore must be"), (dict(tau=0), "tau must be"),
                                           (dict(ig_steps=0), "ig_steps must be"), (dict(budget=1.5), "budget must be"),
-                                          (dict(budget=True), "budget must be"), (dict(carry="no"), "carry must be")])
+                                          (dict(budget=True), "budget must be"), (dict(carry="no"), "carry must be"),
+                                          (dict(carry_chance=-0.1), "carry_chance must be")])
 def test_bad_settings_are_one_line_errors(bad, message):
     with pytest.raises(ValueError, match=message):
         get_method("acdc_guided")(tiny_problem(), **{"tau": 0.01, **bad})

@@ -51,7 +51,7 @@ by a carried remainder count as one).
 Carry (``carry``, split=mass with a budget): a block's last group costs a test of its own even when
 its predicted rise is a small part of the budget (on GPT-2's shape, layer 0's query, key and value
 inputs took 33 tests, one per block of one or two edges). When the block's remainder fits the budget
-and holds at most ``CARRY_CHANCE`` kept edges by its chances, it is not tested but carried: the next
+and holds at most ``carry_chance`` (0.1) kept edges by its chances, it is not tested but carried: the next
 block's first group is packed beside it and the two go in one test. Where that test fails, the
 carried remainders are settled first, as their own blocks would have been, with the next block's
 edges still in the circuit (ACDC's order), then the same group (once the carried edges go in one
@@ -95,7 +95,7 @@ from tqdm.auto import tqdm
 
 from ..core.checkpoint import Checkpointer
 from ..core.graph import EdgeMask, Graph
-from .acdc import LazyLosses, auto_batch_edges, visits
+from .acdc import LazyLosses, auto_batch_edges, feeds_nothing, visits
 from .attribution import mask_gradient
 from .base import Problem
 from .exact_losses import ExactLosses, LossFn, prefix_plan
@@ -104,9 +104,10 @@ from .objective import resolve_objective
 from .result import MethodResult
 
 # A block's remainder is carried only when it and what is carried already hold at most this many
-# kept edges by their chances (``keep_chances``): the union with the next group then fails for a
-# kept edge of the remainder about one time in ten (1 - exp(-0.1)), which costs one test more than
-# testing the remainder alone (any other failure costs none: see ``settle_block``).
+# kept edges by their chances (``keep_chances``; ``carry_chance``): the union with the next group then
+# fails for a kept edge of the remainder about one time in ten (1 - exp(-0.1)), which costs one test
+# more than testing the remainder alone (any other failure costs none: see ``settle_block``).  ln 2
+# is the break-even where unions pass whenever their remainder does (the README measures both).
 CARRY_CHANCE = 0.1
 
 # (the current circuit's mask [n_edges], the edges to order) -> importance of each (higher: test later)
@@ -117,17 +118,18 @@ ScoreFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
 def acdc_guided(problem: Problem, tau: float, order: str = "eap_ig", group: str = "receiver", rescore: bool = True,
                 ig_steps: int = 3, seed: int = 0, abs_delta: bool = False, max_edge_tests: int | None = None,
                 batch_edges: int | str = "auto", split: str = "mass", budget: float = 0.75, carry: bool = True,
-                checkpointer: Checkpointer | None = None) -> MethodResult:
+                carry_chance: float = CARRY_CHANCE, checkpointer: Checkpointer | None = None) -> MethodResult:
     """Guided ACDC on the fast engine (see the module docstring)."""
     return guided_on_engine(problem, tau, order, group, rescore, ig_steps, seed, abs_delta, max_edge_tests,
-                            batch_edges, checkpointer, split=split, budget=budget, carry=carry)
+                            batch_edges, checkpointer, split=split, budget=budget, carry=carry,
+                            carry_chance=carry_chance)
 
 
 def guided_on_engine(problem: Problem, tau: float, order: str = "eap_ig", group: str = "receiver", rescore: bool = True,
                      ig_steps: int = 3, seed: int = 0, abs_delta: bool = False, max_edge_tests: int | None = None,
                      batch_edges: int | str = "auto", checkpointer: Checkpointer | None = None,
                      on_test: Callable | None = None, split: str = "mass", budget: float = 0.75,
-                     carry: bool = True) -> MethodResult:
+                     carry: bool = True, carry_chance: float = CARRY_CHANCE) -> MethodResult:
     """``acdc_guided``, telling ``on_test`` every decision (see ``guided_search``)."""
     engine, data, graph = problem.engine("validation"), problem.data("validation"), problem.graph
     logits, cache = engine.run(graph.full_mask(), data.positions, record=True)
@@ -143,7 +145,7 @@ def guided_on_engine(problem: Problem, tau: float, order: str = "eap_ig", group:
                            progress=problem.progress, dtype=engine.dtype, checkpointer=checkpointer,
                            batch_edges=batch_edges, full_loss=float(problem.loss(logits, "validation")),
                            on_test=on_test, split=split, weighted=order in ("eap", "eap_ig"), budget=budget,
-                           carry=carry)
+                           carry=carry, carry_chance=carry_chance)
     # Verification: the final circuit's loss from one full forward (no restart, no cache), beside the
     # loss the search accepted it with.
     final = float(problem.loss(engine.logits(result.circuit.values.to(engine.dtype), data.positions), "validation"))
@@ -196,10 +198,6 @@ def blocks(graph: Graph, group: str) -> list[list[int]]:
     return out
 
 
-def _feeds_nothing(graph: Graph, mask: torch.Tensor, receiver: str) -> bool:
-    return graph.granularity != "nodes" and receiver != "resid_post" and not bool(mask[graph.outgoing[receiver]].any())
-
-
 def _feeds_only_through(graph: Graph, mask: torch.Tensor, receiver: str, edges: set[int]) -> bool:
     """Whether ``receiver`` feeds the circuit through ``edges`` alone, so that whether it feeds
     anything waits on their decisions (an output edge outside them decides it either way)."""
@@ -215,7 +213,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
                   checkpointer: Checkpointer | None = None, batch_edges: int = 1, full_loss: float | None = None,
                   on_test: Callable[[torch.Tensor, torch.Tensor, float, float, bool], None] | None = None,
                   split: str = "mass", weighted: bool = True, budget: float = 0.0,
-                  carry: bool = False) -> MethodResult:
+                  carry: bool = False, carry_chance: float = CARRY_CHANCE) -> MethodResult:
     """The search over ``graph`` given any way of computing candidate circuits' losses and any
     ordering (see the module docstring).  ``on_test(before, after, loss_before, loss_after, accepted)``
     is called for every group decision (tests use it to check decisions independently).
@@ -391,7 +389,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
                 continue
             group_edges = [ordered[i] for i in picked]
             if carrying and not deferred_visits and packed and len(picked) == len(left) and \
-                    sum(chance[e] for e in group_edges + carried()) <= CARRY_CHANCE:
+                    sum(chance[e] for e in group_edges + carried()) <= carry_chance:
                 pending.append((group_edges, stage))
                 return
             before = decided.clone()
@@ -455,7 +453,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
         candidates: list[int] = []
         for index in block:
             receiver, incoming = graph_visits[index]
-            if _feeds_nothing(graph, mask, receiver):
+            if feeds_nothing(graph, mask, receiver):
                 fresh = [e for e in incoming if not decided[e]]
                 mask[incoming] = 0
                 scores[fresh] = -math.inf

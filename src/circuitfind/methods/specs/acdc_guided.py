@@ -15,7 +15,7 @@ SPLITS = ("mass", "half")
 
 def check_guided_params(tau, order="eap_ig", group="receiver", rescore=True, ig_steps=3, seed=0, abs_delta=False,
                         max_edge_tests=None, batch_edges="auto", split="mass", budget=0.75,
-                        carry=True) -> None:
+                        carry=True, carry_chance=0.1) -> None:
     """One-line errors for bad guided-ACDC settings (also run on the config before any model loads)."""
     check_acdc_params(tau, max_edge_tests, abs_delta, batch_edges)
     if order not in ORDERS:
@@ -26,6 +26,9 @@ def check_guided_params(tau, order="eap_ig", group="receiver", rescore=True, ig_
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 <= budget <= 1:
         raise ValueError(f"budget must be a number from 0 to 1 (a share of tau), got {budget!r}")
+    if isinstance(carry_chance, bool) or not isinstance(carry_chance, (int, float)) or not carry_chance >= 0:
+        raise ValueError(f"carry_chance must be a number of at least 0 (kept edges by their chances), "
+                         f"got {carry_chance!r}")
     for name, value in (("rescore", rescore), ("carry", carry)):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be true or false, got {value!r}")
@@ -49,11 +52,12 @@ class GuidedACDCParams:
     split: str = "mass"
     budget: float = 0.75
     carry: bool = True
+    carry_chance: float = 0.1
 
     def __post_init__(self):
         check_guided_params(self.tau, self.order, self.group, self.rescore, self.ig_steps, self.seed,
                             self.abs_delta, self.max_edge_tests, self.batch_edges, self.split, self.budget,
-                            self.carry)
+                            self.carry, self.carry_chance)
 
 
 SPEC = register(MethodSpec(
