@@ -445,8 +445,8 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
     def visit(block: list[int]) -> None:
         """One block: drop the inputs of receivers that feed nothing, settle the others' inputs; a
         block whose receivers feed the circuit only through carried edges waits on them."""
-        if pending and any(_feeds_only_through(graph, mask, graph_visits[index][0], waiting_edges())
-                           for index in block):
+        waiting = waiting_edges() if pending else set()
+        if waiting and any(_feeds_only_through(graph, mask, graph_visits[index][0], waiting) for index in block):
             deferred.append(block)
             stats["n_blocks_waited"] += 1
             return
