@@ -349,15 +349,19 @@ def test_batched_candidates_take_exactly_the_sequential_decisions(batch_edges, c
     assert batched.details["n_test_forwards"] < sequential.details["n_test_forwards"] == len(sequential.trace)
 
 
-def test_batched_unions_across_stages_run_their_groups_one_circuit_at_a_time():
+@pytest.mark.parametrize("compare", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_batched_unions_across_stages_run_their_groups_one_circuit_at_a_time(compare):
     """shuffle_dyck2 under corrupted ablation carries remainders into groups read at another stage:
-    such a group's candidates do not share a restart, so it is not batched."""
+    such a group's candidates do not share a restart, so it is not batched (a batch across stages is
+    an engine error); slow: the same trace as one candidate per forward."""
     from test_acdc import tracr_problem
     problem = tracr_problem("tracr_shuffle_dyck2", corruption="corrupted")
-    sequential = get_method("acdc_guided")(problem, tau=0.1, batch_edges=1, carry_chance=math.inf)
     batched = get_method("acdc_guided")(problem, tau=0.1, batch_edges=16, carry_chance=math.inf)
     assert batched.details["n_carried_groups"] + batched.details["n_carried_failed"] > 0
-    assert [(r["edge"], r["kept"]) for r in batched.trace] == [(r["edge"], r["kept"]) for r in sequential.trace]
+    assert batched.details["n_test_forwards"] < len(batched.trace)  # other groups still batched
+    if compare:
+        sequential = get_method("acdc_guided")(problem, tau=0.1, batch_edges=1, carry_chance=math.inf)
+        assert [(r["edge"], r["kept"]) for r in batched.trace] == [(r["edge"], r["kept"]) for r in sequential.trace]
 
 
 def test_an_interrupted_run_resumes_to_the_same_circuit(tmp_path):
