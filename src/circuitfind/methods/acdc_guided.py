@@ -388,7 +388,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
                 flush()
                 continue
             group_edges = [ordered[i] for i in picked]
-            if carrying and not deferred_visits and packed and len(picked) == len(left) and \
+            if carrying and not releasing and packed and len(picked) == len(left) and \
                     sum(chance[e] for e in group_edges + carried()) <= carry_chance:
                 pending.append((group_edges, stage))
                 return
@@ -426,7 +426,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
         return values[:len(candidates)]
 
     deferred: list[list[int]] = []  # blocks whose receivers feed the circuit only through carried edges
-    deferred_visits: list[bool] = []  # non-empty while the deferred blocks are visited: none carries then
+    releasing = False  # while the deferred blocks are visited: none carries then
 
     def waiting_edges() -> set[int]:
         """Edges not settled yet that earlier blocks' decisions wait on: the carried ones and the
@@ -435,12 +435,13 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
 
     def release() -> None:
         """Visit the deferred blocks, in ACDC's order, once the carried edges are settled."""
-        waiting = list(deferred)
+        nonlocal releasing
+        waiting, outer = list(deferred), releasing  # a visit's flush releases again, inside this one
         deferred.clear()
-        deferred_visits.append(True)
+        releasing = True
         for block in waiting:
             visit(block)
-        deferred_visits.pop()
+        releasing = outer
 
     def visit(block: list[int]) -> None:
         """One block: drop the inputs of receivers that feed nothing, settle the others' inputs; a
