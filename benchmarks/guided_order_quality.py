@@ -25,7 +25,7 @@ from hydra import compose, initialize_config_module
 
 from circuitfind.evaluation.exact_effects import single_edge_effects, spearman
 from circuitfind.methods.acdc import visits
-from circuitfind.methods.acdc_guided import attribution_order
+from circuitfind.methods.guided_order import attribution_order
 from circuitfind.runs.pipeline import build_problem
 
 

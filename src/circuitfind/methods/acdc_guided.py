@@ -96,11 +96,10 @@ from tqdm.auto import tqdm
 from ..core.checkpoint import Checkpointer
 from ..core.graph import EdgeMask, Graph
 from .acdc import LazyLosses, auto_batch_edges, feeds_nothing, visits
-from .attribution import mask_gradient
 from .base import Problem
 from .exact_losses import ExactLosses, LossFn, prefix_plan
+from .guided_order import ScoreFn, attribution_order
 from .group_sizes import PRIOR_WEIGHT, WINDOW, LossRise, group_size, keep_chances, mass_group_size, mass_split
-from .objective import resolve_objective
 from .result import MethodResult
 
 # A block's remainder is carried only when it and what is carried already hold at most this many
@@ -109,9 +108,6 @@ from .result import MethodResult
 # more than testing the remainder alone (any other failure costs none: see ``settle_block``).  ln 2
 # is the break-even where unions pass whenever their remainder does (the README measures both).
 CARRY_CHANCE = 0.1
-
-# (the current circuit's mask [n_edges], the edges to order) -> importance of each (higher: test later)
-ScoreFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
 
 
 @torch.no_grad()
@@ -155,28 +151,6 @@ def guided_on_engine(problem: Problem, tau: float, order: str = "eap_ig", group:
         result.details["warning"] = (f"acdc_guided: the final circuit's loss from a full forward ({final:.6g}) differs "
                                      f"from the search's ({searched:.6g})")
     return result
-
-
-def attribution_order(problem: Problem, order: str, ig_steps: int = 3, seed: int = 0) -> ScoreFn:
-    """The importance of edges on the current circuit, by which a block's tests are ordered."""
-    if order == "graph":  # ACDC's own order: the earlier an edge is visited, the sooner it is tested
-        return lambda mask, edges: -torch.tensor(edges, dtype=torch.float64)
-    if order == "random":
-        generator = torch.Generator().manual_seed(seed)
-        return lambda mask, edges: torch.rand(len(edges), generator=generator, dtype=torch.float64)
-
-    def importance(mask: torch.Tensor, edges: list[int]) -> torch.Tensor:
-        values = mask.double()
-        if order == "eap":
-            full = bool((values == 1).all())
-            objective = resolve_objective(problem, "auto") if full else "metric"
-            grad = mask_gradient(problem, values, objective)
-        else:  # eap_ig: the midpoint rule on alpha * mask, alpha in (0, 1)
-            grad = sum(mask_gradient(problem, (i + 0.5) / ig_steps * values, "metric") for i in range(ig_steps))
-        # dL/dm_e at m_e = 1: removing the edge changes the loss by about -grad_e
-        return grad[edges].abs()
-
-    return importance
 
 
 def blocks(graph: Graph, group: str) -> list[list[int]]:
