@@ -188,13 +188,16 @@ def test_the_loss_budget_cuts_groups_by_their_calibrated_attribution():
     assert rise.fits([1.0, 1.0, 1.0]) == 2
 
 
-def additive_costs_toy(seed: int):
+def additive_costs_toy(seed: int, singles: float = 0.0):
     """(graph, losses, costs): a loss where each removed edge adds its cost: most edges up to 0.2 tau
     (several together fail), a few 2.5 tau, and every node's edge into the output 2.5 (every node
-    feeds the output)."""
+    feeds the output); ``singles``: that share of the edges costs 0.8-0.95 tau (removed, each in a
+    test of its own unless something small joins it)."""
     graph = Graph(Architecture.from_config(tiny_model(n_layers=6, n_heads=8, d_model=16).cfg), "heads")
     generator = torch.Generator().manual_seed(seed)
     costs = 0.2 * torch.rand(graph.n_edges, generator=generator, dtype=torch.float64)
+    big = torch.rand(graph.n_edges, generator=generator) < singles
+    costs[big] = 0.8 + 0.15 * torch.rand(int(big.sum()), generator=generator, dtype=torch.float64)
     costs[torch.rand(graph.n_edges, generator=generator) < 0.01] = 2.5
     costs[torch.tensor([e.receiver == "resid_post" for e in graph.edges])] = 2.5
 
@@ -231,13 +234,14 @@ def test_packing_takes_the_strongest_edges_that_fit_then_fills_with_the_weakest(
     assert rise.pack([3.0, 4.0]) == [0]  # nothing fits: the weakest alone
     assert rise.pack([0.1, 0.2, 1.0, 3.0], used=1.5) == [0, 1]  # beside 1.5 already in the group, 0.5 is left
     assert rise.holds(2.0) and not rise.holds(2.1)
+    assert rise.holds(4.0, limit=1.0) and not rise.holds(4.1, limit=1.0)  # a rise of 1.0: twice the budget's 0.5
 
 
-def exact_attribution_runs(budget: float, carry: bool = False):
+def exact_attribution_runs(budget: float, carry: bool = False, singles: float = 0.0):
     """Guided runs on ``additive_costs_toy`` for three seeds, with attribution equal to the costs."""
     runs = []
     for seed in range(3):
-        graph, losses, costs = additive_costs_toy(seed)
+        graph, losses, costs = additive_costs_toy(seed, singles)
         runs.append(guided_search(graph, losses, lambda mask, edges, costs=costs: costs[edges], 1.0, progress=False,
                                   dtype=torch.float64, budget=budget, carry=carry))
     return runs
@@ -260,6 +264,20 @@ def test_carrying_block_remainders_saves_tests_and_keeps_the_same_edges():
     for a, b in zip(carried, alone):
         assert a.circuit.kept_names() == b.circuit.kept_names()
         assert a.details["n_carried_groups"] > 0 and b.details["n_carried_groups"] == 0
+        assert a.details["tests_floor_blocks"] <= len(a.trace) < len(b.trace)
+
+
+def test_the_group_after_carried_edges_joins_them_where_the_two_are_predicted_below_tau(monkeypatch):
+    """Edges of 0.8-0.95 tau fit no group beside a small carried remainder; with attribution equal to
+    the costs, such an edge joins the remainder's test where the two are predicted below tau, and
+    passes: the same kept set in fewer tests than testing the remainder first."""
+    joined = exact_attribution_runs(0.75, carry=True, singles=0.05)
+    holds = LossRise.holds
+    monkeypatch.setattr(LossRise, "holds", lambda self, attributed, limit=None: limit is None and holds(self, attributed))
+    apart = exact_attribution_runs(0.75, carry=True, singles=0.05)
+    for a, b in zip(joined, apart):
+        assert a.circuit.kept_names() == b.circuit.kept_names()
+        assert a.details["n_joined_groups"] > 0 and b.details["n_joined_groups"] == 0
         assert a.details["tests_floor_blocks"] <= len(a.trace) < len(b.trace)
 
 

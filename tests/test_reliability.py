@@ -17,8 +17,9 @@ from conftest import config
 # A run long enough to be interrupted mid-way: ACDC on the trained induction model, small data.
 INDUCTION = ["task=induction", "task.n_prompts=12", "task.seq_len=24", "task.span_len=6", "tau=0.003",
              "checkpoint.every_steps=5", "progress=false"]
-# SP long enough to be interrupted (about 6 s): 800 full-batch steps on tracr-reverse.
-SP = ["task=tracr_reverse", "method=sp", "method.lambda_reg=1", "method.epochs=800", "checkpoint.every_steps=20",
+# SP long enough to be interrupted (about 3 s): 400 full-batch steps on tracr-reverse, interrupted
+# after its first checkpoint (step 20).
+SP = ["task=tracr_reverse", "method=sp", "method.lambda_reg=1", "method.epochs=400", "checkpoint.every_steps=20",
       "progress=false"]
 # What must come out byte-identical after a resume, and which summary fields must agree.
 RESUMED = {"acdc": (["edges.csv", "trace.csv"], ["n_edges_kept", "metric_circuit", "config_hash", "n_edge_tests"]),
@@ -37,9 +38,8 @@ def cli(*args, cwd):
 # ACDC interruptions at several steps.
 @pytest.mark.parametrize("method, args", [pytest.param("acdc", INDUCTION, marks=pytest.mark.slow), ("sp", SP)])
 def test_sigterm_writes_a_checkpoint_and_the_rerun_ends_as_an_uninterrupted_run(tmp_path, method, args):
+    # the uninterrupted run and the one to interrupt side by side (they share nothing but the cwd)
     reference = cli(*args, f"hydra.run.dir={tmp_path}/whole", cwd=tmp_path)
-    assert reference.wait(timeout=600) == 0, reference.stderr.read()
-
     folder = tmp_path / "killed"
     process = cli(*args, f"hydra.run.dir={folder}", cwd=tmp_path)
     deadline = time.time() + 300
@@ -51,6 +51,7 @@ def test_sigterm_writes_a_checkpoint_and_the_rerun_ends_as_an_uninterrupted_run(
     message = process.stderr.read()
     assert "interrupted by SIGTERM" in message and "Run the same command again to resume" in message
     assert (folder / "checkpoint.pt").exists() and not (folder / "summary.json").exists()
+    assert reference.wait(timeout=600) == 0, reference.stderr.read()
 
     resumed = cli(*args, f"hydra.run.dir={folder}", cwd=tmp_path)
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()

@@ -50,12 +50,16 @@ by a carried remainder count as one).
 
 Carry (``carry``, split=mass with a budget): a block's last group costs a test of its own even when
 its predicted rise is a small part of the budget (on GPT-2's shape, layer 0's query, key and value
-inputs took 33 tests, one per block of one or two edges). When the block's remainder fits the budget
-and holds at most ``carry_chance`` (0.1) kept edges by its chances, it is not tested but carried: the next
-block's first group is packed beside it and the two go in one test. Where that test fails, the
-carried remainders are settled first, as their own blocks would have been, with the next block's
-edges still in the circuit (ACDC's order), then the same group (once the carried edges go in one
-test, its circuit is the failed union's: no forward). A block whose receiver feeds the circuit only
+inputs took 33 tests, one per block of one or two edges). When a group fits the budget and it and
+what is carried hold at most ``carry_chance`` (0.1) kept edges by their chances, it is not tested but
+carried: the next group (the block's, or the next block's first) is packed beside it and the two go
+in one test. Where nothing fits beside the carried edges (each edge left rises by most of the
+budget: on GPT-2's shape, an MLP's input from an earlier MLP), the group that follows them joins
+them where the two are predicted to rise by less than tau (``n_joined_groups``). Where a union
+fails, the carried edges are settled first, as their own groups would have been, with the next
+group's edges still in the circuit (ACDC's order), then the same group (once the carried edges go
+in one test, its circuit is the failed union's: no forward): a failed union costs a test only where
+the carried edges alone fail. A block whose receiver feeds the circuit only
 through carried edges (or through inputs of such blocks) waits: whether it feeds anything is known
 once they are settled, and it is visited then, before the next group, with carry off (ACDC's order);
 when a union passes, such receivers feed nothing and their inputs go untested, as in ACDC (on
@@ -102,11 +106,11 @@ from .guided_order import ScoreFn, attribution_order
 from .group_sizes import PRIOR_WEIGHT, WINDOW, LossRise, group_size, keep_chances, mass_group_size, mass_split
 from .result import MethodResult
 
-# A block's remainder is carried only when it and what is carried already hold at most this many
-# kept edges by their chances (``keep_chances``; ``carry_chance``): the union with the next group then
-# fails for a kept edge of the remainder about one time in ten (1 - exp(-0.1)), which costs one test
-# more than testing the remainder alone (any other failure costs none: see ``settle_block``).  ln 2
-# is the break-even where unions pass whenever their remainder does (the README measures both).
+# A group is carried only when it and what is carried already hold at most this many kept edges by
+# their chances (``keep_chances``; ``carry_chance``): the union with the next group then fails for a
+# kept edge of the carried ones about one time in ten (1 - exp(-0.1)), which costs one test more
+# than testing them alone (any other failure costs none: see ``settle_block``).  ln 2 is the
+# break-even where unions pass whenever their carried edges do (the README measures both).
 CARRY_CHANCE = 0.1
 
 
@@ -219,7 +223,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
     # these decisions, can do without (each block's loss climb in steps below tau); the kept edges'
     # tests are added at the end
     stats = dict(n_blocks=0, n_attribution_passes=0, tests_floor_blocks=0, n_carried_groups=0,
-                 n_carried_failed=0, n_blocks_waited=0)
+                 n_carried_failed=0, n_joined_groups=0, n_blocks_waited=0)
     bar = tqdm(total=graph.n_edges, desc="ACDC (guided)", unit="edge", disable=not progress, leave=False)
 
     def state() -> dict:
@@ -337,15 +341,17 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
         """Groups of the block's edges (``ordered`` weakest first), each settled before the next is
         formed: the next weakest, sized by the keep rate seen so far (``group_size``), or
         (``split=mass``) by the edges' chances of being kept (``mass_group_size``); once the loss
-        budget is calibrated, packed to it (``LossRise.pack``) beside what earlier blocks carried,
-        and (``carry``) a remainder that fits is carried to the next block instead of tested."""
+        budget is calibrated, packed to it (``LossRise.pack``) beside what is carried, and (``carry``)
+        a group that fits is carried to the next group instead of tested; where nothing fits beside
+        the carried edges, the next group joins them if the two are predicted below tau."""
         left = list(range(len(ordered)))  # positions in ``ordered`` not settled yet, weakest first
         recent: list[bool] = []  # kept (True) or removed, for each edge decided in this block
+        own = set(ordered)
         while left and budget_left():
             window = recent[-WINDOW:]
             prior = (n_kept_decided + 1) / (n_decided + 2)  # every block so far, Laplace
             rate = (sum(window) + PRIOR_WEIGHT * prior) / (len(window) + PRIOR_WEIGHT)
-            packed = False
+            packed = joined = False
             if split == "half":
                 picked = left[:group_size(rate)]
             else:
@@ -356,25 +362,30 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
                     used = pending_weight()
                     picked = [left[i] for i in rise.pack(rest.tolist(), used=used)]
                     packed = rise.holds(used + float(weights[picked].clamp(min=0).sum()))
+                    if pending and not packed:  # nothing fits beside the carried edges: the group that
+                        # follows them joins them where the two are predicted to rise by less than tau
+                        picked = [left[i] for i in rise.pack(rest.tolist())]
+                        joined = rise.holds(used + float(weights[picked].clamp(min=0).sum()), limit=tau)
                 else:
                     picked = left[:min(mass_group_size(chances), rise.fits(rest.tolist()))]
-            if pending and not packed:  # the carried remainders do not fit beside this group: settle them first
+            if pending and not (packed or joined):  # settle the carried remainders first
                 flush()
                 continue
             group_edges = [ordered[i] for i in picked]
-            if carrying and not releasing and packed and len(picked) == len(left) and \
-                    sum(chance[e] for e in group_edges + carried()) <= carry_chance:
-                pending.append((group_edges, stage))
-                return
-            before = decided.clone()
+            taken = set(picked)
+            if carrying and not releasing and packed and sum(chance[e] for e in group_edges + carried()) <= carry_chance:
+                pending.append((group_edges, stage))  # the block's next group, or the next block's, joins it
+                left = [i for i in left if i not in taken]
+                continue
+            before, settling = decided.clone(), carried() + group_edges
+            stats["n_joined_groups"] += joined
             if pending and test_with_carried(group_edges, stage):
                 pending.clear()
                 release()  # the blocks that waited on the carried edges: they feed nothing now
             else:  # the carried remainders first (if any); when they go in one test, this group's
                 flush()  # circuit is the failed union's: no forward
                 settle(group_edges, stage)
-            recent += [bool(mask[e]) for e in group_edges if decided[e] and not before[e]]
-            taken = set(picked)
+            recent += [bool(mask[e]) for e in settling if e in own and decided[e] and not before[e]]
             left = [i for i in left if i not in taken]
 
     def block_weights(index: int, candidates: list[int]) -> torch.Tensor:

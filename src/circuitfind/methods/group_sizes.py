@@ -93,16 +93,17 @@ class LossRise:
                 total += w
         return sorted(picked) or [0]
 
-    def holds(self, attributed: float) -> bool:
-        """Whether a group of this attribution sum fits the limit (always, when nothing is limited)."""
-        allowance = self._allowance()
+    def holds(self, attributed: float, limit: float | None = None) -> bool:
+        """Whether a group of this attribution sum fits the limit (or ``limit``, a rise; always, when
+        nothing is limited)."""
+        allowance = self._allowance(limit)
         return allowance is None or attributed <= allowance
 
-    def _allowance(self) -> float | None:
-        """The attribution sum that fits the limit (None: no limit)."""
+    def _allowance(self, limit: float | None = None) -> float | None:
+        """The attribution sum that fits the limit, or ``limit`` (None: no limit)."""
         if self.limit <= 0 or self.observed <= 0 or self.attributed <= 0:
             return None
-        return self.limit * self.attributed / self.observed
+        return (self.limit if limit is None else limit) * self.attributed / self.observed
 
     def fits(self, weights: Sequence[float]) -> int:
         """How many of the weakest edges (``weights`` in order) fit the limit: at least one."""
