@@ -67,7 +67,9 @@ GPT-2's shape, a layer's heads wait on the remainder of the MLP after them, and 
 which also feeds the output, is packed beside it). When edges act independently and never help, a
 union that passes holds only edges each block would have removed, so the kept set is still plain
 ACDC's. Single-input blocks have no attribution pass of their own; the pass of the block before them
-scores them too (those scores, read ahead on a larger circuit, do not calibrate the budget).
+scores them too. Those scores, read ahead on a larger circuit, are calibrated apart, on tests of
+read-ahead inputs alone, and enter the budget in the units of the blocks' own passes (on GPT-2's
+shape, the main calibration put layer 0's key inputs above tau in pairs that rose by 0.86-0.99 tau).
 
 Costs are counted where the engine runs: ``n_edge_tests`` (the trace's rows) is the number of
 distinct candidate circuits whose exact loss was read, as ACDC's; a circuit met again (after the
@@ -234,8 +236,9 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
 
     chance: dict[int, float] = {}  # split=mass: each undecided edge's chance of being kept, set per group
     weight: dict[int, float] = {}  # each undecided edge's attribution, set per block
-    read_ahead: set[int] = set()  # single inputs whose attribution was read ahead (``block_weights``)
+    read_ahead: dict[int, float] = {}  # single inputs whose attribution was read ahead, and that attribution
     rise = LossRise(budget * tau if split == "mass" and weighted else 0.0)
+    rise_ahead = LossRise(rise.limit)  # the same, calibrated on groups of read-ahead inputs only
 
     def split_at(edges: list[int]) -> int:
         if split == "half":
@@ -270,7 +273,11 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
         if fresh:
             # calibrated on groups scored by their own block's pass (not on a single input's score
             # read ahead, from a pass on a larger circuit)
-            rise.observe(sum(weight.get(e, 0.0) for e in edges) if not read_ahead.intersection(edges) else 0.0, delta)
+            ahead = [e for e in edges if e in read_ahead]
+            if not ahead:
+                rise.observe(sum(weight.get(e, 0.0) for e in edges), delta)
+            elif len(ahead) == len(edges):
+                rise_ahead.observe(sum(read_ahead[e] for e in edges), delta)
         accepted = (abs(delta) if abs_delta else delta) < tau
         if on_test is not None:
             on_test(mask.clone(), candidate, current, loss, accepted)
@@ -392,9 +399,12 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
         """Attribution of a block's candidates (and, when carrying, of the single inputs of the
         visits that follow it, which no pass of their own scores)."""
         nonlocal initial
-        if len(candidates) == 1:
-            read_ahead.update(candidates if carrying else ())
-            return torch.tensor([weight.get(candidates[0], 0.0) if carrying else 0.0], dtype=torch.float64)
+        if len(candidates) == 1:  # its weight in the units of the blocks' own passes
+            if not carrying:
+                return torch.zeros(1, dtype=torch.float64)
+            read_ahead[candidates[0]] = weight.get(candidates[0], 0.0)
+            relative = rise_ahead.scale / rise.scale if rise_ahead.scale and rise.scale else 1.0
+            return torch.tensor([read_ahead[candidates[0]] * relative], dtype=torch.float64)
         if not rescore:
             if initial is None:
                 initial = scored(mask, list(range(graph.n_edges)))

@@ -75,6 +75,11 @@ class LossRise:
             self.observed += max(delta, 0.0)
 
     @property
+    def scale(self) -> float | None:
+        """The observed rise per unit of attribution (None before a rise is observed)."""
+        return self.observed / self.attributed if self.observed > 0 and self.attributed > 0 else None
+
+    @property
     def calibrated(self) -> bool:
         """Whether groups are limited (a rise observed, and a limit set)."""
         return self._allowance() is not None
