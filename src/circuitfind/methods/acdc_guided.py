@@ -271,8 +271,8 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
             mask, edges, exact.n_candidates - 1, lambda lo, hi: lo + split_at(edges[lo:hi])) if shared else [])
         delta = loss - current
         if fresh:
-            # calibrated on groups scored by their own block's pass (not on a single input's score
-            # read ahead, from a pass on a larger circuit)
+            # calibrated on groups scored by their own block's pass; groups of single inputs scored
+            # ahead (by a pass on a larger circuit) calibrate their own scale; mixed groups neither
             ahead = [e for e in edges if e in read_ahead]
             if not ahead:
                 rise.observe(sum(weight.get(e, 0.0) for e in edges), delta)
