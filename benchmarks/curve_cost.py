@@ -7,9 +7,10 @@ Each case is one ``circuitfind`` run (a fresh run folder under a temporary direc
 ``summary.json`` it prints the method's score time (``scores_s``), the curve's patched forwards and
 seconds on the validation split (k=auto) and on the test split (MIB's ten fractions), and the ratio
 curve / scores, with ``/proc/loadavg`` before and after (the machine's load skews every timing).
-``caches`` is the run's caches phase: the unpatched and ablated runs of the validation split, which
-EAP needs beside its gradient pass (the ``eap`` library counts the ablated forward in its scores);
-the last column is curve / (caches + scores).
+``caches`` is the run's caches phase: the ablated run of the validation split, which EAP needs
+beside its gradient pass (the ``eap`` library counts that forward in its scores), and an unpatched
+run, which it does not; the last column is curve / (caches + scores), a little kinder to the curve
+than EAP's own count, where curve / scores is strict.
 """
 
 from __future__ import annotations
