@@ -101,6 +101,12 @@ def independent_toy(graph: Graph, seed: int):
     costs[strong] = 2.5 * torch.rand(int(strong.sum()), generator=generator, dtype=torch.float64)
     costs[::7] = 0.0
 
+    return additive_losses(graph, costs), costs
+
+
+def additive_losses(graph: Graph, costs: torch.Tensor):
+    """Losses where each removed edge adds its cost, except an edge into a receiver that feeds
+    nothing (no outgoing edge left), which changes nothing, as in a model."""
     outgoing = [graph.outgoing.get(e.receiver, []) if e.receiver != "resid_post" and graph.granularity != "nodes"
                 else None for e in graph.edges]
 
@@ -111,7 +117,7 @@ def independent_toy(graph: Graph, seed: int):
             out.append(float(((1 - m.double()) * costs * read).sum()))
         return out
 
-    return losses, costs
+    return losses
 
 
 @pytest.mark.parametrize("granularity", ["qkv", "heads", "nodes"])
@@ -288,21 +294,16 @@ def read_ahead_toy_runs(bias: float) -> list:
     nothing cost nothing."""
     graph = Graph(Architecture.from_config(tiny_model(n_layers=2, n_heads=16, d_model=16).cfg), "heads")
     single = torch.tensor([e.receiver.startswith("a0.") for e in graph.edges])
-    outgoing = [graph.outgoing.get(e.receiver, []) if e.receiver != "resid_post" else None for e in graph.edges]
     runs = []
     for seed in range(3):
         generator = torch.Generator().manual_seed(seed)
         costs = 0.2 * torch.rand(graph.n_edges, generator=generator, dtype=torch.float64)
         costs[single] = 0.3 + 0.2 * torch.rand(int(single.sum()), generator=generator, dtype=torch.float64)
         costs[torch.tensor([e.receiver == "resid_post" for e in graph.edges])] = 2.5
-
-        def losses(masks, stage, costs=costs):
-            read = [torch.tensor([o is None or bool(m[o].any()) for o in outgoing], dtype=torch.float64) for m in masks]
-            return [float(((1 - m.double()) * costs * r).sum()) for m, r in zip(masks, read)]
-
         attribution = torch.where(single, bias * costs, costs)
-        runs.append(guided_search(graph, losses, lambda mask, edges, a=attribution: a[edges], 1.0, progress=False,
-                                  dtype=torch.float64, budget=0.75, carry=True, carry_chance=math.inf))
+        runs.append(guided_search(graph, additive_losses(graph, costs), lambda mask, edges, a=attribution: a[edges],
+                                  1.0, progress=False, dtype=torch.float64, budget=0.75, carry=True,
+                                  carry_chance=math.inf))
     return runs
 
 

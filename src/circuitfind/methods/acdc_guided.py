@@ -354,6 +354,10 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
         left = list(range(len(ordered)))  # positions in ``ordered`` not settled yet, weakest first
         recent: list[bool] = []  # kept (True) or removed, for each edge decided in this block
         own = set(ordered)
+
+        def attributed(positions: list[int]) -> float:  # as the budget counts it (``LossRise.pack``)
+            return float(weights[positions].clamp(min=0).sum())
+
         while left and budget_left():
             window = recent[-WINDOW:]
             prior = (n_kept_decided + 1) / (n_decided + 2)  # every block so far, Laplace
@@ -368,11 +372,11 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
                 if rise.calibrated:
                     used = pending_weight()
                     picked = [left[i] for i in rise.pack(rest.tolist(), used=used)]
-                    packed = rise.holds(used + float(weights[picked].clamp(min=0).sum()))
+                    packed = rise.holds(used + attributed(picked))
                     if pending and not packed:  # nothing fits beside the carried edges: the group that
                         # follows them joins them where the two are predicted to rise by less than tau
                         picked = [left[i] for i in rise.pack(rest.tolist())]
-                        joined = rise.holds(used + float(weights[picked].clamp(min=0).sum()), limit=tau)
+                        joined = rise.holds(used + attributed(picked), limit=tau)
                 else:
                     picked = left[:min(mass_group_size(chances), rise.fits(rest.tolist()))]
             if pending and not (packed or joined):  # settle the carried remainders first
@@ -385,7 +389,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
                 left = [i for i in left if i not in taken]
                 continue
             before, settling = decided.clone(), carried() + group_edges
-            stats["n_joined_groups"] += joined
+            stats["n_joined_groups"] += int(joined)
             if pending and test_with_carried(group_edges, stage):
                 pending.clear()
                 release()  # the blocks that waited on the carried edges: they feed nothing now
