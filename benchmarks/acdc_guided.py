@@ -4,6 +4,7 @@
     python benchmarks/acdc_guided.py kl --task algo_induction --corruption zero
     python benchmarks/acdc_guided.py tracr --out /tmp/suite                          # the tracr suite, both methods
     python benchmarks/acdc_guided.py gpt2 --tau 0.001                               # GPT-2 shape, whole run
+    python benchmarks/acdc_guided.py calibration outputs/runs/...                   # a run's groups.csv
 
 kl     both methods at each tau (default: fig4's quick taus) on one task: kept edges, exact tests
        (candidate circuits whose loss was read; ACDC's ``n_edge_tests``), the floor K + floor(dL / tau)
@@ -23,6 +24,9 @@ gpt2   ``task=ioi model.pretrained=false`` (a GPT-2-shaped model with random wei
        runs them) times the number of edges (an upper bound: ACDC drops the inputs of receivers that
        feed nothing untested), and the edges ACDC would test were it to end with guided ACDC's
        circuit (``acdc_tests_here``: every input of each receiver that circuit still reads).
+calibration  one guided run's folder: the exact rise of each packed group over the rise its budget
+       predicted (``groups.csv``), and an estimate (not a run) of the climb per test and the tests
+       those errors allow at other budgets, optimistic: every group packed full, no block's remainder.
 
 Every count comes from exact forwards; the load average is printed beside each timing.
 """
@@ -257,6 +261,48 @@ def cmd_gpt2(args) -> dict:
     return dict(guided=out, acdc_estimate=estimate)
 
 
+def calibration_ratios(groups: list[dict], tau: float) -> list[float]:
+    """Exact rise over the budget's predicted rise (``groups.csv``), sorted, for the tests of several
+    edges that calibrated the budget, with a rise below 2 tau: where the budget packs its groups (far
+    above tau, the rise of a few strong edges grows less than their attribution)."""
+    return sorted(float(row["delta"]) / float(row["predicted_rise"]) for row in groups
+                  if row["calibrates"] == "budget" and int(row["n_edges"]) > 1 and float(row["predicted_rise"]) > 0
+                  and float(row["delta"]) < 2 * tau)
+
+
+def budget_outlook(ratios: list[float], budget: float) -> tuple[float, float]:
+    """An estimate from the ratios of one run: with every group packed to ``budget`` x tau and these
+    errors (optimistic: no block ends in a smaller group), the share of groups that fail (ratio x budget >= 1) and the loss climbed per test, in tau
+    (a failed test climbs nothing)."""
+    rises = [budget * r for r in ratios]
+    passed = [r for r in rises if r < 1]
+    return 1 - len(passed) / len(rises), sum(passed) / len(rises)
+
+
+def cmd_calibration(args) -> dict:
+    import csv
+
+    folder = Path(args.run)
+    summary = json.loads((folder / "summary.json").read_text())
+    tau, kept = summary["parameter"], summary["n_edges_kept"]  # each kept edge's own loss is read once
+    groups = list(csv.DictReader(open(folder / "groups.csv")))
+    trace = list(csv.DictReader(open(folder / "trace.csv")))
+    climb = sum(float(row["delta"]) for row in trace if row["kept"] == "0") / tau
+    ratios = calibration_ratios(groups, tau)
+    mean = sum(ratios) / len(ratios)
+    sd = math.sqrt(sum((r - mean) ** 2 for r in ratios) / len(ratios))
+    print(f"{folder}: {len(trace)} tests, {kept} kept edges, loss climb {climb:.1f} tau; {len(ratios)} groups of "
+          f"several edges below 2 tau: rise / predicted mean {mean:.3f}, sd {sd / mean:.3f} of the mean, "
+          f"range {ratios[0]:.2f}-{ratios[-1]:.2f}")
+    print("estimate from these ratios (not a run): budget, groups failing, climb per test (tau), tests")
+    outlook = {}
+    for budget in args.budgets:
+        failing, per_test = budget_outlook(ratios, budget)
+        outlook[budget] = dict(failing=failing, climb_per_test=per_test, tests=kept + climb / per_test)
+        print(f"  {budget:.2f}  {failing:6.1%}  {per_test:.3f}  {kept + climb / per_test:.0f}")
+    return dict(n_tests=len(trace), kept=kept, climb_tau=climb, ratio_mean=mean, ratio_sd=sd / mean, outlook=outlook)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -271,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     gpt2.add_argument("--prompts", type=int, default=100)
     gpt2.add_argument("--samples", type=int, default=24, help="plain ACDC tests timed for the estimate")
     gpt2.add_argument("--max-edge-tests", type=int, default=None, help="cap (default: a whole run)")
+    calibration = sub.add_parser("calibration", help="a guided run's predicted against exact rises (groups.csv)")
+    calibration.add_argument("run", help="the run folder")
+    calibration.add_argument("--budgets", type=float, nargs="+", default=[0.65, 0.75, 0.85, 0.95])
     for p in (kl, tracr, gpt2):
         p.add_argument("--order", default="eap_ig", help="acdc_guided's order")
         p.add_argument("--no-rescore", action="store_true", help="acdc_guided's order from the full model only")
@@ -284,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    result = dict(kl=cmd_kl, tracr=cmd_tracr, gpt2=cmd_gpt2)[args.command](args)
+    result = dict(kl=cmd_kl, tracr=cmd_tracr, gpt2=cmd_gpt2, calibration=cmd_calibration)[args.command](args)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1, default=str))
     return 0

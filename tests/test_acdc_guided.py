@@ -13,7 +13,8 @@ from circuitfind.core.graph import Architecture, EdgeMask, Graph
 from circuitfind.methods import Problem, get_method
 from circuitfind.methods.acdc import acdc_search, visits
 from circuitfind.methods import acdc_guided
-from circuitfind.methods.acdc_guided import blocks, guided_on_engine, guided_search
+from circuitfind.methods.acdc_guided import guided_on_engine, guided_search
+from circuitfind.methods.guided_blocks import blocks, feeds_only_through
 from circuitfind.methods.group_sizes import LossRise, keep_chances, mass_group_size, mass_split
 from circuitfind.core.metrics import KL
 from circuitfind.engine.reference import reference_ablation, reference_logits
@@ -228,6 +229,14 @@ def test_with_exact_attribution_the_loss_budget_leaves_no_group_that_fails():
     assert failed_groups(runs[0.75]) == 0
     for result in runs.values():
         assert result.circuit.kept_names() == plain.circuit.kept_names()
+    # groups.csv: a row per test, with the rise the budget predicted (here exactly the rise seen)
+    rows = runs[0.75].tables["groups.csv"]
+    assert [row["step"] for row in rows] == [row["step"] for row in runs[0.75].trace]
+    calibrating = [row for row in rows if row["calibrates"] == "budget"]
+    assert all(row["attribution"] == 0 for row in rows if row not in calibrating)  # single-input blocks
+    assert math.isnan(calibrating[0]["predicted_rise"]) and len(calibrating) > 100
+    assert all(row["predicted_rise"] == pytest.approx(row["delta"], rel=1e-9) for row in calibrating[1:])
+    assert all(math.isnan(row["predicted_rise"]) for row in runs[0.0].tables["groups.csv"])
 
 
 def test_packing_takes_the_strongest_edges_that_fit_then_fills_with_the_weakest():
@@ -382,14 +391,14 @@ def test_a_receiver_waits_on_carried_edges_only_when_it_feeds_the_circuit_throug
     to_output = next(e for e in out if graph.edges[e].receiver == "resid_post")
     to_m1 = next(e for e in out if graph.edges[e].receiver == "m1")
     mask = torch.ones(graph.n_edges)
-    assert not acdc_guided._feeds_only_through(graph, mask, "m0", {to_m1})  # it feeds the output either way
-    assert acdc_guided._feeds_only_through(graph, mask, "m0", set(out))
+    assert not feeds_only_through(graph, mask, "m0", {to_m1})  # it feeds the output either way
+    assert feeds_only_through(graph, mask, "m0", set(out))
     mask[[e for e in out if e != to_m1]] = 0
-    assert acdc_guided._feeds_only_through(graph, mask, "m0", {to_m1})
-    assert not acdc_guided._feeds_only_through(graph, mask, "m0", {to_output})
+    assert feeds_only_through(graph, mask, "m0", {to_m1})
+    assert not feeds_only_through(graph, mask, "m0", {to_output})
     mask[to_m1] = 0  # it feeds nothing, whatever the carried edges
-    assert not acdc_guided._feeds_only_through(graph, mask, "m0", set(out))
-    assert not acdc_guided._feeds_only_through(graph, torch.ones(graph.n_edges), "resid_post", set(out))
+    assert not feeds_only_through(graph, mask, "m0", set(out))
+    assert not feeds_only_through(graph, torch.ones(graph.n_edges), "resid_post", set(out))
 
 
 @pytest.mark.parametrize("batch_edges, carry_always", [pytest.param(2, False, marks=pytest.mark.slow), (16, False),

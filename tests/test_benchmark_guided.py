@@ -33,6 +33,18 @@ def test_the_loss_floor_counts_kept_edges_and_the_steps_below_tau_that_climb_the
     assert bench.loss_floor(5, -0.01, 0.001) == 5  # a circuit better than the model: no steps needed
 
 
+def test_calibration_reads_packed_groups_near_tau_and_a_failed_group_climbs_nothing():
+    def row(n, predicted, delta, calibrates="budget"):
+        return dict(n_edges=str(n), predicted_rise=str(predicted), delta=str(delta), calibrates=calibrates)
+
+    groups = [row(3, "nan", 0.5), row(4, 0.5, 0.6), row(5, 0.8, 0.72), row(1, 0.5, 0.9), row(9, 0.4, 2.5),
+              row(6, 0.5, 0.5, calibrates=""), row(7, 0.6, 0.66)]
+    ratios = bench.calibration_ratios(groups, 1.0)  # uncalibrated, single, far above tau, not calibrating: out
+    assert ratios == pytest.approx([0.9, 1.1, 1.2])
+    failing, per_test = bench.budget_outlook(ratios, 0.85)  # 0.85 x 1.2 >= 1 fails
+    assert failing == pytest.approx(1 / 3) and per_test == pytest.approx((0.85 * 0.9 + 0.85 * 1.1) / 3)
+
+
 ORDER_SPEC = importlib.util.spec_from_file_location(
     "order_quality", Path(__file__).parents[1] / "benchmarks" / "guided_order_quality.py")
 order_quality = importlib.util.module_from_spec(ORDER_SPEC)

@@ -104,6 +104,7 @@ from ..core.graph import EdgeMask, Graph
 from .acdc import LazyLosses, auto_batch_edges, feeds_nothing, visits
 from .base import Problem
 from .exact_losses import ExactLosses, LossFn, prefix_plan
+from .guided_blocks import blocks, feeds_only_through
 from .guided_order import ScoreFn, attribution_order
 from .group_sizes import PRIOR_WEIGHT, WINDOW, LossRise, group_size, keep_chances, mass_group_size, mass_split
 from .result import MethodResult
@@ -159,34 +160,6 @@ def guided_on_engine(problem: Problem, tau: float, order: str = "eap_ig", group:
     return result
 
 
-def blocks(graph: Graph, group: str) -> list[list[int]]:
-    """ACDC's visits (indices into ``visits(graph)``) cut into blocks tested together: consecutive
-    visits read at one stage, cut before a visit whose receiver sends an edge of the block (its
-    feeding nothing depends on the block's decisions); ``group=receiver``: one visit each."""
-    out: list[list[int]] = []
-    senders: set[str] = set()
-    stage = None
-    for index, (receiver, incoming) in enumerate(visits(graph)):
-        visit_stage = min(graph.edges[e].stage for e in incoming)
-        if out and group != "receiver" and visit_stage == stage and receiver not in senders:
-            out[-1].append(index)
-        else:
-            out.append([index])
-            senders = set()
-        stage = visit_stage
-        senders.update(graph.edges[e].sender for e in incoming)
-    return out
-
-
-def _feeds_only_through(graph: Graph, mask: torch.Tensor, receiver: str, edges: set[int]) -> bool:
-    """Whether ``receiver`` feeds the circuit through ``edges`` alone, so that whether it feeds
-    anything waits on their decisions (an output edge outside them decides it either way)."""
-    if graph.granularity == "nodes" or receiver == "resid_post":
-        return False
-    out = [e for e in graph.outgoing[receiver] if bool(mask[e])]
-    return bool(out) and all(e in edges for e in out)
-
-
 def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float, group: str = "receiver",
                   rescore: bool = True, abs_delta: bool = False, max_edge_tests: int | None = None,
                   progress: bool = True, dtype: torch.dtype = torch.float32,
@@ -219,6 +192,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
     scores = torch.full((graph.n_edges,), math.inf, dtype=torch.float64)
     decided = torch.zeros(graph.n_edges, dtype=torch.bool)
     trace: list[dict] = []
+    groups: list[dict] = []  # per test: its group's attribution sum and the rise the budget predicted
     n_accepted = n_decided = n_kept_decided = 0  # accepted group removals; edges decided by tests, kept of them
     removed_stage = 2 * graph.n_layers  # lowest stage of any removed edge: a restart may begin no later
     # tests_floor_blocks: the accepted steps that no search settling these blocks in this order, with
@@ -271,13 +245,16 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
             mask, edges, exact.n_candidates - 1, lambda lo, hi: lo + split_at(edges[lo:hi])) if shared else [])
         delta = loss - current
         if fresh:
+            attribution = sum(max(weight.get(e, 0.0), 0.0) for e in edges)  # as the budget counts it
+            groups.append(dict(step=len(trace) + 1, n_edges=len(edges), attribution=attribution,
+                               predicted_rise=rise.predict(attribution), delta=delta, calibrates=""))
             # calibrated on groups scored by their own block's pass; groups of single inputs scored
             # ahead (by a pass on a larger circuit) calibrate their own scale; mixed groups neither
             ahead = [e for e in edges if e in read_ahead]
-            if not ahead:
-                rise.observe(sum(weight.get(e, 0.0) for e in edges), delta)
-            elif len(ahead) == len(edges):
-                rise_ahead.observe(sum(read_ahead[e] for e in edges), delta)
+            if not ahead and rise.observe(sum(weight.get(e, 0.0) for e in edges), delta):
+                groups[-1]["calibrates"] = "budget"
+            elif ahead and len(ahead) == len(edges) and rise_ahead.observe(sum(read_ahead[e] for e in edges), delta):
+                groups[-1]["calibrates"] = "read_ahead"
         accepted = (abs(delta) if abs_delta else delta) < tau
         if on_test is not None:
             on_test(mask.clone(), candidate, current, loss, accepted)
@@ -446,7 +423,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
         """One block: drop the inputs of receivers that feed nothing, settle the others' inputs; a
         block whose receivers feed the circuit only through carried edges waits on them."""
         waiting = waiting_edges() if pending else set()
-        if waiting and any(_feeds_only_through(graph, mask, graph_visits[index][0], waiting) for index in block):
+        if waiting and any(feeds_only_through(graph, mask, graph_visits[index][0], waiting) for index in block):
             deferred.append(block)
             stats["n_blocks_waited"] += 1
             return
@@ -495,4 +472,5 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
     bound = k + k * math.log2(n / k) if k else 0.0
     details = dict(batch_edges=exact.n_candidates, n_test_forwards=exact.n_forwards, n_accepted_groups=n_accepted,
                    tests_lower_bound=round(bound, 1), final_loss_search=current, **stats)
-    return MethodResult(graph, scores, kept, parameter=tau, trace=trace, details=details)
+    return MethodResult(graph, scores, kept, parameter=tau, trace=trace, details=details,
+                        tables={"groups.csv": groups})

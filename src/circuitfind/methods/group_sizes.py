@@ -69,15 +69,23 @@ class LossRise:
     def __init__(self, limit: float):
         self.limit, self.observed, self.attributed = limit, 0.0, 0.0
 
-    def observe(self, attributed: float, delta: float) -> None:
-        if attributed > 0 and math.isfinite(attributed) and math.isfinite(delta):
-            self.attributed += attributed
-            self.observed += max(delta, 0.0)
+    def observe(self, attributed: float, delta: float) -> bool:
+        """Count a tested group's attribution sum and its rise; False where it cannot calibrate
+        (no attribution, or a value that is not finite)."""
+        if not (attributed > 0 and math.isfinite(attributed) and math.isfinite(delta)):
+            return False
+        self.attributed += attributed
+        self.observed += max(delta, 0.0)
+        return True
 
     @property
     def scale(self) -> float | None:
         """The observed rise per unit of attribution (None before a rise is observed)."""
         return self.observed / self.attributed if self.observed > 0 and self.attributed > 0 else None
+
+    def predict(self, attributed: float) -> float:
+        """The rise the limit expects of a group with this attribution sum (nan where nothing is limited)."""
+        return attributed * self.observed / self.attributed if self.calibrated else math.nan
 
     @property
     def calibrated(self) -> bool:
