@@ -15,7 +15,7 @@ from circuitfind.methods.acdc import acdc_search, visits
 from circuitfind.methods import acdc_guided
 from circuitfind.methods.acdc_guided import guided_on_engine, guided_search
 from circuitfind.methods.guided_blocks import blocks, feeds_only_through
-from circuitfind.methods.group_sizes import LossRise, keep_chances, mass_group_size, mass_split
+from circuitfind.methods.group_sizes import LossRise, capped_chances, keep_chances, mass_group_size, mass_split
 from circuitfind.core.metrics import KL
 from circuitfind.engine.reference import reference_ablation, reference_logits
 
@@ -326,6 +326,51 @@ def test_read_ahead_scores_are_calibrated_on_their_own_tests(monkeypatch):
     for e, a, p in zip(exact, apart, pooled):
         assert e.circuit.kept_names() == a.circuit.kept_names() == p.circuit.kept_names()
         assert len(a.trace) <= len(e.trace) + 1 < len(p.trace)
+
+
+def harmless_inputs_toys() -> list:
+    """(graph, losses, costs) for three seeds: additive costs over a heads graph whose 16 layer-0
+    heads are single-input blocks, each input costing 0 or 2.5 tau at random (about half kept)."""
+    graph = Graph(Architecture.from_config(tiny_model(n_layers=2, n_heads=16, d_model=16).cfg), "heads")
+    single = torch.tensor([e.receiver.startswith("a0.") for e in graph.edges])
+    toys = []
+    for seed in range(3):
+        generator = torch.Generator().manual_seed(seed)
+        costs = 0.2 * torch.rand(graph.n_edges, generator=generator, dtype=torch.float64)
+        costs[single] = torch.where(torch.rand(int(single.sum()), generator=generator) < 0.5, 0.0, 2.5).double()
+        costs[torch.tensor([e.receiver == "resid_post" for e in graph.edges])] = 2.5
+        toys.append((graph, additive_losses(graph, costs), costs))
+    return toys
+
+
+def test_edges_predicted_harmless_are_carried_however_many_edges_around_them_are_kept(monkeypatch):
+    """Where half the edges nearby are kept, the keep rate gives every edge a high chance of being
+    kept; capped by its predicted rise over tau (Markov), an input predicted harmless (attribution
+    equal to the costs) is carried to the next block instead of tested alone: fewer tests, the same
+    kept set (plain ACDC's)."""
+    toys = harmless_inputs_toys()
+
+    def runs():
+        return [guided_search(graph, losses, lambda mask, edges, a=costs: a[edges], 1.0, progress=False,
+                              dtype=torch.float64, budget=0.75, carry=True) for graph, losses, costs in toys]
+
+    capped = runs()
+    monkeypatch.setattr(acdc_guided, "capped_chances", lambda chances, rises, tau: chances)
+    uncapped = runs()
+    for a, b in zip(capped, uncapped):
+        assert a.circuit.kept_names() == b.circuit.kept_names()
+        assert len(a.trace) <= len(b.trace)
+    assert sum(len(a.trace) for a in capped) < sum(len(b.trace) for b in uncapped)
+    graph, losses, _ = toys[0]
+    plain = acdc_search(graph, losses, 1.0, progress=False, dtype=torch.float64)
+    assert capped[0].circuit.kept_names() == plain.circuit.kept_names()
+
+
+def test_capped_chances_are_at_most_the_predicted_rise_over_tau():
+    chances = torch.tensor([0.5, 0.5, 0.5, 0.01], dtype=torch.float64)
+    rises = torch.tensor([0.0, 0.2, 2.0, 0.5], dtype=torch.float64) * 1e-3
+    assert capped_chances(chances, rises, 1e-3).tolist() == pytest.approx([0.0, 0.2, 0.5, 0.01])
+    assert capped_chances(chances, -rises, 1e-3).tolist() == [0.0] * 4  # a negative rise keeps nothing
 
 
 def test_a_carried_remainder_whose_test_fails_is_settled_as_its_own_block_would_be():

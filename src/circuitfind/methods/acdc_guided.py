@@ -53,7 +53,9 @@ its predicted rise is a small part of the budget (on GPT-2's shape, layer 0's qu
 inputs took 33 tests, one per block of one or two edges). When a group fits the budget and it and
 what is carried hold at most ``carry_chance`` (0.1) kept edges by their chances, it is not tested but
 carried: the next group (the block's, or the next block's first) is packed beside it and the two go
-in one test. Where nothing fits beside the carried edges (each edge left rises by most of the
+in one test. Once the budget is calibrated, an edge's chance is at most its predicted rise over tau
+(Markov: it is kept only where its rise alone reaches tau), so edges attribution finds harmless are
+carried however many edges around them are kept (on GPT-2's shape, layer 0's query inputs). Where nothing fits beside the carried edges (each edge left rises by most of the
 budget: on GPT-2's shape, an MLP's input from an earlier MLP), the group that follows them joins
 them where the two are predicted to rise by less than tau (``n_joined_groups``). Where a union
 fails, the carried edges are settled first, as their own groups would have been, with the next
@@ -106,7 +108,8 @@ from .base import Problem
 from .exact_losses import ExactLosses, LossFn, prefix_plan
 from .guided_blocks import blocks, feeds_only_through
 from .guided_order import ScoreFn, attribution_order
-from .group_sizes import PRIOR_WEIGHT, WINDOW, LossRise, group_size, keep_chances, mass_group_size, mass_split
+from .group_sizes import (PRIOR_WEIGHT, WINDOW, LossRise, capped_chances, group_size, keep_chances, mass_group_size,
+                          mass_split)
 from .result import MethodResult
 
 # A group is carried only when it and what is carried already hold at most this many kept edges by
@@ -345,6 +348,8 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
             else:
                 rest = weights[left] if weighted else torch.zeros(len(left), dtype=torch.float64)
                 chances = keep_chances(rest, rate * len(rest))
+                if rise.calibrated and not abs_delta:
+                    chances = capped_chances(chances, rise.predict(rest.clamp(min=0)), tau)
                 chance.update(zip([ordered[i] for i in left], chances.tolist()))
                 if rise.calibrated:
                     used = pending_weight()

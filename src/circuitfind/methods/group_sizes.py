@@ -36,6 +36,14 @@ def keep_chances(weights: torch.Tensor, expected_kept: float) -> torch.Tensor:
     return (expected_kept * share).clamp(max=1.0)
 
 
+def capped_chances(chances: torch.Tensor, predicted_rises: torch.Tensor, tau: float) -> torch.Tensor:
+    """Chances of being kept, at most each edge's predicted rise over tau: an edge is kept only where
+    removing it alone raises the loss by tau or more, and for a rise that is nonnegative and right on
+    average, Markov's inequality bounds the chance of that by prediction / tau (edges whose removal
+    attribution finds harmless are then carried and joined freely)."""
+    return torch.minimum(chances, predicted_rises.clamp(min=0) / tau)
+
+
 def mass_group_size(chances: torch.Tensor) -> int:
     """The weakest edges whose chances sum to at most ln 2 (a group that passes about half the time,
     as ``group_size`` for equal chances); one edge when the weakest is kept a third of the time."""
@@ -83,8 +91,9 @@ class LossRise:
         """The observed rise per unit of attribution (None before a rise is observed)."""
         return self.observed / self.attributed if self.observed > 0 and self.attributed > 0 else None
 
-    def predict(self, attributed: float) -> float:
-        """The rise the limit expects of a group with this attribution sum (nan where nothing is limited)."""
+    def predict(self, attributed):
+        """The rise the limit expects of a group with this attribution sum (or of each of a tensor of
+        sums); nan where nothing is limited."""
         return attributed * self.observed / self.attributed if self.calibrated else math.nan
 
     @property
