@@ -287,7 +287,10 @@ def cmd_calibration(args) -> dict:
     tau, kept = summary["parameter"], summary["n_edges_kept"]  # each kept edge's own loss is read once
     groups = list(csv.DictReader(open(folder / "groups.csv")))
     trace = list(csv.DictReader(open(folder / "trace.csv")))
-    climb = sum(float(row["delta"]) for row in trace if row["kept"] == "0") / tau
+    # the loss climbed from the full model's to the circuit's (some steps are read from memory, not
+    # in the trace): the first row's loss is the circuit's after its test
+    first = float(trace[0]["loss"]) - (float(trace[0]["delta"]) if trace[0]["kept"] == "0" else 0.0)
+    climb = (summary["method_details"]["final_loss_search"] - first) / tau
     ratios = calibration_ratios(groups, tau)
     mean = sum(ratios) / len(ratios)
     sd = math.sqrt(sum((r - mean) ** 2 for r in ratios) / len(ratios))
@@ -298,8 +301,9 @@ def cmd_calibration(args) -> dict:
     outlook = {}
     for budget in args.budgets:
         failing, per_test = budget_outlook(ratios, budget)
-        outlook[budget] = dict(failing=failing, climb_per_test=per_test, tests=kept + climb / per_test)
-        print(f"  {budget:.2f}  {failing:6.1%}  {per_test:.3f}  {kept + climb / per_test:.0f}")
+        tests = kept + climb / per_test if per_test > 0 else math.inf
+        outlook[budget] = dict(failing=failing, climb_per_test=per_test, tests=tests)
+        print(f"  {budget:.2f}  {failing:6.1%}  {per_test:.3f}  {tests:.0f}")
     return dict(n_tests=len(trace), kept=kept, climb_tau=climb, ratio_mean=mean, ratio_sd=sd / mean, outlook=outlook)
 
 

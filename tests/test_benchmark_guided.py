@@ -1,6 +1,9 @@
 """The guided-ACDC benchmark's KL-level summaries (benchmarks/acdc_guided.py), on hand-made sweeps."""
 
+import argparse
 import importlib.util
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -43,6 +46,21 @@ def test_calibration_reads_packed_groups_near_tau_and_a_failed_group_climbs_noth
     assert ratios == pytest.approx([0.9, 1.1, 1.2])
     failing, per_test = bench.budget_outlook(ratios, 0.85)  # 0.85 x 1.2 >= 1 fails
     assert failing == pytest.approx(1 / 3) and per_test == pytest.approx((0.85 * 0.9 + 0.85 * 1.1) / 3)
+
+
+def test_calibration_climbs_from_the_full_models_loss_to_the_searchs_last(tmp_path, capsys):
+    (tmp_path / "summary.json").write_text(json.dumps(dict(parameter=0.5, n_edges_kept=1,
+                                                           method_details=dict(final_loss_search=2.0))))
+    (tmp_path / "trace.csv").write_text("step,edge,delta,loss,kept,n_edges\n1,2 edges: a .. b,0.4,0.5,0,8\n"
+                                        "2,c,0.9,0.5,1,8\n3,2 edges: d .. e,0.45,0.95,0,6\n")
+    (tmp_path / "groups.csv").write_text("step,n_edges,attribution,predicted_rise,delta,calibrates\n"
+                                         "1,2,1.0,nan,0.4,budget\n2,1,1.0,0.4,0.9,budget\n3,2,1.0,0.4,0.45,budget\n")
+    result = bench.cmd_calibration(argparse.Namespace(run=str(tmp_path), budgets=[0.8, 1.0]))
+    assert result["climb_tau"] == pytest.approx((2.0 - 0.1) / 0.5)  # from the loss before step 1
+    assert result["ratio_mean"] == pytest.approx(0.45 / 0.4)  # one packed group predicted
+    assert result["outlook"][0.8]["tests"] == pytest.approx(1 + 3.8 / (0.8 * 1.125))
+    assert result["outlook"][1.0]["tests"] == math.inf  # every group fails
+    assert "estimate" in capsys.readouterr().out
 
 
 ORDER_SPEC = importlib.util.spec_from_file_location(

@@ -55,8 +55,9 @@ what is carried hold at most ``carry_chance`` (0.1) kept edges by their chances,
 carried: the next group (the block's, or the next block's first) is packed beside it and the two go
 in one test. Once the budget is calibrated, an edge's chance is at most its predicted rise over tau
 (Markov: it is kept only where its rise alone reaches tau), so edges attribution finds harmless are
-carried however many edges around them are kept (on GPT-2's shape, layer 0's query inputs). Where nothing fits beside the carried edges (each edge left rises by most of the
-budget: on GPT-2's shape, an MLP's input from an earlier MLP), the group that follows them joins
+carried however many edges around them are kept (on GPT-2's shape, layer 0's query inputs). Where
+nothing fits beside the carried edges (each edge left rises by most of the budget: on GPT-2's
+shape, an MLP's input from an earlier MLP), the group that follows them joins
 them where the two are predicted to rise by less than tau (``n_joined_groups``). Where a union
 fails, the carried edges are settled first, as their own groups would have been, with the next
 group's edges still in the circuit (ACDC's order), then the same group (once the carried edges go
