@@ -296,19 +296,28 @@ def test_the_group_after_carried_edges_joins_them_where_the_two_are_predicted_be
         assert a.details["tests_floor_blocks"] <= len(a.trace) < len(b.trace)
 
 
-def read_ahead_toy_runs(bias: float) -> list:
-    """Guided runs (three seeds) on additive costs over a heads graph whose 16 layer-0 heads are
-    single-input blocks (scored ahead by ``m0``'s pass), each costing 0.3-0.5 tau, with attribution
-    equal to the costs except theirs, ``bias`` times their costs; edges into receivers that feed
-    nothing cost nothing."""
+def layer0_toys(layer0_costs) -> list:
+    """(graph, costs, layer 0's inputs) for three seeds: additive costs over a heads graph whose 16
+    layer-0 heads are single-input blocks (scored ahead by ``m0``'s pass): most edges up to 0.2 tau,
+    every edge into the output 2.5, layer 0's inputs ``layer0_costs(count, generator)``."""
     graph = Graph(Architecture.from_config(tiny_model(n_layers=2, n_heads=16, d_model=16).cfg), "heads")
     single = torch.tensor([e.receiver.startswith("a0.") for e in graph.edges])
-    runs = []
+    toys = []
     for seed in range(3):
         generator = torch.Generator().manual_seed(seed)
         costs = 0.2 * torch.rand(graph.n_edges, generator=generator, dtype=torch.float64)
-        costs[single] = 0.3 + 0.2 * torch.rand(int(single.sum()), generator=generator, dtype=torch.float64)
+        costs[single] = layer0_costs(int(single.sum()), generator)
         costs[torch.tensor([e.receiver == "resid_post" for e in graph.edges])] = 2.5
+        toys.append((graph, costs, single))
+    return toys
+
+
+def read_ahead_toy_runs(bias: float) -> list:
+    """Guided runs on ``layer0_toys`` whose layer-0 inputs cost 0.3-0.5 tau each, with attribution
+    equal to the costs except theirs, ``bias`` times their costs; edges into receivers that feed
+    nothing cost nothing."""
+    runs = []
+    for graph, costs, single in layer0_toys(lambda n, g: 0.3 + 0.2 * torch.rand(n, generator=g, dtype=torch.float64)):
         attribution = torch.where(single, bias * costs, costs)
         runs.append(guided_search(graph, additive_losses(graph, costs), lambda mask, edges, a=attribution: a[edges],
                                   1.0, progress=False, dtype=torch.float64, budget=0.75, carry=True,
@@ -328,27 +337,13 @@ def test_read_ahead_scores_are_calibrated_on_their_own_tests(monkeypatch):
         assert len(a.trace) <= len(e.trace) + 1 < len(p.trace)
 
 
-def harmless_inputs_toys() -> list:
-    """(graph, losses, costs) for three seeds: additive costs over a heads graph whose 16 layer-0
-    heads are single-input blocks, each input costing 0 or 2.5 tau at random (about half kept)."""
-    graph = Graph(Architecture.from_config(tiny_model(n_layers=2, n_heads=16, d_model=16).cfg), "heads")
-    single = torch.tensor([e.receiver.startswith("a0.") for e in graph.edges])
-    toys = []
-    for seed in range(3):
-        generator = torch.Generator().manual_seed(seed)
-        costs = 0.2 * torch.rand(graph.n_edges, generator=generator, dtype=torch.float64)
-        costs[single] = torch.where(torch.rand(int(single.sum()), generator=generator) < 0.5, 0.0, 2.5).double()
-        costs[torch.tensor([e.receiver == "resid_post" for e in graph.edges])] = 2.5
-        toys.append((graph, additive_losses(graph, costs), costs))
-    return toys
-
-
 def test_edges_predicted_harmless_are_carried_however_many_edges_around_them_are_kept(monkeypatch):
     """Where half the edges nearby are kept, the keep rate gives every edge a high chance of being
     kept; capped by its predicted rise over tau (Markov), an input predicted harmless (attribution
     equal to the costs) is carried to the next block instead of tested alone: fewer tests, the same
     kept set (plain ACDC's)."""
-    toys = harmless_inputs_toys()
+    toys = [(graph, additive_losses(graph, costs), costs) for graph, costs, _ in layer0_toys(  # about half kept
+        lambda n, g: torch.where(torch.rand(n, generator=g) < 0.5, 0.0, 2.5).double())]
 
     def runs():
         return [guided_search(graph, losses, lambda mask, edges, a=costs: a[edges], 1.0, progress=False,
