@@ -38,17 +38,19 @@ run: setup  ## the main job on the offline default: ACDC on tracr-reverse
 	$(VENV)/bin/circuitfind $(ARGS)
 
 # Tests build tiny models, which run fastest on one thread (more threads only add contention on a
-# shared machine); set OMP_NUM_THREADS yourself to override.
+# shared machine); set OMP_NUM_THREADS yourself to override.  The suite is spread over
+# TEST_WORKERS processes (pytest-xdist; TEST_WORKERS=0 runs it in this one process).
 TEST_ENV = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
+TEST_WORKERS ?= 2
 
-test: setup  ## the test suite CI runs (everything but tests marked slow)
-	$(TEST_ENV) $(PY) -m pytest -m "not slow" -q
+test: setup  ## the test suite CI runs (everything but tests marked slow), on TEST_WORKERS processes
+	$(TEST_ENV) $(PY) -m pytest -m "not slow" -q -n $(TEST_WORKERS)
 
 test-tl4: setup-tl4  ## the tests that touch models, under TransformerLens 4.3 (.venv-tl4)
 	$(TEST_ENV) $(VENV_TL4)/bin/python -m pytest -m "not slow" -q $(TL4_TESTS)
 
 test-all: setup  ## every test, slow ones included
-	$(TEST_ENV) $(PY) -m pytest -q
+	$(TEST_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS)
 
 tracr-weights:  ## recompile the shipped tracr weights (needs jax: installs .[tracr] into .venv-tracr)
 	$(PYTHON) -m venv .venv-tracr
