@@ -272,8 +272,8 @@ def calibration_ratios(groups: list[dict], tau: float) -> list[float]:
 
 def budget_outlook(ratios: list[float], budget: float) -> tuple[float, float]:
     """An estimate from the ratios of one run: with every group packed to ``budget`` x tau and these
-    errors (optimistic: no block ends in a smaller group), the share of groups that fail (ratio x budget >= 1) and the loss climbed per test, in tau
-    (a failed test climbs nothing)."""
+    errors (optimistic: no block ends in a smaller group), the share of groups that fail (ratio x
+    budget >= 1) and the loss climbed per test, in tau (a failed test climbs nothing)."""
     rises = [budget * r for r in ratios]
     passed = [r for r in rises if r < 1]
     return 1 - len(passed) / len(rises), sum(passed) / len(rises)

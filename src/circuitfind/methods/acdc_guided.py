@@ -255,7 +255,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
             # calibrated on groups scored by their own block's pass; groups of single inputs scored
             # ahead (by a pass on a larger circuit) calibrate their own scale; mixed groups neither
             ahead = [e for e in edges if e in read_ahead]
-            if not ahead and rise.observe(sum(weight.get(e, 0.0) for e in edges), delta):
+            if not ahead and rise.observe(attribution, delta):
                 groups[-1]["calibrates"] = "budget"
             elif ahead and len(ahead) == len(edges) and rise_ahead.observe(sum(read_ahead[e] for e in edges), delta):
                 groups[-1]["calibrates"] = "read_ahead"
