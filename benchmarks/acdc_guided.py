@@ -37,6 +37,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -292,8 +293,7 @@ def cmd_calibration(args) -> dict:
     first = float(trace[0]["loss"]) - (float(trace[0]["delta"]) if trace[0]["kept"] == "0" else 0.0)
     climb = (summary["method_details"]["final_loss_search"] - first) / tau
     ratios = calibration_ratios(groups, tau)
-    mean = sum(ratios) / len(ratios)
-    sd = math.sqrt(sum((r - mean) ** 2 for r in ratios) / len(ratios))
+    mean, sd = statistics.fmean(ratios), statistics.pstdev(ratios)
     print(f"{folder}: {len(trace)} tests, {kept} kept edges, loss climb {climb:.1f} tau; {len(ratios)} groups of "
           f"several edges below 2 tau: rise / predicted mean {mean:.3f}, sd {sd / mean:.3f} of the mean, "
           f"range {ratios[0]:.2f}-{ratios[-1]:.2f}")

@@ -215,6 +215,11 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
     chance: dict[int, float] = {}  # split=mass: each undecided edge's chance of being kept, set per group
     weight: dict[int, float] = {}  # each undecided edge's attribution, set per block
     read_ahead: dict[int, float] = {}  # single inputs whose attribution was read ahead, and that attribution
+
+    def attribution_sum(edges: list[int]) -> float:
+        """The edges' attribution as the budget counts it (``LossRise.pack``: below 0 counts as 0)."""
+        return sum(max(weight.get(e, 0.0), 0.0) for e in edges)
+
     rise = LossRise(budget * tau if split == "mass" and weighted else 0.0)
     rise_ahead = LossRise(rise.limit)  # the same, calibrated on groups of read-ahead inputs only
 
@@ -249,7 +254,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
             mask, edges, exact.n_candidates - 1, lambda lo, hi: lo + split_at(edges[lo:hi])) if shared else [])
         delta = loss - current
         if fresh:
-            attribution = sum(max(weight.get(e, 0.0), 0.0) for e in edges)  # as the budget counts it
+            attribution = attribution_sum(edges)
             groups.append(dict(step=len(trace) + 1, n_edges=len(edges), attribution=attribution,
                                predicted_rise=rise.predict(attribution), delta=delta, calibrates=""))
             # calibrated on groups scored by their own block's pass; groups of single inputs scored
@@ -303,9 +308,6 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
     def carried() -> list[int]:
         return [e for part, _ in pending for e in part]
 
-    def pending_weight() -> float:
-        return sum(max(weight.get(e, 0.0), 0.0) for e in carried())
-
     def test_with_carried(edges: list[int], stage: float = math.inf) -> bool:
         """One test of the carried remainders together with ``edges`` (counted as a carried union,
         accepted or failed); True when all of them were removed."""
@@ -353,7 +355,7 @@ def guided_search(graph: Graph, losses: LossFn, importance: ScoreFn, tau: float,
                     chances = capped_chances(chances, rise.predict(rest.clamp(min=0)), tau)
                 chance.update(zip([ordered[i] for i in left], chances.tolist()))
                 if rise.calibrated:
-                    used = pending_weight()
+                    used = attribution_sum(carried())
                     picked = [left[i] for i in rise.pack(rest.tolist(), used=used)]
                     packed = rise.holds(used + attributed(picked))
                     if pending and not packed:  # nothing fits beside the carried edges: the group that
